@@ -1,0 +1,3 @@
+from filterproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""Command line: ``filterproxy run | check | explain | urlhash | imagehash | lists | bundle | export | reports``.
+
+The argument shapes here are contracts (acceptance checks and admins' scripts use them): keep them stable
+and documented in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from urllib.parse import urlsplit
+
+from filterproxy import __version__
+
+log = logging.getLogger("filterproxy")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------- shared loading
+
+def load_engine(config_path: str | None, extra_lists: list[str] | None = None,
+                client_groups: list[str] | None = None, *, strict_lists: bool = False):
+    """Config + list snapshot + engine, as ``run``, ``explain`` and ``export`` all need them."""
+    from filterproxy.config import load_config
+    from filterproxy.lists.store import parse_extra_list
+    from filterproxy.lists.snapshot import load_or_build
+    from filterproxy.policy.engine import Engine
+
+    cfg = load_config(config_path)
+    for spec in extra_lists or []:
+        src = parse_extra_list(spec)
+        if not os.path.exists(src.path):
+            raise CliError(f"--extra-list {spec}: file not found: {src.path}")
+        cfg.lists.append(src)
+    snap = load_or_build(cfg, extra=bool(extra_lists), strict=strict_lists)
+    engine = Engine(cfg, snap)
+    for spec in client_groups or []:
+        cidr, sep, group = spec.partition("=")
+        if not sep or group not in cfg.groups:
+            raise CliError(f"--client-group {spec!r}: expected CIDR=GROUP with GROUP one of {', '.join(cfg.groups)}")
+        try:
+            engine.clients.add_cidr(cidr, group)
+        except ValueError:
+            raise CliError(f"--client-group {spec!r}: invalid CIDR {cidr!r}") from None
+    return cfg, engine
+
+
+def _parse_at(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--at {text!r}: expected an ISO time like 2026-11-23T10:30 or 2026-11-23T10:30+07:00") from None
+
+
+def split_input(item: str) -> tuple[str, str | None]:
+    """A name or a URL → (host, url or None)."""
+    s = item.strip()
+    if "://" in s or "/" in s:
+        parts = urlsplit(s if "://" in s else "http://" + s)
+        if not parts.hostname:
+            raise CliError(f"{item!r}: no host name in this URL")
+        return parts.hostname, s if "://" in s else "http://" + s
+    return s, None
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from filterproxy.config import load_config
+    from filterproxy.lists.store import build_snapshot
+
+    cfg = load_config(args.config)
+    local = [s for s in cfg.lists if os.path.exists(s.path or "")]
+    snap = build_snapshot(local, strict=True)
+    missing = [s.id for s in cfg.lists if s not in local]
+    print(f"{cfg.path}: OK — {len(cfg.groups)} groups ({', '.join(cfg.groups)}), {len(cfg.clients)} client rules, "
+          f"{len(snap.lists)} lists, {snap.total_entries} entries")
+    for li in snap.lists:
+        extra = f", {li.skipped} lines skipped (first: {li.errors[0]})" if li.skipped else ""
+        print(f"  list {li.id:<28} {li.category:<10} {li.source.format:<9} {li.entries:>9} entries{extra}")
+    if missing:
+        print(f"  not downloaded yet (run 'filterproxy lists update'): {', '.join(missing)}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from filterproxy.clients import Client
+
+    cfg, engine = load_engine(args.config, args.extra_list, args.client_group, strict_lists=False)
+    at = _parse_at(args.at)
+    if args.group and args.group not in cfg.groups:
+        raise CliError(f"--group {args.group!r}: unknown group (groups: {', '.join(cfg.groups)})")
+    client = Client.parse(args.client) if args.client else None
+    group = args.group
+    how = "--group"
+    if group is None:
+        group, how = engine.clients.group_for(client)
+        if group is None:
+            raise CliError(f"--client {args.client}: matches no client rule and there is no default_group")
+    items = list(args.names)
+    if not items or items == ["-"]:
+        items = [line.strip() for line in sys.stdin if line.strip()]
+    status = 0
+    for item in items:
+        try:
+            host, url = split_input(item)
+            v = engine.decide(client, host, url, at, group=group, explain=True)
+        except (CliError, ValueError) as exc:
+            status = 1
+            if args.json:
+                print(json.dumps({"input": item, "error": str(exc)}), flush=False)
+            else:
+                print(f"{item}: error: {exc}", file=sys.stderr)
+            continue
+        if args.json:
+            d = {"input": item, "action": v.action.value, "group": v.group, "reason": v.reason.value,
+                 "category": v.category, "list": v.list_id, "rule": v.rule, "source": v.source,
+                 "schedule": v.schedule, "rewrite": v.rewrite, "legal": v.legal, "short_id": v.short_id,
+                 "client_match": how}
+            print(json.dumps(d, ensure_ascii=False))
+        else:
+            print(f"{item}: {v.action.value.upper()} for group {v.group} ({how}) — reason: {v.reason.value}")
+            for label, val in (("category", v.category), ("list", v.list_id), ("rule", v.rule),
+                               ("source", v.source), ("schedule", v.schedule), ("rewrite to", v.rewrite)):
+                if val:
+                    print(f"    {label:<10} {val}")
+            if v.legal:
+                print("    legal      national/legal list: applies to every group, no allowlist overrides it")
+    return status
+
+
+def cmd_urlhash(args: argparse.Namespace) -> int:
+    from filterproxy.match.urlhash import urlhash_lines
+
+    for url in args.urls:
+        for line in urlhash_lines(url):
+            print(line)
+    return 0
+
+
+def cmd_imagehash(args: argparse.Namespace) -> int:
+    from filterproxy.match.imagehash import imagehash_file_json
+
+    status = 0
+    for path in args.files:
+        try:
+            print(json.dumps(imagehash_file_json(path)))
+        except OSError as exc:
+            print(json.dumps({"file": path, "error": exc.strerror or str(exc)}))
+            status = 1
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from filterproxy.runner import run
+
+    return run(args)
+
+
+def cmd_lists(args: argparse.Namespace) -> int:
+    from filterproxy.lists import snapshot
+
+    return snapshot.cli(args)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from filterproxy.lists import bundle_cli
+
+    return bundle_cli.cli(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from filterproxy.lists.rpz import export_rpz
+
+    cfg, engine = load_engine(args.config, args.extra_list, None)
+    if args.group not in cfg.groups:
+        raise CliError(f"--group {args.group!r}: unknown group (groups: {', '.join(cfg.groups)})")
+    export_rpz(engine, args.group, sys.stdout)
+    return 0
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    from filterproxy.config import load_config
+    from filterproxy.reports import ReportSpool
+
+    cfg = load_config(args.config)
+    spool_dir = args.spool or cfg.reports.spool or cfg.state_path("reports")
+    spool = ReportSpool(spool_dir, None, gateway_id=cfg.server.gateway_id)
+    listing = spool.list()
+    if args.json:
+        print(json.dumps({k: [r.__dict__ for r in v] for k, v in listing.items()}, indent=1))
+    else:
+        for state in ("pending", "sent"):
+            print(f"{state}: {len(listing.get(state, []))}")
+            for r in listing.get(state, []):
+                print(f"  {r.time} {r.id} list={r.list_id} item={r.item_id} {r.match_kind} d={r.distance} url={r.url}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="filterproxy", description="DNS resolver and HTTP(S) filtering proxy for child safety")
+    p.add_argument("--version", action="version", version=f"filterproxy {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_arg(sp):
+        sp.add_argument("--config", "-c", metavar="FILE", help="configuration file (default: the embedded one)")
+
+    def extra_arg(sp):
+        sp.add_argument("--extra-list", action="append", default=[], metavar="FORMAT:CATEGORY:PATH",
+                        help="add a list for this run only (formats: hosts, domains, adblock, wildcard, rpz, ut1, "
+                             "regex, urls, urlhash, imagehash)")
+
+    sp = sub.add_parser("run", help="run the DNS resolver, the HTTP(S) proxy and the metrics endpoint")
+    config_arg(sp)
+    extra_arg(sp)
+    sp.add_argument("--dns-listen", metavar="HOST:PORT|off")
+    sp.add_argument("--proxy-listen", metavar="HOST:PORT|off")
+    sp.add_argument("--proxy-workers", type=int, metavar="N")
+    sp.add_argument("--dns-workers", type=int, metavar="N")
+    sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
+    sp.add_argument("--upstream", action="append", default=[], metavar="ADDR",
+                    help="upstream resolver (repeatable): 127.0.0.1:5399, tcp://IP:PORT, tls://host:853, https://host/dns-query")
+    sp.add_argument("--client-group", action="append", default=[], metavar="CIDR=GROUP")
+    sp.add_argument("--report-endpoint", metavar="URL")
+    sp.add_argument("--spool", metavar="DIR")
+    sp.add_argument("--state-dir", metavar="DIR")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("check", help="validate a configuration and its lists without starting anything")
+    config_arg(sp)
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("explain", help="print the verdict for names or URLs, and why")
+    config_arg(sp)
+    extra_arg(sp)
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", metavar="IP|USER", help="client address or proxy user (user:NAME, mac:AA:.., doh:ID)")
+    who.add_argument("--group", metavar="NAME")
+    sp.add_argument("--client-group", action="append", default=[], metavar="CIDR=GROUP")
+    sp.add_argument("--at", metavar="ISO-TIME", help="decide as at this time (schedules); default now")
+    sp.add_argument("--json", action="store_true", help="one JSON object per input")
+    sp.add_argument("names", nargs="*", metavar="NAME_OR_URL", help="names or URLs ('-' or none: read stdin)")
+    sp.set_defaults(func=cmd_explain)
+
+    sp = sub.add_parser("urlhash", help="canonical URL and Safe Browsing expressions with their SHA-256")
+    sp.add_argument("urls", nargs="+", metavar="URL")
+    sp.set_defaults(func=cmd_urlhash)
+
+    sp = sub.add_parser("imagehash", help="MD5/SHA-1/SHA-256 and PDQ hashes of image files (JSON lines)")
+    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.set_defaults(func=cmd_imagehash)
+
+    sp = sub.add_parser("lists", help="download, compile, reload and show lists")
+    lsub = sp.add_subparsers(dest="lists_command", required=True)
+    for name, helptext in (("update", "fetch sources, parse, write a compiled snapshot (keeps the last good one)"),
+                           ("reload", "tell the running filterproxy to load the newest snapshot (SIGHUP)"),
+                           ("show", "lists in the current snapshot with counts and versions")):
+        lp = lsub.add_parser(name, help=helptext)
+        config_arg(lp)
+        lp.add_argument("--state-dir", metavar="DIR")
+        if name == "update":
+            lp.add_argument("--min-ratio", type=float, default=None,
+                            help="refuse an update with fewer than this fraction of the previous entries (default 0.5)")
+            lp.add_argument("--bundle", metavar="FILE", help="install a signed bundle instead of fetching sources")
+            lp.add_argument("--key", action="append", default=[], metavar="PUBLIC", help="pinned bundle key(s)")
+        lp.set_defaults(func=cmd_lists)
+
+    sp = sub.add_parser("bundle", help="signed list bundles (ministry → gateways)")
+    bsub = sp.add_subparsers(dest="bundle_command", required=True)
+    bp = bsub.add_parser("keygen", help="write an Ed25519 key pair")
+    bp.add_argument("--out", required=True, metavar="DIR")
+    bp = bsub.add_parser("build", help="build an unsigned bundle")
+    bp.add_argument("--out", required=True, metavar="FILE")
+    bp.add_argument("--serial", required=True, type=int)
+    bp.add_argument("--expires", metavar="ISO")
+    bp.add_argument("--publisher", default="filterproxy")
+    bp.add_argument("--list", action="append", required=True, metavar="FORMAT:CATEGORY:PATH")
+    bp = bsub.add_parser("sign", help="sign a bundle in place")
+    bp.add_argument("--key", required=True, metavar="PRIVATE")
+    bp.add_argument("file", metavar="FILE")
+    bp = bsub.add_parser("verify", help="verify a bundle (exit 0 valid, non-zero with the reason)")
+    bp.add_argument("--key", required=True, action="append", metavar="PUBLIC")
+    bp.add_argument("--min-serial", type=int)
+    bp.add_argument("file", metavar="FILE")
+    for bp in bsub.choices.values():
+        bp.set_defaults(func=cmd_bundle)
+
+    sp = sub.add_parser("export", help="export a group's effective block policy")
+    esub = sp.add_subparsers(dest="export_command", required=True)
+    ep = esub.add_parser("rpz", help="Response Policy Zone for BIND/Unbound/PowerDNS/Knot, to stdout")
+    config_arg(ep)
+    extra_arg(ep)
+    ep.add_argument("--group", required=True)
+    ep.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("reports", help="list pending and sent image-match reports")
+    config_arg(sp)
+    sp.add_argument("--spool", metavar="DIR")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_reports)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from filterproxy.config import ConfigError
+    from filterproxy.lists.parsers import ListError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if args.command == "run" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except (ConfigError, ListError, CliError) as exc:
+        print(f"filterproxy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,119 @@
+"""Client identity → group, with one explicit precedence.
+
+Precedence (first that matches wins): proxy user name > DoH path id > MAC address > exact IP >
+longest matching CIDR > ``default_group``. Anything else is unknown (the DNS path refuses it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from filterproxy.config import ClientRule
+
+PRECEDENCE = ("user", "doh", "mac", "ip", "cidr", "default")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """What a data path knows about who is asking."""
+
+    ip: str | None = None
+    user: str | None = None
+    mac: str | None = None
+    doh: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Client":
+        """CLI helper: an IP address, ``user:NAME``, ``mac:AA:BB:..`` or ``doh:ID``; else a user name."""
+        for prefix in ("user", "mac", "doh"):
+            if text.startswith(prefix + ":"):
+                return cls(**{prefix: text[len(prefix) + 1:]})
+        try:
+            return cls(ip=str(ipaddress.ip_address(text)))
+        except ValueError:
+            return cls(user=text)
+
+
+class ClientMap:
+    """Compiled client rules; ``group_for`` is a few dict look-ups plus a scan of CIDRs by prefix length."""
+
+    def __init__(self, rules: list[ClientRule], default_group: str | None):
+        self.default_group = default_group
+        self._by: dict[str, dict[str, str]] = {"user": {}, "doh": {}, "mac": {}, "ip": {}}
+        nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        for r in rules:
+            if r.kind == "cidr":
+                nets.append((ipaddress.ip_network(r.value, strict=False), r.group))
+            else:
+                self._by[r.kind].setdefault(r.value.lower() if r.kind != "ip" else r.value, r.group)
+        nets.sort(key=lambda n: -n[0].prefixlen)
+        self._nets = nets
+        self._cache: dict[str, str | None] = {}
+
+    def add_cidr(self, cidr: str, group: str) -> None:
+        """Command-line ``--client-group CIDR=GROUP`` (takes precedence over same-length config CIDRs)."""
+        self._nets.insert(0, (ipaddress.ip_network(cidr, strict=False), group))
+        self._nets.sort(key=lambda n: -n[0].prefixlen)
+        self._cache.clear()
+
+    @property
+    def uses_mac(self) -> bool:
+        return bool(self._by["mac"])
+
+    def group_for(self, client: Client) -> tuple[str | None, str]:
+        """(group, how) — how is the precedence step that decided, for explain."""
+        if client.user and client.user.lower() in self._by["user"]:
+            return self._by["user"][client.user.lower()], "user"
+        if client.doh and client.doh.lower() in self._by["doh"]:
+            return self._by["doh"][client.doh.lower()], "doh"
+        if client.mac and client.mac.lower() in self._by["mac"]:
+            return self._by["mac"][client.mac.lower()], "mac"
+        if client.ip:
+            g = self._by["ip"].get(client.ip)
+            if g:
+                return g, "ip"
+            g = self._cidr(client.ip)
+            if g:
+                return g, "cidr"
+        if self.default_group:
+            return self.default_group, "default"
+        return None, "unknown"
+
+    def _cidr(self, ip: str) -> str | None:
+        try:
+            return self._cache[ip]
+        except KeyError:
+            pass
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        g = next((grp for net, grp in self._nets if addr.version == net.version and addr in net), None)
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[ip] = g
+        return g
+
+
+_ARP: tuple[float, dict[str, str]] = (0.0, {})
+
+
+def mac_for_ip(ip: str, *, max_age: float = 30.0, path: str = "/proc/net/arp") -> str | None:
+    """MAC of a LAN client from the Linux neighbour table (re-read at most every ``max_age`` s)."""
+    global _ARP
+    now = time.monotonic()
+    if now - _ARP[0] > max_age:
+        table: dict[str, str] = {}
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 4 and parts[3] != "00:00:00:00:00:00":
+                        table[parts[0]] = parts[3].lower()
+        except OSError:
+            pass
+        _ARP = (now, table)
+    return _ARP[1].get(ip)

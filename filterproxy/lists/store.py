@@ -1,0 +1,224 @@
+"""Compiled list snapshots: every list of a configuration in one immutable object.
+
+A :class:`Snapshot` is built off the serving path (:func:`build_snapshot`), checked, and swapped in as one
+reference. Matchers inside are compiled at build time; nothing is parsed or compiled per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from filterproxy.lists.parsers import ALLOW, FORMATS, ListError, ParseStats, iter_entries
+from filterproxy.match.domain import DomainMatch, DomainMatcher
+
+log = logging.getLogger("filterproxy.lists")
+
+LEGAL_CATEGORIES = frozenset({"illegal"})
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """Where a list comes from and how to read it."""
+
+    id: str
+    category: str
+    format: str
+    path: str | None = None
+    url: str | None = None
+    match: str | None = None  # exact | subdomains | None (format default)
+    allow: bool = False  # an allowlist source (applies to every group, never to the legal list)
+    legal: bool = False  # national/legal list: blocks for every group, no allowlist overrides it
+    hashed: bool = False  # never show its rule text to users (URL-hash / image-hash lists)
+    where: str = ""  # config file:line that defined it
+
+    @property
+    def is_legal(self) -> bool:
+        return self.legal or self.category in LEGAL_CATEGORIES
+
+
+@dataclass
+class ListInfo:
+    """A loaded list: its source, counts and parse report."""
+
+    source: ListSource
+    index: int
+    entries: int = 0
+    skipped: int = 0
+    ips: int = 0
+    errors: list[str] = field(default_factory=list)
+    header_counts: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    version: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.source.id
+
+    @property
+    def category(self) -> str:
+        return self.source.category
+
+
+@dataclass
+class Snapshot:
+    """All compiled matchers of one configuration; immutable once built."""
+
+    lists: list[ListInfo]
+    domains: DomainMatcher
+    regexes: dict[int, list[tuple[re.Pattern, int, int]]]  # list index → (pattern, line, flags)
+    ips: dict[str, tuple[int, int]]  # address → (list index, line)
+    urls: object | None = None  # match.url.UrlPrefixMatcher
+    urlhashes: object | None = None  # match.urlhash.UrlHashSet
+    images: object | None = None  # match.imagehash.ImageHashIndex
+    built_at: float = field(default_factory=time.time)
+
+    def by_id(self, list_id: str) -> ListInfo | None:
+        return next((li for li in self.lists if li.id == list_id), None)
+
+    @property
+    def total_entries(self) -> int:
+        return sum(li.entries for li in self.lists)
+
+    def domain_matches(self, name: str) -> list[DomainMatch]:
+        return self.domains.lookup(name)
+
+
+def record(list_idx: int, line: int) -> int:
+    """Pack (list index, line) into one int for the URL/hash matchers."""
+    return (list_idx << 32) | line
+
+
+def unpack(rec: int) -> tuple[int, int]:
+    return rec >> 32, rec & 0xFFFFFFFF
+
+
+def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Snapshot:
+    """Parse and compile every source. A source that cannot be read or yields zero entries raises
+    ListError when ``strict``; otherwise it is logged and left out (the rest still load)."""
+    lists: list[ListInfo] = []
+    domain_records: list[tuple[str, int, int, int]] = []
+    regexes: dict[int, list[tuple[re.Pattern, int, int]]] = {}
+    ips: dict[str, tuple[int, int]] = {}
+    url_entries: list[tuple[str, int]] = []
+    urlhash_entries: list[tuple[str, int]] = []
+    image_entries: list[tuple[str, str, int]] = []
+    seen_ids: set[str] = set()
+    for src in sources:
+        if src.id in seen_ids:
+            raise ListError(f"{src.where or src.id}: duplicate list id {src.id!r}")
+        seen_ids.add(src.id)
+        if src.format not in FORMATS:
+            raise ListError(f"{src.where or src.id}: unknown format {src.format!r} (expected one of {', '.join(FORMATS)})")
+        if not src.path:
+            raise ListError(f"{src.where or src.id}: list {src.id!r} has no local file yet (run 'filterproxy lists update')")
+        idx = len(lists)
+        info = ListInfo(src, idx)
+        stats: dict[str, ParseStats] = {}
+
+        def stats_for(path: str, _stats: dict[str, ParseStats] = stats) -> ParseStats:
+            return _stats.setdefault(path, ParseStats(path))
+
+        n = 0
+        batch_dom: list[tuple[str, int, int, int]] = []
+        batch_other: list[tuple[str, object]] = []
+        try:
+            for _file, e in iter_entries(src.format, src.path, stats_for, src.match):
+                flags = e.flags | (ALLOW if src.allow else 0)
+                if e.kind == "domain":
+                    batch_dom.append((e.value, idx, e.line, flags))
+                elif e.kind == "ip":
+                    batch_other.append(("ip", (e.value, e.line)))
+                elif e.kind == "regex":
+                    batch_other.append(("regex", (e.value, e.line, flags)))
+                elif e.kind == "url":
+                    batch_other.append(("url", (e.value, record(idx, e.line))))
+                elif e.kind == "urlhash":
+                    batch_other.append(("urlhash", (e.value, record(idx, e.line))))
+                elif e.kind == "imagehash":
+                    batch_other.append(("imagehash", (e.value, e.extra, record(idx, e.line))))
+                n += 1
+            if n == 0:
+                detail = "; ".join(e for st in stats.values() for e in st.errors[:3])
+                raise ListError(f"{src.path}: list {src.id!r} ({src.format}) yielded zero entries"
+                                + (f" — first problems: {detail}" if detail else ""))
+        except ListError as exc:
+            if strict:
+                raise
+            log.error("list %s left out: %s", src.id, exc)
+            continue
+        domain_records.extend(batch_dom)
+        for kind, val in batch_other:
+            if kind == "ip":
+                ips.setdefault(val[0], (idx, val[1]))
+            elif kind == "regex":
+                regexes.setdefault(idx, []).append((re.compile(val[0]), val[1], val[2]))
+            elif kind == "url":
+                url_entries.append(val)
+            elif kind == "urlhash":
+                urlhash_entries.append(val)
+            else:
+                image_entries.append(val)
+        info.entries = n
+        info.files = sorted(stats)
+        for st in stats.values():
+            info.skipped += st.skipped
+            info.ips += st.ips
+            info.errors.extend(st.errors)
+            if st.header_count is not None:
+                info.header_counts[st.path] = st.header_count
+        if info.skipped:
+            log.warning("list %s: %d line(s) skipped; first: %s", src.id, info.skipped, "; ".join(info.errors[:3]))
+        log.info("list %s (%s, %s): %d entries", src.id, src.category, src.format, n)
+        lists.append(info)
+    matcher = DomainMatcher.build(domain_records)
+    del domain_records
+    snap = Snapshot(lists, matcher, regexes, ips)
+    if url_entries:
+        from filterproxy.match.url import UrlPrefixMatcher
+
+        um = UrlPrefixMatcher()
+        for entry, rec in url_entries:
+            um.add(entry, rec)
+        um.freeze()
+        snap.urls = um
+    if urlhash_entries:
+        from filterproxy.match.urlhash import UrlHashSet
+
+        uh = UrlHashSet()
+        for entry, rec in urlhash_entries:
+            uh.add(entry, rec)
+        uh.freeze()
+        snap.urlhashes = uh
+    if image_entries:
+        from filterproxy.match.imagehash import ImageHashIndex
+
+        ix = ImageHashIndex()
+        for value, _item, rec in image_entries:
+            kind, _, hexhash = value.partition(":")
+            ix.add(kind, hexhash, rec)
+        ix.freeze()
+        snap.images = ix
+    return snap
+
+
+def parse_extra_list(spec: str, *, where: str = "--extra-list") -> ListSource:
+    """``FORMAT:CATEGORY:PATH`` (the CLI's ``--extra-list``) → a ListSource."""
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ListError(f"{where}: expected FORMAT:CATEGORY:PATH, got {spec!r}")
+    fmt, category, path = parts
+    if fmt not in FORMATS:
+        raise ListError(f"{where}: unknown format {fmt!r} in {spec!r} (expected one of {', '.join(FORMATS)})")
+    import os
+
+    list_id = f"extra-{category}-{os.path.basename(path.rstrip('/'))}"
+    return ListSource(id=list_id, category=category, format=fmt, path=path, where=where,
+                      hashed=fmt in ("urlhash", "imagehash"))
+
+
+def describe(lists: Iterable[ListInfo]) -> str:
+    return ", ".join(f"{li.id}={li.entries}" for li in lists)

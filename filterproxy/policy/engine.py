@@ -1,0 +1,283 @@
+"""The decision engine: the ONLY place lists, groups and schedules combine.
+
+``Engine.decide(client, host, url=None, at=None) -> Verdict`` serves the DNS and the HTTP paths alike.
+Precedence, first that applies wins (tested in tests/test_engine.py):
+
+1. **legal**     a national/legal list matches (domain, URL, URL hash): blocked for every group,
+                 no allowlist overrides it
+2. **allowlist** the group's ``allow`` names, or an allow source (e.g. a school whitelist)
+3. **schedule**  an active schedule window blocks the name's category (or everything, ``allow_only``)
+4. **category**  a list of a category the group blocks (minus that category's ``@@`` exceptions),
+                 then the group's own ``block`` additions, then the built-in bypass canaries
+5. **safesearch** a search host is rewritten to its safe variant
+6. **default**   allow
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import linecache
+import logging
+import os
+import threading
+import zoneinfo
+from dataclasses import dataclass
+
+from filterproxy.clients import Client, ClientMap
+from filterproxy.config import Config
+from filterproxy.lists.parsers import ALLOW
+from filterproxy.lists.store import Snapshot, unpack
+from filterproxy.names import NameError_, is_ip, normalize_host
+from filterproxy.policy import safesearch
+from filterproxy.policy.model import Policy
+from filterproxy.verdict import Action, Reason, Verdict
+
+log = logging.getLogger("filterproxy.policy")
+
+
+@dataclass(frozen=True)
+class _GroupTables:
+    """Per-group list indices, precomputed at every snapshot swap (never in the hot path)."""
+
+    policy: Policy
+    block_lists: frozenset[int]  # lists whose category the group always blocks
+    regex_lists: tuple[int, ...]  # lists with regexes that can matter for this group
+
+
+class Engine:
+    """Decides for one configuration and one list snapshot; :meth:`swap` replaces the snapshot atomically."""
+
+    def __init__(self, config: Config, snapshot: Snapshot):
+        self.config = config
+        self.tz = zoneinfo.ZoneInfo(config.timezone)
+        self.clients = ClientMap(config.clients, config.default_group)
+        self._lock = threading.Lock()
+        self._state: tuple[Snapshot, dict[str, _GroupTables], frozenset[int], frozenset[int]]
+        self.swap(snapshot)
+
+    # ------------------------------------------------------------------ snapshot
+    def swap(self, snapshot: Snapshot) -> None:
+        """Install a new snapshot: tables are built first, then one reference is replaced."""
+        legal = frozenset(li.index for li in snapshot.lists if li.source.is_legal)
+        allow_src = frozenset(li.index for li in snapshot.lists if li.source.allow)
+        groups: dict[str, _GroupTables] = {}
+        for gid, pol in self.config.groups.items():
+            cats = pol.block_categories | {c for s in pol.schedules for c in s.block}
+            blk = frozenset(li.index for li in snapshot.lists
+                            if li.category in pol.block_categories and not li.source.allow)
+            rx = tuple(i for i in snapshot.regexes
+                       if i in legal or i in allow_src or snapshot.lists[i].category in cats)
+            groups[gid] = _GroupTables(pol, blk, rx)
+        with self._lock:
+            self._state = (snapshot, groups, legal, allow_src)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._state[0]
+
+    # ------------------------------------------------------------------ clients
+    def group_for(self, client: Client | str | None) -> str | None:
+        if client is None:
+            return self.clients.default_group
+        if isinstance(client, str):
+            client = Client.parse(client)
+        return self.clients.group_for(client)[0]
+
+    def policy(self, group: str) -> Policy:
+        return self.config.groups[group]
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(self.tz)
+
+    def localtime(self, at: dt.datetime | None) -> dt.datetime:
+        if at is None:
+            return self.now()
+        if at.tzinfo is None:
+            return at.replace(tzinfo=self.tz)
+        return at.astimezone(self.tz)
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, client: Client | str | None, host: str, url: str | None = None, at: dt.datetime | None = None,
+               *, group: str | None = None, explain: bool = False) -> Verdict:
+        """The verdict for ``client`` asking for ``host`` (and ``url`` on the HTTP path) at time ``at``.
+
+        ``host`` should be canonical (the data paths normalise at the edge); anything else is normalised
+        here. ``group`` skips the client look-up. ``explain`` fills the rule text from the source file.
+        """
+        try:
+            return self._decide(client, host, url, at, group, explain)
+        except Exception:  # fail closed, on purpose (STYLE rule 3)
+            log.exception("decision failed for %r; blocking", host)
+            return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
+
+    def _decide(self, client, host, url, at, group, explain) -> Verdict:
+        snap, tables, legal, allow_src = self._state
+        if group is None:
+            group = self.group_for(client)
+            if group is None:
+                return Verdict(Action.BLOCK, Reason.UNKNOWN_CLIENT, "")
+        t = tables.get(group)
+        if t is None:
+            raise KeyError(f"unknown group {group!r}")
+        pol = t.policy
+        try:
+            host = normalize_host(host)
+        except NameError_:
+            if not is_ip(host):
+                raise
+            host = host.strip("[]").lower()
+
+        # Gather evidence once: domain rules, regexes, IP literal, URL rules.
+        matches: list[tuple[int, int, int, str, bool]] = []  # (list idx, line, flags, rule, hashed)
+        if is_ip(host):
+            hit = snap.ips.get(host)
+            if hit:
+                matches.append((hit[0], hit[1], 0, host, False))
+        else:
+            for m in snap.domains.lookup(host):
+                matches.append((m.list_idx, m.line, m.flags, m.name, False))
+            for li in t.regex_lists:
+                for rx, line, flags in snap.regexes[li]:
+                    if rx.search(host):
+                        matches.append((li, line, flags, rx.pattern, False))
+        if url is not None:
+            matches.extend(self._url_matches(snap, host, url))
+
+        def verdict(reason: Reason, m: tuple | None, *, category: str | None = None, **kw) -> Verdict:
+            if m is None:
+                return Verdict(Action.BLOCK, reason, group, category=category, **kw)
+            info = snap.lists[m[0]]
+            src = info.source
+            file = self._file_for(info, m)
+            rule = m[3]
+            if explain and file and not src.hashed:
+                text = linecache.getline(file, m[1]).strip() if not file.endswith(".gz") else ""
+                rule = text or rule
+            return Verdict(Action.BLOCK, reason, group, category=category or info.category, list_id=info.id,
+                           rule=None if src.hashed else rule, source=f"{file}:{m[1]}" if file else None,
+                           legal=src.is_legal, hashed=src.hashed, **kw)
+
+        # 1. legal
+        for m in matches:
+            if m[0] in legal and not m[2] & ALLOW:
+                return verdict(Reason.LEGAL, m)
+
+        # 2. allowlist (group names, then allow sources)
+        allowed = self._allowlisted(pol, host)
+        if allowed is None:
+            for m in matches:
+                if m[0] in allow_src or (m[2] & ALLOW and snap.lists[m[0]].source.allow):
+                    info = snap.lists[m[0]]
+                    allowed = Verdict(Action.ALLOW, Reason.ALLOWLIST, group, category=info.category, list_id=info.id,
+                                      rule=m[3], source=f"{self._file_for(info, m)}:{m[1]}")
+                    break
+        if allowed is not None:
+            return self._safesearch(pol, host, group) or allowed
+
+        # category exceptions (@@ rules inside block lists) void blocks of their own category
+        excepted = {snap.lists[m[0]].category for m in matches if m[2] & ALLOW}
+
+        # 3. schedules
+        local = self.localtime(at)
+        for s in pol.schedules:
+            if not s.active(local):
+                continue
+            for m in matches:
+                cat = snap.lists[m[0]].category
+                if cat in s.block and not m[2] & ALLOW and cat not in excepted and m[0] not in allow_src:
+                    return verdict(Reason.SCHEDULE, m, schedule=s.name)
+            if s.allow_only:
+                return Verdict(Action.BLOCK, Reason.SCHEDULE, group, category="schedule", schedule=s.name,
+                               rule="allow_only")
+
+        # 4. categories, then the group's own block additions, then bypass canaries
+        for m in matches:
+            if m[0] in t.block_lists and not m[2] & ALLOW and snap.lists[m[0]].category not in excepted:
+                return verdict(Reason.CATEGORY, m)
+        blocked = self._policy_block(pol, host)
+        if blocked is not None:
+            name, line = blocked
+            return Verdict(Action.BLOCK, Reason.BLOCKLIST, group, category="custom", list_id=f"policy:{pol.id}",
+                           rule=name, source=f"{pol.file}:{line}")
+        if pol.bypass_defences and host in safesearch.BYPASS_CANARIES:
+            return Verdict(Action.BLOCK, Reason.BYPASS, group, category="bypass", list_id="builtin:bypass",
+                           rule=f"{host} → {safesearch.BYPASS_CANARIES[host]}")
+
+        # 5. SafeSearch, 6. default
+        return self._safesearch(pol, host, group) or Verdict(Action.ALLOW, Reason.DEFAULT, group)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _allowlisted(pol: Policy, host: str) -> Verdict | None:
+        if not pol.allow:
+            return None
+        name = host
+        exact = True
+        while True:
+            sub = pol.allow.get(name)
+            if sub is not None and (exact or sub):
+                return Verdict(Action.ALLOW, Reason.ALLOWLIST, pol.id, list_id=f"policy:{pol.id}", rule=name,
+                               source=f"{pol.file}:{pol.allow_lines.get(name, 0)}")
+            i = name.find(".")
+            if i < 0:
+                return None
+            name, exact = name[i + 1:], False
+
+    @staticmethod
+    def _policy_block(pol: Policy, host: str) -> tuple[str, int] | None:
+        if not pol.block:
+            return None
+        name = host
+        exact = True
+        while True:
+            hit = pol.block.get(name)
+            if hit is not None and (exact or hit[0]):
+                return name, hit[1]
+            i = name.find(".")
+            if i < 0:
+                return None
+            name, exact = name[i + 1:], False
+
+    @staticmethod
+    def _safesearch(pol: Policy, host: str, group: str) -> Verdict | None:
+        t = safesearch.target(host, pol.safesearch, pol.youtube)
+        if t is None:
+            return None
+        engine, target = t
+        level = pol.youtube if engine == "youtube" else pol.safesearch
+        return Verdict(Action.REWRITE, Reason.SAFESEARCH, group, category="search", list_id=f"safesearch:{engine}",
+                       rule=f"{host} → {target} ({level})", rewrite=target)
+
+    @staticmethod
+    def _url_matches(snap: Snapshot, host: str, url: str) -> list[tuple[int, int, int, str, bool]]:
+        out: list[tuple[int, int, int, str, bool]] = []
+        if snap.urls is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url if "://" in url else "http://" + url)
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            hit = snap.urls.match(host, path)
+            if hit:
+                entry, rec = hit
+                li, line = unpack(rec)
+                out.append((li, line, 0, entry, False))
+        if snap.urlhashes is not None:
+            hit = snap.urlhashes.lookup(url)
+            if hit:
+                expr, rec, _full = hit
+                li, line = unpack(rec)
+                out.append((li, line, 0, expr, True))
+        return out
+
+    @staticmethod
+    def _file_for(info, m: tuple) -> str | None:
+        files = info.files
+        if not files:
+            return None
+        if len(files) == 1:
+            return files[0]
+        # UT1 folders: domains / urls / expressions
+        want = "urls" if "/" in m[3] and not m[3].startswith("^") else ("expressions" if m[3].startswith("^") or "\\" in m[3] else "domains")
+        return next((f for f in files if os.path.basename(f).startswith(want)), files[0])
