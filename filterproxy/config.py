@@ -87,7 +87,10 @@ def load_yaml(path: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
-        raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem or exc}") from None
+        context = ""
+        if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+            context = f" ({exc.context} started at line {exc.context_mark.line + 1})"
+        raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem or exc}{context}") from None
 
 
 # ---------------------------------------------------------------- small typed readers

@@ -95,7 +95,7 @@ def open_text(path: str) -> io.TextIOBase:
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)
 
 
-_HEADER_COUNT = re.compile(r"(?:number of (?:entries|unique domains)|entries)\s*:\s*([\d,]+)", re.I)
+_HEADER_COUNT = re.compile(r"(?:number of (?:entries|unique domains)|blocked domains|entries)\s*:\s*([\d,]+)", re.I)
 _HOSTS_SKIP = frozenset(
     {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback",
      "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters", "ip6-allhosts", "0.0.0.0"}
@@ -215,8 +215,8 @@ def _name_regex(pattern: str, mode: str, flags: int, n: int, stats: ParseStats) 
     yield Entry("regex", rx, flags, n)
 
 
-_ADB_MODIFIERS_OK = {"important", "doc", "document", "all", "first-party", "1p", "third-party", "3p",
-                     "popup", "domain", "denyallow", "client", "ctag", "dnstype", "dnsrewrite"}
+# Modifiers that still make sense for a DNS/host rule (AdGuard DNS semantics); others → rule skipped.
+_ADB_MODIFIERS_OK = {"important", "doc", "document", "all", "domain", "denyallow", "client", "ctag", "dnstype"}
 
 
 def parse_adblock(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
@@ -270,6 +270,7 @@ def parse_adblock(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
             yield e
 
 
+_RPZ_SPECIAL = {"rpz-ip", "rpz-nsdname", "rpz-nsip", "rpz-client-ip"}
 _RPZ_TYPES = {"CNAME", "A", "AAAA", "TXT", "MX", "NS", "SOA", "DNAME", "PTR", "SRV"}
 
 
@@ -295,6 +296,8 @@ def parse_rpz(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
         if "(" in s:
             depth = s.count("(") - s.count(")")
         parts = s.split()
+        if raw[:1] in (" ", "\t"):
+            parts.insert(0, "@")  # owner omitted: same as the previous record (SOA/NS lines of the apex)
         rtype_i = next((i for i, p in enumerate(parts) if p.upper() in _RPZ_TYPES), None)
         if rtype_i is None or rtype_i == 0:
             stats.skip(n, "expected 'name [ttl] [class] TYPE data'")
@@ -310,8 +313,7 @@ def parse_rpz(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
             continue
         if origin and (owner.lower() == origin or owner.lower().endswith("." + origin)):
             owner = owner[: -len(origin)].rstrip(".")
-        if not owner or owner.lower().startswith(("rpz-ip", "rpz-nsdname", "rpz-nsip", "rpz-client-ip")) or \
-                ".rpz-" in owner.lower():
+        if not owner or _RPZ_SPECIAL & set(owner.lower().split(".")):
             stats.skip(n, "only QNAME triggers are supported")
             continue
         allow = ALLOW if rtype == "CNAME" and rdata.lower() in ("rpz-passthru.", "rpz-passthru") else 0
