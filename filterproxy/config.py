@@ -409,7 +409,7 @@ def load_config(path: str | None = None) -> Config:
     sources_file = top.get("sources", None, types=(str,))
     if sources_file:
         sources_file = _resolve(path, sources_file)
-    lists = _load_lists(top, path, server.state_dir)
+    lists = _load_lists(top, path, server.state_dir, sources_file)
     groups = _load_groups(top, path)
     clients = _load_clients(top, path, groups)
     default_group = top.get("default_group", None, types=(str,))
@@ -439,12 +439,38 @@ def check_upstream(addr: str, where: str) -> None:
         raise ConfigError(f"{where}: invalid upstream {addr!r}")
 
 
-def _load_lists(top: Section, path: str, state_dir: str) -> list[ListSource]:
+def _catalogue(sources_file: str | None, where: str) -> dict:
+    """The list catalogue (``sources:``, e.g. blocklists/sources.yaml) by id."""
+    if not sources_file:
+        raise ConfigError(f"{where}: 'source:' needs the top-level 'sources:' catalogue file")
+    from filterproxy.lists.fetch import SourcesError, load_sources
+
+    try:
+        return {s.id: s for s in load_sources(sources_file)}
+    except (SourcesError, OSError) as exc:
+        raise ConfigError(f"{sources_file}: {exc}") from None
+
+
+def _load_lists(top: Section, path: str, state_dir: str, sources_file: str | None = None) -> list[ListSource]:
     raw = top.get("lists", [], types=(list,))
     out: list[ListSource] = []
+    catalogue: dict | None = None
     for i, item in enumerate(raw):
         where = raw.where(i) if isinstance(raw, _List) else f"{path}:?"
         sec = Section(item, f"lists[{i}]", where)
+        ref = sec.get("source", None, types=(str,))
+        if ref is not None:
+            # "- source: hagezi-nsfw": id, url, format, category, match come from the catalogue;
+            # keys given here (category, legal, allow, match, path) override them
+            catalogue = catalogue if catalogue is not None else _catalogue(sources_file, sec.where("source"))
+            if ref not in catalogue:
+                raise ConfigError(f"{sec.where('source')}: unknown source {ref!r} in {sources_file} "
+                                  f"(known: {', '.join(sorted(catalogue)[:12])}, ...)")
+            c = catalogue[ref]
+            for key, val in (("id", c.id), ("url", c.url), ("format", c.format), ("category", c.category),
+                             ("match", c.match)):
+                if val is not None and sec.data.get(key) is None:
+                    sec.data[key] = val
         lid = sec.get("id", None, types=(str,))
         if not lid or not _ID_RE.match(lid):
             raise ConfigError(f"{sec.where('id')}: list needs an 'id' (letters, digits, '-', '_', '.'), got {lid!r}")
@@ -472,7 +498,7 @@ def _load_lists(top: Section, path: str, state_dir: str) -> list[ListSource]:
             hashed=sec.get("hashed", fmt in ("urlhash", "imagehash"), types=(bool,)),
             where=where,
         ))
-        for k in ("licence", "license", "refresh", "max_bytes", "sha256", "description"):
+        for k in ("licence", "license", "refresh", "max_bytes", "sha256", "description", "source"):
             sec.get(k)
         sec.done()
     return out

@@ -75,6 +75,7 @@ class Snapshot:
     urlhashes: object | None = None  # match.urlhash.UrlHashSet
     images: object | None = None  # match.imagehash.ImageHashIndex
     built_at: float = field(default_factory=time.time)
+    raw: dict = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
 
     def by_id(self, list_id: str) -> ListInfo | None:
         return next((li for li in self.lists if li.id == list_id), None)
@@ -177,6 +178,13 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Sna
     matcher = DomainMatcher.build(domain_records)
     del domain_records
     snap = Snapshot(lists, matcher, regexes, ips)
+    _attach_url_and_image_matchers(snap, url_entries, urlhash_entries, image_entries)
+    return snap
+
+
+def _attach_url_and_image_matchers(snap: Snapshot, url_entries: list, urlhash_entries: list, image_entries: list) -> None:
+    """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
+    snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}
     if url_entries:
         from filterproxy.match.url import UrlPrefixMatcher
 
@@ -202,7 +210,6 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Sna
             ix.add(kind, hexhash, rec)
         ix.freeze()
         snap.images = ix
-    return snap
 
 
 def parse_extra_list(spec: str, *, where: str = "--extra-list") -> ListSource:
@@ -222,3 +229,74 @@ def parse_extra_list(spec: str, *, where: str = "--extra-list") -> ListSource:
 
 def describe(lists: Iterable[ListInfo]) -> str:
     return ", ".join(f"{li.id}={li.entries}" for li in lists)
+
+
+# ---------------------------------------------------------------- persistence
+
+SNAPSHOT_FORMAT = 1
+
+
+def save_snapshot(snap: Snapshot, directory: str, url_entries=None) -> None:
+    """Write a snapshot into ``directory``: the domain index (memory-mappable) + meta.json + extra.pickle.
+
+    ``meta.json`` is written last: a folder without it is incomplete and never loaded.
+    """
+    import json
+    import os
+    import pickle
+
+    os.makedirs(directory, exist_ok=True)
+    snap.domains.save(directory)
+    extra = {
+        "regexes": {i: [(rx.pattern, line, flags) for rx, line, flags in v] for i, v in snap.regexes.items()},
+        "ips": snap.ips,
+        "urls": snap.raw.get("urls", []),
+        "urlhashes": snap.raw.get("urlhashes", []),
+        "images": snap.raw.get("images", []),
+    }
+    with open(os.path.join(directory, "extra.pickle"), "wb") as f:
+        pickle.dump(extra, f, protocol=pickle.HIGHEST_PROTOCOL)
+    meta = {
+        "format": SNAPSHOT_FORMAT,
+        "built_at": snap.built_at,
+        "lists": [{
+            "source": {k: getattr(li.source, k) for k in ("id", "category", "format", "path", "url", "match", "allow",
+                                                         "legal", "hashed", "where")},
+            "entries": li.entries, "skipped": li.skipped, "ips": li.ips, "errors": li.errors,
+            "header_counts": li.header_counts, "files": li.files, "version": li.version,
+        } for li in snap.lists],
+    }
+    tmp = os.path.join(directory, "meta.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(directory, "meta.json"))
+
+
+def load_snapshot(directory: str) -> Snapshot:
+    """Load a saved snapshot; the domain index is memory-mapped (milliseconds for 1M names)."""
+    import json
+    import os
+    import pickle
+
+    meta_path = os.path.join(directory, "meta.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("format") != SNAPSHOT_FORMAT:
+            raise ListError(f"{meta_path}: snapshot format {meta.get('format')} (expected {SNAPSHOT_FORMAT})")
+        with open(os.path.join(directory, "extra.pickle"), "rb") as f:
+            extra = pickle.load(f)  # noqa: S301 - our own file in our state directory
+        domains = DomainMatcher.load(directory)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ListError(f"{directory}: unreadable snapshot: {exc}") from None
+    lists = []
+    for i, d in enumerate(meta["lists"]):
+        info = ListInfo(ListSource(**d["source"]), i, d["entries"], d["skipped"], d["ips"], d["errors"],
+                        d["header_counts"], d["files"], d.get("version", ""))
+        lists.append(info)
+    regexes = {int(i): [(re.compile(p), line, flags) for p, line, flags in v] for i, v in extra["regexes"].items()}
+    snap = Snapshot(lists, domains, regexes, extra["ips"], built_at=meta["built_at"])
+    _attach_url_and_image_matchers(snap, extra["urls"], extra["urlhashes"], extra["images"])
+    return snap

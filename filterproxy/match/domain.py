@@ -1,8 +1,8 @@
 """Compact, suffix-aware domain matcher.
 
 Names are stored reversed with a trailing dot (``www.example.com`` → ``moc.elpmaxe.www.``) in one
-MARISA trie, so a single C call (``Trie.prefixes``) returns every stored name that is the query or one
-of its parent domains, cut at label boundaries. Per unique name, numpy side arrays indexed by the trie's
+MARISA trie, so one walk (``Trie.iter_prefixes_with_ids``) yields every stored name that is the query or
+one of its parent domains, cut at label boundaries; a query with no rule costs one C call. Per unique name, numpy side arrays indexed by the trie's
 key id hold the first record (list index, source line, flags); names listed by several lists keep the
 rest in a small overflow dict.
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from filterproxy.lists.parsers import ALLOW, EXACT, SUBS
 
+_NONE: list = []  # shared empty result (callers never mutate results)
 _OVERFLOW = 0x80  # flag bit in the side array: more records in the overflow dict
 
 
@@ -48,10 +49,14 @@ class DomainMatcher:
                  overflow: dict[int, list[tuple[int, int, int]]]):
         self._trie = trie
         self._prefixes = trie.prefixes
-        self._key_id = trie.key_id
+        self._iter = trie.iter_prefixes_with_ids
         self._list_idx = list_idx
         self._line = line
         self._flags = flags
+        # memoryviews index to plain ints ~3x faster than numpy scalars on the hit path
+        self._v_list = memoryview(np.ascontiguousarray(list_idx)).cast("B").cast("H")
+        self._v_line = memoryview(np.ascontiguousarray(line)).cast("B").cast("I")
+        self._v_flags = memoryview(np.ascontiguousarray(flags)).cast("B")
         self._overflow = overflow
 
     @classmethod
@@ -90,19 +95,21 @@ class DomainMatcher:
         ``name`` must be canonical (see :func:`filterproxy.names.normalize_host`). Longest name first.
         """
         q = name[::-1] + "."
-        hits = self._prefixes(q)
-        if not hits:
-            return []
+        it = self._iter(q)
+        first = next(it, None)  # the common case (no rule at all) stops here: ~1µs
+        if first is None:
+            return _NONE
+        hits = [first, *it]
         out: list[DomainMatch] = []
         qlen = len(q)
-        for h in reversed(hits):  # prefixes come shortest first; the most specific rule wins
+        v_flags = self._v_flags
+        for h, kid in reversed(hits):  # prefixes come shortest first; the most specific rule wins
             exact = len(h) == qlen
             need = EXACT if exact else SUBS
-            kid = self._key_id(h)
-            fl = int(self._flags[kid])
+            fl = v_flags[kid]
             stored = h[-2::-1]
             if fl & need:
-                out.append(DomainMatch(int(self._list_idx[kid]), int(self._line[kid]), fl & 0x7F, stored, exact))
+                out.append(DomainMatch(self._v_list[kid], self._v_line[kid], fl & 0x7F, stored, exact))
             if fl & _OVERFLOW:
                 for li, ln, f in self._overflow[kid]:
                     if f & need:

@@ -1,0 +1,123 @@
+"""Compiled snapshots: cached by fingerprint, memory-mapped, last-known-good on bad updates."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+
+from conftest import write_config
+from filterproxy.config import load_config
+from filterproxy.lists import snapshot
+from filterproxy.lists.store import ListSource, build_snapshot, load_snapshot, save_snapshot
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A local HTTP server whose files the test can change: {name: bytes}."""
+    files: dict[str, bytes] = {}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = files.get(self.path.lstrip("/"))
+            if body is None:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield files, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_save_load_roundtrip_with_every_kind(tmp_path, data_dir):
+    from conftest import LISTS
+
+    (tmp_path / "h.txt").write_text("0.0.0.0 a.example\n1.2.3.4\n")
+    (tmp_path / "rx.txt").write_text("/^ads[0-9]+\\./\n")
+    sources = [ListSource("h", "adult", "hosts", str(tmp_path / "h.txt")),
+               ListSource("rx", "adult", "adblock", str(tmp_path / "rx.txt")),
+               ListSource("ut1", "dating", "ut1", str(LISTS / "ut1/dating")),
+               ListSource("ips", "bypass", "domains", str(LISTS / "hagezi/ips/doh.txt"))]
+    snap = build_snapshot(sources)
+    save_snapshot(snap, str(tmp_path / "s"))
+    loaded = load_snapshot(str(tmp_path / "s"))
+    assert [li.entries for li in loaded.lists] == [li.entries for li in snap.lists]
+    assert loaded.domains.lookup("www.a.example") == snap.domains.lookup("www.a.example")
+    assert loaded.regexes[1][0][0].search("ads12.x.com")
+    assert loaded.ips == snap.ips and len(loaded.ips) > 1000
+    assert loaded.urls is not None and len(loaded.urls) == len(snap.urls)
+
+
+def test_compile_is_cached_by_fingerprint(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("one.example\n")
+    src = [ListSource("a", "adult", "domains", str(p))]
+    root = str(tmp_path / "snaps")
+    first = snapshot.compile_snapshot(src, root)
+    assert snapshot.compile_snapshot(src, root) == first  # unchanged inputs: not compiled again
+    time.sleep(0.01)
+    p.write_text("one.example\ntwo.example\n")
+    second = snapshot.compile_snapshot(src, root)
+    assert second != first
+    assert len(load_snapshot(second).domains) == 2
+
+
+def test_compile_error_names_the_list(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_text("# nothing\n")
+    with pytest.raises(Exception, match="zero entries"):
+        snapshot.compile_snapshot([ListSource("e", "adult", "domains", str(p))], str(tmp_path / "s"))
+    assert not [d for d in (tmp_path / "s").iterdir() if d.name != "current"]  # no half-written snapshot left
+
+
+def _config(tmp_path, url):
+    return load_config(str(write_config(tmp_path, f"""
+        server: {{state_dir: {tmp_path / 'state'}}}
+        lists:
+          - {{id: remote, category: adult, format: domains, url: {url}/list.txt}}
+    """, {"g": "name: G\nblock_categories: [adult]\n"})))
+
+
+def test_update_keeps_last_good_on_bad_download_and_shrink(tmp_path, served, capsys):
+    files, base = served
+    cfg = _config(tmp_path, base)
+    files["list.txt"] = "".join(f"n{i}.example\n" for i in range(100)).encode()
+    assert snapshot.update(cfg) == 0
+    good = snapshot.current_snapshot(cfg.server.state_dir)
+    assert load_snapshot(good).total_entries == 100
+    # a body that parses to nothing is refused before it replaces the cached file
+    files["list.txt"] = b"<html>captive portal</html>\n"
+    assert snapshot.update(cfg) == 1
+    assert snapshot.current_snapshot(cfg.server.state_dir) == good
+    # a suspiciously small list (< 50% of the current entries) is refused too
+    files["list.txt"] = b"only.example\n"
+    assert snapshot.update(cfg) == 1
+    assert "fewer than 50%" in capsys.readouterr().err
+    assert snapshot.current_snapshot(cfg.server.state_dir) == good
+    assert load_snapshot(snapshot.current_snapshot(cfg.server.state_dir)).total_entries == 100
+    # a sane update is taken
+    files["list.txt"] = "".join(f"m{i}.example\n" for i in range(120)).encode()
+    assert snapshot.update(cfg) == 0
+    assert load_snapshot(snapshot.current_snapshot(cfg.server.state_dir)).total_entries == 120
+
+
+def test_update_with_server_down_keeps_serving(tmp_path, served):
+    files, base = served
+    cfg = _config(tmp_path, base)
+    files["list.txt"] = b"a.example\nb.example\n"
+    assert snapshot.update(cfg) == 0
+    files.clear()  # 404 from now on
+    assert snapshot.update(cfg) == 1
+    snap = snapshot.load_or_build(cfg)
+    assert snap.total_entries == 2
