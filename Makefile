@@ -1,0 +1,8 @@
+# Convenience aliases for the README's two commands.
+.PHONY: run test bench
+run:
+	./run.sh
+test:
+	./test.sh
+bench:
+	.venv/bin/python bench/bench_domains.py
