@@ -141,10 +141,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_urlhash(args: argparse.Namespace) -> int:
     from filterproxy.match.urlhash import urlhash_lines
 
+    status = 0
     for url in args.urls:
-        for line in urlhash_lines(url):
+        try:
+            lines = urlhash_lines(url)
+        except ValueError as exc:
+            print(f"filterproxy urlhash: {url!r}: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        for line in lines:
             print(line)
-    return 0
+    return status
 
 
 def cmd_imagehash(args: argparse.Namespace) -> int:

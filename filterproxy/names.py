@@ -16,18 +16,18 @@ class NameError_(ValueError):
 
 
 def _to_ascii(label: str) -> str:
+    """IDNA 2008 with UTS #46 mapping, non-transitional (what browsers send: ``faß.de`` →
+    ``xn--fa-hia.de``, not ``fass.de``), so DNS, URL and URL-hash paths agree on every name."""
     if label.isascii():
         return label
-    try:
-        return label.encode("idna").decode("ascii")
-    except UnicodeError:
-        # Python's IDNA 2003 codec refuses some valid IDNA 2008 labels; the `idna` package
-        # (a mitmproxy/requests dependency) knows them.
-        import idna
+    import idna
 
-        try:
-            return idna.encode(label, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
+    try:
+        return idna.encode(label, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        try:  # some list entries use symbols IDNA 2008 refuses; Python's IDNA 2003 codec takes them
+            return label.encode("idna").decode("ascii")
+        except UnicodeError as exc:
             raise NameError_(f"invalid internationalised label {label!r}: {exc}") from None
 
 
