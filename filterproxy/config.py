@@ -236,6 +236,14 @@ class QueryLogConfig:
 
 
 @dataclass
+class BundleConfig:
+    """Signed list bundles from a ministry: pinned public keys (two during a key change-over), optional URL."""
+
+    keys: list[str] = field(default_factory=list)
+    url: str | None = None
+
+
+@dataclass
 class ClientRule:
     """One client → group mapping. Precedence: user > doh > mac > ip > cidr (longest prefix)."""
 
@@ -264,6 +272,7 @@ class Config:
     default_group: str | None
     timezone: str
     sources_file: str | None = None
+    bundle: BundleConfig = field(default_factory=BundleConfig)
 
     def state_path(self, *parts: str) -> str:
         return os.path.join(self.server.state_dir, *parts)
@@ -398,6 +407,14 @@ def load_config(path: str | None = None) -> Config:
     )
     q.done()
 
+    b = Section(top.get("bundle"), "bundle", top.where("bundle"))
+    bundle_cfg = BundleConfig(keys=[_resolve(path, k) for k in b.get("keys", [], types=(list,))],
+                              url=b.get("url", None, types=(str,)))
+    for k in bundle_cfg.keys:
+        if not os.path.exists(k):
+            raise ConfigError(f"{b.where('keys')}: pinned bundle key not found: {k}")
+    b.done()
+
     timezone = top.get("timezone", "Asia/Ho_Chi_Minh", types=(str,))
     try:
         import zoneinfo
@@ -421,7 +438,7 @@ def load_config(path: str | None = None) -> Config:
         g.check_categories(categories)
     top.done()
     return Config(path, server, upstreams, cache, dns, http, reports, metrics, querylog, lists, groups, clients,
-                  default_group, timezone, sources_file)
+                  default_group, timezone, sources_file, bundle_cfg)
 
 
 def check_upstream(addr: str, where: str) -> None:

@@ -114,6 +114,13 @@ def publish_metrics(snap: Snapshot) -> None:
 
     metrics.configure_labels(lists=[li.id for li in snap.lists])
     for li in snap.lists:
+        if li.id.startswith("bundle-") and li.version.startswith("serial-"):
+            serial = int(li.version.removeprefix("serial-"))
+            publisher = li.source.where.split("(", 1)[-1].rstrip(")")
+            metrics.BUNDLE_INFO.set(publisher, str(serial))
+            metrics.BUNDLE_SERIAL.set(value=serial)
+            break
+    for li in snap.lists:
         version, ts = list_version(li)
         metrics.LISTS_ENTRIES.set(li.id, li.category, value=li.entries)
         metrics.LISTS_INFO.set(li.id, version)
@@ -147,7 +154,10 @@ def current_snapshot(state_dir: str) -> str | None:
 
 
 def available_sources(cfg) -> list[ListSource]:
-    present = []
+    """Configured lists with a local copy, plus the installed signed bundle's lists."""
+    from filterproxy.lists.bundle_cli import bundle_sources
+
+    present = list(bundle_sources(cfg))
     for s in cfg.lists:
         if s.path and os.path.exists(s.path):
             present.append(s)
@@ -202,6 +212,18 @@ def update(cfg, *, min_ratio: float = DEFAULT_MIN_RATIO) -> int:
     cache = os.path.join(cfg.server.state_dir, "lists")
     os.makedirs(cache, exist_ok=True)
     failures = 0
+    if cfg.bundle.url:
+        bsrc = fetchmod.Source(id="bundle", url=cfg.bundle.url, format="bundle", signing_key=cfg.bundle.keys[0]
+                               if cfg.bundle.keys else None)
+        res = fetchmod.fetch(bsrc, cache)
+        if res.status == "failed":
+            failures += 1
+            metrics.LISTS_UPDATE_FAILURES.inc("bundle", "download")
+            print(f"bundle: download failed, keeping the installed bundle: {res.error}", file=sys.stderr)
+        elif res.status == "updated" and res.path:
+            from filterproxy.lists.bundle_cli import install_bundle
+
+            failures += install_bundle(cfg, res.path, cfg.bundle.keys) != 0
     for src, fsrc in _fetch_sources(cfg):
         def validate(path: str, _src: ListSource = src) -> None:
             n = 0

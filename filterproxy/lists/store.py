@@ -34,6 +34,7 @@ class ListSource:
     legal: bool = False  # national/legal list: blocks for every group, no allowlist overrides it
     hashed: bool = False  # never show its rule text to users (URL-hash / image-hash lists)
     where: str = ""  # config file:line that defined it
+    version: str = ""  # e.g. the signed bundle's serial
 
     @property
     def is_legal(self) -> bool:
@@ -117,7 +118,7 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Sna
         if not src.path:
             raise ListError(f"{src.where or src.id}: list {src.id!r} has no local file yet (run 'filterproxy lists update')")
         idx = len(lists)
-        info = ListInfo(src, idx)
+        info = ListInfo(src, idx, version=src.version)
         stats: dict[str, ParseStats] = {}
 
         def stats_for(path: str, _stats: dict[str, ParseStats] = stats) -> ParseStats:
@@ -261,7 +262,7 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries=None) -> None:
         "built_at": snap.built_at,
         "lists": [{
             "source": {k: getattr(li.source, k) for k in ("id", "category", "format", "path", "url", "match", "allow",
-                                                         "legal", "hashed", "where")},
+                                                         "legal", "hashed", "where", "version")},
             "entries": li.entries, "skipped": li.skipped, "ips": li.ips, "errors": li.errors,
             "header_counts": li.header_counts, "files": li.files, "version": li.version,
         } for li in snap.lists],

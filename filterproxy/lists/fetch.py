@@ -1,0 +1,744 @@
+"""List sources and downloading them into a cache with last-known-good semantics.
+
+``load_sources`` reads ``blocklists/sources.yaml``-style files (errors carry ``file:line``);
+``fetch`` brings one source into ``cache_dir/<id>.txt``:
+
+* conditional GET (``If-None-Match`` / ``If-Modified-Since`` from ``cache_dir/<id>.meta.json``);
+  a 304 reuses the cached file;
+* streamed to a temporary file with a size cap (``Content-Length`` is checked up front, the
+  streamed bytes as they arrive), truncation detected (body shorter than ``Content-Length``);
+* gzip is undone transparently when the body starts with the gzip magic (``.gz`` URLs, or a
+  server that sends the file itself compressed) - the cache always holds the plain list;
+* an optional SHA-256 pin over the stored (decompressed) bytes, and an optional ``validate``
+  callback (e.g. "parses to at least one entry") run on the new file before it replaces the old;
+* retries with exponential backoff on connection errors, timeouts, truncation and 5xx - never on
+  4xx, size or pin failures, which would fail the same way again;
+* the cached file is replaced atomically and only on success: a failed download keeps the
+  previous file, and a body that is byte-identical to it is reported as ``not-modified``.
+
+A ``format: ut1`` source is a UT1 category folder on disk, read in place (nothing to fetch); UT1
+files downloaded one by one are ``domains`` (with ``match: subdomains``) and ``urls`` sources.
+A source with ``format: bundle`` is a signed bundle (see :mod:`filterproxy.lists.bundle`); it is
+cached as ``<id>.tar.gz`` without decompression, and the caller installs it with the source's
+``signing_key``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import BinaryIO, Callable, Iterable, Iterator
+from urllib.parse import urlsplit
+
+import requests
+import yaml
+
+from filterproxy import __version__
+from filterproxy.lists.bundle import FOLDER_FORMATS
+from filterproxy.lists.parsers import DOMAIN_FORMATS, FORMATS
+from filterproxy.policy.model import KNOWN_CATEGORIES
+
+log = logging.getLogger("filterproxy.fetch")
+
+#: Formats a source may have: every list format the parsers read, plus a signed bundle.
+SOURCE_FORMATS = frozenset(FORMATS) | {"bundle"}
+MATCH_MODES = ("exact", "subdomains")
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_REFRESH = 86_400
+MIN_REFRESH = 300  # list hosts are shared infrastructure; none of them publishes more often
+USER_AGENT = f"filterproxy/{__version__} (+list refresh)"
+
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1, "b": 1, "kb": 10**3, "kib": 1 << 10, "mb": 10**6, "mib": 1 << 20, "gb": 10**9, "gib": 1 << 30,
+}  # fmt: skip
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_CHUNK = 1 << 16
+
+
+class SourcesError(ValueError):
+    """A sources file that cannot be used; the message lists every problem as ``file:line: ...``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """Where one list comes from and how to treat it.
+
+    Exactly one of ``url`` / ``path``.  ``match`` None means the format's default (decided by the
+    parser).  ``sha256`` pins the stored, decompressed content.  ``signing_key`` (PEM path or
+    text) is only for ``format: bundle`` sources and is what the bundle is verified against.
+    """
+
+    id: str
+    url: str | None = None
+    path: str | None = None
+    format: str
+    category: str | None = None
+    match: str | None = None
+    licence: str | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    refresh: int = DEFAULT_REFRESH
+    sha256: str | None = None
+    signing_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _FIELD_CHECKS[f.name](getattr(self, f.name))
+        _check_source(self)
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Outcome of one :func:`fetch`.
+
+    ``path`` is the cached list now in use (the previous one when the fetch failed; None when
+    there is none) and ``bytes`` its size; ``etag``/``last_modified``/``sha256`` describe it too.
+    """
+
+    source_id: str
+    path: str | None
+    status: str  # "updated" | "not-modified" | "failed"
+    bytes: int
+    error: str | None
+    etag: str | None
+    last_modified: str | None
+    sha256: str | None = None
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _opt_str(name: str) -> Callable[[object], None]:
+    def check(v: object) -> None:
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ValueError(f"{name} must be a non-empty string")
+
+    return check
+
+
+def _check_id(v: object) -> None:
+    if not isinstance(v, str) or not _ID_RE.match(v):
+        raise ValueError(f"id must match {_ID_RE.pattern} (it names the cache file), got {v!r}")
+
+
+def _check_url(v: object) -> None:
+    if v is None:
+        return
+    parts = urlsplit(v) if isinstance(v, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"url must be an http(s) URL, got {v!r}")
+
+
+def _check_format(v: object) -> None:
+    if v not in SOURCE_FORMATS:
+        raise ValueError(f"unknown format {v!r}; one of {', '.join(sorted(SOURCE_FORMATS))}")
+
+
+def _check_category(v: object) -> None:
+    # A source with a category no policy knows would never block anything: a typo must not load.
+    if v is not None and v not in KNOWN_CATEGORIES:
+        close = difflib.get_close_matches(str(v), KNOWN_CATEGORIES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown category {v!r}{hint}; one of {', '.join(sorted(KNOWN_CATEGORIES))}")
+
+
+def _check_match(v: object) -> None:
+    if v is not None and v not in MATCH_MODES:
+        raise ValueError(f"match must be one of {', '.join(MATCH_MODES)} (or omitted), got {v!r}")
+
+
+def _check_positive(name: str) -> Callable[[object], None]:
+    def check(v: object) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    return check
+
+
+def _check_refresh(v: object) -> None:
+    _check_positive("refresh")(v)
+    if v < MIN_REFRESH:  # type: ignore[operator]
+        raise ValueError(f"refresh must be at least {MIN_REFRESH} s, got {v}")
+
+
+def _check_sha256(v: object) -> None:
+    if v is not None and (not isinstance(v, str) or not _SHA256_RE.match(v)):
+        raise ValueError("sha256 must be 64 lower-case hex digits (quote it in YAML)")
+
+
+_FIELD_CHECKS: dict[str, Callable[[object], None]] = {
+    "id": _check_id,
+    "url": _check_url,
+    "path": _opt_str("path"),
+    "format": _check_format,
+    "category": _check_category,
+    "match": _check_match,
+    "licence": _opt_str("licence"),
+    "max_bytes": _check_positive("max_bytes"),
+    "refresh": _check_refresh,
+    "sha256": _check_sha256,
+    "signing_key": _opt_str("signing_key"),
+}
+
+
+def _check_source(s: Source) -> None:
+    """Rules that involve more than one field."""
+    if (s.url is None) == (s.path is None):
+        raise ValueError("give exactly one of url / path")
+    if s.format == "bundle":
+        if s.signing_key is None:
+            raise ValueError("a bundle source needs signing_key (the pinned public key)")
+    else:
+        if s.signing_key is not None:
+            raise ValueError("signing_key is only for format: bundle")
+        if s.category is None:
+            raise ValueError("category is required")
+    if s.format in FOLDER_FORMATS and s.url is not None:
+        raise ValueError(
+            f"format {s.format} is a local category folder (path); a downloaded UT1 'domains' "
+            "file is format: domains with match: subdomains, its 'urls' file format: urls"
+        )
+    if s.match is not None and s.format not in DOMAIN_FORMATS:
+        raise ValueError(f"match does not apply to format {s.format!r} (only to host-name lists)")
+
+
+def parse_size(value: object) -> int:
+    """``1048576``, ``"64MiB"``, ``"500 kB"`` -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"expected a size such as 1048576 or '64MiB', got {value!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower() if m.group(2) else None]
+
+
+def parse_duration(value: object) -> int:
+    """``3600``, ``"30m"``, ``"6h"``, ``"1d"``, ``"1w"`` -> seconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _DURATION_RE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"expected seconds or a duration such as '6h' or '1d', got {value!r}")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+_CONVERT: dict[str, Callable[[object], object]] = {"max_bytes": parse_size, "refresh": parse_duration}
+_FIELDS = tuple(f.name for f in fields(Source))
+
+
+def load_sources(path: str) -> list[Source]:
+    """Read a sources YAML file: ``sources:`` followed by a list of mappings with Source fields.
+
+    Relative ``path`` / ``signing_key`` values are resolved against the file's directory.  Every
+    problem is reported (not just the first) in one :class:`SourcesError`, each as ``file:line:``.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    base = os.path.dirname(os.path.abspath(path))
+    loader = yaml.SafeLoader(text)
+    errors: list[str] = []
+
+    def err(node: yaml.Node | None, msg: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        errors.append(f"{path}:{line}: {msg}")
+
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise SourcesError(f"{path}:{mark.line + 1 if mark else 1}: {exc.problem or exc}") from None
+        except yaml.YAMLError as exc:
+            raise SourcesError(f"{path}: {exc}") from None
+        if not isinstance(root, yaml.MappingNode):
+            raise SourcesError(f"{path}:1: expected a mapping with a 'sources:' list")
+        seq = None
+        for k, v in root.value:
+            if k.value == "sources":
+                seq = v
+            else:
+                err(k, f"unknown top-level key {k.value!r} (expected 'sources')")
+        if not isinstance(seq, yaml.SequenceNode) or not seq.value:
+            err(seq or root, "'sources' must be a non-empty list")
+            raise SourcesError("\n".join(errors))
+        sources: list[Source] = []
+        seen_ids: dict[str, int] = {}
+        for item in seq.value:
+            src = _load_item(loader, item, base, err)
+            if src is None:
+                continue
+            line = item.start_mark.line + 1
+            if src.id in seen_ids:
+                err(item, f"duplicate id {src.id!r} (first at line {seen_ids[src.id]})")
+                continue
+            seen_ids[src.id] = line
+            sources.append(src)
+    finally:
+        loader.dispose()
+    if errors:
+        raise SourcesError("\n".join(errors))
+    return sources
+
+
+def _load_item(
+    loader: yaml.SafeLoader, item: yaml.Node, base: str, err: Callable[[yaml.Node | None, str], None]
+) -> Source | None:
+    if not isinstance(item, yaml.MappingNode):
+        err(item, "each source must be a mapping")
+        return None
+    values: dict[str, object] = {}
+    ok = True
+    for k, v in item.value:
+        key = k.value if isinstance(k, yaml.ScalarNode) else None
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+            err(k, f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            ok = False
+            continue
+        if key in values:
+            err(k, f"duplicate key {key!r}")
+            ok = False
+            continue
+        try:
+            value = loader.construct_object(v, deep=True)
+            if key in _CONVERT and value is not None:
+                value = _CONVERT[key](value)
+            is_pem = isinstance(value, str) and value.startswith("-----BEGIN")
+            if key in ("path", "signing_key") and isinstance(value, str) and not is_pem:
+                value = os.path.normpath(os.path.join(base, value))
+            if key == "sha256" and isinstance(value, str):
+                value = value.lower()
+            _FIELD_CHECKS[key](value)
+        except (ValueError, yaml.YAMLError) as exc:
+            err(v, f"{key}: {exc}")
+            ok = False
+            continue
+        values[key] = value
+    if not ok:
+        return None
+    for required in ("id", "format"):
+        if required not in values:
+            err(item, f"missing {required!r}")
+            ok = False
+    if not ok:
+        return None
+    try:
+        return Source(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        err(item, f"source {values['id']!r}: {exc}")
+        return None
+
+
+# --- fetching -----------------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """A fetch attempt that must not be retried."""
+
+
+class _Retry(Exception):
+    """A fetch attempt that may succeed when tried again (network, 5xx, truncation)."""
+
+
+def cache_paths(source: Source, cache_dir: str) -> tuple[str, str]:
+    """(cached file, metadata file) for ``source`` in ``cache_dir``."""
+    suffix = ".tar.gz" if source.format == "bundle" else ".txt"
+    base = os.path.join(cache_dir, source.id)
+    return base + suffix, base + ".meta.json"
+
+
+def _read_meta(meta_path: str, data_path: str) -> dict:
+    if not os.path.exists(data_path):
+        return {}
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}  # no usable validators: the next request is unconditional, which is safe
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class _Progress:
+    """One self-overwriting stderr line; no dependency, no output unless enabled."""
+
+    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
+        self.label, self.total, self.enabled = label, total, enabled
+        self.done = 0
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._last >= 0.1:
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        mib = self.done / (1 << 20)
+        if self.total:
+            pct = min(100, self.done * 100 // self.total)
+            text = f"{self.label}: {mib:7.1f} / {self.total / (1 << 20):.1f} MiB {pct:3d}%"
+        else:
+            text = f"{self.label}: {mib:7.1f} MiB"
+        sys.stderr.write("\r" + text)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            self._draw()
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class _Sink:
+    """Writes the body to ``f``: gunzips when it starts with the gzip magic, caps the size, hashes."""
+
+    def __init__(self, f: BinaryIO, limit: int, allow_gunzip: bool) -> None:
+        self.f = f
+        self.limit = limit
+        self.allow_gunzip = allow_gunzip
+        self.sha = hashlib.sha256()
+        self.size = 0  # bytes written (after gunzip)
+        self.head = b""  # the first bytes written, for a sanity check
+        self._pending: bytes | None = b""  # buffered until the 2-byte magic is visible
+        self._z: zlib._Decompress | None = None
+        self._fed = False  # the current gzip member has consumed input
+
+    def write(self, chunk: bytes) -> None:
+        if self._pending is not None:
+            self._pending += chunk
+            if len(self._pending) < 2:
+                return
+            chunk, self._pending = self._pending, None
+            if self.allow_gunzip and chunk[:2] == b"\x1f\x8b":
+                self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self._z is None:
+            self._out(chunk)
+            return
+        data = chunk
+        try:
+            while data:
+                if not self._fed:
+                    data = data.lstrip(b"\0")  # zero padding after a member, as gzip(1) allows
+                    if not data:
+                        break
+                    self._fed = True
+                # max_length bounds memory against a gzip bomb: one _CHUNK of output at a time.
+                self._out(self._z.decompress(data, _CHUNK))
+                if self._z.eof:  # end of a member; concatenated members may follow
+                    data = self._z.unused_data
+                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    self._fed = False
+                else:
+                    data = self._z.unconsumed_tail
+        except zlib.error as exc:
+            raise _Failed(f"corrupt gzip data: {exc}") from None
+
+    def _out(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _Failed(f"larger than max_bytes ({self.limit} bytes)")
+        if len(self.head) < 512:
+            self.head += data[: 512 - len(self.head)]
+        self.sha.update(data)
+        self.f.write(data)
+
+    def close(self) -> None:
+        if self._pending:  # a one-byte body
+            self._out(self._pending)
+        self._pending = None
+        if self._fed:
+            raise _Failed("gzip stream truncated")
+
+
+def fetch(
+    source: Source,
+    cache_dir: str,
+    *,
+    session: requests.Session | None = None,
+    timeout: tuple[float, float] = (5, 30),
+    retries: int = 3,
+    backoff: float = 1.0,
+    progress: bool | None = None,
+    validate: Callable[[str], None] | None = None,
+) -> FetchResult:
+    """Bring ``source`` into ``cache_dir``; never raises for download problems (status "failed").
+
+    ``timeout`` is (connect, read) seconds; ``retries`` extra attempts follow a retryable failure
+    after ``backoff``, ``2*backoff``, ``4*backoff``... seconds.  ``progress`` None means "when
+    stderr is a terminal".  ``validate(path)`` may raise to refuse a downloaded file before it
+    replaces the cached one.
+    """
+    os.makedirs(cache_dir, exist_ok=True)
+    data_path, meta_path = cache_paths(source, cache_dir)
+    meta = _read_meta(meta_path, data_path)
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    def result(status: str, error: str | None = None, m: dict | None = None) -> FetchResult:
+        m = meta if m is None else m
+        exists = os.path.exists(data_path)
+        return FetchResult(
+            source_id=source.id,
+            path=data_path if exists else None,
+            status=status,
+            bytes=os.path.getsize(data_path) if exists else 0,
+            error=error,
+            etag=m.get("etag") if exists else None,
+            last_modified=m.get("last_modified") if exists else None,
+            sha256=m.get("sha256") if exists else None,
+        )
+
+    if source.format in FOLDER_FORMATS:
+        # A UT1 category folder on disk is read in place by the parser: nothing to download.
+        size = _folder_size(source.path or "")
+        if not size:
+            error = f"{source.path}: not a UT1 category folder with list files"
+            return FetchResult(source.id, None, "failed", 0, error, None, None)
+        return FetchResult(source.id, source.path, "not-modified", size, None, None, None)
+
+    own_session = session is None
+    sess = requests.Session() if own_session else session
+    try:
+        attempts = 1 if source.path else retries + 1
+        last_error = "no attempt made"
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(backoff * 2 ** (attempt - 1))
+            try:
+                if source.path:
+                    status, new_meta = _copy_local(source, data_path, meta, validate)
+                else:
+                    status, new_meta = _download(
+                        source, sess, data_path, meta, timeout, progress, validate
+                    )
+            except _Retry as exc:
+                last_error = str(exc)
+                continue
+            except _Failed as exc:
+                return result("failed", str(exc))
+            except OSError as exc:  # cache directory problems: disk full, permissions
+                return result("failed", f"{type(exc).__name__}: {exc}")
+            try:
+                _write_json_atomic(meta_path, new_meta)
+            except OSError as exc:  # the list itself is in place; the next request is unconditional
+                log.warning("%s: could not write %s: %s", source.id, meta_path, exc)
+            return result(status, None, new_meta)
+        suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return result("failed", last_error + suffix)
+    finally:
+        if own_session:
+            sess.close()
+
+
+def _folder_size(path: str) -> int:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return 0
+    return sum(os.path.getsize(p) for n in names if os.path.isfile(p := os.path.join(path, n)))
+
+
+def _conditional_headers(source: Source, meta: dict) -> dict[str, str]:
+    """Validators from the last success, unless they describe something else than wanted now."""
+    if meta.get("url") != source.url or (source.sha256 and meta.get("sha256") != source.sha256):
+        return {}
+    headers = {}
+    if meta.get("etag"):
+        headers["If-None-Match"] = meta["etag"]
+    if meta.get("last_modified"):
+        headers["If-Modified-Since"] = meta["last_modified"]
+    return headers
+
+
+def _download(
+    source: Source,
+    session: requests.Session,
+    data_path: str,
+    meta: dict,
+    timeout: tuple[float, float],
+    progress: bool,
+    validate: Callable[[str], None] | None,
+) -> tuple[str, dict]:
+    url = source.url
+    assert url is not None
+    conditional = _conditional_headers(source, meta)
+    headers = {"User-Agent": USER_AGENT, **conditional}
+    try:
+        with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+            status = resp.status_code
+            if status == 304:
+                if not conditional:
+                    raise _Failed("HTTP 304 to an unconditional request")
+                new_meta = dict(meta, checked_at=_now())
+                new_meta["etag"] = resp.headers.get("ETag", meta.get("etag"))
+                new_meta["last_modified"] = resp.headers.get("Last-Modified", meta.get("last_modified"))
+                return "not-modified", new_meta
+            if status >= 500:
+                raise _Retry(f"HTTP {status} {resp.reason or ''}".strip())
+            if status != 200:
+                raise _Failed(f"HTTP {status} {resp.reason or ''}".strip())
+            if urlsplit(url).scheme == "https" and urlsplit(resp.url).scheme != "https":
+                raise _Failed(f"redirected from https to {resp.url}")
+            length = _content_length(resp)
+            if length is not None and length > source.max_bytes:
+                raise _Failed(f"Content-Length {length} exceeds max_bytes ({source.max_bytes})")
+            encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+            bar = _Progress(source.id, length, progress)
+            try:
+                body = _body(resp, bar, source.max_bytes, None if encoded else length)
+                status_, new_meta = _store(source, body, data_path, meta, validate)
+            finally:
+                bar.close()
+            new_meta.update(
+                url=url,
+                etag=resp.headers.get("ETag"),
+                last_modified=resp.headers.get("Last-Modified"),
+            )
+            return status_, new_meta
+    except requests.exceptions.SSLError as exc:
+        raise _Failed(f"TLS error: {exc}") from None
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ) as exc:
+        raise _Failed(str(exc)) from None
+    except requests.exceptions.Timeout as exc:
+        raise _Retry(f"timed out: {exc}") from None
+    except (
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+    ) as exc:
+        raise _Retry(f"truncated or corrupt body: {exc}") from None
+    except requests.exceptions.ConnectionError as exc:
+        raise _Retry(f"connection failed: {exc}") from None
+    except requests.exceptions.RequestException as exc:
+        raise _Failed(str(exc)) from None
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Length")
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise _Failed(f"bad Content-Length {value!r}") from None
+    if n < 0:
+        raise _Failed(f"bad Content-Length {value!r}")
+    return n
+
+
+def _body(resp: requests.Response, bar: _Progress, limit: int, length: int | None) -> Iterator[bytes]:
+    """The response body in chunks; raises at the end if it was shorter than ``length``."""
+    for chunk in resp.iter_content(_CHUNK):
+        bar.add(len(chunk))
+        if bar.done > limit:
+            raise _Failed(f"larger than max_bytes ({limit} bytes)")
+        yield chunk
+    # urllib3 already refuses a short body; this also covers a stream that ends early without
+    # an error.  Only comparable when the body is not content-encoded (length counts wire bytes).
+    if length is not None and bar.done != length:
+        raise _Retry(f"truncated: received {bar.done} of {length} bytes")
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def _copy_local(
+    source: Source, data_path: str, meta: dict, validate: Callable[[str], None] | None
+) -> tuple[str, dict]:
+    assert source.path is not None
+    try:
+        size = os.path.getsize(source.path)
+    except OSError as exc:
+        raise _Failed(f"{source.path}: {exc.strerror or exc}") from None
+    if size > source.max_bytes:
+        raise _Failed(f"{source.path} is {size} bytes, above max_bytes ({source.max_bytes})")
+    status, new_meta = _store(source, _file_chunks(source.path), data_path, meta, validate)
+    new_meta["url"] = None
+    return status, new_meta
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _store(
+    source: Source,
+    chunks: Iterable[bytes],
+    data_path: str,
+    meta: dict,
+    validate: Callable[[str], None] | None,
+) -> tuple[str, dict]:
+    """Stream ``chunks`` into a temp file, check it, then atomically replace ``data_path``."""
+    is_bundle = source.format == "bundle"
+    fd, tmp = tempfile.mkstemp(prefix=f".{source.id}-", suffix=".tmp", dir=os.path.dirname(data_path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sink = _Sink(f, source.max_bytes, allow_gunzip=not is_bundle)
+            for chunk in chunks:
+                sink.write(chunk)
+            sink.close()
+            f.flush()
+            os.fsync(f.fileno())
+        if sink.size == 0:
+            raise _Failed("empty body")
+        if not is_bundle and sink.head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+            raise _Failed("got an HTML page instead of a list (captive portal or error page?)")
+        digest = sink.sha.hexdigest()
+        if source.sha256 and digest != source.sha256:
+            raise _Failed(f"sha256 mismatch: pinned {source.sha256}, got {digest}")
+        if validate is not None:
+            try:
+                validate(tmp)
+            except Exception as exc:  # the caller's check: any refusal keeps the old file
+                raise _Failed(f"rejected by validation: {exc}") from None
+        new_meta = {"sha256": digest, "bytes": sink.size, "fetched_at": _now(), "checked_at": _now()}
+        if meta.get("sha256") == digest and os.path.exists(data_path):
+            new_meta["fetched_at"] = meta.get("fetched_at", new_meta["fetched_at"])
+            return "not-modified", new_meta
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, data_path)
+        tmp = None
+        return "updated", new_meta
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
