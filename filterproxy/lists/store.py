@@ -77,6 +77,7 @@ class Snapshot:
     images: object | None = None  # match.imagehash.ImageHashIndex
     built_at: float = field(default_factory=time.time)
     raw: dict = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
+    image_items: dict = field(default_factory=dict)  # image record → item id from the hash list
 
     def by_id(self, list_id: str) -> ListInfo | None:
         return next((li for li in self.lists if li.id == list_id), None)
@@ -206,9 +207,11 @@ def _attach_url_and_image_matchers(snap: Snapshot, url_entries: list, urlhash_en
         from filterproxy.match.imagehash import ImageHashIndex
 
         ix = ImageHashIndex()
-        for value, _item, rec in image_entries:
+        for value, item, rec in image_entries:
             kind, _, hexhash = value.partition(":")
             ix.add(kind, hexhash, rec)
+            if item:
+                snap.image_items[rec] = item  # the hotline's opaque item id, for reports
         ix.freeze()
         snap.images = ix
 
