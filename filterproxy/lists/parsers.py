@@ -114,6 +114,21 @@ def _strip_comment(line: str) -> str:
     return line if i < 0 else line[:i]
 
 
+def _content_lines(f: io.TextIOBase, stats: ParseStats) -> Iterator[tuple[int, str]]:
+    """(line number, text) of lines with content; ``#``/``!`` comment lines are counted (and read for a
+    stated entry count), inline ``# comments`` cut off."""
+    for n, raw in enumerate(f, 1):
+        s = raw.strip()
+        if not s or s[0] in "#!":
+            if s:
+                stats.comments += 1
+                _note_header(stats, s)
+            continue
+        s = _strip_comment(s).strip()
+        if s:
+            yield n, s
+
+
 def _domain_or_ip(token: str, flags: int, lineno: int, stats: ParseStats) -> Entry | None:
     if _is_ip(token):
         stats.ips += 1
@@ -161,16 +176,7 @@ def parse_hosts(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
 
 def parse_domains(f: io.TextIOBase, stats: ParseStats, flags: int = EXACT) -> Iterator[Entry]:
     """One name per line; ``#`` comments (whole-line and inline); bare IPs become IP entries."""
-    for n, raw in enumerate(f, 1):
-        s = raw.strip()
-        if not s or s[0] in "#!":
-            if s:
-                stats.comments += 1
-                _note_header(stats, s)
-            continue
-        s = _strip_comment(s).strip()
-        if not s:
-            continue
+    for n, s in _content_lines(f, stats):
         token = s.split()[0]
         e = _domain_or_ip(token, flags, n, stats)
         if e is not None:
@@ -179,14 +185,7 @@ def parse_domains(f: io.TextIOBase, stats: ParseStats, flags: int = EXACT) -> It
 
 def parse_wildcard(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
     """``*.d`` → d and subdomains; bare ``d`` → exactly d."""
-    for n, raw in enumerate(f, 1):
-        s = raw.strip()
-        if not s or s[0] in "#!":
-            if s:
-                stats.comments += 1
-                _note_header(stats, s)
-            continue
-        s = _strip_comment(s).strip()
+    for n, s in _content_lines(f, stats):
         if s.startswith("*."):
             e = _domain_or_ip(s[2:], BOTH, n, stats)
         elif "*" in s:

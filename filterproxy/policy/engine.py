@@ -35,6 +35,22 @@ from filterproxy.verdict import Action, Reason, Verdict
 log = logging.getLogger("filterproxy.policy")
 
 
+def _covering(names: dict, host: str, with_subdomains) -> str | None:
+    """The entry of ``names`` that covers ``host``: the host itself, or a parent whose value says
+    (``with_subdomains(value)``) that it covers subdomains. A policy's own lists are small dicts."""
+    if not names:
+        return None
+    name, exact = host, True
+    while True:
+        value = names.get(name)
+        if value is not None and (exact or with_subdomains(value)):
+            return name
+        i = name.find(".")
+        if i < 0:
+            return None
+        name, exact = name[i + 1:], False
+
+
 @dataclass(frozen=True)
 class _GroupTables:
     """Per-group list indices, precomputed at every snapshot swap (never in the hot path)."""
@@ -209,34 +225,16 @@ class Engine:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _allowlisted(pol: Policy, host: str) -> Verdict | None:
-        if not pol.allow:
+        name = _covering(pol.allow, host, lambda sub: sub)
+        if name is None:
             return None
-        name = host
-        exact = True
-        while True:
-            sub = pol.allow.get(name)
-            if sub is not None and (exact or sub):
-                return Verdict(Action.ALLOW, Reason.ALLOWLIST, pol.id, list_id=f"policy:{pol.id}", rule=name,
-                               source=f"{pol.file}:{pol.allow_lines.get(name, 0)}")
-            i = name.find(".")
-            if i < 0:
-                return None
-            name, exact = name[i + 1:], False
+        return Verdict(Action.ALLOW, Reason.ALLOWLIST, pol.id, list_id=f"policy:{pol.id}", rule=name,
+                       source=f"{pol.file}:{pol.allow_lines.get(name, 0)}")
 
     @staticmethod
     def _policy_block(pol: Policy, host: str) -> tuple[str, int] | None:
-        if not pol.block:
-            return None
-        name = host
-        exact = True
-        while True:
-            hit = pol.block.get(name)
-            if hit is not None and (exact or hit[0]):
-                return name, hit[1]
-            i = name.find(".")
-            if i < 0:
-                return None
-            name, exact = name[i + 1:], False
+        name = _covering(pol.block, host, lambda hit: hit[0])
+        return None if name is None else (name, pol.block[name][1])
 
     @staticmethod
     def _safesearch(pol: Policy, host: str, group: str) -> Verdict | None:
