@@ -59,8 +59,11 @@ def normalize_host(name: str) -> str:
 
 def is_ip(text: str) -> bool:
     """True for a literal IPv4 or IPv6 address (lists mix them in; they are not names)."""
+    t = text.strip("[]")
+    if ":" not in t and not t[-1:].isdigit():  # fast path (DNS hot path): an IPv4 ends in a digit, IPv6 has ':'
+        return False
     try:
-        ipaddress.ip_address(text.strip("[]"))
+        ipaddress.ip_address(t)
         return True
     except ValueError:
         return False

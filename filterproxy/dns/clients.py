@@ -1,0 +1,106 @@
+"""Who is asking: access control (``dns.allowed_networks``), client → group, per-client rate limit.
+
+The three first links of the chain share one small object per source address, :class:`ClientState`,
+so the UDP hot path pays one dict lookup for all of them. States are built on the first query from an
+address (ACL check, ``engine.clients.group_for`` by IP/CIDR, and by MAC from the neighbour table when the
+configuration has MAC rules) and rebuilt every ``refresh`` seconds, so a DHCP lease that moves to
+another device, or a MAC seen later in the ARP table, changes the group within that time.
+
+Rate limit: ``dns.rate_limit`` queries per second per address (0 = off). Past the limit the next
+``rate_limit`` queries of that second are answered REFUSED, anything beyond is dropped (a flood must
+not cost us a reply each). Both are counted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+
+from filterproxy.clients import Client, mac_for_ip
+
+log = logging.getLogger("filterproxy.dns")
+
+UNLIMITED = 1 << 62
+
+
+class ClientState:
+    """Per source address: ACL result, group, rate-limit window and the group's packed-reply cache."""
+
+    __slots__ = ("ip", "allowed", "group", "how", "cache", "packed", "limit", "sec", "count", "expires")
+
+    def __init__(self, ip: str, allowed: bool, group: str | None, how: str, packed, limit: int, expires: float):
+        self.ip = ip
+        self.allowed = allowed
+        self.group = group
+        self.how = how
+        self.packed = packed  # the group's PackedCache (None for refused clients)
+        self.cache = packed.d if packed is not None else {}  # its dict: the hot path reads it directly
+        self.limit = limit
+        self.sec = 0
+        self.count = 0
+        self.expires = expires
+
+
+class ClientTable:
+    """Source address → :class:`ClientState` (bounded; rebuilt every ``refresh`` seconds)."""
+
+    def __init__(self, engine, allowed_networks: list[str], rate_limit: int, caches, *, refresh: float = 30.0,
+                 max_clients: int = 65536):
+        self.engine = engine
+        self.nets = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+        self.rate_limit = rate_limit
+        self.limit = rate_limit if rate_limit > 0 else UNLIMITED
+        self.caches = caches
+        self.refresh = refresh
+        self.max_clients = max_clients
+        self.table: dict[str, ClientState] = {}
+        self._lock = threading.Lock()
+
+    def describe_acl(self) -> str:
+        return "allowed networks " + ", ".join(str(n) for n in self.nets) if self.nets else "no allowed networks (all REFUSED)"
+
+    def describe_groups(self) -> str:
+        how = "IP/CIDR" + (" and MAC (neighbour table)" if self.engine.clients.uses_mac else "")
+        dg = self.engine.clients.default_group
+        return f"client → group by {how}; default group {dg or 'none (unknown clients REFUSED)'}"
+
+    def describe_ratelimit(self) -> str:
+        if self.rate_limit <= 0:
+            return "off"
+        return f"{self.rate_limit} queries/s per client; REFUSED up to 2x, dropped beyond"
+
+    def state(self, ip: str, now: float | None = None) -> ClientState:
+        """The state for ``ip``, building it when new or stale (slow path)."""
+        now = time.monotonic() if now is None else now
+        st = self.table.get(ip)
+        if st is not None and st.expires > now:
+            return st
+        canon = ip
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            if addr.version == 6 and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            canon = str(addr)
+            allowed = any(addr.version == n.version and addr in n for n in self.nets)
+        except ValueError:
+            allowed = False
+        group, how = None, "refused"
+        if allowed:
+            mac = mac_for_ip(canon) if self.engine.clients.uses_mac else None
+            group, how = self.engine.clients.group_for(Client(ip=canon, mac=mac))
+        pc = self.caches.for_group(group) if allowed else None
+        new = ClientState(canon, allowed, group, how, pc, self.limit, now + self.refresh)
+        if st is not None:  # keep the rate-limit window across a refresh
+            new.sec, new.count = st.sec, st.count
+        with self._lock:
+            if len(self.table) >= self.max_clients:
+                self.table.clear()
+            self.table[ip] = new
+        return new
+
+    def reset(self) -> None:
+        """Forget every state (configuration or cache objects changed)."""
+        with self._lock:
+            self.table.clear()

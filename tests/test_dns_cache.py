@@ -1,0 +1,167 @@
+"""DNS caches (filterproxy.dns.cache): lifetimes (RFC 2308), clamping, expiry, eviction, TTL ageing."""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import dns.message
+import pytest
+
+from filterproxy.dns import wire
+from filterproxy.dns.cache import (AnswerCache, PackedCache, TtlPolicy, age_step, aged, lifetime, make_entry,
+                                   to_reply)
+from filterproxy.dns.responses import Reply
+from filterproxy.dns.wire import RR
+
+NAME = b"\x01a\x04test\x00"
+ZONE = b"\x04test\x00"
+
+
+def a(ttl: int) -> RR:
+    return RR(NAME, wire.A, 1, ttl, b"\xc0\x00\x02\x01")
+
+
+def soa(ttl: int, minimum: int) -> RR:
+    rdata = b"\x02ns" + ZONE + b"\x05admin" + ZONE + struct.pack(">IIIII", 1, 2, 3, 4, minimum)
+    return RR(ZONE, wire.SOA, 1, ttl, rdata)
+
+
+def msg(rcode=0, answer=(), authority=()) -> wire.Message:
+    return wire.Message(1, 0x8180 | rcode, (NAME, 1, 1), list(answer), list(authority), [])
+
+
+POL = TtlPolicy(min_ttl=0, max_ttl=3600, negative_ttl=300)
+
+
+@pytest.mark.parametrize("m, pol, expect", [
+    (msg(answer=[a(300)]), POL, 300),
+    (msg(answer=[a(300), a(20)]), POL, 20),  # the shortest record rules
+    (msg(answer=[a(90000)]), POL, 3600),  # max_ttl
+    (msg(answer=[a(5)]), TtlPolicy(60, 3600, 300), 60),  # min_ttl
+    (msg(answer=[a(0)]), POL, 0),  # TTL 0: not cached
+    (msg(wire.NXDOMAIN, authority=[soa(3600, 120)]), POL, 120),  # SOA minimum
+    (msg(wire.NXDOMAIN, authority=[soa(30, 120)]), POL, 30),  # SOA TTL when lower (RFC 2308 §5)
+    (msg(wire.NXDOMAIN, authority=[soa(3600, 86400)]), POL, 300),  # capped by negative_ttl
+    (msg(0, authority=[soa(3600, 100)]), POL, 100),  # NODATA
+    (msg(wire.NXDOMAIN), POL, 0),  # no SOA: not cached
+    (msg(wire.SERVFAIL), POL, 0),
+    (msg(wire.REFUSED), POL, 0),
+])
+def test_lifetime(m, pol, expect):
+    assert lifetime(m, pol) == expect
+
+
+def test_to_reply_clamps_and_sets_negative_soa_ttl():
+    r = to_reply(msg(wire.NXDOMAIN, authority=[soa(3600, 120)]), POL, now=1000.0)
+    assert r.expires == 1120.0 and r.authority[0].ttl == 120
+    r = to_reply(msg(answer=[a(90000)]), POL, now=1000.0)
+    assert r.answer[0].ttl == 3600 and r.expires == 4600.0
+    assert to_reply(msg(wire.SERVFAIL), POL, now=5.0).expires == 0.0
+
+
+def test_answer_cache_expiry_and_eviction():
+    c = AnswerCache(16)
+    c.put(("k",), Reply(stored=0.0, expires=10.0))
+    assert c.get(("k",), 9.9) is not None
+    assert c.get(("k",), 10.0) is None and len(c) == 0
+    c.put(("never",), Reply(stored=5.0, expires=0.0))  # not cacheable
+    assert len(c) == 0
+    for i in range(40):
+        c.put((i,), Reply(stored=0.0, expires=100.0))
+    assert len(c) <= 16
+    assert c.get((39,), 1.0) is not None and c.get((0,), 1.0) is None  # oldest go first
+
+
+@pytest.mark.parametrize("elapsed, ttls", [(0, [300, 60]), (1, [299, 59]), (59, [241, 1]), (61, [239, 0])])
+def test_packed_entry_ages_ttls(elapsed, ttls):
+    query = dns.message.make_query("a.test", "A")
+    query.id = 77
+    pq = wire.parse_query(query.to_wire())
+    answer = [RR(NAME, wire.CNAME, 1, 300, b"\x01b\x04test\x00"), RR(b"\x01b\x04test\x00", wire.A, 1, 60, b"\x01\x02\x03\x04")]
+    data, offs = wire.pack_reply(pq, 0, answer)
+    e = make_entry(data, offs, expires=1e9, now=1000.5, fixed=False, slot=0)
+    e2 = aged(e, 1000 + elapsed)
+    m = dns.message.from_wire(b"\x00\x4d" + e2[2])
+    assert [r.ttl for r in m.answer] == ttls
+    assert e2[1] == 1000 + elapsed  # shortest TTL under 128 s: fresh for this second only
+
+
+@pytest.mark.parametrize("ttl, step", [(0, 1), (1, 1), (60, 1), (127, 1), (128, 2), (300, 4), (3600, 56), (86400, 1350)])
+def test_age_step(ttl, step):
+    assert age_step(ttl) == step
+
+
+def test_long_ttls_age_in_steps():
+    pq = wire.parse_query(dns.message.make_query("a.test", "A").to_wire())
+    data, offs = wire.pack_reply(pq, 0, [a(3600)])
+    e = make_entry(data, offs, expires=1e9, now=1000.0, fixed=False, slot=0)
+    assert e[1] == 1000 + 56 - 1  # fresh for 56 s: the hot path re-renders only after that
+    e2 = aged(e, 1100)
+    assert dns.message.from_wire(b"\x00\x00" + e2[2]).answer[0].ttl == 3500 and e2[1] == 1100 + 54 - 1
+
+
+def test_packed_entry_fixed_does_not_age():
+    pq = wire.parse_query(dns.message.make_query("a.test", "A").to_wire())
+    data, offs = wire.pack_reply(pq, 0, [a(30)])
+    e = make_entry(data, offs, expires=1e9, now=0.0, fixed=True, slot=0)
+    assert aged(e, 20)[2] == e[2]
+
+
+def test_packed_cache_bounded():
+    pc = PackedCache("g", 16, threading.Lock())
+    for i in range(100):
+        pc.put(bytes([i]), (1.0,))
+    assert len(pc.d) <= 16 and bytes([99]) in pc.d
+    pc.clear()
+    assert not pc.d
+
+
+# ---------------------------------------------------------------- client table (ACL, group, MAC)
+
+class _Clients:
+    def __init__(self, uses_mac: bool):
+        self.uses_mac = uses_mac
+        self.default_group = "home"
+        self.asked = []
+
+    def group_for(self, client):
+        self.asked.append(client)
+        if client.mac == "aa:bb:cc:dd:ee:ff":
+            return "kids", "mac"
+        if client.ip == "10.0.0.7":
+            return "staff", "ip"
+        return "home", "default"
+
+
+class _Engine:
+    def __init__(self, uses_mac: bool):
+        self.clients = _Clients(uses_mac)
+
+
+@pytest.mark.parametrize("ip, mac, allowed, group", [
+    ("10.0.0.7", None, True, "staff"),
+    ("10.0.0.8", "aa:bb:cc:dd:ee:ff", True, "kids"),  # MAC beats the default
+    ("::ffff:10.0.0.7", None, True, "staff"),  # IPv4-mapped on a dual-stack socket
+    ("192.0.2.1", None, False, None),  # outside allowed_networks: no open resolver
+    ("not-an-ip", None, False, None),
+])
+def test_client_table(monkeypatch, ip, mac, allowed, group):
+    from filterproxy.dns import clients as clmod
+    from filterproxy.dns.cache import PackedCaches
+
+    monkeypatch.setattr(clmod, "mac_for_ip", lambda a: mac)
+    table = clmod.ClientTable(_Engine(uses_mac=True), ["10.0.0.0/8"], 50, PackedCaches(["home", "kids", "staff"], 64))
+    st = table.state(ip, now=100.0)
+    assert st.allowed is allowed and st.group == group
+    assert (st.packed is not None) is allowed and st.limit == 50
+    assert table.state(ip, now=101.0) is st  # cached until refresh
+    assert table.state(ip, now=200.0) is not st  # rebuilt (leases move)
+
+
+def test_client_table_rate_limit_off():
+    from filterproxy.dns.cache import PackedCaches
+    from filterproxy.dns.clients import UNLIMITED, ClientTable
+
+    table = ClientTable(_Engine(uses_mac=False), ["127.0.0.0/8"], 0, PackedCaches(["home"], 64))
+    assert table.state("127.0.0.1").limit == UNLIMITED

@@ -1,0 +1,301 @@
+"""Upstreams (filterproxy.dns.upstream): UDP, TCP, DoT and DoH against local servers; strategies; health."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import http.server
+import ipaddress
+import socket
+import ssl
+import struct
+import threading
+
+import dns.message
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from filterproxy.dns import upstream as upmod
+from filterproxy.dns import wire
+from filterproxy.dns.testing import FakeUpstream, synth_a
+from filterproxy.dns.upstream import (AllUpstreamsFailed, HttpsUpstream, TcpUpstream, UdpUpstream, UpstreamGroup,
+                                      parse_upstream)
+
+
+def query(name: str, qtype: int = wire.A) -> bytes:
+    return wire.build_query(wire.text_to_name(name), qtype, qid=0x4242)
+
+
+def answer_a(reply: bytes) -> list[str]:
+    m = dns.message.from_wire(reply)
+    assert m.id == 0x4242
+    return [r.to_text() for rrset in m.answer for r in rrset]
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+         .not_valid_after(now + dt.timedelta(days=2))
+         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+         .sign(key, hashes.SHA256()))
+    (d / "cert.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return str(d / "cert.pem"), str(d / "key.pem")
+
+
+@pytest.fixture(scope="module")
+def fake():
+    up = FakeUpstream(truncate={"big.example"}).start()
+    yield up
+    up.stop()
+
+
+def _server_ctx(cert) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*cert)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def dot(cert, fake):
+    ctx = _server_ctx(cert)
+    ls = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def conn(c):
+        try:
+            with ctx.wrap_socket(c, server_side=True) as s:
+                while True:
+                    hdr = s.recv(2)
+                    if len(hdr) < 2:
+                        return
+                    n = struct.unpack(">H", hdr)[0]
+                    data = b""
+                    while len(data) < n:
+                        data += s.recv(n - len(data))
+                    out = fake.answer(data, "tcp")
+                    s.sendall(struct.pack(">H", len(out)) + out)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def accept():
+        while not stop.is_set():
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield ls.getsockname()[1]
+    stop.set()
+    ls.close()
+
+
+@pytest.fixture(scope="module")
+def doh(cert, fake):
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _reply(self, body: bytes | None):
+            if body is None:
+                self.send_response(400)
+                self.end_headers()
+                return
+            out = fake.answer(body, "tcp")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dns-message")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(n)
+            ok = self.headers.get("Content-Type") == "application/dns-message" and body[:2] == b"\x00\x00"
+            self._reply(body if ok else None)
+
+        def do_GET(self):
+            from urllib.parse import parse_qs, urlsplit
+
+            v = parse_qs(urlsplit(self.path).query).get("dns", [""])[0]
+            self._reply(base64.urlsafe_b64decode(v + "=" * (-len(v) % 4)) if v else None)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.socket = _server_ctx(cert).wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_udp_and_truncation_retry(fake):
+    async def go():
+        u = UdpUpstream("127.0.0.1", fake.port)
+        try:
+            a = answer_a(await u.exchange(query("one.example"), 2))
+            b = answer_a(await u.exchange(query("big.example"), 2))
+            many = await asyncio.gather(*(u.exchange(query(f"n{i}.example"), 2) for i in range(50)))
+            return a, b, [answer_a(r) for r in many]
+        finally:
+            await u.close()
+
+    a, b, many = run(go())
+    assert a == [synth_a("one.example")] and b == [synth_a("big.example")]
+    assert many == [[synth_a(f"n{i}.example")] for i in range(50)]
+    assert fake.count("big.example", "A", "tcp") == 1
+
+
+def test_tcp_reuses_connection(fake):
+    async def go():
+        u = TcpUpstream("127.0.0.1", fake.port)
+        try:
+            r = [answer_a(await u.exchange(query(f"t{i}.example"), 2)) for i in range(3)]
+            conn = u._conn
+            r += [answer_a(x) for x in await asyncio.gather(*(u.exchange(query(f"p{i}.example"), 2) for i in range(10)))]
+            return r, conn is u._conn
+        finally:
+            await u.close()
+
+    r, same = run(go())
+    assert r[0] == [synth_a("t0.example")] and len(r) == 13 and same
+
+
+def test_dot(dot, cert, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", cert[0])
+    u = parse_upstream(f"tls://localhost:{dot}#127.0.0.1")
+    assert isinstance(u, TcpUpstream) and u.name == f"tls://localhost:{dot}"
+
+    async def go():
+        try:
+            return [answer_a(await u.exchange(query(f"dot{i}.example"), 3)) for i in range(3)]
+        finally:
+            await u.close()
+
+    assert run(go()) == [[synth_a(f"dot{i}.example")] for i in range(3)]
+
+
+def test_dot_rejects_untrusted_certificate(dot):
+    u = parse_upstream(f"tls://localhost:{dot}#127.0.0.1")  # system CAs only
+
+    async def go():
+        try:
+            await u.exchange(query("x.example"), 3)
+        finally:
+            await u.close()
+
+    with pytest.raises(upmod.UpstreamError) as ei:
+        run(go())
+    assert ei.value.kind == "tls"
+
+
+@pytest.mark.parametrize("template", ["https://localhost:{port}/dns-query", "https://localhost:{port}/dns-query{{?dns}}"])
+def test_doh_post_and_get(doh, cert, monkeypatch, template):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert[0])
+    u = parse_upstream(template.format(port=doh))
+    assert isinstance(u, HttpsUpstream) and u.get == ("{?dns}" in template)
+
+    async def go():
+        return [answer_a(await u.exchange(query(f"doh{i}.example"), 3)) for i in range(3)]
+
+    assert run(go()) == [[synth_a(f"doh{i}.example")] for i in range(3)]
+
+
+@pytest.mark.parametrize("addr, cls, name", [
+    ("9.9.9.9", UdpUpstream, "9.9.9.9:53"),
+    ("udp://127.0.0.1:5399", UdpUpstream, "127.0.0.1:5399"),
+    ("[2620:fe::fe]:53", UdpUpstream, "[2620:fe::fe]:53"),
+    ("tcp://10.0.0.1", TcpUpstream, "tcp://10.0.0.1:53"),
+    ("tls://dns.quad9.net", TcpUpstream, "tls://dns.quad9.net:853"),
+    ("https://dns.quad9.net/dns-query", HttpsUpstream, "https://dns.quad9.net/dns-query"),
+])
+def test_parse_upstream(addr, cls, name):
+    u = parse_upstream(addr)
+    assert isinstance(u, cls) and u.name == name
+
+
+def test_failover_health_and_backoff(fake):
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))  # never answers
+    bad = UdpUpstream("127.0.0.1", dead.getsockname()[1])
+    good = UdpUpstream("127.0.0.1", fake.port)
+    g = UpstreamGroup([bad, good], "failover", timeout=0.3)
+
+    async def go():
+        try:
+            r1, n1 = await g.exchange(query("f1.example"))  # bad times out, good answers
+            r2, n2 = await g.exchange(query("f2.example"))  # bad is backing off: straight to good
+            return n1, n2, bad.fails
+        finally:
+            await g.close()
+
+    n1, n2, fails = run(go())
+    dead.close()
+    assert n1 == n2 == good.name
+    assert fails == 1 and bad.down_until > 0  # the second query did not wait for it
+
+
+def test_all_down_fails_fast():
+    a = UdpUpstream("127.0.0.1", 9)
+    a.failed(1e12)  # backing off far into the future
+    g = UpstreamGroup([a], timeout=1)
+
+    async def go():
+        await g.exchange(query("x.example"))
+
+    with pytest.raises(AllUpstreamsFailed) as ei:
+        run(go())
+    assert ei.value.down
+
+
+@pytest.mark.parametrize("fails, backoff", [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 5.0), (9, 5.0)])
+def test_backoff_table(fails, backoff):
+    u = UdpUpstream("127.0.0.1", 9)
+    for _ in range(fails):
+        u.failed(100.0)
+    assert u.down_until == pytest.approx(100.0 + backoff)
+    u.ok()
+    assert u.healthy(0) and u.fails == 0
+
+
+def test_dot_upstream_end_to_end(dot, cert, tmp_path):
+    """``filterproxy run --upstream tls://localhost:PORT#127.0.0.1`` answers UDP and TCP clients."""
+    import dns.query
+
+    from filterproxy.dns.testing import ServerProcess
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "home.yaml").write_text("name: home\nblock_categories: [adult]\nblock_mode: nxdomain\n")
+    (tmp_path / "adult.txt").write_text("adult.test\n")
+    cfg = tmp_path / "filterproxy.yaml"
+    cfg.write_text(f"server: {{state_dir: {tmp_path / 'state'}}}\npolicies_dir: policies\ngroups: [home]\n"
+                   f"default_group: home\nlists:\n  - {{id: a, category: adult, format: domains, path: adult.txt}}\n")
+    srv = ServerProcess(["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
+                         "--metrics-listen", "off", "--upstream", f"tls://localhost:{dot}#127.0.0.1"],
+                        log_path=str(tmp_path / "run.log"), env={"SSL_CERT_FILE": cert[0]}).start()
+    try:
+        for tcp in (False, True):
+            q = dns.message.make_query(f"dot-e2e-{tcp:d}.example", "A")
+            r = (dns.query.tcp if tcp else dns.query.udp)(q, "127.0.0.1", port=srv.port, timeout=5)
+            assert [x.to_text() for rrset in r.answer for x in rrset] == [synth_a(f"dot-e2e-{tcp:d}.example")]
+        r = dns.query.udp(dns.message.make_query("adult.test", "A"), "127.0.0.1", port=srv.port, timeout=5)
+        assert r.rcode() == 3
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.output()
