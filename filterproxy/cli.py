@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dns-listen", metavar="HOST:PORT|off")
     sp.add_argument("--proxy-listen", metavar="HOST:PORT|off")
     sp.add_argument("--proxy-workers", type=int, metavar="N")
+    sp.add_argument("--proxy-mode", action="append", default=[], metavar="MODE",
+                    help="proxy mode (repeatable): regular (default, on --proxy-listen), transparent@PORT, "
+                         "wireguard@PORT (see deploy/transparent-proxy.md, deploy/wireguard.md)")
     sp.add_argument("--dns-workers", type=int, metavar="N")
     sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
     sp.add_argument("--upstream", action="append", default=[], metavar="ADDR",

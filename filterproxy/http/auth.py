@@ -1,0 +1,299 @@
+"""Proxy users file: ``Proxy-Authorization: Basic`` → age group, for shared lab computers.
+
+One user a line, ``#`` comments and blank lines ignored::
+
+    # user:group:salt$hash
+    lan.6a:primary:2f1c0e...$9a4b...
+
+* ``salt$hash`` — scrypt (N=2^14, r=8, p=1, 32 bytes; RFC 7914) of the UTF-8 password, salt and hash
+  in hex. This is what :func:`hash_password` writes.
+* ``pbkdf2_sha256$ITERATIONS$salt$hash`` — PBKDF2-HMAC-SHA256, accepted for files made elsewhere.
+
+A slow hash costs ~50 ms, so a verified ``Authorization`` value is remembered (a SHA-256 of the header
+value → user, bounded) and the hash runs once per credential and process, not per request.
+
+This module imports nothing from filterproxy, so it also works as a standalone helper::
+
+    python -m filterproxy.http.auth add /etc/filterproxy/users.txt lan.6a primary   # password on stdin
+    python -m filterproxy.http.auth check /etc/filterproxy/users.txt lan.6a         # exit 0 if it matches
+    python -m filterproxy.http.auth remove /etc/filterproxy/users.txt lan.6a
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+
+__all__ = ["UserEntry", "UsersFile", "UsersFileError", "hash_password", "verify_password", "parse_basic"]
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 1 << 14, 8, 1, 32
+PBKDF2_MIN_ITERATIONS = 10_000
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+_CACHE_LIMIT = 4096
+
+
+class UsersFileError(ValueError):
+    """An unusable users file or entry; the message names file:line."""
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    """One line of the users file."""
+
+    user: str
+    group: str
+    hashed: str
+    line: int = 0
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``salt$hash`` (hex) with scrypt, as written to the users file."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=64 * 1024 * 1024, dklen=SCRYPT_LEN)
+    return f"{salt.hex()}${digest.hex()}"
+
+
+def _check_hash_syntax(hashed: str) -> None:
+    parts = hashed.split("$")
+    if len(parts) == 2:
+        salt, digest = parts
+    elif len(parts) == 4 and parts[0] == "pbkdf2_sha256":
+        if not parts[1].isdigit() or int(parts[1]) < PBKDF2_MIN_ITERATIONS:
+            raise ValueError(f"pbkdf2_sha256 needs at least {PBKDF2_MIN_ITERATIONS} iterations")
+        salt, digest = parts[2], parts[3]
+    else:
+        raise ValueError("expected salt$hash (scrypt) or pbkdf2_sha256$iterations$salt$hash")
+    for name, value, minimum in (("salt", salt, 8), ("hash", digest, 16)):
+        if not _HEX_RE.match(value) or len(value) % 2 or len(value) < 2 * minimum:
+            raise ValueError(f"{name} must be at least {minimum} bytes in hex")
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    """True when ``password`` matches a ``salt$hash`` or ``pbkdf2_sha256$…`` entry (constant-time compare)."""
+    parts = hashed.split("$")
+    try:
+        if len(parts) == 2:
+            salt, want = bytes.fromhex(parts[0]), bytes.fromhex(parts[1])
+            got = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                                 maxmem=64 * 1024 * 1024, dklen=len(want))
+        elif len(parts) == 4 and parts[0] == "pbkdf2_sha256":
+            salt, want = bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
+            got = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, int(parts[1]), len(want))
+        else:
+            return False
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """``Basic base64(user:password)`` → (user, password); None when absent or malformed."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        text = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        return None
+    return user, password
+
+
+def _read_entries(path: str) -> list[UserEntry]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise UsersFileError(f"{path}: cannot read users file: {exc.strerror}") from None
+    out: list[UserEntry] = []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(lines, 1):
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        parts = s.split(":", 2)
+        if len(parts) != 3:
+            raise UsersFileError(f"{path}:{n}: expected user:group:salt$hash")
+        user, group, hashed = (p.strip() for p in parts)
+        if not _USER_RE.match(user):
+            raise UsersFileError(f"{path}:{n}: invalid user name {user!r} (letters, digits, '_', '.', '@', '-')")
+        if not _GROUP_RE.match(group):
+            raise UsersFileError(f"{path}:{n}: invalid group {group!r}")
+        try:
+            _check_hash_syntax(hashed)
+        except ValueError as exc:
+            raise UsersFileError(f"{path}:{n}: user {user!r}: {exc}") from None
+        key = user.lower()
+        if key in seen:
+            raise UsersFileError(f"{path}:{n}: user {user!r} already defined on line {seen[key]}")
+        seen[key] = n
+        out.append(UserEntry(user, group, hashed, n))
+    return out
+
+
+class UsersFile:
+    """Loaded users file: ``authenticate(header)`` → (user, group) or None.
+
+    Entries are immutable once loaded (a reload builds a new object). User names compare
+    case-insensitively; passwords exactly.
+    """
+
+    def __init__(self, path: str, entries: list[UserEntry]):
+        self.path = path
+        self.entries = {e.user.lower(): e for e in entries}
+        self._ok: dict[bytes, tuple[str, str]] = {}  # sha256(header) → (user, group)
+        self._bad: dict[bytes, None] = {}  # sha256(header) of recent failures (no hash on replay)
+
+    @classmethod
+    def load(cls, path: str, groups: "set[str] | None" = None) -> "UsersFile":
+        """Read and check ``path``; with ``groups``, every entry's group must be one of them."""
+        entries = _read_entries(path)
+        if groups is not None:
+            for e in entries:
+                if e.group not in groups:
+                    raise UsersFileError(f"{path}:{e.line}: user {e.user!r}: unknown group {e.group!r} "
+                                         f"(groups: {', '.join(sorted(groups))})")
+        return cls(path, entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def authenticate(self, header: str | None) -> tuple[str, str] | None:
+        """(user, group) for a valid ``Basic`` credential, else None. Cached per header value."""
+        if not header:
+            return None
+        tag = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+        hit = self._ok.get(tag)
+        if hit is not None:
+            return hit
+        if tag in self._bad:
+            return None
+        creds = parse_basic(header)
+        result = None
+        if creds is not None:
+            entry = self.entries.get(creds[0].lower())
+            if entry is not None and verify_password(creds[1], entry.hashed):
+                result = (entry.user, entry.group)
+        cache = self._ok if result is not None else self._bad
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[tag] = result  # type: ignore[assignment]
+        return result
+
+    def cached(self, header: str | None) -> tuple[str, str] | None | bool:
+        """Cheap look-up without hashing: (user, group), None (known bad), or False (not seen yet)."""
+        if not header:
+            return None
+        tag = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+        hit = self._ok.get(tag)
+        if hit is not None:
+            return hit
+        return None if tag in self._bad else False
+
+
+# ---------------------------------------------------------------- command line helper
+
+def _write_atomic(path: str, lines: list[str]) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".users-", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(line if line.endswith("\n") else line + "\n" for line in lines))
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read_password(confirm: bool) -> str:
+    if sys.stdin.isatty():
+        pw = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Repeat: ") != pw:
+            raise SystemExit("passwords differ")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    if not pw:
+        raise SystemExit("empty password")
+    return pw
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m filterproxy.http.auth",
+                                description="Manage the filterproxy proxy users file (user:group:salt$hash).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add", help="add or replace a user; the password is read from stdin")
+    a.add_argument("file")
+    a.add_argument("user")
+    a.add_argument("group")
+    c = sub.add_parser("check", help="exit 0 if the password on stdin is the user's")
+    c.add_argument("file")
+    c.add_argument("user")
+    r = sub.add_parser("remove", help="remove a user")
+    r.add_argument("file")
+    r.add_argument("user")
+    sub.add_parser("hash", help="print salt$hash for the password on stdin")
+    args = p.parse_args(argv)
+
+    if args.cmd == "hash":
+        print(hash_password(_read_password(True)))
+        return 0
+    if args.cmd == "add":
+        if not _USER_RE.match(args.user):
+            raise SystemExit(f"invalid user name {args.user!r}")
+        if not _GROUP_RE.match(args.group):
+            raise SystemExit(f"invalid group {args.group!r}")
+    lines: list[str] = []
+    if os.path.exists(args.file):
+        _read_entries(args.file)  # refuse to edit a broken file
+        with open(args.file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+
+    def is_user(line: str) -> bool:
+        s = line.strip()
+        return bool(s) and not s.startswith("#") and s.split(":", 1)[0].lower() == args.user.lower()
+
+    if args.cmd == "check":
+        entry = next((e for e in _read_entries(args.file) if e.user.lower() == args.user.lower()), None)
+        ok = entry is not None and verify_password(_read_password(False), entry.hashed)
+        print("ok" if ok else "no match")
+        return 0 if ok else 1
+    if args.cmd == "remove":
+        kept = [line for line in lines if not is_user(line)]
+        if len(kept) == len(lines):
+            print(f"{args.user}: not found", file=sys.stderr)
+            return 1
+        _write_atomic(args.file, kept)
+        return 0
+    entry = f"{args.user}:{args.group}:{hash_password(_read_password(True))}"
+    out = [entry if is_user(line) else line for line in lines]
+    if entry not in out:
+        if not lines:
+            out = ["# filterproxy proxy users: user:group:salt$hash (scrypt); manage with python -m filterproxy.http.auth"]
+        out.append(entry)
+    _write_atomic(args.file, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
