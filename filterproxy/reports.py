@@ -333,13 +333,26 @@ class ReportSpool:
     def run_forever(self, stop_event: threading.Event, interval: float = 5) -> None:
         """Deliver every ``interval`` seconds until ``stop_event`` is set (run it in a thread)."""
         log.info("reports: delivering to %s every %gs from %s", self.endpoint or "(nowhere)", interval, self.directory)
+        from filterproxy import metrics
+
         while not stop_event.is_set():
+            sent = failed = 0
             try:
-                self.deliver_pending()
+                sent, failed = self.deliver_pending()
             except Exception:  # keep the loop alive; the reports stay pending
+                failed = 1
                 with self._lock:
                     self.delivery_failures += 1
                 log.exception("reports: delivery pass failed")
+            try:  # other processes (proxy workers) add to the spool: count what is on disk
+                self.queue_depth = len(self._ids(self._pending_dir))
+                metrics.REPORTS_QUEUE_DEPTH.set(value=self.queue_depth)
+                if sent:
+                    metrics.REPORTS_DELIVERED.inc(amount=sent)
+                if failed:
+                    metrics.REPORTS_DELIVERY_FAILURES.inc(amount=failed)
+            except Exception:  # metrics never stop delivery
+                log.debug("reports: metrics not updated", exc_info=True)
             stop_event.wait(interval)
 
     def start(self, stop_event: threading.Event, interval: float = 5) -> threading.Thread:
