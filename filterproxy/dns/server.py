@@ -151,6 +151,29 @@ class DnsServer:
         self._wake: socket.socket | None = None
         self.wake_addr = None
 
+    def _bind_any_port(self) -> tuple[socket.socket, socket.socket]:
+        """A UDP and a TCP socket bound to the same free port (the kernel picks the UDP one; retried
+        while its TCP twin is taken)."""
+        for _ in range(50):
+            u = socket.socket(self.family, socket.SOCK_DGRAM)
+            if self.reuse_port:
+                u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
+                try:
+                    u.setsockopt(socket.SOL_SOCKET, opt, size)
+                except OSError:
+                    pass
+            u.bind((self.host, 0))
+            t = socket.socket(self.family, socket.SOCK_STREAM)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                t.bind((self.host, u.getsockname()[1]))
+                return u, t
+            except OSError:
+                u.close()
+                t.close()
+        raise OSError(f"no port free for both UDP and TCP on {self.host}")
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -162,7 +185,12 @@ class DnsServer:
                 s.setsockopt(socket.SOL_SOCKET, opt, size)
             except OSError:
                 pass
-        s.bind((self.host, self.port))
+        tcp_sock = None
+        if self.port == 0:  # any free port (tests): one whose TCP twin is free too
+            s.close()
+            s, tcp_sock = self._bind_any_port()
+        else:
+            s.bind((self.host, self.port))
         self.port = s.getsockname()[1]
         self.sock = s
         # wake-ups for the UDP thread (results from the loop, stop): a datagram from a known address
@@ -175,8 +203,11 @@ class DnsServer:
         self.wake_addr = w.getsockname()
         self.reactor = ThreadReactor(self.loop, self._send_wake, self._set_polling)
         self.loop_reactor = LoopReactor(self.loop)
-        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port, reuse_address=True,
-                                               reuse_port=self.reuse_port or None, backlog=256)
+        if tcp_sock is not None:
+            self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock, backlog=256)
+        else:
+            self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port, reuse_address=True,
+                                                   reuse_port=self.reuse_port or None, backlog=256)
         self._running = True
         self._thread = threading.Thread(target=self._udp_loop, name=f"filterproxy-dns-udp-{self.port}", daemon=True)
         self._thread.start()
