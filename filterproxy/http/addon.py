@@ -35,6 +35,7 @@ and users file in a thread and swaps one reference; hooks read that reference on
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -134,6 +135,17 @@ def load_state(config_path: str | None, extra_lists: Sequence[str] = (), client_
         policy_names={g: p.name for g, p in cfg.groups.items()},
         levels={g: (p.safesearch, p.youtube) for g, p in cfg.groups.items()},
         generation=generation)
+
+
+def _freeze_heap() -> None:
+    """After a (re)load: collect once, then move every surviving object (lists, matchers, config) out of
+    the collector's generations. mitmproxy allocates many short-lived objects per request, and each
+    full collection would otherwise walk the loaded state again. Frozen objects are still freed by
+    reference counting when a reload drops them; unfreezing first lets the collection reclaim the
+    reference cycles of the state a reload replaced."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _suffix_in(host: str, names: frozenset[str]) -> bool:
@@ -324,6 +336,7 @@ class FilterAddon:
             raise exceptions.OptionsError(f"filterproxy: {exc}") from None
         self.state = state
         self._loaded_options = opts
+        _freeze_heap()
         snap = state.engine.snapshot
         log.info("filterproxy http: %s loaded in %.1f s — %d groups, %d lists, %d entries%s",
                  state.config.path, time.monotonic() - t0, len(state.config.groups), len(snap.lists),
@@ -432,6 +445,8 @@ class FilterAddon:
             return
         self.state = state  # the swap: one reference
         self.last_reload_error = None
+        del old
+        _freeze_heap()
         log.info("filterproxy http: reloaded in %.1f s (generation %d, %d entries)", time.monotonic() - t0,
                  state.generation, state.engine.snapshot.total_entries)
         fut.set_result(True)
