@@ -151,18 +151,22 @@ class DnsServer:
         self._wake: socket.socket | None = None
         self.wake_addr = None
 
+    def _udp_socket(self) -> socket.socket:
+        s = socket.socket(self.family, socket.SOCK_DGRAM)
+        if self.reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, size)
+            except OSError:
+                pass
+        return s
+
     def _bind_any_port(self) -> tuple[socket.socket, socket.socket]:
         """A UDP and a TCP socket bound to the same free port (the kernel picks the UDP one; retried
         while its TCP twin is taken)."""
         for _ in range(50):
-            u = socket.socket(self.family, socket.SOCK_DGRAM)
-            if self.reuse_port:
-                u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
-                try:
-                    u.setsockopt(socket.SOL_SOCKET, opt, size)
-                except OSError:
-                    pass
+            u = self._udp_socket()
             u.bind((self.host, 0))
             t = socket.socket(self.family, socket.SOCK_STREAM)
             t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -177,19 +181,11 @@ class DnsServer:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        s = socket.socket(self.family, socket.SOCK_DGRAM)
-        if self.reuse_port:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, opt, size)
-            except OSError:
-                pass
         tcp_sock = None
         if self.port == 0:  # any free port (tests): one whose TCP twin is free too
-            s.close()
             s, tcp_sock = self._bind_any_port()
         else:
+            s = self._udp_socket()
             s.bind((self.host, self.port))
         self.port = s.getsockname()[1]
         self.sock = s

@@ -103,8 +103,9 @@ def read_name(buf: bytes, off: int, *, allow_pointers: bool = True) -> tuple[byt
     return bytes(out), (end if end >= 0 else off)
 
 
-def skip_name(buf: bytes, off: int) -> int:
-    """Offset after a (possibly compressed) name, without building it."""
+def skip_name(buf: bytes, off: int, *, backward: bool = False) -> int:
+    """Offset after a (possibly compressed) name, without building it. ``backward``: a compression pointer
+    must point before itself (so into what a copy of the message keeps at the same place)."""
     n = len(buf)
     while True:
         if off >= n:
@@ -115,6 +116,8 @@ def skip_name(buf: bytes, off: int) -> int:
         if ln & 0xC0 == 0xC0:
             if off + 1 >= n:
                 raise WireError("truncated compression pointer")
+            if backward and ((ln & 0x3F) << 8 | buf[off + 1]) >= off:
+                raise WireError("bad compression pointer")
             return off + 2
         if ln & 0xC0:
             raise WireError(f"unsupported label type 0x{ln:02x}")
@@ -471,24 +474,6 @@ _TTLREC = struct.Struct(">HI")
 _ADDRREC = struct.Struct(">HHH")
 
 
-def _skip_back(buf: bytes, off: int) -> int:
-    """Like skip_name, but a pointer must point backwards (so into what a copy keeps at the same place)."""
-    n = len(buf)
-    while True:
-        if off >= n:
-            raise WireError("name runs past the end of the message")
-        ln = buf[off]
-        if ln == 0:
-            return off + 1
-        if ln & 0xC0 == 0xC0:
-            if off + 1 >= n or ((ln & 0x3F) << 8 | buf[off + 1]) >= off:
-                raise WireError("bad compression pointer")
-            return off + 2
-        if ln & 0xC0:
-            raise WireError(f"unsupported label type 0x{ln:02x}")
-        off += 1 + ln
-
-
 def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
                negative_ttl: int) -> tuple[int, int, RawAnswer] | None:
     """Walk an upstream reply to our question: (rcode, flags, RawAnswer), or None when it is unusual
@@ -514,7 +499,7 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
         if off + 1 < n and buf[off] == 0xC0 and buf[off + 1] == 12:
             off += 2
         else:
-            off = _skip_back(buf, off)
+            off = skip_name(buf, off, backward=True)
         if off + 10 > n:
             raise WireError("record truncated")
         rtype, _rclass, ttl, rdlen = unpack(buf, off)
@@ -532,7 +517,7 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
         if spec is not None:  # names inside rdata: their pointers must stay inside what we copy
             o = rd + spec[0]
             for _ in range(spec[1]):
-                o = _skip_back(buf, o)
+                o = skip_name(buf, o, backward=True)
             if o > off:
                 raise WireError("rdata name runs past the record")
         if i < an:
@@ -547,7 +532,7 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
         ttls.append([ttl_off, ttl if min_ttl <= ttl <= max_ttl else max(min_ttl, min(ttl, max_ttl))])
     end = off
     for _ in range(ar):  # additional records are dropped; an OPT with an extended rcode takes the slow path
-        off = _skip_back(buf, off)
+        off = skip_name(buf, off, backward=True)
         if off + 10 > n:
             raise WireError("record truncated")
         rtype, _rclass, ttl, rdlen = unpack(buf, off)

@@ -175,14 +175,10 @@ class UsersFile:
 
     def authenticate(self, header: str | None) -> tuple[str, str] | None:
         """(user, group) for a valid ``Basic`` credential, else None. Cached per header value."""
-        if not header:
-            return None
-        tag = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
-        hit = self._ok.get(tag)
-        if hit is not None:
-            return hit
-        if tag in self._bad:
-            return None
+        hit = self.cached(header)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        tag = _tag(header)  # (hashed twice on a first sight only, next to a ~50 ms password hash)
         creds = parse_basic(header)
         result = None
         if creds is not None:
@@ -199,11 +195,16 @@ class UsersFile:
         """Cheap look-up without hashing: (user, group), None (known bad), or False (not seen yet)."""
         if not header:
             return None
-        tag = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+        tag = _tag(header)
         hit = self._ok.get(tag)
         if hit is not None:
             return hit
         return None if tag in self._bad else False
+
+
+def _tag(header: str) -> bytes:
+    """Cache key of a Proxy-Authorization value (never kept in clear)."""
+    return hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
 
 
 # ---------------------------------------------------------------- command line helper
