@@ -369,8 +369,10 @@ class FilterAddon:
         try:
             spool = ReportSpool(directory, endpoint, gateway_id=cfg.server.gateway_id, url_mode=cfg.reports.url_mode,
                                 include_client=cfg.reports.include_client)
-        except (OSError, ValueError) as exc:
-            raise exceptions.OptionsError(f"filterproxy: report spool {directory}: {exc}") from None
+        except (OSError, ValueError) as exc:  # pictures on a hash list are still blocked; reports are lost
+            log.error("filterproxy: cannot use the report spool %s: %s (image matches will be blocked but "
+                      "not reported)", directory, exc)
+            return
         self._stop_delivery()
         self.spool = self.images.spool = spool
         self._spool_key = key
