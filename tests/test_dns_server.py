@@ -119,10 +119,10 @@ def write_setup(tmp: Path, *, upstreams: list[str], upstream_opts: dict | None =
     return cfg
 
 
-def start(tmp: Path, cfg: Path, *extra_args: str) -> ServerProcess:
+def start(tmp: Path, cfg: Path, *extra_args: str, env: dict | None = None) -> ServerProcess:
     args = ["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
             "--metrics-listen", "127.0.0.1:0", *extra_args]
-    return ServerProcess(args, log_path=str(tmp / "run.log")).start()
+    return ServerProcess(args, log_path=str(tmp / "run.log"), env=env).start()
 
 
 def free_port() -> int:
@@ -135,14 +135,17 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- the main server
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dns")
+@pytest.fixture(scope="module", params=["batched", "plain"])
+def env(request, tmp_path_factory):
+    """The main server, once with the batched UDP loop (recvmmsg/sendmmsg) and once with the plain one."""
+    tmp = tmp_path_factory.mktemp(f"dns-{request.param}")
     up = FakeUpstream(zone=ZONE, truncate={"big.example"}, negative_ttl=120).start()
     school = FakeUpstream(zone={"printer.school.lan": [("A", "10.9.9.9")]}).start()
     cfg = write_setup(tmp, upstreams=[up.address], upstream_opts={"conditional": {"school.lan": [school.address]}},
                       cache={"blocked_ttl": 20})
-    srv = start(tmp, cfg, "--extra-list", f"hosts:bypass:{DOH_HOSTS}", "--dns-workers", "1")
+    srv = start(tmp, cfg, "--extra-list", f"hosts:bypass:{DOH_HOSTS}", "--dns-workers", "1",
+                env={"FILTERPROXY_DNS_MMSG": "1" if request.param == "batched" else "0"})
+    assert f"UDP loop: {request.param}" in srv.output(), srv.output()[-2000:]
     yield {"port": srv.port, "up": up, "school": school, "srv": srv, "tmp": tmp, "cfg": cfg}
     srv.stop()
     up.stop()

@@ -1,0 +1,92 @@
+"""Batched UDP I/O (recvmmsg/sendmmsg through ctypes): datagrams, addresses and replies, IPv4 and IPv6."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from filterproxy.dns import mmsg
+
+pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
+
+
+def _pair(family: int, host: str):
+    srv = socket.socket(family, socket.SOCK_DGRAM)
+    srv.bind((host, 0))
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))  # as the server's polling
+    clients = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+    for c in clients:
+        c.bind((host, 0))
+        c.settimeout(2)
+    return srv, clients
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_batch_round_trip(family, host):
+    srv, clients = _pair(family, host)
+    bs = mmsg.BatchSocket(srv)
+    for k, c in enumerate(clients):
+        c.sendto(b"query-%d" % k + bytes(k * 100), srv.getsockname())
+    got: list[tuple[bytes, tuple]] = []
+    while len(got) < 3:
+        n = bs.recv()
+        assert n > 0
+        for i in range(n):
+            got.append((bs.data(i), bs.addr(i), bs.ip(i), bs.addr_key(i)))
+            assert bs.put(i, b"ID", b"-reply-to-" + bs.data(i)[:7])
+        bs.flush()
+    by_port = {a[1]: (d, a, ip, key) for d, a, ip, key in got}
+    for k, c in enumerate(clients):
+        d, a, ip, key = by_port[c.getsockname()[1]]
+        assert d == b"query-%d" % k + bytes(k * 100)
+        assert a[:2] == c.getsockname()[:2] and ip == host
+        assert key == socket.inet_pton(family, host)
+        if family == socket.AF_INET6:
+            assert len(a) == 4  # (host, port, flowinfo, scope_id), as recvfrom gives
+        assert c.recv(100) == b"ID-reply-to-query-%d" % k
+    for s in (srv, *clients):
+        s.close()
+
+
+def test_timeout_returns_zero_and_oversize_reply_is_refused():
+    srv, clients = _pair(socket.AF_INET, "127.0.0.1")
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20000))
+    bs = mmsg.BatchSocket(srv)
+    assert bs.recv() == 0  # nothing queued: the timeout, not an error
+    clients[0].sendto(b"q", srv.getsockname())
+    assert bs.recv() == 1
+    assert not bs.put(0, b"ID", bytes(mmsg.SLOT))  # too big for a slot: the caller sends it itself
+    assert bs.pending == 0
+    assert bs.put(0, b"ID", b"ok")
+    bs.flush()
+    assert clients[0].recv(10) == b"IDok" and bs.pending == 0
+    for s in (srv, *clients):
+        s.close()
+
+
+def test_a_failing_destination_does_not_stop_the_batch():
+    srv, clients = _pair(socket.AF_INET, "127.0.0.1")
+    bs = mmsg.BatchSocket(srv)
+    clients[0].sendto(b"a", srv.getsockname())
+    clients[1].sendto(b"b", srv.getsockname())
+    time.sleep(0.05)
+    assert bs.recv() == 2  # both queued: one call takes them
+    assert {bs.data(0), bs.data(1)} == {b"a", b"b"}
+    to_b = 0 if bs.data(0) == b"b" else 1
+    bs.names[(1 - to_b) * mmsg.NAME + 2:(1 - to_b) * mmsg.NAME + 4] = b"\x00\x00"  # port 0: refused by the kernel
+    bs.put(1 - to_b, b"ID", b"x")
+    bs.put(to_b, b"ID", b"y")
+    bs.flush()
+    assert clients[1].recv(10) == b"IDy" and bs.pending == 0
+    for s in (srv, *clients):
+        s.close()
+
+
+def test_env_switch(monkeypatch):
+    monkeypatch.setenv("FILTERPROXY_DNS_MMSG", "0")
+    assert not mmsg.available()
+    monkeypatch.setenv("FILTERPROXY_DNS_MMSG", "1")
+    assert mmsg.available()
