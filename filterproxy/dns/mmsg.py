@@ -163,16 +163,16 @@ class BatchSocket:
             return socket.inet_ntop(socket.AF_INET6, bytes(self.names[off + 8:off + 24]))
         return socket.inet_ntop(socket.AF_INET, bytes(self.names[off + 4:off + 8]))
 
-    def addr(self, i: int) -> tuple:
-        """The source address as ``socket.recvfrom`` returns it."""
+    def addr(self, i: int, ip: str | None = None) -> tuple:
+        """The source address as ``socket.recvfrom`` returns it (``ip``: its text form, when known)."""
         off = i * NAME
         nm = self.names
         port = nm[off + 2] << 8 | nm[off + 3]
         if self.family == socket.AF_INET6:
             flow = int.from_bytes(nm[off + 4:off + 8], "big")
             scope = self._u32.unpack_from(nm, off + 24)[0]
-            return self.ip(i), port, flow, scope
-        return self.ip(i), port
+            return ip or self.ip(i), port, flow, scope
+        return ip or self.ip(i), port
 
     # ---------------------------------------------------------------- sending
     def put(self, i: int, qid: bytes, body: bytes) -> bool:

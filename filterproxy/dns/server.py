@@ -362,7 +362,7 @@ class DnsServer:
                     else:
                         st.count += 1
                         if st.count > st.limit:
-                            self._limited(st, data, bs.addr(i))
+                            self._limited(st, data, bs.addr(i, ip))
                             continue
                     # link 4: the packed reply of this group for exactly these bytes
                     key = data[2:]
@@ -372,10 +372,10 @@ class DnsServer:
                             e = aged(e, sec)
                             st.cache[key] = e
                         if not put(i, data[:2], e[2]):
-                            self.sock.sendto(data[:2] + e[2], bs.addr(i))
+                            self.sock.sendto(data[:2] + e[2], bs.addr(i, ip))
                         hits[e[3]] += 1
                         continue
-                    slow(data, bs.addr(i), st, now)
+                    slow(data, bs.addr(i, ip), st, now)
                 data = None
                 flush()
                 if reactor.pending:
