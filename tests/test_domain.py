@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filterproxy.lists.parsers import ALLOW, BOTH, EXACT, SUBS
-from filterproxy.match.domain import DomainMatcher
+from filterproxy.match.domain import DomainMatch, DomainMatcher
 
 RECORDS = [
     ("example.com", 0, 1, BOTH),
@@ -61,3 +61,57 @@ def test_memory_is_compact():
     m = DomainMatcher.build(recs)
     assert m.nbytes / len(m) < 24, "bytes per domain above the Raspberry Pi budget"
     assert all(m.lookup(n) for n, *_ in recs[:1000])
+
+
+def _reference(records, name):
+    """Brute force over the records: every suffix of ``name`` at a label boundary, longest first."""
+    out = []
+    for k in range(len(name) + 1):
+        if k and name[k - 1] != ".":
+            continue
+        stored = name[k:]
+        need = EXACT if k == 0 else SUBS
+        out.extend((li, line, flags, stored, k == 0) for n, li, line, flags in records if n == stored and flags & need)
+    return out
+
+
+def test_lookup_matches_brute_force():
+    """Random names over few labels (many parents, names in several lists, every flag mix)."""
+    import random
+
+    rnd = random.Random(11)
+    labels = ["a", "b", "ab", "x", "com", "co", "uk", "xn--bcher-kva"]
+    flag_mix = [EXACT, SUBS, BOTH, BOTH | ALLOW, SUBS | ALLOW, EXACT | ALLOW]
+
+    def name():
+        return ".".join(rnd.choice(labels) for _ in range(rnd.randint(1, 4)))
+
+    recs = [(name(), rnd.randrange(6), rnd.randrange(1, 10**6), rnd.choice(flag_mix)) for _ in range(3000)]
+    m = DomainMatcher.build(recs)
+    assert any(len(m.lookup(n)) > 1 for n, *_ in recs), "no name in several lists: the test lost its point"
+    queries = [name() for _ in range(3000)] + [n for n, *_ in recs[:500]] + ["www." + n for n, *_ in recs[:500]]
+    for q in queries:
+        assert m.lookup(q) == _reference(recs, q), q
+    assert sorted(m.records()) == sorted(recs)
+
+
+def test_results_are_domain_matches(matcher):
+    m = matcher.lookup("www.example.com")[0]
+    assert type(m) is DomainMatch and m == DomainMatch(0, 1, BOTH, "example.com", False)
+    assert m.list_idx == 0 and m.name == "example.com" and not m.exact
+
+
+def test_load_refuses_records_of_another_shape(matcher, tmp_path):
+    import numpy as np
+
+    matcher.save(str(tmp_path))
+    np.save(tmp_path / "domains.records.npy", np.zeros(len(matcher), dtype=np.uint64))
+    with pytest.raises(ValueError, match="domain records"):
+        DomainMatcher.load(str(tmp_path))
+
+
+def test_empty_matcher(tmp_path):
+    m = DomainMatcher.build([])
+    assert len(m) == 0 and m.lookup("example.com") == [] and list(m.records()) == []
+    m.save(str(tmp_path))
+    assert DomainMatcher.load(str(tmp_path)).lookup("example.com") == []

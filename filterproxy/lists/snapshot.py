@@ -26,7 +26,8 @@ import tempfile
 import time
 
 from filterproxy.lists.parsers import ListError
-from filterproxy.lists.store import ListSource, Snapshot, build_snapshot, load_snapshot, save_snapshot
+from filterproxy.lists.store import (SNAPSHOT_FORMAT, ListSource, Snapshot, build_snapshot, load_snapshot,
+                                     save_snapshot)
 
 log = logging.getLogger("filterproxy.lists")
 
@@ -47,8 +48,9 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 def fingerprint(sources: list[ListSource]) -> str:
-    """Stable id of a set of sources and the exact files behind them."""
-    h = hashlib.sha256()
+    """Stable id of a set of sources and the exact files behind them, in this snapshot format (so a
+    format change compiles a new folder instead of failing on the old one)."""
+    h = hashlib.sha256(f"format {SNAPSHOT_FORMAT}".encode())
     for s in sources:
         h.update(json.dumps([s.id, s.category, s.format, os.path.abspath(s.path or ""), s.match, s.allow, s.legal,
                              s.hashed, _file_stamps(s.path)], sort_keys=True).encode())
@@ -246,7 +248,11 @@ def update(cfg, *, min_ratio: float = DEFAULT_MIN_RATIO) -> int:
                 shutil.copyfile(res.path, src.path)
     root = snapshots_dir(cfg.server.state_dir)
     prev = current_snapshot(cfg.server.state_dir)
-    prev_entries = load_snapshot(prev).total_entries if prev else 0
+    try:
+        prev_entries = load_snapshot(prev).total_entries if prev else 0
+    except ListError as exc:  # e.g. an older snapshot format: nothing to compare the new one with
+        print(f"filterproxy lists update: current snapshot unreadable, not comparing sizes: {exc}", file=sys.stderr)
+        prev_entries = 0
     try:
         folder = compile_snapshot(available_sources(cfg), root)
     except ListError as exc:

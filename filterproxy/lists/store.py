@@ -237,7 +237,7 @@ def describe(lists: Iterable[ListInfo]) -> str:
 
 # ---------------------------------------------------------------- persistence
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: one packed 7-byte record per domain name (domains.records.npy)
 
 
 def save_snapshot(snap: Snapshot, directory: str, url_entries=None) -> None:
