@@ -14,8 +14,6 @@ import http.server
 import io
 import json
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,16 +29,11 @@ from PIL import Image
 from filterproxy.match.imagehash import hash_image_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_http_e2e import free_port, stop  # noqa: E402
 from test_imagehash import jpeg, natural, png  # noqa: E402  (the same generated real-looking pictures)
 from test_reports import Endpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Pictures:
@@ -106,7 +99,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def running(setup):
     tmp = setup["tmp"]
-    port, mport = _free_port(), _free_port()
+    port, mport = free_port(), free_port()
     spool = tmp / "spool"
     log_path = tmp / "run.log"
     log = open(log_path, "wb")
@@ -121,12 +114,7 @@ def running(setup):
         assert p.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
         time.sleep(0.1)
     yield {"port": port, "mport": mport, "spool": spool, "proc": p, "log": log_path}
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
+    stop(p)
     log.close()
 
 
