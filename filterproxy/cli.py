@@ -238,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--proxy-mode", action="append", default=[], metavar="MODE",
                     help="proxy mode (repeatable): regular (default, on --proxy-listen), transparent@PORT, "
                          "wireguard@PORT (see deploy/transparent-proxy.md, deploy/wireguard.md)")
-    sp.add_argument("--dns-workers", type=int, metavar="N")
+    sp.add_argument("--dns-workers", type=int, metavar="N",
+                    help="DNS processes sharing --dns-listen (SO_REUSEPORT); default 1, one per core at most")
+    sp.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # internal: a DNS worker of this PID
+    sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: write "ready" here
     sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
     sp.add_argument("--upstream", action="append", default=[], metavar="ADDR",
                     help="upstream resolver (repeatable): 127.0.0.1:5399, tcp://IP:PORT, tls://host:853, https://host/dns-query")

@@ -136,6 +136,8 @@ class Runner:
         self.proxy = None
         self.metrics_server = None
         self.pusher = None
+        self.dns_workers = None  # filterproxy.dns.workers.DnsWorkers (dns_workers > 1)
+        self.worker = getattr(args, "worker_of", None)  # set in a DNS worker: the main process's PID
         self.reports = None  # the report spool this process delivers from
         self._reports_stop = None
         self.pidfile: str | None = None
@@ -153,17 +155,19 @@ class Runner:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
 
-        self._write_pid()
+        if not self.worker:  # the PID file names the main process ('filterproxy lists reload' signals it)
+            self._write_pid()
         metrics.configure_labels(groups=cfg.groups, lists=[li.id for li in self.engine.snapshot.lists],
                                  upstreams=list(cfg.upstreams.servers),
                                  categories={li.category for li in self.engine.snapshot.lists})
         _publish_lists(self.engine.snapshot)
 
-        if cfg.server.proxy_listen is not None and cfg.server.state_dir:
+        shared = cfg.server.proxy_listen is not None or cfg.server.dns_workers > 1 or self.worker
+        if shared and cfg.server.state_dir:
             try:
                 metrics.enable_multiprocess(os.path.join(cfg.server.state_dir, "metrics"))
             except Exception as exc:
-                log.warning("metrics: cannot share counters with the proxy workers: %s", exc)
+                log.warning("metrics: cannot share counters with the worker processes: %s", exc)
 
         if cfg.server.metrics_listen is not None:
             host, port = cfg.server.metrics_listen
@@ -173,7 +177,7 @@ class Runner:
             self.metrics_server = metrics.serve(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                                                 basic_auth=auth)
             log.info("metrics on %s/metrics", self.metrics_server.url)
-        if cfg.metrics.push_url:
+        if cfg.metrics.push_url and not self.worker:
             self.pusher = metrics.Pusher(cfg.metrics.push_url, grouping_key=cfg.metrics.push_grouping or
                                          {"gateway": cfg.server.gateway_id}, interval=cfg.metrics.push_interval)
             self.pusher.start()
@@ -182,13 +186,22 @@ class Runner:
         if cfg.server.dns_listen is not None:
             from filterproxy.dns.server import DnsService
 
-            if cfg.server.dns_workers > 1:
-                log.warning("dns: dns_workers=%d requested; this version serves DNS from one process "
-                            "(~70k queries/s on one core)", cfg.server.dns_workers)
-            self.dns = DnsService(cfg, self.engine, listen=cfg.server.dns_listen)
+            n = cfg.server.dns_workers
+            self.dns = DnsService(cfg, self.engine, listen=cfg.server.dns_listen, reuse_port=n > 1 or bool(self.worker))
             await self.dns.start()
             host, port = self.dns.address
-            log.info("DNS listening on %s:%d (udp, tcp)", f"[{host}]" if ":" in host else host, port)
+            if self.worker:
+                log.info("dns worker of %d listening on %s:%d", self.worker, host, port)
+                self._worker_ready()
+                return
+            if n > 1:
+                from filterproxy.dns.workers import DnsWorkers
+
+                self.dns_workers = DnsWorkers(self.args, (host, port), n - 1, state_dir=cfg.server.state_dir)
+                await loop.run_in_executor(None, self.dns_workers.start)
+            log.info("DNS listening on %s:%d (udp, tcp)%s", f"[{host}]" if ":" in host else host, port,
+                     f", {n} processes (pids {os.getpid()} {' '.join(map(str, self.dns_workers.pids))})"
+                     if self.dns_workers else "")
         else:
             log.info("DNS off (--dns-listen off)")
 
@@ -237,8 +250,31 @@ class Runner:
         assert self._stop is not None
         await self._stop.wait()
 
+    def _worker_ready(self) -> None:
+        """A DNS worker: tell the main process we listen, and leave when it is gone."""
+        fd = getattr(self.args, "ready_fd", None)
+        if fd is not None:
+            try:
+                os.write(fd, b"ready\n")
+                os.close(fd)
+            except OSError:
+                pass
+        asyncio.get_running_loop().create_task(self._exit_with_parent())
+
+    async def _exit_with_parent(self) -> None:
+        while os.getppid() == self.worker:
+            await asyncio.sleep(1.0)
+        log.warning("dns worker: main process %d is gone; stopping", self.worker)
+        assert self._stop is not None
+        self._stop.set()
+
     async def stop(self) -> None:
         log.info("shutting down")
+        if self.dns_workers is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.dns_workers.stop)
+            except Exception:
+                log.exception("dns: stopping the workers failed")
         if self.proxy is not None:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.proxy.stop)
@@ -285,6 +321,8 @@ class Runner:
                 self.proxy.reload()
             except Exception:
                 log.exception("proxy: reload failed")
+        if self.dns_workers is not None:
+            self.dns_workers.reload()
         metrics.LISTS_RELOADS.inc("success")
         _publish_lists(snap)
         trim_memory()
@@ -366,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(args, cfg, engine)
     try:
         return asyncio.run(_serve(runner))
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # an address in use, a worker that could not start
         log.error("cannot start: %s", exc)
         print(f"filterproxy: error: {exc}", file=sys.stderr)
         return 1

@@ -171,6 +171,8 @@ class DnsServer:
             u.bind((self.host, 0))
             t = socket.socket(self.family, socket.SOCK_STREAM)
             t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:  # DNS workers join this address
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 t.bind((self.host, u.getsockname()[1]))
                 return u, t
