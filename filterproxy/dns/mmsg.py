@@ -123,7 +123,9 @@ class BatchSocket:
         self._u32 = struct.Struct("I")
         self._size = struct.Struct("N")
         self._ptr = struct.Struct("P")
-        self._iov_size = iov_size
+        self._iov_size = self.iov_size = iov_size
+        self.iov_len_off = _IoVec.len.offset
+        self.name_base = ctypes.addressof(self._names)  # address of datagram i's source: name_base + i * NAME
         self._used = 0  # datagrams filled by the last recv
         self.pending = 0  # replies put since the last flush
 
