@@ -203,8 +203,14 @@ def make_entry(msg: bytes, offsets: list[tuple[int, int]], expires: float, now: 
     sec = int(now)
     if fixed or not offsets:
         return (expires, NEVER, msg[2:], slot, sec, b"")
-    ages = b"".join(_AGE.pack(off - 2, ttl) for off, ttl in offsets)
-    return (expires, sec + age_step(min(t for _, t in offsets)) - 1, msg[2:], slot, sec, ages)
+    pack = _AGE.pack
+    parts = []
+    low = 1 << 31
+    for off, ttl in offsets:
+        parts.append(pack(off - 2, ttl))
+        if ttl < low:
+            low = ttl
+    return (expires, sec + age_step(low) - 1, msg[2:], slot, sec, b"".join(parts))
 
 
 def aged(entry: tuple, sec: int) -> tuple:

@@ -21,6 +21,7 @@ itself: the policy and answer-check links only ask ``engine.decide`` (STYLE rule
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -210,45 +211,50 @@ class AnswerCheckLink(Link):
         return f"CNAME targets and A/AAAA addresses ({len(self.engine.snapshot.ips)} listed IPs) through engine.decide"
 
     def __call__(self, req: Request, nxt: Next) -> Result:
-        engine, answers, decide = self.engine, self.answers, self.decisions.decide
+        r = nxt(req)
+        if type(r) is Reply:
+            return self.check(req, r)
+        return r.then(functools.partial(self.check, req))
 
-        def hosts(r: Reply, check_ips: bool):
-            raw = r.raw
-            if raw is not None and not r.answer:  # straight from the bytes, no parsing
-                for off in raw.cname_offsets():
-                    yield wire.policy_name(wire.read_name(raw.msg, off)[0])
-                if check_ips:
-                    for t, off, ln in raw.addr_items():
-                        yield wire.RR(b"", t, 1, 0, raw.msg[off:off + ln]).address()
-                return
-            for rr in r.answer:
-                t = rr.type
-                if t == CNAME or t == wire.DNAME:
-                    yield wire.policy_name(rr.rdata)
-                elif check_ips and (t == wire.A or t == wire.AAAA):
-                    yield rr.address()
-
-        def check(r: Reply) -> Reply:
-            if r.fixed:
-                return r
-            raw = r.raw
-            check_ips = bool(engine.snapshot.ips)
-            if raw is not None and not r.answer and not raw.cnames and not (check_ips and raw.addrs):
-                return r
-            if raw is None and not r.answer:
-                return r
-            for host in hosts(r, check_ips):
-                if not host:
-                    continue
-                v = decide(host, req.group)
-                if v.action is Action.BLOCK:
-                    mode = answers.mode_for(v, host, engine.policy(req.group).block_mode)
-                    if mode == "nodata":
-                        mode = "nxdomain"
-                    return answers.block(req.qname, req.qtype, v, mode, req.now)
+    def check(self, req: Request, r: Reply) -> Reply:
+        if r.fixed:
             return r
+        raw = r.raw
+        engine = self.engine
+        check_ips = bool(engine.snapshot.ips)
+        if raw is not None and not r.answer and not raw.cnames and not (check_ips and raw.addrs):
+            return r  # the usual answer: no CNAME, no listed addresses to look at
+        if raw is None and not r.answer:
+            return r
+        decide = self.decisions.decide
+        for host in _answer_hosts(r, check_ips):
+            if not host:
+                continue
+            v = decide(host, req.group)
+            if v.action is Action.BLOCK:
+                mode = self.answers.mode_for(v, host, engine.policy(req.group).block_mode)
+                if mode == "nodata":
+                    mode = "nxdomain"
+                return self.answers.block(req.qname, req.qtype, v, mode, req.now)
+        return r
 
-        return then(nxt(req), check)
+
+def _answer_hosts(r: Reply, check_ips: bool):
+    """CNAME/DNAME targets (and A/AAAA addresses when lists hold IPs) of an answer, as policy names."""
+    raw = r.raw
+    if raw is not None and not r.answer:  # straight from the bytes, no parsing
+        for off in raw.cname_offsets():
+            yield wire.policy_name(wire.read_name(raw.msg, off)[0])
+        if check_ips:
+            for t, off, ln in raw.addr_items():
+                yield wire.RR(b"", t, 1, 0, raw.msg[off:off + ln]).address()
+        return
+    for rr in r.answer:
+        t = rr.type
+        if t == CNAME or t == wire.DNAME:
+            yield wire.policy_name(rr.rdata)
+        elif check_ips and (t == wire.A or t == wire.AAAA):
+            yield rr.address()
 
 
 class SvcbLink(Link):
@@ -451,13 +457,8 @@ class Chain:
 
 
 def _bind(link: Link, nxt: Next) -> Next:
-    call = link.__call__
-
-    def run(req: Request) -> Result:
-        return call(req, nxt)
-
-    run.__name__ = f"link_{link.name}"
-    return run
+    """``link`` with the rest of the chain bound: a C-level partial, no extra Python frame per link."""
+    return functools.partial(link.__call__, nxt=nxt)
 
 
 def _end(req: Request) -> Reply:  # pragma: no cover - the upstream link always answers

@@ -661,7 +661,10 @@ class UpstreamGroup:
         return f"{self.strategy} over {', '.join(u.name for u in self.upstreams)} (timeout {self.timeout:g}s)"
 
     def all_down(self, now: float) -> bool:
-        return not any(u.healthy(now) for u in self.upstreams)
+        for u in self.upstreams:
+            if u.healthy(now):
+                return False
+        return True
 
     def _attempt(self, u: Upstream, query: bytes, reactor, done) -> None:
         """One attempt; ``done(reply, error)`` after health and metrics are updated."""
