@@ -138,20 +138,9 @@ class DnsWorkers:
                     pass
 
     def stop(self, timeout: float = 10.0) -> None:
+        from filterproxy.procs import terminate_all
+
         self._stopping.set()
-        procs = [p for p in self.procs if p is not None]
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    p.terminate()
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        terminate_all((p for p in self.procs if p is not None), timeout)
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout=2)

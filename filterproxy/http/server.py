@@ -166,21 +166,10 @@ class ProxyWorkers:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every worker, wait up to ``timeout`` s, then SIGKILL what is left."""
+        from filterproxy.procs import terminate_all
+
         self._stopping.set()
-        procs = [w.proc for w in self._workers if w.proc is not None]
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    p.terminate()
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        terminate_all((w.proc for w in self._workers if w.proc is not None), timeout)
         for w in self._workers:
             self._close_ready(w)
         if self._monitor is not None and self._monitor is not threading.current_thread():
