@@ -524,7 +524,7 @@ def test_skip_errors_yields_messages_and_goes_on(tmp_path: Path) -> None:
 
 def test_lists_loader_reads_image_hash_lists(tmp_path: Path) -> None:
     """The list store's imagehash parser (lists/parsers.py) consumes this module's output."""
-    parsers = pytest.importorskip("filterproxy.lists.parsers")
+    from filterproxy.lists import parsers
     p = tmp_path / "img.txt"
     p.write_text(f"md5:{MD5},i1\nnot-a-hash\npdq:{PDQ}\n")
     stats = parsers.ParseStats(str(p))
