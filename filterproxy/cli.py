@@ -155,16 +155,9 @@ def cmd_urlhash(args: argparse.Namespace) -> int:
 
 
 def cmd_imagehash(args: argparse.Namespace) -> int:
-    from filterproxy.match.imagehash import imagehash_file_json
+    from filterproxy.match.imagehash import main
 
-    status = 0
-    for path in args.files:
-        try:
-            print(json.dumps(imagehash_file_json(path)))
-        except OSError as exc:
-            print(json.dumps({"file": path, "error": exc.strerror or str(exc)}))
-            status = 1
-    return status
+    return main(args.files)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,9 +193,7 @@ def cmd_reports(args: argparse.Namespace) -> int:
     from filterproxy.reports import ReportSpool
 
     cfg = load_config(args.config)
-    spool_dir = args.spool or cfg.reports.spool or cfg.state_path("reports")
-    spool = ReportSpool(spool_dir, None, gateway_id=cfg.server.gateway_id)
-    listing = spool.list()
+    listing = ReportSpool.from_config(cfg, None, args.spool).list()
     if args.json:
         print(json.dumps({k: [r.__dict__ for r in v] for k, v in listing.items()}, indent=1))
     else:

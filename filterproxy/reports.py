@@ -198,6 +198,14 @@ class ReportSpool:
         self.delivered = 0
         self.delivery_failures = 0
 
+    @classmethod
+    def from_config(cls, cfg, endpoint: str | None, directory: str | None = None) -> ReportSpool:
+        """The spool of a configuration: ``directory``, else ``reports.spool``, else ``<state_dir>/reports``;
+        gateway id, URL mode and client reporting from the configuration; deliveries to ``endpoint``."""
+        return cls(os.path.abspath(directory or cfg.reports.spool or cfg.state_path("reports")), endpoint,
+                   gateway_id=cfg.server.gateway_id, url_mode=cfg.reports.url_mode,
+                   include_client=cfg.reports.include_client)
+
     # ---- submitting
 
     def submit(self, *, list_id: str, item_id: str | None, match_kind: str, distance: int = 0,

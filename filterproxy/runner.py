@@ -218,12 +218,10 @@ class Runner:
         from filterproxy.reports import ReportSpool
 
         cfg = self.cfg
-        directory = cfg.reports.spool or cfg.state_path("reports")
         try:
-            self.reports = ReportSpool(directory, cfg.reports.endpoint, gateway_id=cfg.server.gateway_id,
-                                       url_mode=cfg.reports.url_mode, include_client=cfg.reports.include_client)
+            self.reports = ReportSpool.from_config(cfg, cfg.reports.endpoint)
         except (OSError, ValueError) as exc:
-            log.error("reports: cannot use the spool %s: %s (image matches are still blocked)", directory, exc)
+            log.error("reports: cannot use the spool: %s (image matches are still blocked)", exc)
             return
         self._reports_stop = threading.Event()
         self.reports.start(self._reports_stop, interval=2 if cfg.reports.endpoint else 30)

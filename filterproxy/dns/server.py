@@ -443,6 +443,16 @@ class DnsServer:
             return None, wire.pack_reply(q, wire.BADVERS)[0]
         return q, None
 
+    def _handle(self, q: wire.Query, st, protocol: str, reactor, now: float):
+        """An admitted query through the chain: a Reply, or a Deferred of one; SERVFAIL if the chain fails."""
+        try:
+            return self.chain.handle(Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd,
+                                             st.group, protocol, now, reactor))
+        except Exception:
+            metrics.DNS_ERRORS.inc("exception")
+            log.exception("dns: chain failed for %s/%s; answered SERVFAIL", q.name, q.qtype_name)
+            return responses.servfail(now, (wire.EDE_OTHER, "error"))
+
     def _udp_slow(self, data: bytes, addr, st, now: float) -> None:
         if len(data) < 12 and addr == self.wake_addr:  # a wake-up from the loop
             self.reactor.drain()
@@ -452,13 +462,7 @@ class DnsServer:
             if early:
                 self.sock.sendto(early, addr)
             return
-        try:
-            r = self.chain.handle(Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd,
-                                          st.group, "udp", now, self.reactor))
-        except Exception:
-            metrics.DNS_ERRORS.inc("exception")
-            log.exception("dns: chain failed for %s/%s; answered SERVFAIL", q.name, q.qtype_name)
-            r = responses.servfail(now, (wire.EDE_OTHER, "error"))
+        r = self._handle(q, st, "udp", self.reactor, now)
         if type(r) is Reply:
             self._udp_answer(q, r, addr, st, now)
         else:
@@ -550,13 +554,7 @@ class DnsServer:
         q, early = self._admit(data, st)
         if q is None:
             return early
-        try:
-            r = self.chain.handle(Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd,
-                                          st.group, "tcp", now, self.loop_reactor))
-        except Exception:
-            metrics.DNS_ERRORS.inc("exception")
-            log.exception("dns: chain failed for %s/%s; answered SERVFAIL", q.name, q.qtype_name)
-            r = responses.servfail(now, (wire.EDE_OTHER, "error"))
+        r = self._handle(q, st, "tcp", self.loop_reactor, now)
         if type(r) is Reply:
             return self._tcp_answer(q, r, st, now)
         return (q, r)

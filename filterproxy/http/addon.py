@@ -361,17 +361,15 @@ class FilterAddon:
 
         cfg = self.state.config
         o = ctx.options
-        directory = os.path.abspath(o.filterproxy_spool or cfg.reports.spool or cfg.state_path("reports"))
         endpoint = (o.filterproxy_report_endpoint or cfg.reports.endpoint) if o.filterproxy_deliver_reports else None
-        key = (directory, endpoint, cfg.server.gateway_id, cfg.reports.url_mode, cfg.reports.include_client)
+        key = (o.filterproxy_spool, endpoint, cfg.reports, cfg.server.state_dir, cfg.server.gateway_id)
         if key == self._spool_key:
             return
         try:
-            spool = ReportSpool(directory, endpoint, gateway_id=cfg.server.gateway_id, url_mode=cfg.reports.url_mode,
-                                include_client=cfg.reports.include_client)
+            spool = ReportSpool.from_config(cfg, endpoint, o.filterproxy_spool)
         except (OSError, ValueError) as exc:  # pictures on a hash list are still blocked; reports are lost
-            log.error("filterproxy: cannot use the report spool %s: %s (image matches will be blocked but "
-                      "not reported)", directory, exc)
+            log.error("filterproxy: cannot use the report spool: %s (image matches will be blocked but not "
+                      "reported)", exc)
             return
         self._stop_delivery()
         self.spool = self.images.spool = spool
