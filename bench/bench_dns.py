@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FILTERPROXY_TEST_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO / "tests"))
+from shared_data import DATA  # noqa: E402  (../shared/data, or beside the checkout this was cloned from)
 PY = sys.executable
 
 _NAME_RE = re.compile(r"^(?=.{1,200}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+$")

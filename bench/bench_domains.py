@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import random
 import subprocess
 import sys
@@ -23,7 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FILTERPROXY_TEST_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO / "tests"))
+from shared_data import DATA  # noqa: E402  (../shared/data, or beside the checkout this was cloned from)
 SOURCES = ["hagezi/adblock/pro.txt.gz", "hagezi/adblock/gambling.txt.gz", "hagezi/adblock/nsfw.txt.gz",
            "ut1/malware/domains.gz", "ut1/redirector/domains.gz", "ut1/games/domains", "ut1/gambling/domains",
            "stevenblack_trimmed/unified_hosts.trimmed.txt.gz"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FILTERPROXY_TEST_DATA", REPO.parent / "shared" / "data"))
+from shared_data import DATA  # noqa: E402  (../shared/data, or beside the checkout this one was cloned from)
 LISTS = DATA / "blocklists"
 
 

@@ -3,7 +3,6 @@ upstreams on loopback (filterproxy.dns.testing.FakeUpstream, built on dnslib).""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -26,7 +25,7 @@ import yaml
 from filterproxy.dns import wire
 from filterproxy.dns.testing import FakeUpstream, ServerProcess, synth_a
 
-DATA = Path(os.environ.get("FILTERPROXY_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from shared_data import DATA  # noqa: E402
 DOH_HOSTS = DATA / "blocklists" / "hagezi" / "hosts" / "doh.txt"
 
 HTTPS_RDATA = wire.pack_svcb(1, b"\x00", [(1, b"\x02h3\x02h2"), (4, bytes([192, 0, 2, 80])), (5, b"\x00\x04ECH!")])
