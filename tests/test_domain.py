@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from filterproxy.lists.parsers import ALLOW, BOTH, EXACT, SUBS
@@ -101,13 +103,38 @@ def test_results_are_domain_matches(matcher):
     assert m.list_idx == 0 and m.name == "example.com" and not m.exact
 
 
-def test_load_refuses_records_of_another_shape(matcher, tmp_path):
-    import numpy as np
+def test_saved_records_are_raw_packed_records(matcher, tmp_path):
+    """``domains.records``: 7 little-endian bytes (list u16, line u32, flags u8) per name, no header."""
+    import struct
 
     matcher.save(str(tmp_path))
-    np.save(tmp_path / "domains.records.npy", np.zeros(len(matcher), dtype=np.uint64))
-    with pytest.raises(ValueError, match="domain records"):
+    raw = (tmp_path / "domains.records").read_bytes()
+    assert len(raw) == 7 * len(matcher)
+    assert not list(tmp_path.glob("*.npy"))
+    kid = matcher._trie.key_id("gro.x.")  # "x.org": stored reversed with a trailing dot
+    assert struct.unpack_from("<HIB", raw, 7 * kid) == (0, 2, EXACT)
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b[:-1],  # truncated (a short write)
+    lambda b: b + b"\0" * 7,  # one record too many
+    lambda b: b"\x93NUMPY" + b,  # a header in front (the old .npy layout)
+    lambda b: b"",  # empty
+])
+def test_load_refuses_records_of_the_wrong_size(matcher, tmp_path, change):
+    matcher.save(str(tmp_path))
+    path = tmp_path / "domains.records"
+    path.write_bytes(change(path.read_bytes()))
+    expected = rf"{re.escape(str(path))}: \d+ bytes of domain records, expected {7 * len(matcher)} "
+    with pytest.raises(ValueError, match=expected):
         DomainMatcher.load(str(tmp_path))
+
+
+def test_loaded_records_are_read_only(matcher, tmp_path):
+    matcher.save(str(tmp_path))
+    loaded = DomainMatcher.load(str(tmp_path))
+    with pytest.raises(TypeError):
+        loaded._buf[0] = 1  # mapped read-only: shared pages, never written by a serving process
 
 
 def test_empty_matcher(tmp_path):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from conftest import write_config
+from conftest import REPO, write_config
 from filterproxy.config import load_config
 from filterproxy.lists import snapshot
-from filterproxy.lists.store import ListSource, build_snapshot, load_snapshot, save_snapshot
+from filterproxy.lists.parsers import ListError
+from filterproxy.lists.store import SNAPSHOT_FORMAT, ListSource, build_snapshot, load_snapshot, save_snapshot
 
 
 @pytest.fixture()
@@ -121,3 +126,70 @@ def test_update_with_server_down_keeps_serving(tmp_path, served):
     assert snapshot.update(cfg) == 1
     snap = snapshot.load_or_build(cfg)
     assert snap.total_entries == 2
+
+
+def _local_config(tmp_path):
+    """A config with one local domain list and no bundle keys."""
+    (tmp_path / "blocked.txt").write_text("".join(f"n{i}.example\n" for i in range(50)))
+    return load_config(str(write_config(tmp_path, f"""
+        server: {{state_dir: {tmp_path / 'state'}}}
+        default_group: g
+        lists:
+          - {{id: local, category: adult, format: domains, match: subdomains, path: {tmp_path / 'blocked.txt'}}}
+    """, {"g": "name: G\nblock_categories: [adult]\n"})))
+
+
+def test_records_of_the_wrong_size_make_an_unreadable_snapshot_naming_the_file(tmp_path):
+    cfg = _local_config(tmp_path)
+    folder = snapshot.compile_snapshot(snapshot.available_sources(cfg), snapshot.snapshots_dir(cfg.server.state_dir))
+    records = os.path.join(folder, "domains.records")
+    assert os.path.getsize(records) == 7 * 50
+    with open(records, "ab") as f:
+        f.write(b"\0" * 3)
+    with pytest.raises(ListError, match=f"unreadable snapshot: {records}: 353 bytes of domain records, expected 350"):
+        load_snapshot(folder)
+
+
+def test_snapshot_of_an_older_format_is_compiled_again(tmp_path, capsys):
+    """After an upgrade, ``current`` may point at a folder in an older format: it is never misread."""
+    cfg = _local_config(tmp_path)
+    root = snapshot.snapshots_dir(cfg.server.state_dir)
+    new = snapshot.compile_snapshot(snapshot.available_sources(cfg), root)
+    old = os.path.join(root, "older")  # what an older version left: another fingerprint, format 2, .npy records
+    os.rename(new, old)
+    os.rename(os.path.join(old, "domains.records"), os.path.join(old, "domains.records.npy"))
+    meta = json.load(open(os.path.join(old, "meta.json")))
+    meta["format"] = SNAPSHOT_FORMAT - 1
+    json.dump(meta, open(os.path.join(old, "meta.json"), "w"))
+    snapshot.mark_current(root, old)
+    with pytest.raises(ListError, match=f"snapshot format {SNAPSHOT_FORMAT - 1} \\(expected {SNAPSHOT_FORMAT}\\)"):
+        load_snapshot(old)
+    assert snapshot.show(cfg) == 0  # 'lists show' compiles this version's snapshot instead of failing
+    assert os.path.basename(new) in capsys.readouterr().out
+    snap = snapshot.load_or_build(cfg)
+    assert snap.total_entries == 50 and snap.domain_matches("www.n7.example")
+    assert snapshot.current_snapshot(cfg.server.state_dir) == new
+    assert os.path.exists(os.path.join(new, "domains.records"))
+
+
+_SERVE_IMPORTS = """
+import sys
+import filterproxy.runner
+from filterproxy.cli import load_engine
+
+cfg, engine = load_engine(sys.argv[1], [], [])  # first start: compiled in a child process
+cfg, engine = load_engine(sys.argv[1], [], [])  # then: memory-mapped from the state folder
+import filterproxy.dns.server  # the DNS serving path too
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"numpy", "cryptography"})
+print(heavy, bool(engine.snapshot.domain_matches("www.n7.example")))
+"""
+
+
+def test_serving_domain_lists_imports_neither_numpy_nor_cryptography(tmp_path):
+    """Without bundle keys the serving process needs neither (~15 MB + ~8 MB of RSS): compiling the
+    snapshot (numpy) happens in a child process, bundles (cryptography) only when keys are pinned."""
+    _local_config(tmp_path)
+    r = subprocess.run([sys.executable, "-c", _SERVE_IMPORTS, str(tmp_path / "filterproxy.yaml")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "[] True", r.stdout + r.stderr

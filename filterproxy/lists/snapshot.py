@@ -157,9 +157,11 @@ def current_snapshot(state_dir: str) -> str | None:
 
 def available_sources(cfg) -> list[ListSource]:
     """Configured lists with a local copy, plus the installed signed bundle's lists."""
-    from filterproxy.lists.bundle_cli import bundle_sources
+    present: list[ListSource] = []
+    if cfg.bundle.keys:  # the bundle machinery (and cryptography, ~8 MB of RSS) only when a bundle is pinned
+        from filterproxy.lists.bundle_cli import bundle_sources
 
-    present = list(bundle_sources(cfg))
+        present.extend(bundle_sources(cfg))
     for s in cfg.lists:
         if s.path and os.path.exists(s.path):
             present.append(s)
@@ -284,7 +286,15 @@ def reload(cfg) -> int:
 
 def show(cfg) -> int:
     folder = current_snapshot(cfg.server.state_dir)
-    snap = load_snapshot(folder) if folder else load_or_build(cfg)
+    snap = None
+    if folder:
+        try:
+            snap = load_snapshot(folder)
+        except ListError as exc:  # e.g. an older snapshot format after an upgrade: compile this one's
+            log.warning("current snapshot unreadable, compiling the lists again: %s", exc)
+    if snap is None:
+        snap = load_or_build(cfg)
+        folder = current_snapshot(cfg.server.state_dir)
     print(f"snapshot {os.path.basename(folder) if folder else '(in memory)'} built "
           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(snap.built_at))}")
     for li in snap.lists:

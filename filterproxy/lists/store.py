@@ -237,7 +237,9 @@ def describe(lists: Iterable[ListInfo]) -> str:
 
 # ---------------------------------------------------------------- persistence
 
-SNAPSHOT_FORMAT = 2  # 2: one packed 7-byte record per domain name (domains.records.npy)
+# 2: one packed 7-byte record per domain name (domains.records.npy);
+# 3: the same records as a raw file (domains.records), memory-mapped without numpy
+SNAPSHOT_FORMAT = 3
 
 
 def save_snapshot(snap: Snapshot, directory: str, url_entries=None) -> None:

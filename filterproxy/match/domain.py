@@ -35,11 +35,17 @@ What did not pay (measured, not kept):
 Memory: ~9 bytes/name for the trie (``num_tries=1``, which measured ~25% faster than the default for
 ~4 bytes more) + 7 bytes of records: 16.3 bytes/name as served. A Python ``set`` of the same names costs
 ~80-100 bytes/name. Saved snapshots are memory-mapped, so loading 1M names takes milliseconds.
+
+On disk: ``domains.marisa`` (the trie), ``domains.records`` (the packed records, nothing else: no
+header, 7 bytes per trie key id) and ``domains.overflow.json``. Serving needs only the standard
+library's ``mmap`` and ``struct`` to read the records: numpy (~15 MB of RSS) is imported by
+:meth:`DomainMatcher.build` alone, where it scatters the records in C.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from array import array
@@ -47,15 +53,16 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import marisa_trie
-import numpy as np
 
 from filterproxy.lists.parsers import ALLOW, EXACT, SUBS
 
 _NONE: list = []  # shared empty result (callers never mutate results)
 _OVERFLOW = 0x80  # flag bit in a record: more records in the overflow dict
 # One 7-byte record per name, indexed by trie key id: list index, source line, flags (packed, little-endian).
-_RECORD = np.dtype([("list", "<u2"), ("line", "<u4"), ("flags", "u1")])
-_UNPACK = struct.Struct("<HIB").unpack_from  # one C call → (list, line, flags) from a record's 7 bytes
+_RECORD = struct.Struct("<HIB")
+_RECORD_SIZE = _RECORD.size  # 7
+_UNPACK = _RECORD.unpack_from  # one C call → (list, line, flags) from a record's 7 bytes
+RECORDS_FILE = "domains.records"
 
 
 class DomainMatch(NamedTuple):
@@ -78,17 +85,23 @@ def _key(name: str) -> str:
 class DomainMatcher:
     """Immutable name → records index; build with :meth:`build`, persist with :meth:`save`/:meth:`load`."""
 
-    def __init__(self, trie: marisa_trie.Trie, records: np.ndarray, overflow: dict[int, list[tuple[int, int, int]]]):
+    def __init__(self, trie: marisa_trie.Trie, records, overflow: dict[int, list[tuple[int, int, int]]]):
+        """``records``: any bytes-like object (bytes, read-only mmap, uint8 array) of ``len(trie)`` packed
+        7-byte records in key id order."""
         self._trie = trie
         self._prefixes = trie.prefixes
         self._iter = trie.iter_prefixes_with_ids
-        self._records = records
-        self._buf = memoryview(np.ascontiguousarray(records).view(np.uint8))  # for _UNPACK(buf, 7 * key id)
+        self._buf = memoryview(records).cast("B")  # for _UNPACK(buf, 7 * key id); keeps ``records`` alive
+        if self._buf.nbytes != _RECORD_SIZE * len(trie):
+            raise ValueError(f"{self._buf.nbytes} bytes of domain records for {len(trie)} names "
+                             f"(expected {_RECORD_SIZE * len(trie)})")
         self._overflow = overflow
 
     @classmethod
     def build(cls, records: Iterable[tuple[str, int, int, int]]) -> "DomainMatcher":
         """Build from (canonical name, list index, line, flags) records."""
+        import numpy as np  # only here: scattering 1M records in C; serving a saved index needs no numpy
+
         keys: list[str] = []
         cols = {"list": array("H"), "line": array("I"), "flags": array("B")}  # compact while building
         li, ln, fl = cols.values()
@@ -107,11 +120,13 @@ class DomainMatcher:
                 first[kid] = i
             else:
                 overflow.setdefault(kid, []).append((li[i], ln[i], fl[i]))
-        rec = np.empty(len(trie), dtype=_RECORD)
+        dtype = np.dtype([("list", "<u2"), ("line", "<u4"), ("flags", "u1")])  # the layout of _RECORD
+        assert dtype.itemsize == _RECORD_SIZE
+        rec = np.empty(len(trie), dtype=dtype)
         for field, col in cols.items():
-            rec[field] = np.frombuffer(col, dtype=_RECORD[field])[first]
+            rec[field] = np.frombuffer(col, dtype=dtype[field])[first]
         rec["flags"][list(overflow)] |= _OVERFLOW
-        return cls(trie, rec, overflow)
+        return cls(trie, rec.view(np.uint8), overflow)
 
     def lookup(self, name: str) -> list[DomainMatch]:
         """Every rule whose name is ``name`` or a parent of it and whose semantics cover ``name``.
@@ -169,30 +184,38 @@ class DomainMatcher:
 
     @property
     def nbytes(self) -> int:
-        """Approximate memory of the index (trie + records), for benchmarks and metrics."""
-        return len(self._trie.tobytes()) + self._records.nbytes + 64 * sum(len(v) for v in self._overflow.values())
+        """Approximate memory of the index (trie + 7-byte records + overflow), for benchmarks and metrics."""
+        return len(self._trie.tobytes()) + self._buf.nbytes + 64 * sum(len(v) for v in self._overflow.values())
 
     def save(self, directory: str) -> None:
-        """Write the index into ``directory`` (trie + .npy records + overflow JSON)."""
+        """Write the index into ``directory``: ``domains.marisa`` (trie), ``domains.records`` (the raw
+        packed 7-byte records in key id order, no header) and ``domains.overflow.json``."""
         os.makedirs(directory, exist_ok=True)
         self._trie.save(os.path.join(directory, "domains.marisa"))
-        np.save(os.path.join(directory, "domains.records.npy"), self._records)
+        with open(os.path.join(directory, RECORDS_FILE), "wb") as f:
+            f.write(self._buf)
         with open(os.path.join(directory, "domains.overflow.json"), "w") as f:
             json.dump({str(k): v for k, v in self._overflow.items()}, f)
 
     @classmethod
     def load(cls, directory: str) -> "DomainMatcher":
-        """Memory-map a saved index: ready in milliseconds whatever its size.
+        """Memory-map a saved index (trie and ``domains.records``, read-only): ready in milliseconds
+        whatever its size, and its pages are shared between processes.
 
-        Only this format (one packed record per name); the snapshot's format number keeps older folders
-        from reaching here (see :data:`filterproxy.lists.store.SNAPSHOT_FORMAT`).
+        Only this format (raw packed records, no header); the snapshot's format number keeps older
+        folders from reaching here (see :data:`filterproxy.lists.store.SNAPSHOT_FORMAT`). A records file
+        whose size is not 7 bytes × the trie's names raises ValueError naming the file.
         """
         trie = marisa_trie.Trie()
         trie.mmap(os.path.join(directory, "domains.marisa"))
-        records = np.load(os.path.join(directory, "domains.records.npy"), mmap_mode="r")
-        if records.dtype != _RECORD or len(records) != len(trie):
-            raise ValueError(f"{directory}: {len(records)} domain records of type {records.dtype} "
-                             f"for {len(trie)} names")
+        path = os.path.join(directory, RECORDS_FILE)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != _RECORD_SIZE * len(trie):
+                raise ValueError(f"{path}: {size} bytes of domain records, expected {_RECORD_SIZE * len(trie)} "
+                                 f"({_RECORD_SIZE} bytes for each of {len(trie)} names)")
+            # an empty file cannot be mapped (no names: nothing to read anyway); the map outlives the fd
+            records = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         with open(os.path.join(directory, "domains.overflow.json")) as f:
             overflow = {int(k): [tuple(x) for x in v] for k, v in json.load(f).items()}
         return cls(trie, records, overflow)
