@@ -163,6 +163,7 @@ HTTP_HOOK = LabelSet("hook", ("requestheaders", "request", "responseheaders", "r
                               "client_connected", "server_connect", "configure"), extra=8)
 ENGINE = LabelSet("engine", ("google", "youtube", "bing", "duckduckgo", "yandex", "yahoo", "ecosia", "brave",
                              "qwant", "coccoc"), extra=8)
+DNS_CACHE_KIND = LabelSet("cache", ("answers", "packed"))
 IMAGE_MATCH_KIND = LabelSet("kind", ("exact", "pdq", "md5", "sha1", "sha256"), extra=4)
 
 
@@ -837,6 +838,10 @@ DNS_BLOCKED = Counter(
     (("group", GROUP), ("category", CATEGORY), ("reason", REASON)))
 DNS_CACHE_HITS = Counter("filterproxy_dns_cache_hits_total", "DNS answers served from the cache.")
 DNS_CACHE_MISSES = Counter("filterproxy_dns_cache_misses_total", "DNS lookups not found in the cache.")
+DNS_CACHE_ENTRIES = Gauge(
+    "filterproxy_dns_cache_entries", "Live entries in the DNS caches: upstream answers (shared by all groups) and "
+    "packed replies (all groups); expired ones are swept within seconds.", (("cache", DNS_CACHE_KIND),),
+    multiprocess_mode="sum")
 DNS_UPSTREAM_DURATION = Histogram(
     "filterproxy_dns_upstream_duration_seconds",
     "Time of each exchange with an upstream resolver, failures included (until the error).",

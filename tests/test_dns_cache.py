@@ -9,8 +9,8 @@ import dns.message
 import pytest
 
 from filterproxy.dns import wire
-from filterproxy.dns.cache import (AnswerCache, PackedCache, TtlPolicy, age_step, aged, lifetime, make_entry,
-                                   to_reply)
+from filterproxy.dns.cache import (AnswerCache, PackedCache, PackedCaches, Sweep, TtlPolicy, age_step, aged, lifetime,
+                                   make_entry, to_reply)
 from filterproxy.dns.responses import Reply
 from filterproxy.dns.wire import RR
 
@@ -115,6 +115,46 @@ def test_packed_cache_bounded():
     assert len(pc.d) <= 16 and bytes([99]) in pc.d
     pc.clear()
     assert not pc.d
+
+
+def test_sweep_drops_expired_entries_a_slice_at_a_time():
+    pc = PackedCache("g", 10000, threading.Lock())
+    for i in range(1000):  # even keys expire at 10, odd ones at 100
+        pc.put(b"k%d" % i, (10.0 if i % 2 == 0 else 100.0, 0, b"", 0, 0, b""))
+    assert pc.sweep(5.0, budget=10_000) == 0 and len(pc.d) == 1000  # nothing expired yet
+    dropped = [pc.sweep(20.0, budget=300) for _ in range(4)]
+    assert dropped == [150, 150, 150, 50]  # 300 keys looked at per step: half of them expired
+    assert len(pc.d) == 500 and all(e[0] == 100.0 for e in pc.d.values())
+    assert pc.sweep.todo == []  # the pass is over: it keeps no keys alive
+
+
+def test_sweep_never_drops_an_entry_replaced_during_its_pass():
+    pc = PackedCache("g", 10000, threading.Lock())
+    for i in range(10):
+        pc.put(b"k%d" % i, (10.0,))
+    assert pc.sweep(20.0, budget=5) == 5  # the pass started with all ten keys
+    pc.put(b"k7", (50.0,))  # renewed meanwhile
+    pc.d.pop(b"k8")  # gone meanwhile
+    assert pc.sweep(20.0, budget=5) == 3
+    assert pc.d == {b"k7": (50.0,)}
+
+
+def test_answer_cache_sweep_covers_both_entry_kinds():
+    c = AnswerCache(1000)
+    c.put(b"obj", Reply(stored=0.0, expires=10.0, answer=[a(10)]))  # kept as a Reply
+    raw = wire.RawAnswer(b"", 0, 0, 0, 0, b"", b"", b"", 10)
+    c.put(b"raw", Reply(stored=0.0, expires=10.0, raw=raw))  # kept as a tuple of atoms
+    c.put(b"live", Reply(stored=0.0, expires=99.0, answer=[a(99)]))
+    assert c.sweep(11.0) == 2 and len(c) == 1 and c.get(b"live", 11.0) is not None
+
+
+def test_packed_caches_sweep_every_group():
+    pcs = PackedCaches(["a", "b"], 100)
+    for g in ("a", "b"):
+        pcs.for_group(g).put(b"x", (1.0,))
+        pcs.for_group(g).put(b"y", (9.0,))
+    assert pcs.sweep(5.0) == 2 and len(pcs) == 2
+    assert isinstance(pcs.for_group("a").sweep, Sweep)
 
 
 # ---------------------------------------------------------------- client table (ACL, group, MAC)

@@ -393,6 +393,44 @@ def test_reload_on_sighup(env):
 
 # ---------------------------------------------------------------- upstream failures
 
+def _cache_entries(srv) -> dict[str, float]:
+    text = urllib.request.urlopen(srv.metrics_url + "/metrics", timeout=5).read().decode()
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r'^filterproxy_dns_cache_entries\{cache="(\w+)"\} (\S+)$', text, re.M)}
+
+
+@pytest.mark.parametrize("loop", ["batched", "plain"])
+def test_expired_cache_entries_are_swept(tmp_path, loop):
+    """Short-TTL answers leave both caches within seconds, even when no query comes; live ones stay."""
+    up = FakeUpstream(ttl=4).start()  # short.test: 4 s
+    long_up = FakeUpstream(ttl=3600).start()  # long.test, by conditional forwarding
+    cfg = write_setup(tmp_path, upstreams=[up.address], upstream_opts={"conditional": {"long.test": [long_up.address]}})
+    srv = start(tmp_path, cfg, env={"FILTERPROXY_DNS_MMSG": "1" if loop == "batched" else "0"})
+    try:
+        for i in range(300):
+            assert addrs(ask(srv.port, f"n{i}.short.test")) == [synth_a(f"n{i}.short.test")]
+        for i in range(20):
+            assert addrs(ask(srv.port, f"n{i}.long.test")) == [synth_a(f"n{i}.long.test")]
+        deadline = time.monotonic() + 3
+        while (n := _cache_entries(srv)).get("answers", 0) < 320 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert n["answers"] >= 320 and n["packed"] >= 320, n  # all there, once published (every second)
+        deadline = time.monotonic() + 12  # TTL 4 s, then a sweep pass (the idle thread wakes every second)
+        while ((n := _cache_entries(srv))["answers"] > 20 or n["packed"] > 20) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert n == {"answers": 20, "packed": 20}, n
+        asked = sum(long_up.queries.values())
+        assert asked == 20
+        for i in range(20):  # the live answers were kept: no new upstream query
+            assert addrs(ask(srv.port, f"n{i}.long.test")) == [synth_a(f"n{i}.long.test")]
+        assert sum(long_up.queries.values()) == asked
+    finally:
+        srv.stop()
+        up.stop()
+        long_up.stop()
+    assert "Traceback" not in srv.output(), srv.output()[-3000:]
+
+
 def test_failover_and_all_down_recovery(tmp_path):
     dead = free_port()  # nothing listens: ICMP port unreachable
     good = FakeUpstream().start()

@@ -38,6 +38,7 @@ EXPECTED_METRICS = {
     "filterproxy_dns_blocked_total": ("counter", ("group", "category", "reason")),
     "filterproxy_dns_cache_hits_total": ("counter", ()),
     "filterproxy_dns_cache_misses_total": ("counter", ()),
+    "filterproxy_dns_cache_entries": ("gauge", ("cache",)),
     "filterproxy_dns_upstream_duration_seconds": ("histogram", ("upstream",)),
     "filterproxy_dns_upstream_errors_total": ("counter", ("upstream", "kind")),
     "filterproxy_dns_ratelimited_total": ("counter", ("group",)),

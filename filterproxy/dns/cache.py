@@ -13,7 +13,10 @@
 
 Both are plain dicts, bounded by ``cache.size`` with FIFO eviction of the oldest eighth: reads never
 take a lock (a dict lookup is atomic under the GIL); writes and evictions take one, because the UDP
-thread and the event loop thread both write.
+thread and the event loop thread both write. Expired entries do not wait for eviction: :class:`Sweep`
+walks each dict a slice at a time (the UDP thread runs a step 10 times a second) and drops them, so
+memory follows the live answers — a burst of short-TTL names does not stay resident until the cache is
+full — and no step holds the thread for more than a fraction of a millisecond.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class AnswerCache:
         self.size = max(16, size)
         self._d: dict[bytes, Reply | tuple] = {}
         self._lock = threading.Lock()
+        self.sweep = Sweep(self._d, self._lock, _answer_expired)
 
     def describe(self) -> str:
         return f"{self.size} entries"
@@ -149,6 +153,53 @@ class AnswerCache:
         return len(self._d)
 
 
+def _answer_expired(e, now: float) -> bool:
+    return (e[2] if type(e) is tuple else e.expires) <= now
+
+
+class Sweep:
+    """Drops a cache dict's expired entries, at most ``budget`` keys looked at per call.
+
+    A pass takes the keys as they are (oldest first) and works through them over as many calls as it
+    needs; entries replaced or removed meanwhile are looked up again, so a fresh entry is never dropped.
+    """
+
+    __slots__ = ("d", "lock", "expired", "todo", "at", "dropped")
+
+    BUDGET = 2048
+
+    def __init__(self, d: dict, lock: threading.Lock, expired):
+        self.d = d
+        self.lock = lock
+        self.expired = expired  # (entry, now) -> bool
+        self.todo: list = []
+        self.at = 0
+        self.dropped = 0  # entries dropped so far (tests, debugging)
+
+    def __call__(self, now: float, budget: int = BUDGET) -> int:
+        """One step; the number of entries dropped."""
+        todo = self.todo
+        if self.at >= len(todo):
+            if not self.d:
+                return 0
+            with self.lock:
+                todo = self.todo = list(self.d)
+            self.at = 0
+        at = self.at
+        end = self.at = at + budget
+        d, expired, n = self.d, self.expired, 0
+        with self.lock:
+            for k in todo[at:end]:
+                e = d.get(k)
+                if e is not None and expired(e, now):
+                    del d[k]
+                    n += 1
+        if end >= len(todo):
+            self.todo = []  # the pass is over: no key kept alive by it
+        self.dropped += n
+        return n
+
+
 def _evict(d: dict, n: int) -> None:
     """Drop the ``n`` oldest entries (dicts keep insertion order). Caller holds the lock."""
     it = iter(list(d.keys())[:n])
@@ -177,13 +228,14 @@ def age_step(ttl: int) -> int:
 class PackedCache:
     """Packed replies of one group: request bytes (after the ID) → entry tuple (see ENTRY_*)."""
 
-    __slots__ = ("d", "size", "_lock", "group")
+    __slots__ = ("d", "size", "_lock", "group", "sweep")
 
     def __init__(self, group: str, size: int, lock: threading.Lock):
         self.group = group
         self.d: dict[bytes, tuple] = {}
         self.size = max(16, size)
         self._lock = lock
+        self.sweep = Sweep(self.d, lock, _packed_expired)
 
     def put(self, key: bytes, entry: tuple) -> None:
         with self._lock:
@@ -195,6 +247,10 @@ class PackedCache:
     def clear(self) -> None:
         with self._lock:
             self.d.clear()
+
+
+def _packed_expired(e: tuple, now: float) -> bool:
+    return e[0] <= now
 
 
 def make_entry(msg: bytes, offsets: list[tuple[int, int]], expires: float, now: float, fixed: bool,
@@ -248,6 +304,10 @@ class PackedCaches:
         for g, c in self.by_group.items():
             if group is None or g == group:
                 c.clear()
+
+    def sweep(self, now: float) -> int:
+        """A :class:`Sweep` step in every group's cache."""
+        return sum(c.sweep(now) for c in self.by_group.values())
 
     def __len__(self) -> int:
         return sum(len(c.d) for c in self.by_group.values())

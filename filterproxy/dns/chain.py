@@ -441,6 +441,10 @@ class Chain:
         for i, link in enumerate(self.edge + self.links, 1):
             log.info("dns chain %2d %-12s %s", i, link.name, link.describe())
 
+    def sweep(self, now: float) -> int:
+        """Drop a slice of expired cache entries (answers and packed replies); run by the UDP thread."""
+        return self.answer_cache.sweep(now) + self.packed.sweep(now)
+
     def on_swap(self) -> None:
         """A new snapshot: every verdict and packed reply may be stale (the answer cache has no policy in it)."""
         self.decisions.clear()

@@ -128,6 +128,7 @@ class DnsServer:
 
     POLL_EVERY = 8  # client packets between two looks at the upstream sockets (when queries are out)
     POLL_IDLE = 0.001  # recv timeout while upstream queries are out and no client packet comes
+    IDLE_WAKE = 1.0  # seconds between two wake-ups of an idle UDP thread (cache sweeping)
     GC_EVERY = 0.1  # seconds between two young-generation collections on the UDP thread
 
     def __init__(self, chain: Chain, host: str, port: int, *, tcp_idle_timeout: float = 10.0,
@@ -201,6 +202,7 @@ class DnsServer:
         self._wake = w
         self.wake_addr = w.getsockname()
         self.reactor = ThreadReactor(self.loop, self._send_wake, self._set_polling)
+        self._set_polling(False)
         self.loop_reactor = LoopReactor(self.loop)
         if tcp_sock is not None:
             self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock, backlog=256)
@@ -228,8 +230,9 @@ class DnsServer:
             pass
 
     def _set_polling(self, on: bool) -> None:
-        """While upstream queries are out, ``recvfrom`` returns every POLL_IDLE s to look at them."""
-        usec = int(self.POLL_IDLE * 1e6) if on else 0
+        """While upstream queries are out, ``recvfrom`` returns every POLL_IDLE s to look at them; else every
+        IDLE_WAKE s (an idle thread still sweeps expired cache entries)."""
+        usec = int((self.POLL_IDLE if on else self.IDLE_WAKE) * 1e6)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", usec // 1000000, usec % 1000000))
 
     async def stop(self) -> None:
@@ -262,6 +265,7 @@ class DnsServer:
         poll_every = self.POLL_EVERY - 1
         n = 0
         collect = gc.collect
+        sweep = self.chain.sweep
         next_gc = 0.0
         while self._running:
             data = addr = None
@@ -269,7 +273,9 @@ class DnsServer:
                 try:
                     data, addr = recv(4096)
                 except BlockingIOError:  # the poll timeout: nothing from clients, look upstream
-                    reactor.poll(mono())
+                    now = mono()
+                    reactor.poll(now)
+                    sweep(now)  # an idle server drops its expired entries too
                     continue
                 now = mono()
                 if reactor.pending:
@@ -281,6 +287,7 @@ class DnsServer:
                     # collector's allocation count barely moves and its young generation grows to tens of
                     # thousands of objects (a 5 ms pause). Collecting it 10x a second keeps pauses well under 1 ms.
                     next_gc = now + self.GC_EVERY
+                    sweep(now)  # expired cache entries go (a slice per tick), before the collection
                     collect(0)
                 sec = int(now)
                 st = table.get(addr[0])
@@ -325,6 +332,7 @@ class DnsServer:
         reactor = self.reactor
         hits = self.tally.hits
         collect = gc.collect
+        sweep = self.chain.sweep
         next_gc = 0.0
         recv, flush = bs.recv, bs.flush
         rmv, rbuf, names = bs.rmv, bs.rbuf, bs.names
@@ -342,11 +350,14 @@ class DnsServer:
             try:
                 n = recv()
                 if not n:  # the poll timeout: nothing from clients, look upstream
-                    reactor.poll(mono())
+                    now = mono()
+                    reactor.poll(now)
+                    sweep(now)
                     continue
                 now = mono()
                 if now >= next_gc:  # see _udp_loop
                     next_gc = now + self.GC_EVERY
+                    sweep(now)
                     collect(0)
                 sec = int(now)
                 j = 0  # replies queued for sendmmsg
@@ -631,6 +642,8 @@ class DnsService:
             ticks += 1
             try:
                 self.server.tally.flush()
+                metrics.DNS_CACHE_ENTRIES.set("answers", value=len(self.chain.answer_cache))
+                metrics.DNS_CACHE_ENTRIES.set("packed", value=len(self.chain.packed))
                 cur = self._active_schedules()
                 for g, act in cur.items():
                     if self._schedules.get(g) != act:

@@ -41,6 +41,8 @@ _RRFIX = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 
 # labels the policy engine accepts (filterproxy.names.normalize_host); anything else cannot be checked → refused
 _HOSTNAME_RE = re.compile(rb"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+# a whole host name in text form: labels as above, joined by dots (\Z: no trailing newline slips through)
+_POLICY_NAME_RE = re.compile(rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\Z")
 _LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 QTYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", MX: "MX", TXT: "TXT", AAAA: "AAAA",
@@ -159,18 +161,31 @@ def text_to_name(text: str) -> bytes:
 
 def policy_name(wire: bytes) -> str | None:
     """The canonical host name the policy engine can decide on, or None when the name has bytes no host
-    name can have (those cannot be filtered, so the resolver refuses them: fail closed)."""
-    labels = []
-    i = 0
-    n = len(wire)
-    while i < n and wire[i]:
-        ln = wire[i]
-        lab = wire[i + 1:i + 1 + ln].translate(_LOWER)
-        if not _HOSTNAME_RE.match(lab):
-            return None
-        labels.append(lab)
+    name can have (those cannot be filtered, so the resolver refuses them: fail closed).
+
+    One pass over the length bytes (each becomes a dot), then one regular expression over the whole
+    name; a dot inside a label shows as one dot too many.
+    """
+    i = wire[0] if wire else 0
+    if not i:
+        return ""
+    buf = bytearray(wire[1:])
+    n = len(buf)
+    labels = 1
+    while i < n:
+        ln = buf[i]
+        if not ln:
+            del buf[i:]
+            break
+        buf[i] = 46  # "."
+        labels += 1
         i += 1 + ln
-    return b".".join(labels).decode("ascii")
+    else:  # no terminating zero: not a name
+        return None
+    buf = buf.translate(_LOWER)
+    if _POLICY_NAME_RE.match(buf) is None or buf.count(46) != labels - 1:
+        return None
+    return buf.decode("ascii")
 
 
 # ---------------------------------------------------------------- queries
