@@ -20,7 +20,6 @@ waiting for timeouts, and the first upstream whose back-off has passed is probed
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import os
 import secrets
@@ -480,7 +479,8 @@ class ThreadReactor:
         self._cur: dict[int, _HotSock] = {}  # id(upstream) → current socket
         self._by_fd: dict[int, _HotSock] = {}
         self._ep = select.epoll()
-        self._timers: list = []
+        # deadlines, one FIFO per timeout value: appended in time order, so each stays sorted (no heap)
+        self._timers: dict[float, deque] = {}
         self._seq = 0
         self._done: deque = deque()
         self._rand = b""
@@ -538,8 +538,11 @@ class ThreadReactor:
         token = (q, d, u, query, timeout, self._seq)
         hs.pending[qid] = token
         now = time.monotonic()
-        # only atoms in the heap: an answered query's objects are freed at once, not at its deadline
-        heapq.heappush(self._timers, (now + timeout, self._seq, hs.fd, qid))
+        # only atoms in the queue: an answered query's objects are freed at once, not at its deadline
+        q = self._timers.get(timeout)
+        if q is None:
+            q = self._timers[timeout] = deque()
+        q.append((now + timeout, self._seq, hs.fd, qid))
         self.pending += 1
         self._last = now
         if not self._polling:
@@ -591,14 +594,14 @@ class ThreadReactor:
                 self._settle(hs, qid, data, None)
                 if not hs.pending:  # nothing more expected here (strays are read at the next readiness)
                     break
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _dl, seq, fd, qid = heapq.heappop(timers)
-            hs = self._by_fd.get(fd)
-            if hs is not None:
-                token = hs.pending.get(qid)
-                if token is not None and token[5] == seq:
-                    self._settle(hs, qid, None, UpstreamError("timeout", "no reply in time"))
+        for timers in self._timers.values():
+            while timers and timers[0][0] <= now:
+                _dl, seq, fd, qid = timers.popleft()
+                hs = self._by_fd.get(fd)
+                if hs is not None:
+                    token = hs.pending.get(qid)
+                    if token is not None and token[5] == seq:
+                        self._settle(hs, qid, None, UpstreamError("timeout", "no reply in time"))
         if self.pending <= 0 and self._polling and now - self._last > self.LINGER:
             self.pending = 0
             self._polling = False
