@@ -5,4 +5,4 @@ run:
 test:
 	./test.sh
 bench:
-	.venv/bin/python bench/bench_domains.py
+	./bench.sh all

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """DNS benchmark: filterproxy vs unbound vs dnsmasq with the same 1M-name blocklist and upstream.
 
-One run (default ~4 minutes on a 2-core machine)::
+One run (default: 2 rounds, ~4 minutes on a 2-core machine; 8 s per dnsperf phase)::
 
-    /tmp/venv-probe/bin/python bench/bench_dns.py                 # 1,000,000 names, 10 s per phase
-    /tmp/venv-probe/bin/python bench/bench_dns.py --domains 100000 --duration 5 --servers filterproxy
+    ./bench.sh dns                      # from a fresh clone: installs dnsperf, unbound, dnsmasq, .venv
+    .venv/bin/python bench/bench_dns.py --rounds 3 --json out.json
+    .venv/bin/python bench/bench_dns.py --domains 100000 --duration 5 --servers filterproxy
 
 What it does:
 
