@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from conftest import REPO, write_config
-from filterproxy.config import ConfigError, load_config
+from filterproxy.config import ConfigError, Section, load_config, load_yaml
+from filterproxy.http.blockpage import LANGUAGES
+from filterproxy.policy.model import parse_policy
 
 DEFAULT_GROUPS = {"primary", "lower-secondary", "upper-secondary", "staff", "child", "teen", "adult"}
 MINORS = DEFAULT_GROUPS - {"staff", "adult"}
@@ -38,6 +40,46 @@ def test_school_hours_and_bedtime_schedules_shipped():
     assert any(s.allow_only for s in cfg.groups["child"].schedules)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "policies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_policies_have_vietnamese_names(path):
+    """The block page's main audience reads Vietnamese: every shipped policy names itself in vi (and en)."""
+    pol = parse_policy(load_yaml(str(path)), path.stem, str(path), Section, ConfigError)
+    assert set(pol.names) == set(LANGUAGES)
+    assert pol.names["en"] == pol.name
+    assert pol.names["vi"] != pol.name and any(ord(c) > 127 for c in pol.names["vi"])  # really Vietnamese
+
+
+def test_shipped_policies_folder_is_the_default_groups():
+    assert {p.stem for p in (REPO / "policies").glob("*.yaml")} == DEFAULT_GROUPS
+
+
+def test_policy_names_per_language(tmp_path):
+    cfg = write_config(tmp_path, "", {
+        "both": "name: Primary\nnames:\n  vi: '  Tiểu học (6–10 tuổi) '\n  en: Primary school\n",
+        "vi-only": "name: Staff\nnames: {vi: Giáo viên}\n",
+        "plain": "name: Teen (home)\n",
+        "empty": "name: Adult\nnames: {}\n",
+    })
+    groups = load_config(str(cfg)).groups
+    assert groups["both"].names == {"vi": "Tiểu học (6–10 tuổi)", "en": "Primary school"}
+    assert groups["both"].name == "Primary"  # the default stays as written
+    assert groups["vi-only"].names == {"vi": "Giáo viên"}
+    assert groups["plain"].names == {} and groups["plain"].name == "Teen (home)"
+    assert groups["empty"].names == {}
+
+
+def test_policy_example_in_readme_loads(tmp_path):
+    """The README's policy example (``policies/<group>.yaml``) is a loadable policy."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"A policy \(`policies/<group>\.yaml`\):\n\n```yaml\n(.*?)```", text, re.S)
+    assert m, "README must show an example policy"
+    pol = load_config(str(write_config(tmp_path, "", {"example": m.group(1)}))).groups["example"]
+    assert pol.names == {"vi": "Trung học cơ sở (11–14 tuổi)", "en": "Lower secondary (11–14)"}
+    assert pol.schedules and pol.allow
+
+
 P_OK = {"g": "name: G\nblock_categories: [adult]\n"}
 
 
@@ -58,6 +100,10 @@ P_OK = {"g": "name: G\nblock_categories: [adult]\n"}
     ("", {"g": "name: G\nschedules:\n  - name: s\n    from: '25:00'\n    block_categories: [games]\n"}, 4, "expected a time"),
     ("", {"g": "name: G\nsafesearch: maybe\n"}, 2, "must be one of off, moderate, strict"),
     ("", {"g": "name: G\nallow: ['bad..name']\n"}, 2, "empty label"),
+    ("", {"g": "name: G\nnames:\n  vi: Gờ\n  fr: Gé\n"}, 4, "'policy g.names' has unknown language 'fr' (expected keys: vi, en)"),
+    ("", {"g": "name: G\nnames: {vi: 3}\n"}, 2, "'policy g.names.vi' must be a non-empty string, got 3"),
+    ("", {"g": "name: G\nnames:\n  en: G\n  vi: '  '\n"}, 4, "'policy g.names.vi' must be a non-empty string"),
+    ("", {"g": "name: G\nnames: Gờ\n"}, 2, "'policy g.names' must be dict"),
 ])
 def test_errors_name_file_line_and_expectation(tmp_path, body, policies, line, needle):
     cfg = write_config(tmp_path, body, policies)

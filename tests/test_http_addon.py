@@ -38,6 +38,7 @@ POLICIES = {
     """,
     "teen": """
         name: Teen (school)
+        names: {vi: "Thiếu niên (trường)", en: "Teenagers (school)"}
         tone: teen
         block_categories: [adult, gambling]
         safesearch: moderate
@@ -262,6 +263,17 @@ def test_block_page_tone(addon, ip, tone, review):
     assert f'class="tone-{tone}' in body
     assert ("https://review.example/ask?" in body) is review
     assert "tel:111" in body and "https://report.example/" in body
+
+
+@pytest.mark.parametrize("ip,url,accept,line", [
+    (TEEN, "http://blocked.example/", None, "Chính sách áp dụng: Thiếu niên (trường)."),
+    (TEEN, "http://blocked.example/", "en", "Policy: Teenagers (school)."),
+    (GROWN, "http://illegal.example/", None, "Chính sách áp dụng: Staff."),  # no names: the default name
+    (GROWN, "http://illegal.example/", "en", "Policy: Staff."),
+])
+def test_block_page_policy_name(addon, ip, url, accept, line):
+    f = run_request(addon, get(url, ip, {"Accept-Language": accept} if accept else {}))
+    assert f"<p>{line}</p>" in f.response.text
 
 
 # ---------------------------------------------------------------- the proxy itself: PAC file

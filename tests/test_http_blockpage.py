@@ -60,6 +60,26 @@ def test_words_per_language(lang, words):
         assert w in text
 
 
+PRIMARY_NAMES = {"vi": "Tiểu học (6–10 tuổi)", "en": "Primary school, ages 6–10"}
+
+
+@pytest.mark.parametrize("name,names,lang,line,absent", [
+    ("Primary school (6–10)", PRIMARY_NAMES, "vi", "Chính sách áp dụng: Tiểu học (6–10 tuổi).", "Primary"),
+    ("Primary school (6–10)", PRIMARY_NAMES, "en", "Policy: Primary school, ages 6–10.", "Tiểu học"),
+    ("Teen (home)", None, "vi", "Chính sách áp dụng: Teen (home).", None),  # no names: the default name
+    ("Teen (home)", None, "en", "Policy: Teen (home).", None),
+    ("Teen (home)", {}, "vi", "Chính sách áp dụng: Teen (home).", None),
+    ("Staff", {"vi": "Giáo viên"}, "vi", "Chính sách áp dụng: Giáo viên.", "Staff"),
+    ("Staff", {"vi": "Giáo viên"}, "en", "Policy: Staff.", "Giáo viên"),  # language missing: the default name
+])
+def test_policy_name_in_page_language(name, names, lang, line, absent):
+    text = render(ADULT, "blocked.example", lang=lang, tone="teen", settings=SETTINGS, policy_name=name,
+                  policy_names=names)[2].decode()
+    assert f"<p>{line}</p>" in text
+    if absent:
+        assert absent not in text
+
+
 def test_child_tone_is_simple():
     text = render(ADULT, "blocked.example", lang="vi", tone="child", settings=SETTINGS)[2].decode()
     assert "không dành cho em" in text and "thầy cô" in text and "111" in text
@@ -82,6 +102,9 @@ def test_values_are_escaped_and_links_checked():
     s = BlockPageSettings(hotline='111"><b>', report_url="javascript:alert(1)", review_url="https://r.example/?a=<b>",
                           ca_help_url="ftp://x")
     text = render(v, evil_host, lang="en", tone="teen", settings=s, policy_name="<i>p</i>")[2].decode()
+    assert "&lt;i&gt;p&lt;/i&gt;" in text
+    text = render(v, evil_host, lang="en", tone="teen", settings=s, policy_name="p",
+                  policy_names={"en": "<i>p</i>"})[2].decode()
     assert "<script>" not in text and "<img" not in text and "<i>p</i>" not in text and "<b>" not in text
     assert "javascript:" not in text and "ftp://x" not in text
     assert "&lt;script&gt;" in text

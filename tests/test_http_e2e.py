@@ -52,6 +52,7 @@ POLICIES = {
     """,
     "older": """
         name: Upper secondary
+        names: {vi: "Trung học phổ thông", en: "Upper secondary school"}
         tone: teen
         block_categories: [adult, gambling]
         safesearch: moderate
@@ -449,9 +450,11 @@ def runner(env):
 
 
 def test_run_serves_http_and_https(runner):
-    assert fetch(runner, "http://blocked.example/").status_code == 403
+    r = fetch(runner, "http://blocked.example/")
+    assert r.status_code == 403 and "<p>Chính sách áp dụng: Trung học phổ thông.</p>" in r.text  # vi policy name
     r = fetch(runner, "https://blocked.example/", headers={"Accept-Language": "en"})
     assert r.status_code == 403 and "This page is blocked" in r.text and 'id="review"' in r.text  # teen tone
+    assert "<p>Policy: Upper secondary school.</p>" in r.text
     r = fetch(runner, f"http://{UT1_URL}x")
     assert r.status_code == 403 and r.headers["X-Filterproxy-Reason"] == "category/gambling/extra-gambling-urls"
     r = fetch(runner, "http://social.example/")  # 'older' does not block social: forwarded (no route here: 502)

@@ -81,7 +81,7 @@ class HttpState:
     passthrough: dict[str, frozenset[str]]  # group → host names (global + policy), suffix match
     passthrough_any: frozenset[str]  # the global http.passthrough names (groups not known yet)
     tones: dict[str, str]
-    policy_names: dict[str, str]
+    policy_names: dict[str, tuple[str, dict[str, str]]]  # group → (name, language → localized name)
     levels: dict[str, tuple[str, str]]  # group → (safesearch, youtube)
     generation: int = 0
     loaded_at: float = field(default_factory=time.time)
@@ -132,7 +132,7 @@ def load_state(config_path: str | None, extra_lists: Sequence[str] = (), client_
         engine=engine, users=users, page=blockpage.BlockPageSettings.from_config(cfg.http),
         passthrough=passthrough, passthrough_any=frozenset(glob),
         tones={g: p.tone for g, p in cfg.groups.items()},
-        policy_names={g: p.name for g, p in cfg.groups.items()},
+        policy_names={g: (p.name, p.names) for g, p in cfg.groups.items()},
         levels={g: (p.safesearch, p.youtube) for g, p in cfg.groups.items()},
         generation=generation)
 
@@ -494,14 +494,15 @@ class FilterAddon:
 
     def _respond_block(self, flow: http.HTTPFlow, v: Verdict, host: str, st: HttpState | None) -> None:
         tone = "child"  # unknown group: the most protective wording
-        policy_name = None
+        policy_name, policy_names = None, None
         page = blockpage.BlockPageSettings()
         if st is not None:
             page = st.page
             tone = st.tones.get(v.group, "child")
-            policy_name = st.policy_names.get(v.group)
+            policy_name, policy_names = st.policy_names.get(v.group, (None, None))
         lang = blockpage.pick_language(flow.request.headers.get("accept-language"), page.default_language)
-        status, headers, body = blockpage.render(v, host, lang=lang, tone=tone, settings=page, policy_name=policy_name)
+        status, headers, body = blockpage.render(v, host, lang=lang, tone=tone, settings=page, policy_name=policy_name,
+                                                 policy_names=policy_names)
         flow.response = http.Response.make(status, body, headers)
         flow.metadata[KEY] = {"group": v.group, "action": "block", "reason": v.reason.value, "category": v.category,
                               "short_id": v.short_id, "url": None}

@@ -4,6 +4,7 @@
 * Language from ``Accept-Language`` (``vi``/``en``; anything else → ``http.default_language``).
 * Tone from the group's policy: ``child`` is short, friendly and simple; ``teen``/``adult`` explain the
   category and offer a "request a review" link (``http.review_url``).
+* The policy's display name in the page's language (``names`` in the policy file), else its ``name``.
 * Always: the category in words, ``verdict.short_id`` (never the rule text — hashed lists must not be
   revealed), the national child-protection hotline (``http.hotline``, 111), a "report abuse" link
   (``http.report_url``) and the certificate help link (``http.ca_help_url``).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import html
 import os
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -200,10 +202,17 @@ def status_for(verdict: Verdict) -> int:
 
 
 def render(verdict: Verdict, host: str, *, lang: str, tone: str, settings: BlockPageSettings,
-           policy_name: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of the block page for ``verdict`` on ``host``."""
+           policy_name: str | None = None,
+           policy_names: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of the block page for ``verdict`` on ``host``.
+
+    The policy is shown as ``policy_names[lang]`` (a policy's localized ``names``) when present, else
+    ``policy_name`` (its default ``name``).
+    """
     if lang not in LANGUAGES:
         lang = settings.default_language
+    if policy_names and policy_names.get(lang):
+        policy_name = policy_names[lang]
     t = _TEXT[lang]
     legal = status_for(verdict) == 451
     child = tone == "child" and not legal

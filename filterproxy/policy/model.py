@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from filterproxy.http.blockpage import LANGUAGES  # a localized name is only useful in a language the page speaks
 from filterproxy.names import NameError_, normalize_host
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -49,7 +50,7 @@ class Policy:
     """One age group's policy, loaded from ``policies/<id>.yaml``."""
 
     id: str
-    name: str
+    name: str  # the default display name; ``names`` overrides it per block-page language
     tone: str = "teen"
     block_categories: frozenset[str] = frozenset()
     allow: dict[str, bool] = field(default_factory=dict)  # name → include subdomains
@@ -63,6 +64,7 @@ class Policy:
     file: str = ""
     allow_lines: dict[str, int] = field(default_factory=dict)
     description: str = ""
+    names: dict[str, str] = field(default_factory=dict)  # language ("vi", "en") → localized display name
 
     def check_categories(self, list_categories: set[str]) -> None:
         """Categories must be known ids or provided by a configured list (typos must not pass)."""
@@ -91,6 +93,21 @@ def _names(sec: Any, key: str, where: str, ConfigError: type) -> dict[str, tuple
     return out
 
 
+def _localized_names(sec: Any, gid: str, ConfigError: type) -> dict[str, str]:
+    """``names: {vi: ..., en: ...}``: keys are block-page languages, values non-empty strings."""
+    raw = sec.get("names", {}, types=(dict,))
+    where = raw.where if hasattr(raw, "where") else (lambda _k=None: sec.where("names"))
+    out: dict[str, str] = {}
+    for lang, text in raw.items():
+        if lang not in LANGUAGES:
+            raise ConfigError(f"{where(lang)}: 'policy {gid}.names' has unknown language {lang!r} "
+                              f"(expected keys: {', '.join(LANGUAGES)})")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where(lang)}: 'policy {gid}.names.{lang}' must be a non-empty string, got {text!r}")
+        out[lang] = text.strip()
+    return out
+
+
 def _time(text: Any, where: str, ConfigError: type) -> int:
     m = re.fullmatch(r"(\d{1,2}):(\d{2})", str(text).strip())
     if not m or int(m.group(1)) > 24 or int(m.group(2)) > 59:
@@ -102,6 +119,7 @@ def parse_policy(raw: Any, gid: str, path: str, Section: type, ConfigError: type
     """Build a Policy from a loaded YAML mapping; errors name file:line."""
     sec = Section(raw, f"policy {gid}", f"{path}:1")
     p = Policy(id=gid, name=sec.get("name", gid, types=(str,)), file=path)
+    p.names = _localized_names(sec, gid, ConfigError)
     p.description = sec.get("description", "", types=(str,))
     p.tone = sec.get("tone", "teen", choices=TONES)
     cats = sec.get("block_categories", [], types=(list,))
