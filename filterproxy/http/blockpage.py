@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
+from filterproxy.policy.model import LANGUAGES
 from filterproxy.verdict import Reason, Verdict
 
 __all__ = ["BlockPageSettings", "render", "pick_language", "category_name", "LANGUAGES"]
 
-LANGUAGES = ("vi", "en")
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 
 CATEGORY_NAMES: dict[str, tuple[str, str]] = {  # id → (vi, en)

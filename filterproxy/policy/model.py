@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from filterproxy.http.blockpage import LANGUAGES  # a localized name is only useful in a language the page speaks
 from filterproxy.names import NameError_, normalize_host
+
+# The languages user-facing text comes in (block page, policy display names); the first is the default.
+LANGUAGES = ("vi", "en")
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {"weekdays": DAYS[:5], "weekend": DAYS[5:], "all": DAYS, "daily": DAYS}
