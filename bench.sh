@@ -10,7 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 what=${1:-all}
 [ $# -gt 0 ] && shift
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else echo "need root for: $*" >&2; return 1; fi; }
 case "$what" in
   dns) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux" ;;
   http) pairs="wrk:wrk nginx:nginx-light squid:squid" ;;
@@ -18,14 +17,7 @@ case "$what" in
   all) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux wrk:wrk nginx:nginx-light squid:squid" ;;
   *) echo "usage: $0 dns|http|domains|imagehash|all [benchmark options]" >&2; exit 2 ;;
 esac
-need=()
-for pair in $pairs; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
-fi
+bash scripts/apt-need.sh $pairs
 bash scripts/setup-venv.sh "test,fast"
 for b in dns http domains imagehash; do
   if [ "$what" = all ] || [ "$what" = "$b" ]; then
