@@ -14,9 +14,9 @@
 Both are plain dicts, bounded by ``cache.size`` with FIFO eviction of the oldest eighth: reads never
 take a lock (a dict lookup is atomic under the GIL); writes and evictions take one, because the UDP
 thread and the event loop thread both write. Expired entries do not wait for eviction: :class:`Sweep`
-walks each dict a slice at a time (the UDP thread runs a step of 256 keys 100 times a second) and drops them, so
-memory follows the live answers — a burst of short-TTL names does not stay resident until the cache is
-full — and no step holds the thread for more than a fraction of a millisecond.
+walks each dict a slice at a time (the UDP thread runs a step of 256 keys 100 times a second) and drops
+them, so memory follows the live answers — a burst of short-TTL names does not stay resident until the
+cache is full — and no step holds the thread for more than a fraction of a millisecond.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class Sweep:
 
     A pass takes the keys as they are (oldest first) and works through them over as many calls as it
     needs; entries replaced or removed meanwhile are looked up again, so a fresh entry is never dropped.
-    Entries are tuples with their expiry time at index ``at`` (or, in the answer cache, Reply objects).
+    Entries are tuples with their expiry time at index ``field`` (or, in the answer cache, Reply objects).
     """
 
     __slots__ = ("d", "lock", "field", "todo", "pos", "dropped")
