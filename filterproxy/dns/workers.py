@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
-import time
+
+from filterproxy.procs import terminate_all, wait_ready
 
 log = logging.getLogger("filterproxy.dns")
 
@@ -73,28 +73,7 @@ class DnsWorkers:
         return p, r
 
     def _wait_ready(self, spawned: list[tuple[int, subprocess.Popen, int]]) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        waiting = {r: (i, p) for i, p, r in spawned}
-        try:
-            while waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"dns: {len(waiting)} worker(s) not ready after {self.ready_timeout:.0f}s")
-                ready, _, _ = select.select(list(waiting), [], [], min(left, 0.5))
-                for r in ready:
-                    i, p = waiting.pop(r)
-                    line = os.read(r, 256)
-                    os.close(r)
-                    if not line.startswith(b"ready"):
-                        raise RuntimeError(f"dns: worker {i + 1} exited before listening (status {p.wait()})")
-                for r, (i, p) in list(waiting.items()):
-                    if p.poll() is not None:
-                        del waiting[r]
-                        os.close(r)
-                        raise RuntimeError(f"dns: worker {i + 1} exited before listening (status {p.returncode})")
-        finally:
-            for r in waiting:
-                os.close(r)
+        wait_ready({r: (f"worker {i + 1}", p) for i, p, r in spawned}, self.ready_timeout, "dns")
 
     def start(self) -> "DnsWorkers":
         spawned = []
@@ -138,8 +117,6 @@ class DnsWorkers:
                     pass
 
     def stop(self, timeout: float = 10.0) -> None:
-        from filterproxy.procs import terminate_all
-
         self._stopping.set()
         terminate_all((p for p in self.procs if p is not None), timeout)
         if self._monitor is not None and self._monitor is not threading.current_thread():

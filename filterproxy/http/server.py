@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -245,30 +244,12 @@ class ProxyWorkers:
             w.ready_fd = None
 
     def _wait_ready(self, workers: Sequence[_Worker]) -> None:
-        pending = {w.ready_fd: w for w in workers if w.ready_fd is not None}
-        buf: dict[int, bytes] = {fd: b"" for fd in pending}
-        deadline = time.monotonic() + self.ready_timeout
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"proxy: {len(pending)} worker(s) not listening after {self.ready_timeout:.0f} s")
-            readable, _, _ = select.select(list(pending), [], [], min(left, 0.5))
-            for fd in readable:
-                w = pending[fd]
-                chunk = os.read(fd, 4096)
-                if chunk:
-                    buf[fd] += chunk
-                if b"\n" in buf[fd] and buf[fd].startswith(b"ready"):
-                    del pending[fd]
-                    self._close_ready(w)
-                elif not chunk:  # pipe closed without "ready": the worker failed
-                    code = w.proc.wait(10) if w.proc is not None else None
-                    raise RuntimeError(f"proxy: worker {w.index} failed to start (exit status {code}); "
-                                       "see its messages above")
-            for fd, w in list(pending.items()):
-                if w.proc is not None and w.proc.poll() is not None and fd not in readable:
-                    raise RuntimeError(f"proxy: worker {w.index} exited during start-up "
-                                       f"(exit status {w.proc.returncode})")
+        from filterproxy.procs import wait_ready
+
+        waiting = {w.ready_fd: (f"worker {w.index}", w.proc) for w in workers if w.ready_fd is not None}
+        for w in workers:
+            w.ready_fd = None  # wait_ready closes them
+        wait_ready(waiting, self.ready_timeout, "proxy")
 
     def _watch(self) -> None:
         """Restart workers that exit while serving (back-off 1 s doubling to 30 s)."""
