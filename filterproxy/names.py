@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 
 _LABEL_OK = re.compile(r"^[a-z0-9_*](?:[a-z0-9_\-*]{0,61}[a-z0-9_*])?$")
 
@@ -67,3 +68,14 @@ def is_ip(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def self_and_parents(host: str) -> Iterator[str]:
+    """``host``, then each parent domain in turn: ``a.b.c`` → ``a.b.c``, ``b.c``, ``c``."""
+    name = host
+    while True:
+        yield name
+        i = name.find(".")
+        if i < 0:
+            return
+        name = name[i + 1:]

@@ -37,6 +37,7 @@ from filterproxy.dns.deferred import Deferred
 from filterproxy.dns.responses import BlockAnswers, Reply
 from filterproxy.dns.upstream import AllUpstreamsFailed, UpstreamError, UpstreamGroup, parse_upstream
 from filterproxy.dns.wire import ANY, CLASS_IN, CNAME, SERVFAIL
+from filterproxy.names import self_and_parents
 from filterproxy.verdict import Action, Reason, Verdict
 
 log = logging.getLogger("filterproxy.dns")
@@ -387,15 +388,10 @@ class ConditionalLink(Link):
 
     def __call__(self, req: Request, nxt: Next) -> Result:
         if self.zones and req.name:
-            name = req.name
-            while True:
+            for name in self_and_parents(req.name):
                 r = self.zones.get(name)
                 if r is not None:
                     return r(req)
-                i = name.find(".")
-                if i < 0:
-                    break
-                name = name[i + 1:]
         return nxt(req)
 
 

@@ -57,6 +57,7 @@ from filterproxy.clients import Client, mac_for_ip
 from filterproxy.http import blockpage, safesearch
 from filterproxy.http.auth import UsersFile
 from filterproxy.http.pac import PAC_CONTENT_TYPE, PAC_PATHS, render_pac
+from filterproxy.names import self_and_parents
 from filterproxy.verdict import Action, Reason, Verdict
 
 log = logging.getLogger("filterproxy.http")
@@ -149,16 +150,7 @@ def _freeze_heap() -> None:
 
 
 def _suffix_in(host: str, names: frozenset[str]) -> bool:
-    if not names:
-        return False
-    name = host
-    while True:
-        if name in names:
-            return True
-        i = name.find(".")
-        if i < 0:
-            return False
-        name = name[i + 1:]
+    return bool(names) and any(name in names for name in self_and_parents(host))
 
 
 # ---------------------------------------------------------------- per-connection state

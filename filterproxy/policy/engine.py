@@ -27,7 +27,7 @@ from filterproxy.clients import Client, ClientMap
 from filterproxy.config import Config
 from filterproxy.lists.parsers import ALLOW
 from filterproxy.lists.store import Snapshot, unpack
-from filterproxy.names import NameError_, is_ip, normalize_host
+from filterproxy.names import NameError_, is_ip, normalize_host, self_and_parents
 from filterproxy.policy import safesearch
 from filterproxy.policy.model import Policy
 from filterproxy.verdict import Action, Reason, Verdict
@@ -40,15 +40,11 @@ def _covering(names: dict, host: str, with_subdomains) -> str | None:
     (``with_subdomains(value)``) that it covers subdomains. A policy's own lists are small dicts."""
     if not names:
         return None
-    name, exact = host, True
-    while True:
+    for depth, name in enumerate(self_and_parents(host)):
         value = names.get(name)
-        if value is not None and (exact or with_subdomains(value)):
+        if value is not None and (depth == 0 or with_subdomains(value)):
             return name
-        i = name.find(".")
-        if i < 0:
-            return None
-        name, exact = name[i + 1:], False
+    return None
 
 
 @dataclass(frozen=True)
