@@ -161,7 +161,7 @@ class Sweep:
     Entries are tuples with their expiry time at index ``field`` (or, in the answer cache, Reply objects).
     """
 
-    __slots__ = ("d", "lock", "field", "todo", "pos", "dropped")
+    __slots__ = ("d", "lock", "field", "todo", "pos")
 
     BUDGET = 256
 
@@ -171,7 +171,6 @@ class Sweep:
         self.field = field  # index of the expiry time in a tuple entry
         self.todo: list = []
         self.pos = 0
-        self.dropped = 0  # entries dropped so far (tests, debugging)
 
     def __call__(self, now: float, budget: int = BUDGET) -> int:
         """One step; the number of entries dropped."""
@@ -193,7 +192,6 @@ class Sweep:
                     n += 1
         if end >= len(todo):
             self.todo = []  # the pass is over: no key kept alive by it
-        self.dropped += n
         return n
 
 
