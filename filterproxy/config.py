@@ -182,6 +182,7 @@ class CacheConfig:
     max_ttl: int = 86400
     negative_ttl: int = 300
     blocked_ttl: int = 30  # short so schedule changes take effect within a minute
+    sweep_interval: int = 30  # seconds per pass dropping expired entries (memory follows the live answers)
 
 
 @dataclass
@@ -339,7 +340,10 @@ def load_config(path: str | None = None) -> Config:
 
     c = Section(top.get("cache"), "cache", top.where("cache"))
     cache = CacheConfig(**{k: c.get(k, getattr(CacheConfig(), k), types=(int,)) for k in
-                           ("size", "min_ttl", "max_ttl", "negative_ttl", "blocked_ttl")})
+                           ("size", "min_ttl", "max_ttl", "negative_ttl", "blocked_ttl", "sweep_interval")})
+    if cache.sweep_interval < 1:
+        raise ConfigError(f"{c.where('sweep_interval')}: 'cache.sweep_interval' must be at least 1 (seconds), "
+                          f"got {cache.sweep_interval}")
     c.done()
 
     d = Section(top.get("dns"), "dns", top.where("dns"))

@@ -95,6 +95,7 @@ P_OK = {"g": "name: G\nblock_categories: [adult]\n"}
     ("clients:\n  - {cidr: 10.0.0.0/33, group: g}\n", P_OK, 2, "invalid cidr"),
     ("clients:\n  - {cidr: 10.0.0.0/8, group: nope}\n", P_OK, 2, "unknown group"),
     ("timezone: Mars/Olympus\n", P_OK, 1, "unknown time zone"),
+    ("cache:\n  size: 100\n  sweep_interval: 0\n", P_OK, 3, "'cache.sweep_interval' must be at least 1"),
     ("", {"g": "name: G\nblock_categories: [adlt]\n"}, None, "unknown category 'adlt'"),
     ("", {"g": "name: G\nschedules:\n  - {name: s, days: [funday], block_categories: [games]}\n"}, 3, "unknown day"),
     ("", {"g": "name: G\nschedules:\n  - name: s\n    from: '25:00'\n    block_categories: [games]\n"}, 4, "expected a time"),

@@ -118,7 +118,7 @@ def test_packed_cache_bounded():
 
 
 def test_sweep_drops_expired_entries_a_slice_at_a_time():
-    pc = PackedCache("g", 10000, threading.Lock())
+    pc = PackedCache("g", 10000, threading.Lock(), sweep_interval=0)  # not paced: budget keys per step
     for i in range(1000):  # even keys expire at 10, odd ones at 100
         pc.put(b"k%d" % i, (10.0 if i % 2 == 0 else 100.0, 0, b"", 0, 0, b""))
     assert pc.sweep(5.0, budget=10_000) == 0 and len(pc.d) == 1000  # nothing expired yet
@@ -129,7 +129,7 @@ def test_sweep_drops_expired_entries_a_slice_at_a_time():
 
 
 def test_sweep_never_drops_an_entry_replaced_during_its_pass():
-    pc = PackedCache("g", 10000, threading.Lock())
+    pc = PackedCache("g", 10000, threading.Lock(), sweep_interval=0)
     for i in range(10):
         pc.put(b"k%d" % i, (10.0,))
     assert pc.sweep(20.0, budget=5) == 5  # the pass started with all ten keys
@@ -139,8 +139,22 @@ def test_sweep_never_drops_an_entry_replaced_during_its_pass():
     assert pc.d == {b"k7": (50.0,)}
 
 
+def test_sweep_is_paced_over_its_interval():
+    """A pass over 1,000 keys with a 10-s interval looks at ~100 keys a second, whatever the call rate."""
+    pc = PackedCache("g", 10000, threading.Lock(), sweep_interval=10)
+    for i in range(1000):
+        pc.put(b"k%d" % i, (1.0, 0, b"", 0, 0, b""))  # all expired at 1.0
+    assert pc.sweep(100.0) == 1  # the pass starts: only the first key is due
+    assert pc.sweep(100.0) == 0 and pc.sweep(100.0) == 0  # more calls at the same time: nothing more due
+    assert pc.sweep(101.0) == 100 and pc.sweep(101.005) == 0  # one second later: a tenth of the keys
+    assert pc.sweep(105.0, budget=256) == 256  # behind by 400 keys: at most the budget in one step
+    assert pc.sweep(105.0, budget=10_000) == 144
+    assert pc.sweep(111.0, budget=10_000) == 499 and not pc.d  # the interval is over: the rest, pass done
+    assert pc.sweep.todo == [] and pc.sweep(200.0) == 0
+
+
 def test_answer_cache_sweep_covers_both_entry_kinds():
-    c = AnswerCache(1000)
+    c = AnswerCache(1000, sweep_interval=0)
     c.put(b"obj", Reply(stored=0.0, expires=10.0, answer=[a(10)]))  # kept as a Reply
     raw = wire.RawAnswer(b"", 0, 0, 0, 0, b"", b"", b"", 10)
     c.put(b"raw", Reply(stored=0.0, expires=10.0, raw=raw))  # kept as a tuple of atoms
@@ -149,7 +163,7 @@ def test_answer_cache_sweep_covers_both_entry_kinds():
 
 
 def test_packed_caches_sweep_every_group():
-    pcs = PackedCaches(["a", "b"], 100)
+    pcs = PackedCaches(["a", "b"], 100, sweep_interval=0)
     for g in ("a", "b"):
         pcs.for_group(g).put(b"x", (1.0,))
         pcs.for_group(g).put(b"y", (9.0,))

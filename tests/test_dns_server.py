@@ -401,10 +401,12 @@ def _cache_entries(srv) -> dict[str, float]:
 
 @pytest.mark.parametrize("loop", ["batched", "plain"])
 def test_expired_cache_entries_are_swept(tmp_path, loop):
-    """Short-TTL answers leave both caches within seconds, even when no query comes; live ones stay."""
+    """Short-TTL answers leave both caches within seconds of cache.sweep_interval, even when no query comes;
+    live ones stay."""
     up = FakeUpstream(ttl=4).start()  # short.test: 4 s
     long_up = FakeUpstream(ttl=3600).start()  # long.test, by conditional forwarding
-    cfg = write_setup(tmp_path, upstreams=[up.address], upstream_opts={"conditional": {"long.test": [long_up.address]}})
+    cfg = write_setup(tmp_path, upstreams=[up.address], upstream_opts={"conditional": {"long.test": [long_up.address]}},
+                      cache={"sweep_interval": 2})
     srv = start(tmp_path, cfg, env={"FILTERPROXY_DNS_MMSG": "1" if loop == "batched" else "0"})
     try:
         for i in range(300):
@@ -415,7 +417,7 @@ def test_expired_cache_entries_are_swept(tmp_path, loop):
         while (n := _cache_entries(srv)).get("answers", 0) < 320 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert n["answers"] >= 320 and n["packed"] >= 320, n  # all there, once published (every second)
-        deadline = time.monotonic() + 12  # TTL 4 s, then a sweep pass (the idle thread wakes every second)
+        deadline = time.monotonic() + 12  # TTL 4 s, then up to two 2-s passes (the idle thread wakes every second)
         while ((n := _cache_entries(srv))["answers"] > 20 or n["packed"] > 20) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert n == {"answers": 20, "packed": 20}, n

@@ -437,9 +437,9 @@ class Chain:
         for i, link in enumerate(self.edge + self.links, 1):
             log.info("dns chain %2d %-12s %s", i, link.name, link.describe())
 
-    def sweep(self, now: float) -> int:
+    def sweep(self, now: float, budget: int = 256) -> int:
         """Drop a slice of expired cache entries (answers and packed replies); run by the UDP thread."""
-        return self.answer_cache.sweep(now) + self.packed.sweep(now)
+        return self.answer_cache.sweep(now, budget) + self.packed.sweep(now, budget)
 
     def on_swap(self) -> None:
         """A new snapshot: every verdict and packed reply may be stale (the answer cache has no policy in it)."""
@@ -469,13 +469,13 @@ def build_chain(cfg, engine, *, upstreams: list[str] | None = None) -> Chain:
     """THE order of the resolver. Change it here, and only here."""
     ttl = TtlPolicy(cfg.cache.min_ttl, cfg.cache.max_ttl, cfg.cache.negative_ttl)
     answers = BlockAnswers(cfg.server.block_page_ipv4, cfg.server.block_page_ipv6, cfg.cache.blocked_ttl)
-    packed = PackedCaches(engine.config.groups, cfg.cache.size)
+    packed = PackedCaches(engine.config.groups, cfg.cache.size, cfg.cache.sweep_interval)
     clients = ClientTable(engine, cfg.dns.allowed_networks, cfg.dns.rate_limit, packed)
     servers = upstreams or cfg.upstreams.servers
     main = UpstreamGroup([parse_upstream(a) for a in servers], cfg.upstreams.strategy, cfg.upstreams.timeout)
     zones = {z: UpstreamGroup([parse_upstream(a) for a in addrs], "failover", cfg.upstreams.timeout)
              for z, addrs in cfg.upstreams.conditional.items()}
-    answer_cache = AnswerCache(cfg.cache.size)
+    answer_cache = AnswerCache(cfg.cache.size, cfg.cache.sweep_interval)
     decisions = Decisions(engine)
 
     edge: list[Link] = [

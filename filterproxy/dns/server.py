@@ -129,6 +129,7 @@ class DnsServer:
     POLL_EVERY = 8  # client packets between two looks at the upstream sockets (when queries are out)
     POLL_IDLE = 0.001  # recv timeout while upstream queries are out and no client packet comes
     IDLE_WAKE = 1.0  # seconds between two wake-ups of an idle UDP thread (cache sweeping)
+    IDLE_SWEEP = 4096  # keys a sweep step may look at when no client is waiting (else cache.Sweep.BUDGET)
     TICK = 0.01  # seconds between two housekeeping steps of the UDP thread (see _tick)
     GC_TICKS = 10  # ticks between two young-generation collections
 
@@ -266,7 +267,7 @@ class DnsServer:
         hits = self.tally.hits
         poll_every = self.POLL_EVERY - 1
         n = 0
-        tick, sweep = self._tick, self.chain.sweep
+        tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
         next_tick = 0.0
         while self._running:
             data = addr = None
@@ -276,7 +277,7 @@ class DnsServer:
                 except BlockingIOError:  # the poll timeout: nothing from clients, look upstream
                     now = mono()
                     reactor.poll(now)
-                    sweep(now)  # an idle server drops its expired entries too
+                    sweep(now, idle_budget)  # an idle server drops its expired entries too
                     continue
                 now = mono()
                 if reactor.pending:
@@ -327,7 +328,7 @@ class DnsServer:
         slow = self._udp_slow
         reactor = self.reactor
         hits = self.tally.hits
-        tick, sweep = self._tick, self.chain.sweep
+        tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
         next_tick = 0.0
         recv, flush = bs.recv, bs.flush
         rmv, rbuf, names = bs.rmv, bs.rbuf, bs.names
@@ -347,7 +348,7 @@ class DnsServer:
                 if not n:  # the poll timeout: nothing from clients, look upstream
                     now = mono()
                     reactor.poll(now)
-                    sweep(now)
+                    sweep(now, idle_budget)
                     continue
                 now = mono()
                 if now >= next_tick:
@@ -414,8 +415,9 @@ class DnsServer:
     def _tick(self, now: float) -> float:
         """Housekeeping on the UDP thread, every TICK seconds while packets come; returns the next time.
 
-        * Expired cache entries go, a small slice at a time (cache.Sweep: 256 keys, ~0.1 ms here; slices of
-          2048 keys 10x a second took 1-3 ms each and set the p99 of cache hits).
+        * Expired cache entries go, a small slice at a time (cache.Sweep: the keys due by now in a pass of
+          ``cache.sweep_interval`` seconds, at most 256 a step; slices of 2048 keys 10x a second took 1-3 ms
+          each and set the p99 of cache hits, unpaced slices of 256 keys every tick took ~10% of the thread).
         * Every GC_TICKS ticks, a young-generation collection: replaced cache entries free old objects as
           fast as new ones arrive, so the collector's allocation count barely moves and its young
           generation grows to tens of thousands of objects (a 5 ms pause); collected 10x a second, the
