@@ -469,6 +469,39 @@ def test_failover_and_all_down_recovery(tmp_path):
     assert "Traceback" not in srv.output(), srv.output()[-3000:]
 
 
+@pytest.mark.parametrize("loop", ["batched", "plain"])
+def test_concurrent_misses_share_one_upstream_query_each_group_its_own_answer(tmp_path, loop):
+    """Identical questions asked while the first is out wait for the same upstream reply, and each
+    client's group still judges it: the CNAME target is a game, blocked for kids, allowed for teens."""
+    up = FakeUpstream(zone={"share.example": [("CNAME", "game.test")], "game.test": [("A", "192.0.2.77")]},
+                      delay=0.4).start()
+    cfg = write_setup(tmp_path, upstreams=[up.address], upstream_opts={"timeout": 2.0})
+    srv = start(tmp_path, cfg, env={"FILTERPROXY_DNS_MMSG": "1" if loop == "batched" else "0"})
+    socks = []
+    try:
+        for src in ("127.0.0.3", "127.0.0.2", "127.0.0.3"):  # teens, kids, teens again
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            s.settimeout(3)
+            s.sendto(dns.message.make_query("share.example", "A", use_edns=0).to_wire(), ("127.0.0.1", srv.port))
+            socks.append(s)
+        teen, kid, teen2 = (dns.message.from_wire(s.recv(4096)) for s in socks)
+        assert up.queries[("share.example", "A", "udp")] == 1  # one upstream query for all three
+        assert addrs(teen) == addrs(teen2) == ["192.0.2.77"]
+        assert [r for r in teen.answer if r.rdtype == dns.rdatatype.CNAME]
+        assert kid.rcode() == dns.rcode.NXDOMAIN and ede(kid) == (17, "category/games/test-games")
+        # from the cache now, still judged per group
+        assert ask(srv.port, "share.example", src="127.0.0.2").rcode() == dns.rcode.NXDOMAIN
+        assert addrs(ask(srv.port, "share.example", src="127.0.0.3")) == ["192.0.2.77"]
+        assert up.queries[("share.example", "A", "udp")] == 1
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+        up.stop()
+    assert "Traceback" not in srv.output(), srv.output()[-3000:]
+
+
 def test_parallel_strategy_with_a_silent_upstream(tmp_path):
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers: timeouts
     silent.bind(("127.0.0.1", 0))

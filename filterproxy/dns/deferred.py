@@ -8,8 +8,10 @@ with 5% misses. A :class:`Deferred` is owned by the thread that will fulfil it a
 there, synchronously; the chain code is the same on both threads.
 
 * :class:`LoopReactor` — upstream attempts as asyncio tasks (TCP clients, and stream upstreams).
-* ``HotReactor`` (filterproxy.dns.server) — UDP upstreams on the UDP thread; stream upstreams (TCP, DoT,
-  DoH) are run on the loop and their results handed back through a queue and a wake-up datagram.
+* ``ThreadReactor`` (filterproxy.dns.upstream) — UDP upstreams on the UDP thread; stream upstreams (TCP,
+  DoT, DoH) are run on the loop and their results handed back through a queue and a wake-up datagram.
+
+Both take ``attempt(upstream, query, timeout, cb)`` and call ``cb(reply, error)`` once, on their thread.
 """
 
 from __future__ import annotations
@@ -116,22 +118,21 @@ class LoopReactor:
         self.inflight: dict[bytes, Deferred] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    def attempt(self, upstream, query: bytes, timeout: float) -> Deferred:
-        d = Deferred()
+    def attempt(self, upstream, query: bytes, timeout: float, cb: Callable[[Any, BaseException | None], None]) -> None:
+        """``upstream.exchange`` as a task; ``cb(reply, None)`` or ``cb(None, error)`` on the loop when done."""
         t = self.loop.create_task(upstream.exchange(query, timeout))
         self._tasks.add(t)
 
         def done(task: asyncio.Task) -> None:
             self._tasks.discard(task)
             if task.cancelled():
-                d.fail(asyncio.CancelledError())
+                cb(None, asyncio.CancelledError())
                 return
             exc = task.exception()
             if exc is not None:
-                d.fail(exc)
+                cb(None, exc)
             else:
-                d.resolve(task.result())
+                cb(task.result(), None)
 
         t.add_done_callback(done)
-        return d
 

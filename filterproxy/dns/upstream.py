@@ -460,9 +460,10 @@ class ThreadReactor:
     UDP upstreams: one socket per upstream owned by the thread (replaced by a fresh one — a new source
     port — every 2,000 queries; the old one lives on until its replies are in). The thread's loop calls
     :meth:`poll` every few client packets while queries are out: one ``epoll_wait(0)`` tells which
-    sockets have replies. Timeouts come from a heap. Stream upstreams (TCP, DoT, DoH, and the TCP retry of
-    a truncated UDP reply) run on the asyncio ``loop``; their results come back through a queue, and
-    ``wake()`` (a datagram to the UDP socket) makes the thread call :meth:`drain`.
+    sockets have replies. Deadlines wait in one FIFO per timeout value (appended in time order: no
+    heap). Stream upstreams (TCP, DoT, DoH, and the TCP retry of a truncated UDP reply) run on the
+    asyncio ``loop``; their results come back through a queue, and ``wake()`` (a datagram to the UDP
+    socket) makes the thread call :meth:`drain`.
     """
 
     REUSE = 2000
@@ -487,10 +488,13 @@ class ThreadReactor:
         self._ri = 0
 
     # ------------------------------------------------------------ attempts
-    def attempt(self, u: Upstream, query: bytes, timeout: float) -> Deferred:
+    def attempt(self, u: Upstream, query: bytes, timeout: float, cb) -> None:
+        """Send ``query`` to ``u``; ``cb(reply, None)`` or ``cb(None, error)`` later on this thread (at once
+        when the attempt cannot even start). A callback, not a Deferred: one object less per cache miss."""
         if isinstance(u, UdpUpstream):
-            return self._udp(u, query, timeout)
-        return self.on_loop(u.exchange(query, timeout))
+            self._udp(u, query, timeout, cb)
+        else:
+            self.on_loop(u.exchange(query, timeout)).add(cb)
 
     def _sock_for(self, u: UdpUpstream) -> _HotSock:
         hs = self._cur.get(id(u))
@@ -519,23 +523,25 @@ class ThreadReactor:
             if qid not in hs.pending:
                 return qid
 
-    def _udp(self, u: UdpUpstream, query: bytes, timeout: float) -> Deferred:
+    def _udp(self, u: UdpUpstream, query: bytes, timeout: float, cb) -> None:
         try:
             hs = self._sock_for(u)
         except OSError as exc:
-            return Deferred.failed(UpstreamError("network", str(exc)))
+            cb(None, UpstreamError("network", str(exc)))
+            return
         qid = self._qid(hs)
         q = _U16.pack(qid) + query[2:]
         try:
             hs.sock.send(q)
         except ConnectionRefusedError as exc:
-            return Deferred.failed(UpstreamError("refused", str(exc)))
+            cb(None, UpstreamError("refused", str(exc)))
+            return
         except OSError as exc:
-            return Deferred.failed(UpstreamError("network", str(exc)))
+            cb(None, UpstreamError("network", str(exc)))
+            return
         hs.uses += 1
-        d = Deferred()
         self._seq += 1
-        token = (q, d, u, query, timeout, self._seq)
+        token = (q, cb, u, query, timeout, self._seq)
         hs.pending[qid] = token
         now = time.monotonic()
         # only atoms in the queue: an answered query's objects are freed at once, not at its deadline
@@ -548,7 +554,6 @@ class ThreadReactor:
         if not self._polling:
             self._polling = True
             self._set_polling(True)
-        return d
 
     def _settle(self, hs: _HotSock, qid: int, value: bytes | None, error: BaseException | None) -> None:
         token = hs.pending.pop(qid, None)
@@ -557,16 +562,16 @@ class ThreadReactor:
         self.pending -= 1
         if not hs.pending and self._cur.get(id(hs.upstream)) is not hs:
             self._close(hs)  # a retired socket: all its replies are in
-        d = token[1]
+        cb = token[1]
         if error is not None:
-            d.fail(error)
+            cb(None, error)
         elif value[2] & 0x02:  # truncated: the whole answer over TCP (RFC 7766), on the loop
             u, query, timeout = token[2], token[3], token[4]
             metrics.DNS_UPSTREAM_ERRORS.inc(u.name, "truncated")
             self.on_loop(u.tcp.exchange(query, timeout)).add(
-                lambda r, e: d.fail(e) if e is not None else d.resolve(query[:2] + r[2:]))
+                lambda r, e: cb(None, e) if e is not None else cb(query[:2] + r[2:], None))
         else:
-            d.resolve(token[3][:2] + value[2:])
+            cb(token[3][:2] + value[2:], None)
 
     def poll(self, now: float) -> None:
         """Read replies from the UDP upstream sockets; fail attempts past their deadline."""
@@ -646,11 +651,61 @@ class ThreadReactor:
 
 # ---------------------------------------------------------------- groups and strategies
 
+class PairSink(Deferred):
+    """The plain sink of :meth:`UpstreamGroup.exchange_into`: a Deferred of (reply bytes, upstream name).
+    (The resolver chain's lookups are sinks too: they turn the reply into a cacheable one directly.)"""
+
+    __slots__ = ()
+
+    def ok(self, reply: bytes, name: str) -> None:
+        self._finish((reply, name), None)
+
+    def failed(self, error: BaseException) -> None:
+        self._finish(None, error)
+
+
+class _Failover:
+    """One exchange under ``failover``: the healthy upstreams in order until one answers."""
+
+    __slots__ = ("group", "cands", "i", "query", "reactor", "sink", "u", "t0", "last")
+
+    def __init__(self, group: "UpstreamGroup", cands: list[Upstream], query: bytes, reactor, sink):
+        self.group, self.cands, self.query, self.reactor, self.sink = group, cands, query, reactor, sink
+        self.i = 0
+        self.u: Upstream | None = None
+        self.t0 = 0.0
+        self.last = ""
+
+    def next(self) -> None:
+        cands, i = self.cands, self.i
+        now = time.monotonic()
+        while 0 < i < len(cands) and not cands[i].healthy(now):  # marked down meanwhile: skip
+            i += 1
+        self.i = i
+        if i >= len(cands):
+            self.sink.failed(AllUpstreamsFailed(False, self.last))
+            return
+        self.u = u = cands[i]
+        self.t0 = now
+        self.group.attempt(u, self.query, self.reactor, self.on_reply)
+
+    def on_reply(self, reply: bytes | None, exc: BaseException | None) -> None:
+        u = self.u
+        exc = self.group.judge(u, self.t0, reply, exc)
+        if exc is None:
+            self.sink.ok(reply, u.name)
+            return
+        self.last = f"{u.name}: {exc}"
+        self.i += 1
+        self.next()
+
+
 class UpstreamGroup:
     """Upstreams with a strategy (``failover`` | ``parallel``), a per-attempt timeout and health tracking.
 
-    The strategies are written once, on :class:`Deferred` results, so the UDP thread and the asyncio loop
-    share them; a reactor provides the attempts.
+    The strategies are written once, on callbacks, so the UDP thread and the asyncio loop share them; a
+    reactor (``attempt(upstream, query, timeout, cb)``) provides the attempts, a sink (``ok(reply, name)``,
+    ``failed(error)``; see :class:`PairSink`) takes the outcome.
     """
 
     def __init__(self, upstreams: list[Upstream], strategy: str = "failover", timeout: float = 2.0):
@@ -669,78 +724,73 @@ class UpstreamGroup:
                 return False
         return True
 
-    def _attempt(self, u: Upstream, query: bytes, reactor, done) -> None:
-        """One attempt; ``done(reply, error)`` after health and metrics are updated."""
-        t0 = time.monotonic()
-
-        def cb(reply, exc) -> None:
-            now = time.monotonic()
-            metrics.DNS_UPSTREAM_DURATION.observe(now - t0, u.name)
-            if exc is None and (len(reply) < 12 or reply[3] & 0xF == wire.REFUSED):
-                exc = UpstreamError("refused", "upstream answered REFUSED")  # misconfigured or limiting us
-            if exc is None:
-                if u.fails:
-                    u.ok()
-                done(reply, None)
-                return
-            kind = exc.kind if isinstance(exc, UpstreamError) else "protocol"
-            metrics.DNS_UPSTREAM_ERRORS.inc(u.name, kind)
-            u.failed(now)
-            done(None, exc if isinstance(exc, UpstreamError) else UpstreamError(kind, repr(exc)))
-
+    def attempt(self, u: Upstream, query: bytes, reactor, cb) -> None:
+        """One attempt through the reactor; a reactor that cannot even start it reports the error to ``cb``."""
         try:
-            d = reactor.attempt(u, query, self.timeout)
-        except Exception as exc:  # a reactor that cannot even start the attempt
-            d = Deferred.failed(exc)
-        d.add(cb)
+            reactor.attempt(u, query, self.timeout, cb)
+        except Exception as exc:
+            cb(None, exc)
 
-    def exchange_d(self, query: bytes, reactor) -> Deferred:
-        """The first good reply → Deferred of (reply, upstream name); fails with AllUpstreamsFailed."""
+    @staticmethod
+    def judge(u: Upstream, t0: float, reply: bytes | None, exc: BaseException | None) -> UpstreamError | None:
+        """An attempt's outcome: metrics and health updated; None when ``reply`` is good, else the error."""
+        now = time.monotonic()
+        metrics.DNS_UPSTREAM_DURATION.observe(now - t0, u.name)
+        if exc is None and (len(reply) < 12 or reply[3] & 0xF == wire.REFUSED):
+            exc = UpstreamError("refused", "upstream answered REFUSED")  # misconfigured or limiting us
+        if exc is None:
+            if u.fails:
+                u.ok()
+            return None
+        kind = exc.kind if isinstance(exc, UpstreamError) else "protocol"
+        metrics.DNS_UPSTREAM_ERRORS.inc(u.name, kind)
+        u.failed(now)
+        return exc if isinstance(exc, UpstreamError) else UpstreamError(kind, repr(exc))
+
+    def exchange_into(self, query: bytes, reactor, sink) -> None:
+        """Ask the group; the first good reply goes to ``sink.ok(reply, upstream name)``, else
+        ``sink.failed(AllUpstreamsFailed)`` (``down`` when every upstream is backing off)."""
         now = time.monotonic()
         cands = [u for u in self.upstreams if u.healthy(now)]
         if not cands:
-            return Deferred.failed(AllUpstreamsFailed(True))
-        out = Deferred()
-        if self.strategy == "parallel" and len(cands) > 1:
-            self._parallel(cands[:2], cands[2:], query, reactor, out)
+            sink.failed(AllUpstreamsFailed(True))
+        elif self.strategy == "parallel" and len(cands) > 1:
+            self._parallel(cands[:2], cands[2:], query, reactor, sink)
         else:
-            self._failover(cands, 0, query, reactor, out, "")
-        return out
+            _Failover(self, cands, query, reactor, sink).next()
 
-    def _failover(self, cands: list[Upstream], i: int, query: bytes, reactor, out: Deferred, last: str) -> None:
-        now = time.monotonic()
-        while i < len(cands) and i > 0 and not cands[i].healthy(now):  # marked down meanwhile: skip
-            i += 1
-        if i >= len(cands):
-            out.fail(AllUpstreamsFailed(False, last))
-            return
-        u = cands[i]
+    def exchange_d(self, query: bytes, reactor) -> Deferred:
+        """:meth:`exchange_into` as a Deferred of (reply, upstream name)."""
+        d = PairSink()
+        self.exchange_into(query, reactor, d)
+        return d
 
-        def cb(value, error) -> None:
-            if error is None:
-                out.resolve((value, u.name))
-            else:
-                self._failover(cands, i + 1, query, reactor, out, f"{u.name}: {error}")
-
-        self._attempt(u, query, reactor, cb)
-
-    def _parallel(self, first: list[Upstream], rest: list[Upstream], query: bytes, reactor, out: Deferred) -> None:
+    def _parallel(self, first: list[Upstream], rest: list[Upstream], query: bytes, reactor, sink) -> None:
         left = [len(first)]
+        done = [False]
 
         def cb_for(u: Upstream):
+            t0 = time.monotonic()
+
             def cb(value, error) -> None:
-                if out.done:
+                error = self.judge(u, t0, value, error)
+                if done[0]:
                     return
                 if error is None:
-                    out.resolve((value, u.name))
+                    done[0] = True
+                    sink.ok(value, u.name)
                     return
                 left[0] -= 1
                 if left[0] == 0:  # both failed: the others in order
-                    self._failover(rest, 0, query, reactor, out, f"{u.name}: {error}")
+                    done[0] = True
+                    if rest:
+                        _Failover(self, rest, query, reactor, sink).next()
+                    else:
+                        sink.failed(AllUpstreamsFailed(False, f"{u.name}: {error}"))
             return cb
 
         for u in first:
-            self._attempt(u, query, reactor, cb_for(u))
+            self.attempt(u, query, reactor, cb_for(u))
 
     async def exchange(self, query: bytes) -> tuple[bytes, str]:
         """Async form (tests, tools): run on the current loop."""
