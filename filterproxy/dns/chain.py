@@ -14,8 +14,9 @@ A link has up to three parts, each optional:
 Everything that can be answered without the network (blocked names, cached answers) is answered
 synchronously; upstream exchanges go through the request's reactor (the UDP thread's own, or the
 asyncio loop's for TCP clients), and the posts run when the reply is there, on that same thread. Pre
-and post instead of links wrapping links: a cache miss costs one Deferred and no closure per link
-(the wrapped form — a ``then`` per link, a Deferred per attempt — took ~20 µs more per miss).
+and post instead of links wrapping links: a cache miss costs two Deferreds and no closure per link
+(the wrapped form — a ``then`` per link, a Deferred per attempt — took ~5 µs more per miss: 54 → 49 µs
+in a harness without syscalls).
 
 Every link reports itself at start-up, so the log shows the chain as configured::
 
@@ -41,7 +42,7 @@ from typing import Any
 
 from filterproxy import metrics
 from filterproxy.dns import responses, wire
-from filterproxy.dns.cache import AnswerCache, PackedCaches, TtlPolicy, from_upstream
+from filterproxy.dns.cache import AnswerCache, PackedCaches, Sweep, TtlPolicy, from_upstream
 from filterproxy.dns.clients import ClientTable
 from filterproxy.dns.deferred import Deferred
 from filterproxy.dns.responses import BlockAnswers, Reply
@@ -472,7 +473,7 @@ class Chain:
         for i, link in enumerate(self.edge + self.links, 1):
             log.info("dns chain %2d %-12s %s", i, link.name, link.describe())
 
-    def sweep(self, now: float, budget: int = 256) -> int:
+    def sweep(self, now: float, budget: int = Sweep.BUDGET) -> int:
         """Drop a slice of expired cache entries (answers and packed replies); run by the UDP thread."""
         return self.answer_cache.sweep(now, budget) + self.packed.sweep(now, budget)
 

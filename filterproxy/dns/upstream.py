@@ -545,10 +545,10 @@ class ThreadReactor:
         hs.pending[qid] = token
         now = time.monotonic()
         # only atoms in the queue: an answered query's objects are freed at once, not at its deadline
-        q = self._timers.get(timeout)
-        if q is None:
-            q = self._timers[timeout] = deque()
-        q.append((now + timeout, self._seq, hs.fd, qid))
+        fifo = self._timers.get(timeout)
+        if fifo is None:
+            fifo = self._timers[timeout] = deque()
+        fifo.append((now + timeout, self._seq, hs.fd, qid))
         self.pending += 1
         self._last = now
         if not self._polling:
