@@ -11,8 +11,10 @@ import socket
 import ssl
 import struct
 import threading
+import time
 
 import dns.message
+import dns.rrset
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -299,3 +301,82 @@ def test_dot_upstream_end_to_end(dot, cert, tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.output()
+
+
+def _answer_a(data: bytes) -> bytes:
+    m = dns.message.from_wire(data)
+    resp = dns.message.make_response(m)
+    resp.answer.append(dns.rrset.from_text(m.question[0].name, 60, "IN", "A", "192.0.2.1"))
+    return resp.to_wire()
+
+
+def test_thread_reactor_holds_queries_for_one_burst_and_fails_over_within_it():
+    """The batched UDP loop's reactor (hold=True): queries wait in ``held`` until send_held() sends them
+    together; a send that fails (the kernel already knows the port is closed) fails over to the next
+    upstream in that same call; replies reach their callbacks with the caller's ID."""
+    up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # plays the upstream
+    up.bind(("127.0.0.1", 0))
+    up.setblocking(False)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    good, gone = UdpUpstream("127.0.0.1", up.getsockname()[1]), UdpUpstream("127.0.0.1", closed_port)
+    r = upmod.ThreadReactor(None, lambda: None, lambda on: None)
+    r.hold = True
+    got: dict[str, tuple] = {}
+
+    def sink(tag):
+        return lambda value, error: got.setdefault(tag, (value, error))
+
+    def serve_all():
+        n = 0
+        while True:
+            try:
+                data, addr = up.recvfrom(4096)
+            except BlockingIOError:
+                return n
+            up.sendto(_answer_a(data), addr)
+            n += 1
+
+    def pump(done) -> int:  # what the UDP loop does between batches: poll, then send what that queued
+        served = 0
+        deadline = time.monotonic() + 5
+        while not done() and time.monotonic() < deadline:
+            served += serve_all()
+            r.poll(time.monotonic())
+            r.send_held()
+            time.sleep(0.005)
+        return served
+
+    try:
+        for k in range(3):
+            r.attempt(good, query(f"h{k}.example"), 2.0, sink(f"h{k}"))
+        assert len(r.held) == 3 and r.pending == 3
+        assert serve_all() == 0  # nothing sent yet
+        r.send_held()
+        assert not r.held
+        assert pump(lambda: len(got) == 3) == 3 and r.pending == 0
+        for k in range(3):
+            value, error = got[f"h{k}"]
+            assert error is None and answer_a(value) == ["192.0.2.1"]
+
+        # the closed port: the first datagram draws an ICMP error, which the next send reports at once
+        r.attempt(gone, query("warm.example"), 2.0, sink("warm"))
+        r.send_held()
+        time.sleep(0.1)  # the ICMP error arrives (not read: no poll)
+        g = UpstreamGroup([gone, good], "failover", timeout=2.0)
+        pair = upmod.PairSink()
+        g.exchange_into(query("fo.example"), r, pair)
+        assert len(r.held) == 1
+        r.send_held()  # refused at once; the failover query to the good upstream goes out in this same call
+        assert not r.held and gone.fails == 1
+        assert serve_all() == 1
+        pump(lambda: pair.done)
+        box = []
+        pair.add(lambda v, e: box.append((v, e)))
+        (reply, name), error = box[0]
+        assert error is None and name == good.name and answer_a(reply) == ["192.0.2.1"]
+    finally:
+        r.close()
+        up.close()

@@ -464,6 +464,11 @@ class ThreadReactor:
     heap). Stream upstreams (TCP, DoT, DoH, and the TCP retry of a truncated UDP reply) run on the
     asyncio ``loop``; their results come back through a queue, and ``wake()`` (a datagram to the UDP
     socket) makes the thread call :meth:`drain`.
+
+    With ``hold`` set (the batched loop), queries are not sent as they are made but queued in ``held``
+    and sent together by :meth:`send_held`, once per batch of client packets: a datagram that wakes a
+    sleeping upstream on another core costs ~17 µs here, one sent while it is awake ~5 µs (2-core VM,
+    loopback), and one query at a time — a cache miss every ~60 µs between cache hits — woke it every time.
     """
 
     REUSE = 2000
@@ -486,6 +491,8 @@ class ThreadReactor:
         self._done: deque = deque()
         self._rand = b""
         self._ri = 0
+        self.hold = False  # queue UDP queries for send_held() instead of sending each at once
+        self.held: list[tuple[_HotSock, int, bytes]] = []
 
     # ------------------------------------------------------------ attempts
     def attempt(self, u: Upstream, query: bytes, timeout: float, cb) -> None:
@@ -531,18 +538,9 @@ class ThreadReactor:
             return
         qid = self._qid(hs)
         q = _U16.pack(qid) + query[2:]
-        try:
-            hs.sock.send(q)
-        except ConnectionRefusedError as exc:
-            cb(None, UpstreamError("refused", str(exc)))
-            return
-        except OSError as exc:
-            cb(None, UpstreamError("network", str(exc)))
-            return
         hs.uses += 1
         self._seq += 1
-        token = (q, cb, u, query, timeout, self._seq)
-        hs.pending[qid] = token
+        hs.pending[qid] = (q, cb, u, query, timeout, self._seq)
         now = time.monotonic()
         # only atoms in the queue: an answered query's objects are freed at once, not at its deadline
         fifo = self._timers.get(timeout)
@@ -554,6 +552,30 @@ class ThreadReactor:
         if not self._polling:
             self._polling = True
             self._set_polling(True)
+        if self.hold:
+            self.held.append((hs, qid, q))
+        else:
+            self._send(hs, qid, q)
+
+    def _send(self, hs: _HotSock, qid: int, q: bytes) -> None:
+        try:
+            hs.sock.send(q)
+        except ConnectionRefusedError as exc:
+            self._settle(hs, qid, None, UpstreamError("refused", str(exc)))
+        except OSError as exc:
+            self._settle(hs, qid, None, UpstreamError("network", str(exc)))
+
+    def send_held(self) -> None:
+        """Send the queued queries, in one burst (a failed send fails over at once: its next attempt is
+        queued and sent in this same call)."""
+        held = self.held
+        while held:
+            batch = held[:]
+            held.clear()
+            for hs, qid, q in batch:
+                token = hs.pending.get(qid)
+                if token is not None and token[0] is q:  # still waiting (not settled meanwhile)
+                    self._send(hs, qid, q)
 
     def _settle(self, hs: _HotSock, qid: int, value: bytes | None, error: BaseException | None) -> None:
         token = hs.pending.pop(qid, None)
