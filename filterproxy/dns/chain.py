@@ -393,6 +393,7 @@ class ConditionalLink(Link):
     def __init__(self, zones: dict[str, UpstreamGroup], ttl: TtlPolicy):
         self.zones = {z: _Resolve(g, ttl) for z, g in zones.items()}
         self.groups = zones
+        self._suffixes = tuple("." + z for z in zones)  # one str.endswith for the names in no zone
 
     def describe(self) -> str:
         if not self.zones:
@@ -400,9 +401,10 @@ class ConditionalLink(Link):
         return "; ".join(f"{z} → {g.describe()}" for z, g in self.groups.items())
 
     def pre(self, req: Request) -> Result | None:
-        if self.zones and req.name:
-            for name in self_and_parents(req.name):
-                r = self.zones.get(name)
+        name = req.name
+        if self.zones and name and (name in self.zones or name.endswith(self._suffixes)):
+            for zone in self_and_parents(name):  # the most specific zone
+                r = self.zones.get(zone)
                 if r is not None:
                     return r(req)
         return None

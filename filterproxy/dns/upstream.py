@@ -110,7 +110,8 @@ def _question_matches(query: bytes, reply: bytes) -> bool:
     while end < n and query[end]:
         end += 1 + query[end]
     end += 5
-    return wire.lower(reply[12:end]) == wire.lower(query[12:end])
+    # upstreams echo the question as asked (ours is lower case); 0x20-style case changes take the long way
+    return reply[12:end] == query[12:end] or wire.lower(reply[12:end]) == wire.lower(query[12:end])
 
 
 class _UdpSocket:

@@ -499,12 +499,12 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
         raise WireError("shorter than a DNS header")
     _id, flags, qd, an, ns, ar = _HDR.unpack_from(buf)
     qend = 12 + len(qname) + 4
-    if qd != 1 or qend > n or lower(buf[12:12 + len(qname)]) != qname or \
+    if qd != 1 or qend > n or not (buf.startswith(qname, 12) or lower(buf[12:12 + len(qname)]) == qname) or \
             _U16.unpack_from(buf, qend - 4)[0] != qtype or flags & 0x0200:
         return None
     rcode = flags & 0xF
     off = qend
-    ttls = []
+    ttls = bytearray()  # _TTLREC per record
     cnames = bytearray()
     addrs = bytearray()
     min_an = 1 << 31
@@ -544,7 +544,7 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
                 addrs += _ADDRREC.pack(rtype, rd, rdlen)
         elif rtype == SOA and rdlen >= 22 and soa_neg is None:
             soa_neg = (len(ttls), min(ttl, int.from_bytes(buf[off - 4:off], "big")))
-        ttls.append([ttl_off, ttl if min_ttl <= ttl <= max_ttl else max(min_ttl, min(ttl, max_ttl))])
+        ttls += _TTLREC.pack(ttl_off, ttl if min_ttl <= ttl <= max_ttl else max(min_ttl, min(ttl, max_ttl)))
     end = off
     for _ in range(ar):  # additional records are dropped; an OPT with an extended rcode takes the slow path
         off = skip_name(buf, off, backward=True)
@@ -564,11 +564,10 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
             life = min_ttl
         else:
             life = max(min_ttl, min(soa_neg[1], negative_ttl, max_ttl))
-            ttls[soa_neg[0]][1] = life  # downstream caches keep the negative answer as long as we do
+            _U32.pack_into(ttls, soa_neg[0] + 2, life)  # downstream caches keep it as long as we do
     else:
         life = 0
-    raw = RawAnswer(buf, qend, end, an, ns, b"".join(_TTLREC.pack(o, t) for o, t in ttls), bytes(cnames),
-                    bytes(addrs), life)
+    raw = RawAnswer(buf, qend, end, an, ns, bytes(ttls), bytes(cnames), bytes(addrs), life)
     return rcode, flags, raw
 
 
