@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import struct
 import threading
 
@@ -9,8 +10,8 @@ import dns.message
 import pytest
 
 from filterproxy.dns import wire
-from filterproxy.dns.cache import (AnswerCache, PackedCache, PackedCaches, Sweep, TtlPolicy, age_step, aged, lifetime,
-                                   make_entry, to_reply)
+from filterproxy.dns.cache import (AnswerCache, PackedCache, PackedCaches, Sweep, TtlPolicy, age_step, aged,
+                                   from_upstream, lifetime, make_entry, to_reply)
 from filterproxy.dns.responses import Reply
 from filterproxy.dns.wire import RR
 
@@ -160,6 +161,36 @@ def test_answer_cache_sweep_covers_both_entry_kinds():
     c.put(b"raw", Reply(stored=0.0, expires=10.0, raw=raw))  # kept as a tuple of atoms
     c.put(b"live", Reply(stored=0.0, expires=99.0, answer=[a(99)]))
     assert c.sweep(11.0) == 2 and len(c) == 1 and c.get(b"live", 11.0) is not None
+
+
+def test_raw_answers_leave_the_collector_at_their_first_young_collection():
+    """Cached upstream answers (100k of them) must not stay tracked by the garbage collector: a tracked
+    entry is walked by every collection of its generation (p99 of cache hits). Stored the way a miss
+    stores them — parsed from the upstream's bytes, then put — and survivors of one young collection."""
+    c = AnswerCache(10_000)
+    q = wire.build_query(NAME, wire.A)
+    reply = bytearray(q)
+    reply[2:4] = b"\x81\x80"
+    reply[6:8] = b"\x00\x01"  # one answer record, after the question
+    reply[10:12] = b"\x00\x00"  # (the OPT record dropped)
+    reply = bytes(reply[:12 + len(NAME) + 4]) + b"\xc0\x0c" + struct.pack(">HHIH", wire.A, 1, 60, 4) + b"\xc0\x00\x02\x01"
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()  # this test says when the collector runs
+    try:
+        for k in range(2000):
+            r = from_upstream(reply, NAME, wire.A, POL, 0.0, "up")
+            assert r is not None and r.raw is not None
+            c.put(b"k%d" % k, r)
+        gc.collect(0)
+        entries = [c._d[b"k%d" % k] for k in range(2000)]
+        assert all(type(e) is tuple for e in entries)
+        assert not any(gc.is_tracked(e) for e in entries)
+    finally:
+        if was:
+            gc.enable()
+    got = c.get(b"k7", 1.0)
+    assert got.raw is not None and got.raw.life == 60 and got.upstream == "up" and got.expires == 60.0
 
 
 def test_packed_caches_sweep_every_group():
