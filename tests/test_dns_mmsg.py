@@ -49,6 +49,45 @@ def test_batch_round_trip(family, host):
         s.close()
 
 
+def test_addresses_stay_whole_over_many_batches_on_a_dual_stack_socket():
+    """The kernel writes each address's length back into the batch's headers and they are not reset
+    between calls: on an IPv6 socket every source (native or v4-mapped) must still come back whole."""
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", 0))
+    srv.settimeout(2)
+    port = srv.getsockname()[1]
+    c4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c4.bind(("127.0.0.1", 0))
+    c6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    c6.bind(("::1", 0))
+    for c in (c4, c6):
+        c.settimeout(2)
+    bs = mmsg.BatchSocket(srv)
+    try:
+        for rnd in range(4):
+            first, second = (c4, c6) if rnd % 2 else (c6, c4)
+            first.sendto(b"a%d" % rnd, ("127.0.0.1" if first is c4 else "::1", port))
+            second.sendto(b"b%d" % rnd, ("127.0.0.1" if second is c4 else "::1", port))
+            seen = {}
+            while len(seen) < 2:
+                n = bs.recv()
+                assert n > 0
+                for i in range(n):
+                    seen[bs.data(i)] = bs.addr(i)
+                    assert bs.put(i, b"ID", bs.data(i))
+                bs.flush()
+            want = {b"a%d" % rnd: first, b"b%d" % rnd: second}
+            for data, addr in seen.items():
+                c = want[data]
+                host = "::ffff:127.0.0.1" if c is c4 else "::1"
+                assert addr[:2] == (host, c.getsockname()[1])
+                assert c.recv(100) == b"ID" + data  # the reply went to that same address
+    finally:
+        for s in (srv, c4, c6):
+            s.close()
+
+
 def test_timeout_returns_zero_and_oversize_reply_is_refused():
     srv, clients = _pair(socket.AF_INET, "127.0.0.1")
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20000))

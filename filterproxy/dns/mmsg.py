@@ -119,25 +119,20 @@ class BatchSocket:
         self._saddr = ctypes.addressof(self._smsg)
         self._naddr = ctypes.addressof(self._names)
         self._iov_len_off = _IoVec.len.offset
-        self._namelen_off = _MsgHdr.namelen.offset
         self._u32 = struct.Struct("I")
         self._size = struct.Struct("N")
         self._ptr = struct.Struct("P")
         self._iov_size = self.iov_size = iov_size
         self.iov_len_off = _IoVec.len.offset
         self.name_base = ctypes.addressof(self._names)  # address of datagram i's source: name_base + i * NAME
-        self._used = 0  # datagrams filled by the last recv
         self.pending = 0  # replies put since the last flush
 
     # ---------------------------------------------------------------- receiving
     def recv(self) -> int:
         """Datagrams received (blocking for the first, up to SO_RCVTIMEO): 0 on timeout or signal."""
-        if self._used:  # the kernel wrote each filled address's length back: room for any address again
-            namelen_off, pack, msize = self._namelen_off, self._u32.pack_into, self.msize
-            for i in range(self._used):
-                pack(self.rmv, i * msize + namelen_off, NAME)
+        # each filled msg_namelen now holds the length of the address the kernel wrote: always the same for
+        # the socket's family (16, or 28 for AF_INET6 and its v4-mapped addresses), so no reset is needed
         n = self._recvmmsg(self.fd, self._raddr, BATCH, MSG_WAITFORONE, None)
-        self._used = n if n > 0 else 0
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
