@@ -7,7 +7,8 @@ import pytest
 
 from filterproxy.dns import wire
 from filterproxy.dns.cache import TtlPolicy
-from filterproxy.dns.chain import ConditionalLink, Request
+from filterproxy.dns.chain import ConditionalLink, Request, _Posted
+from filterproxy.dns.deferred import Deferred
 from filterproxy.dns.upstream import UdpUpstream, UpstreamGroup
 
 
@@ -35,3 +36,39 @@ def test_conditional_zone_of_a_name(name, zone):
 
 def test_conditional_without_zones_passes_everything_on():
     assert ConditionalLink({}, TtlPolicy()).pre(_request("printer.school.lan")) is None
+
+
+def _outcome(d: Deferred) -> list:
+    out: list = []
+    d.add(lambda v, e: out.append(("err", type(e).__name__) if e is not None else ("ok", v)))
+    return out
+
+
+def test_posts_run_in_order_on_the_upstream_reply():
+    seen = []
+    posts = (lambda req, r: seen.append(("cache", r)) or r + "+answer-check",
+             lambda req, r: seen.append(("policy", r, req.name)) or r + "+policy")
+    src = Deferred()
+    out = _Posted(posts, _request("a.example"))
+    src.add(out.run)
+    got = _outcome(out)
+    assert got == [] and seen == []  # nothing before the reply
+    src.resolve("reply")
+    assert seen == [("cache", "reply"), ("policy", "reply+answer-check", "a.example")]
+    assert got == [("ok", "reply+answer-check+policy")]
+
+
+def test_a_failing_post_fails_the_result_not_the_resolver_and_errors_pass_through():
+    ran = []
+    src = Deferred()
+    out = _Posted((lambda req, r: 1 / 0, lambda req, r: ran.append(r)), _request("a.example"))
+    src.add(out.run)
+    got = _outcome(out)
+    src.resolve("reply")  # must not raise here
+    assert got == [("err", "ZeroDivisionError")] and ran == []  # the later post did not run
+    src2 = Deferred()
+    out2 = _Posted((lambda req, r: ran.append(r),), _request("a.example"))
+    src2.add(out2.run)
+    got2 = _outcome(out2)
+    src2.fail(TimeoutError())
+    assert got2 == [("err", "TimeoutError")] and ran == []

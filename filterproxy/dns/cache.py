@@ -99,7 +99,8 @@ def from_upstream(buf: bytes, qname: bytes, qtype: int, pol: TtlPolicy, now: flo
     return to_reply(msg, pol, now, upstream)
 
 
-_RAW_MAKE = wire.RawAnswer._make
+_TUPLE_NEW = tuple.__new__
+_RAW = wire.RawAnswer
 _U32 = struct.Struct(">I")
 
 
@@ -123,7 +124,7 @@ class AnswerCache:
             if r[2] <= now:
                 self._d.pop(key, None)
                 return None
-            return Reply(r[0], (), (), (), stored=r[1], expires=r[2], ad=r[3], upstream=r[4], raw=_RAW_MAKE(r[5:]))
+            return Reply(r[0], (), (), (), stored=r[1], expires=r[2], ad=r[3], upstream=r[4], raw=_TUPLE_NEW(_RAW, r[5:]))
         if r.expires <= now:
             self._d.pop(key, None)
             return None

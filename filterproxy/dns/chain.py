@@ -32,7 +32,6 @@ itself: the policy and answer-check links only ask ``engine.decide`` (STYLE rule
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -469,7 +468,9 @@ class Chain:
             w(req, r)
         if not posts:
             return r
-        return r.then(functools.partial(_run_posts, posts, req))
+        out = _Posted(posts, req)
+        r.add(out.run)
+        return out
 
     def log(self) -> None:
         for i, link in enumerate(self.edge + self.links, 1):
@@ -494,10 +495,28 @@ class Chain:
             await g.close()
 
 
-def _run_posts(posts: tuple, req: Request, r: Reply) -> Reply:
-    for post in posts:
-        r = post(req, r)
-    return r
+class _Posted(Deferred):
+    """The reply of a request that went upstream, once the posts of the links above ran on it (deepest
+    first). A failing post fails this result, never the thread that resolves it."""
+
+    __slots__ = ("posts", "req")
+
+    def __init__(self, posts: tuple, req: Request):
+        Deferred.__init__(self)
+        self.posts, self.req = posts, req
+
+    def run(self, r: Any, error: BaseException | None) -> None:
+        if error is None:
+            req = self.req
+            try:
+                for post in self.posts:
+                    r = post(req, r)
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            self._finish(None, error)
+        else:
+            self._finish(r, None)
 
 
 def build_chain(cfg, engine, *, upstreams: list[str] | None = None) -> Chain:

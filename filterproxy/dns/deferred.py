@@ -55,37 +55,7 @@ class Deferred:
         self._done, self._value, self._error = True, value, error
         cbs, self._cbs = self._cbs, None
         for cb in cbs:
-            if type(cb) is not tuple:
-                cb(value, error)
-                continue
-            # a step from then(): (fn, on_error, out), run here rather than in a closure (a frame less)
-            fn, on_error, out = cb
-            try:
-                if error is not None:
-                    if on_error is None:
-                        out._finish(None, error)
-                        continue
-                    r = on_error(error)
-                else:
-                    r = fn(value)
-            except Exception as exc:  # a failing callback fails the result, never the resolver
-                out._finish(None, exc)
-                continue
-            if type(r) is Deferred:
-                r.add(out._finish)
-            else:
-                out._finish(r, None)
-
-    def then(self, fn: Callable[[Any], Any], on_error: Callable[[BaseException], Any] | None = None) -> "Deferred":
-        """A new Deferred of ``fn(value)`` (or ``on_error(error)``); either may return a Deferred."""
-        out = Deferred()
-        if self._done:  # run the step now, the same way
-            d = Deferred()
-            d._cbs.append((fn, on_error, out))
-            d._finish(self._value, self._error)
-        else:
-            self._cbs.append((fn, on_error, out))
-        return out
+            cb(value, error)
 
     @classmethod
     def failed(cls, error: BaseException) -> "Deferred":

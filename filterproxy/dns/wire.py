@@ -486,6 +486,7 @@ class RawAnswer(NamedTuple):
 
 
 _TTLREC = struct.Struct(">HI")
+_TUPLE_NEW = tuple.__new__
 _ADDRREC = struct.Struct(">HHH")
 
 
@@ -547,7 +548,10 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
         ttls += _TTLREC.pack(ttl_off, ttl if min_ttl <= ttl <= max_ttl else max(min_ttl, min(ttl, max_ttl)))
     end = off
     for _ in range(ar):  # additional records are dropped; an OPT with an extended rcode takes the slow path
-        off = skip_name(buf, off, backward=True)
+        if off < n and buf[off] == 0:  # the root (an OPT record's owner): no call
+            off += 1
+        else:
+            off = skip_name(buf, off, backward=True)
         if off + 10 > n:
             raise WireError("record truncated")
         rtype, _rclass, ttl, rdlen = unpack(buf, off)
@@ -567,8 +571,9 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
             _U32.pack_into(ttls, soa_neg[0] + 2, life)  # downstream caches keep it as long as we do
     else:
         life = 0
-    raw = RawAnswer(buf, qend, end, an, ns, bytes(ttls), bytes(cnames), bytes(addrs), life)
-    return rcode, flags, raw
+    # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python frame more
+    return rcode, flags, _TUPLE_NEW(RawAnswer, (buf, qend, end, an, ns, bytes(ttls), bytes(cnames), bytes(addrs),
+                                                life))
 
 
 def pack_raw(q: Query, rcode: int, raw: RawAnswer, elapsed: int, *, ad: bool = False,
