@@ -24,5 +24,7 @@ def test_callbacks_run_in_order_once_and_late_ones_at_once():
     assert seen[-1] == ("late", 1) and d.done
 
 
-def test_failed_constructor():
-    assert results(Deferred.failed(OSError("down"))) == [("err", "OSError")]
+def test_a_failed_deferred_gives_its_error_to_late_callbacks():
+    d = Deferred()
+    d.fail(OSError("down"))
+    assert results(d) == [("err", "OSError")]

@@ -57,12 +57,6 @@ class Deferred:
         for cb in cbs:
             cb(value, error)
 
-    @classmethod
-    def failed(cls, error: BaseException) -> "Deferred":
-        d = cls()
-        d.fail(error)
-        return d
-
 
 def to_future(d: Deferred, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
     """An asyncio future for a Deferred fulfilled on ``loop``'s thread."""
