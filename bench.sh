@@ -18,7 +18,7 @@ case "$what" in
   *) echo "usage: $0 dns|http|domains|imagehash|all [benchmark options]" >&2; exit 2 ;;
 esac
 bash scripts/apt-need.sh $pairs
-bash scripts/setup-venv.sh "test,fast"
+bash scripts/setup-venv.sh test
 for b in dns http domains imagehash; do
   if [ "$what" = all ] || [ "$what" = "$b" ]; then
     echo "== bench/bench_$b.py" >&2

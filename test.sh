@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 bash scripts/apt-need.sh dig:bind9-dnsutils unbound:unbound unbound-checkconf:unbound prometheus:prometheus \
   promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium nft:nftables \
   systemd-analyze:systemd nginx:nginx-light gcc:build-essential
-bash scripts/setup-venv.sh "test,fast"
+bash scripts/setup-venv.sh test
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

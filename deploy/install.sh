@@ -51,7 +51,7 @@ if [ "$live" = 1 ]; then
   # pdqhash builds from source and needs numpy first (see scripts/setup-venv.sh)
   "$opt/.venv/bin/python" -m pip install -q "numpy>=1.26" Cython
   "$opt/.venv/bin/python" -m pip install -q --no-build-isolation "pdqhash>=0.2.8" || true
-  "$opt/.venv/bin/python" -m pip install -q "$src[fast]"
+  "$opt/.venv/bin/python" -m pip install -q "$src"
 fi
 rm -rf "$opt/deploy" "$opt/policies" "$opt/blocklists"
 cp -r "$src/deploy" "$opt/deploy"

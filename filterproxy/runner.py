@@ -355,16 +355,6 @@ class Runner:
             pass
 
 
-def _event_loop_policy() -> str:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        return "uvloop"
-    except ImportError:
-        return "asyncio"
-
-
 async def _serve(runner: Runner) -> int:
     try:
         await runner.start()
@@ -397,10 +387,10 @@ def run(args: argparse.Namespace) -> int:
     snap = engine.snapshot
     log.info("loaded %s: %d groups, %d lists, %d entries in %.1fs (RSS %.0f MB)", cfg.path, len(cfg.groups),
              len(snap.lists), snap.total_entries, time.monotonic() - t0, _rss_mb())
-    loop_kind = _event_loop_policy()
-    log.debug("event loop: %s", loop_kind)
     runner = Runner(args, cfg, engine)
     try:
+        # The standard asyncio loop: UDP queries never reach it (their own thread, see dns.server), and
+        # uvloop measured no gain for DNS over TCP (~11k QPS either way) while it cost 2.3 MB and 4 threads.
         return asyncio.run(_serve(runner))
     except (OSError, RuntimeError) as exc:  # an address in use, a worker that could not start
         log.error("cannot start: %s", exc)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-extras=${1:-fast}
+extras=${1:-}  # e.g. "test"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else echo "need root for: $*" >&2; return 1; fi; }
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "filterproxy needs Python 3.11 or newer ($PYTHON is $("$PYTHON" -V 2>&1))" >&2; exit 1
@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ]; then
     fi
     .venv/bin/python -m pip install -q --no-build-isolation "pdqhash>=0.2.8"
   fi
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
