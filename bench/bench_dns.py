@@ -118,6 +118,9 @@ def make_data(work: Path, n_domains: int, n_queries: int, miss_pct: float = 5.0,
     rng = random.Random(seed)
     t0 = time.time()
     names = real_names()
+    if not names:
+        raise SystemExit(f"bench: no blocklists under {DATA / 'blocklists'} (the shared data folder); "
+                         "set FILTERPROXY_TEST_DATA to it")
     real = len(names)
     base = names[:]
     seen = set(names)
