@@ -94,6 +94,36 @@ def test_names(wire_name, text, policy):
     assert wire.policy_name(wire_name) == policy
 
 
+def test_policy_names_are_already_canonical():
+    """The resolver hands policy_name's output to the engine without normalising it again
+    (Engine.decide(canonical=True)): every name it admits must come back unchanged from normalize_host."""
+    import random
+
+    from filterproxy.names import NameError_, normalize_host
+
+    rng = random.Random(5)
+    alphabet = b"abcXYZ019-_*.\xc3\xa9 "
+    admitted = 0
+    for i in range(20000):
+        labels = []
+        for _ in range(rng.randint(1, 6)):
+            n = rng.choice((1, 2, 3, 5, 8, 63, 64)) if i % 7 == 0 else rng.randint(1, 12)
+            labels.append(bytes(rng.choice(alphabet) if rng.random() < 0.06 else rng.choice(b"abcdefxyz0189")
+                                for _ in range(n)))
+        if i % 11 == 0:  # long names: near the 253-character limit
+            labels = [b"a" * 63] * 3 + [b"b" * rng.randint(55, 61)]
+        name = b"".join(bytes((len(lab),)) + lab for lab in labels if len(lab) < 64) + b"\x00"
+        p = wire.policy_name(name)
+        if p is None or p == "":
+            continue
+        admitted += 1
+        try:
+            assert normalize_host(p) == p, name
+        except NameError_ as exc:
+            raise AssertionError(f"policy_name admitted {p!r}, normalize_host refuses it: {exc}") from None
+    assert admitted > 5000  # the generator exercises the admitted side, not only refusals
+
+
 @pytest.mark.parametrize("buf, off, expect", [
     (b"\x01a\x00\xc0\x00", 3, b"\x01a\x00"),
     (b"\x01a\x00\x01b\xc0\x00", 3, b"\x01b\x01a\x00"),

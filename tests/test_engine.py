@@ -113,6 +113,16 @@ def test_precedence(engine, group, host, at, action, reason, extra):
     assert (v.action, v.reason) == (action, reason), v
     for k, val in extra.items():
         assert getattr(v, k) == val, (k, v)
+    # the DNS path's names are canonical already (wire.policy_name): same verdict without normalising
+    assert engine.decide(None, host, at=at, group=group, canonical=True) == v
+
+
+def test_nothing_matched_is_one_object_per_group(engine):
+    a = engine.decide(None, "example.org", at=MONDAY_18, group="kid")
+    b = engine.decide(None, "example.net", at=MONDAY_18, group="kid")
+    c = engine.decide(None, "example.org", at=MONDAY_18, group="grown")
+    assert a is b and a.reason is Reason.DEFAULT and a.group == "kid"
+    assert c is not a and c.group == "grown"
 
 
 @pytest.mark.parametrize("client,group", [

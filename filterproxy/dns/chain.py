@@ -111,7 +111,6 @@ class Decisions:
         self.engine = engine
         self.size = size
         self.memo: dict[str, dict[str, Verdict]] = {}
-        self._default: dict[tuple, Verdict] = {}
 
     def decide(self, name: str, group: str) -> Verdict:
         m = self.memo.get(group)
@@ -119,10 +118,9 @@ class Decisions:
             m = self.memo.setdefault(group, {})
         v = m.get(name)
         if v is None:
-            v = self.engine.decide(None, name, group=group)
+            # names from wire.policy_name (questions, CNAME targets) and addresses in their text form
+            v = self.engine.decide(None, name, group=group, canonical=True)
             if v.reason is not Reason.ERROR:  # errors are never remembered
-                if v.reason is Reason.DEFAULT:  # one shared object for "nothing matched" (memory, GC)
-                    v = self._default.setdefault((group, v), v)
                 if len(m) >= self.size:
                     m.clear()
                 m[name] = v
