@@ -126,6 +126,19 @@ class BatchSocket:
         self.iov_len_off = _IoVec.len.offset
         self.name_base = ctypes.addressof(self._names)  # address of datagram i's source: name_base + i * NAME
         self.pending = 0  # replies put since the last flush
+        # The same buffers as arrays of native words, for the hot loop: an index is ~40 ns where a
+        # struct unpack_from/pack_into is ~110 ns, and the loop makes four per cached answer.
+        #   lens[i * len_step + len_at]      msg_len of datagram i (bytes received)
+        #   ipv4[i * NAME // 4 + 1]          its IPv4 source address (sockaddr_in.sin_addr), a dict key
+        #   iov_lens[j * iov_step + iov_at]  iov_len of reply j
+        #   msg_names[j * msg_step]          msg_name of reply j (its destination: a source address)
+        w, n, p = 4, self._size.size, self._ptr.size
+        if self.msize % w or self.len_off % w or iov_size % n or self.iov_len_off % n or self.msize % p:
+            raise OSError("unexpected mmsghdr/iovec layout")  # the caller keeps the plain loop
+        self.lens, self.len_step, self.len_at = self.rmv.cast("I"), self.msize // w, self.len_off // w
+        self.ipv4 = self.names.cast("I")
+        self.iov_lens, self.iov_step, self.iov_at = self.siv.cast("N"), iov_size // n, self.iov_len_off // n
+        self.msg_names, self.msg_step = self.smv.cast("P"), self.msize // p
 
     # ---------------------------------------------------------------- receiving
     def recv(self) -> int:

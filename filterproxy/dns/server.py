@@ -330,13 +330,10 @@ class DnsServer:
         tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
         next_tick = 0.0
         recv, flush = bs.recv, bs.flush
-        rmv, rbuf, names = bs.rmv, bs.rbuf, bs.names
-        sbuf, siv, smv = bs.sbuf, bs.siv, bs.smv
-        msize, len_off = bs.msize, bs.len_off
-        iov_size, iov_len_off, name_base = bs.iov_size, bs.iov_len_off, bs.name_base
-        u32 = struct.Struct("I").unpack_from
-        set_len = struct.Struct("N").pack_into
-        set_ptr = struct.Struct("P").pack_into
+        rbuf, names, sbuf, name_base = bs.rbuf, bs.names, bs.sbuf, bs.name_base
+        lens, len_step, len_at, ipv4 = bs.lens, bs.len_step, bs.len_at, bs.ipv4
+        iov_lens, iov_step, iov_at, msg_names, msg_step = bs.iov_lens, bs.iov_step, bs.iov_at, bs.msg_names, bs.msg_step
+        name_words = NAME // 4
         v6 = bs.family == socket.AF_INET6
         sendto = self.sock.sendto
         # datagrams go out in bursts, one per batch: upstream queries (reactor.held) and the replies to
@@ -365,10 +362,10 @@ class DnsServer:
                 j = 0  # replies queued for sendmmsg
                 for i in range(n):
                     off = i * SLOT
-                    end = off + u32(rmv, i * msize + len_off)[0]
+                    end = off + lens[i * len_step + len_at]
                     noff = i * NAME
                     # the client's address as a dict key: an int for IPv4 (no allocation), bytes for IPv6
-                    raw = bytes(names[noff + 8:noff + 24]) if v6 else u32(names, noff + 4)[0]
+                    raw = bytes(names[noff + 8:noff + 24]) if v6 else ipv4[i * name_words + 1]
                     ip = ips.get(raw)
                     if ip is None:
                         if len(ips) >= 65536:
@@ -399,8 +396,8 @@ class DnsServer:
                             so = j * SLOT
                             sbuf[so:so + 2] = rbuf[off:off + 2]
                             sbuf[so + 2:so + size] = body
-                            set_len(siv, j * iov_size + iov_len_off, size)
-                            set_ptr(smv, j * msize, name_base + noff)
+                            iov_lens[j * iov_step + iov_at] = size
+                            msg_names[j * msg_step] = name_base + noff
                             j += 1
                         else:
                             sendto(bytes(rbuf[off:off + 2]) + body, bs.addr(i, ip))
