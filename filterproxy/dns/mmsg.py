@@ -132,6 +132,7 @@ class BatchSocket:
         #   ipv4[i * NAME // 4 + 1]          its IPv4 source address (sockaddr_in.sin_addr), a dict key
         #   iov_lens[j * iov_step + iov_at]  iov_len of reply j
         #   msg_names[j * msg_step]          msg_name of reply j (its destination: a source address)
+        #   rids[i * SLOT // 2], sids[...]   the 2-byte ID at the start of datagram i / reply j
         w, n, p = 4, self._size.size, self._ptr.size
         if self.msize % w or self.len_off % w or iov_size % n or self.iov_len_off % n or self.msize % p:
             raise OSError("unexpected mmsghdr/iovec layout")  # the caller keeps the plain loop
@@ -139,6 +140,7 @@ class BatchSocket:
         self.ipv4 = self.names.cast("I")
         self.iov_lens, self.iov_step, self.iov_at = self.siv.cast("N"), iov_size // n, self.iov_len_off // n
         self.msg_names, self.msg_step = self.smv.cast("P"), self.msize // p
+        self.rids, self.sids = self.rbuf.cast("H"), self.sbuf.cast("H")
 
     # ---------------------------------------------------------------- receiving
     def recv(self) -> int:

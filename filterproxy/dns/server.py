@@ -333,7 +333,8 @@ class DnsServer:
         rbuf, names, sbuf, name_base = bs.rbuf, bs.names, bs.sbuf, bs.name_base
         lens, len_step, len_at, ipv4 = bs.lens, bs.len_step, bs.len_at, bs.ipv4
         iov_lens, iov_step, iov_at, msg_names, msg_step = bs.iov_lens, bs.iov_step, bs.iov_at, bs.msg_names, bs.msg_step
-        name_words = NAME // 4
+        name_words, slot_words = NAME // 4, SLOT // 2
+        rids, sids = bs.rids, bs.sids
         v6 = bs.family == socket.AF_INET6
         sendto = self.sock.sendto
         # datagrams go out in bursts, one per batch: upstream queries (reactor.held) and the replies to
@@ -394,7 +395,7 @@ class DnsServer:
                         size = len(body) + 2
                         if size <= SLOT:  # into slot j of the send batch, to the query's own address
                             so = j * SLOT
-                            sbuf[so:so + 2] = rbuf[off:off + 2]
+                            sids[j * slot_words] = rids[i * slot_words]  # the query's ID
                             sbuf[so + 2:so + size] = body
                             iov_lens[j * iov_step + iov_at] = size
                             msg_names[j * msg_step] = name_base + noff
