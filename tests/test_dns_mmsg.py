@@ -127,3 +127,41 @@ def test_env_switch(monkeypatch):
     assert not mmsg.available()
     monkeypatch.setenv("FILTERPROXY_DNS_MMSG", "1")
     assert mmsg.available()
+
+
+def test_word_views_read_what_the_struct_accessors_read():
+    """The hot loop reads lengths, IPv4 sources and IDs through native-word views of the batch buffers."""
+    srv, clients = _pair(socket.AF_INET, "127.0.0.1")
+    bs = mmsg.BatchSocket(srv)
+    for k, c in enumerate(clients):
+        c.sendto(b"\x12%c" % (k + 1) + bytes(11 + k * 50), srv.getsockname())
+    seen = 0
+    while seen < 3:
+        n = bs.recv()
+        assert n > 0
+        for i in range(n):
+            assert bs.lens[i * bs.len_step + bs.len_at] == bs.length(i) == len(bs.data(i))
+            assert struct.pack("I", bs.ipv4[i * mmsg.NAME // 4 + 1]) == bs.addr_key(i) == socket.inet_aton("127.0.0.1")
+            assert struct.pack("H", bs.rids[i * mmsg.SLOT // 2]) == bs.data(i)[:2]
+        seen += n
+    for s in (srv, *clients):
+        s.close()
+
+
+def test_an_unexpected_batch_layout_falls_back_to_the_plain_loop(monkeypatch):
+    from filterproxy.dns.server import DnsServer
+
+    srv = DnsServer(None, "127.0.0.1", 0)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    monkeypatch.setattr(mmsg, "available", lambda: True)
+    target, args, batched = srv._pick_udp_loop(s)
+    assert batched and target == srv._udp_loop_batched and isinstance(args[0], mmsg.BatchSocket)
+
+    def refuse(sock):
+        raise OSError("unexpected mmsghdr/iovec layout")
+
+    monkeypatch.setattr(mmsg, "BatchSocket", refuse)
+    target, args, batched = srv._pick_udp_loop(s)
+    assert not batched and target == srv._udp_loop and args == ()
+    s.close()

@@ -135,7 +135,7 @@ class BatchSocket:
         #   rids[i * SLOT // 2], sids[...]   the 2-byte ID at the start of datagram i / reply j
         w, n, p = 4, self._size.size, self._ptr.size
         if self.msize % w or self.len_off % w or iov_size % n or self.iov_len_off % n or self.msize % p:
-            raise OSError("unexpected mmsghdr/iovec layout")  # the caller keeps the plain loop
+            raise OSError("unexpected mmsghdr/iovec layout")  # the server falls back to its plain loop
         self.lens, self.len_step, self.len_at = self.rmv.cast("I"), self.msize // w, self.len_off // w
         self.ipv4 = self.names.cast("I")
         self.iov_lens, self.iov_step, self.iov_at = self.siv.cast("N"), iov_size // n, self.iov_len_off // n

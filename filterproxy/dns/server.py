@@ -212,18 +212,26 @@ class DnsServer:
             self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port, reuse_address=True,
                                                    reuse_port=self.reuse_port or None, backlog=256)
         self._running = True
-        from filterproxy.dns import mmsg
-
-        if mmsg.available():
-            bs = mmsg.BatchSocket(s)
-            target, args, self.batched = self._udp_loop_batched, (bs,), True
-            log.info("dns: UDP loop: batched (recvmmsg/sendmmsg, up to %d datagrams a call)", mmsg.BATCH)
-        else:
-            target, args, self.batched = self._udp_loop, (), False
-            log.info("dns: UDP loop: plain (recvfrom/sendto)")
+        target, args, self.batched = self._pick_udp_loop(s)
         self._thread = threading.Thread(target=target, args=args, name=f"filterproxy-dns-udp-{self.port}",
                                         daemon=True)
         self._thread.start()
+
+    def _pick_udp_loop(self, s: socket.socket) -> tuple:
+        """(loop, its arguments, batched?): the batched loop where recvmmsg/sendmmsg work, else the plain one."""
+        from filterproxy.dns import mmsg
+
+        bs = None
+        if mmsg.available():
+            try:
+                bs = mmsg.BatchSocket(s)
+            except OSError as exc:  # e.g. a libc whose mmsghdr layout the batched loop does not expect
+                log.warning("dns: batched UDP I/O unavailable (%s)", exc)
+        if bs is not None:
+            log.info("dns: UDP loop: batched (recvmmsg/sendmmsg, up to %d datagrams a call)", mmsg.BATCH)
+            return self._udp_loop_batched, (bs,), True
+        log.info("dns: UDP loop: plain (recvfrom/sendto)")
+        return self._udp_loop, (), False
 
     def _send_wake(self) -> None:
         try:
