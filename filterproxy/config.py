@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from filterproxy.vocabulary import ID_RE as _ID_RE
+from filterproxy.vocabulary import ConfigError
 from filterproxy.lists.parsers import FORMATS
 from filterproxy.lists.store import ListSource
 from filterproxy.policy.model import Policy, parse_policy
@@ -24,8 +26,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "defaults", "filterprox
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class ConfigError(Exception):
-    """An invalid configuration: the message names file:line and what was expected."""
 
 
 class _Map(dict):
@@ -280,7 +280,6 @@ class Config:
 
 
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _resolve(base_file: str, p: str) -> str:

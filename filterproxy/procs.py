@@ -3,11 +3,13 @@ one way to stop them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import select
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def wait_ready(waiting: dict[int, tuple[str, subprocess.Popen | None]], timeout: float, what: str) -> None:
@@ -64,3 +66,15 @@ def terminate_all(procs: Iterable[subprocess.Popen], timeout: float = 10.0) -> N
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5)
+
+
+async def exit_with_parent(parent: int, stop: Callable[[], object], what: str, interval: float = 1.0) -> None:
+    """Call ``stop()`` once the parent process ``parent`` is gone (we get re-parented, even after its SIGKILL).
+
+    Polled rather than PR_SET_PDEATHSIG, which fires when the *thread* that spawned us ends (the runner
+    starts workers from an executor thread). ``what`` names the child in the log line.
+    """
+    while os.getppid() == parent:
+        await asyncio.sleep(interval)
+    logging.getLogger("filterproxy.procs").warning("%s: parent process %d is gone; stopping", what, parent)
+    stop()

@@ -8,16 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from filterproxy.names import NameError_, normalize_host
+from filterproxy.vocabulary import KNOWN_CATEGORIES, LANGUAGES
 
-# The languages user-facing text comes in (block page, policy display names); the first is the default.
-LANGUAGES = ("vi", "en")
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {"weekdays": DAYS[:5], "weekend": DAYS[5:], "all": DAYS, "daily": DAYS}
-KNOWN_CATEGORIES = frozenset({
-    "adult", "gambling", "violence", "drugs", "dating", "social", "games", "chat", "bypass", "malware",
-    "phishing", "illegal", "ads", "shortener", "filehosting", "warez", "hacking", "audio-video", "webmail",
-    "lingerie", "sect", "dangerous_material", "remote-control", "ai", "search", "custom"})
 SAFESEARCH_LEVELS = ("off", "moderate", "strict")
 BLOCK_MODES = ("blockpage", "nxdomain", "null")
 TONES = ("child", "teen", "adult")
