@@ -28,3 +28,37 @@ def write_config(tmp_path: Path, body: str, policies: dict[str, str] | None = No
     cfg = tmp_path / "filterproxy.yaml"
     cfg.write_text(textwrap.dedent(body))
     return cfg
+
+
+# Test layers (CONTRIBUTING.md): "e2e" tests start real processes and servers (filterproxy run, mitmdump,
+# unbound, Prometheus, Chromium, nginx, sub-commands as subprocesses); everything else is "unit" and the whole
+# unit layer runs in about a minute (`./test.sh -m unit`). A module is e2e as a whole, or single tests are.
+E2E_MODULES = frozenset({
+    "test_bundle_cli", "test_cli", "test_deploy", "test_dns_mmsg", "test_dns_server", "test_dns_tcp",
+    "test_dns_workers", "test_http_e2e", "test_http_server", "test_images_e2e", "test_integration",
+    "test_metrics", "test_reports", "test_rpz", "test_host_header",
+})
+E2E_TESTS = frozenset({
+    "test_dns_fuzz.py::test_server_survives_fuzzing",
+    "test_config.py::test_check_command_exit_codes",
+})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: fast in-process tests (no servers, no subprocesses)")
+    config.addinivalue_line("markers", "e2e: real processes and servers on 127.0.0.1, driven by real clients")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        key = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        seen.add(key)
+        if item.get_closest_marker("e2e") or item.get_closest_marker("unit"):
+            continue
+        e2e = item.path.stem in E2E_MODULES or key in E2E_TESTS
+        item.add_marker(pytest.mark.e2e if e2e else pytest.mark.unit)
+    files = {k.partition("::")[0] for k in seen}
+    stale = sorted(k for k in E2E_TESTS if k.partition("::")[0] in files and k not in seen)
+    if stale:  # a renamed test would silently move to the unit layer
+        raise pytest.UsageError(f"tests/conftest.py E2E_TESTS names tests that do not exist: {stale}")
