@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -500,3 +501,37 @@ def test_installed_reverifies_what_is_on_disk(keys, tmp_path):
     target.write_bytes(target.read_bytes() + b"x")
     with pytest.raises(Tampered, match="lists/chat/urls"):
         B.installed(str(state), pins)
+
+
+def test_written_files_are_readable_by_the_serving_user_and_leave_no_temporaries(keys, tmp_path):
+    state = tmp_path / "state"
+    out = make(tmp_path, 1, keys=keys)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
+    B.install(out, pub(keys, "old"), str(state), now=NOW)
+    assert stat.S_IMODE(os.stat(state / "bundle-state.json").st_mode) == 0o644
+    assert sorted(os.listdir(state)) == [".bundle.lock", "bundle-state.json", "bundles"]
+    assert sorted(os.listdir(tmp_path)) == ["bundle-1.tar.gz", "state"]
+
+
+def test_a_failed_state_write_still_installs_and_the_link_keeps_rollback_protection(keys, tmp_path, monkeypatch):
+    install_module = importlib.import_module("filterproxy.lists.bundle.install")  # B.install is the function
+
+    def failing_write(path, data, **kw):
+        raise OSError(28, "No space left on device")
+
+    state = tmp_path / "state"
+    pins = pub(keys, "old")
+    B.install(make(tmp_path, 1, keys=keys), pins, str(state), now=NOW)
+    monkeypatch.setattr(install_module, "atomic_write", failing_write)
+    assert B.install(make(tmp_path, 2, keys=keys), pins, str(state), now=NOW).serial == 2
+    assert current(state) == "2" and json.loads((state / "bundle-state.json").read_text())["serial"] == 1
+    with pytest.raises(Rollback):
+        B.install(make(tmp_path, 2, keys=keys, name="again.tar.gz"), pins, str(state), now=NOW)
+
+
+def test_the_package_keeps_its_import_paths():
+    from filterproxy.lists import bundle_cli
+
+    assert all(hasattr(B, name) for name in B.__all__)
+    assert callable(bundle_cli.cli) and callable(bundle_cli.install_bundle) and callable(bundle_cli.bundle_sources)
+    assert B.FOLDER_FORMATS <= B.LIST_FORMATS
