@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -87,7 +88,7 @@ def rewrite(src: str, dst: str, mutate: Callable[[str, bytes], bytes | None] = l
     for ti, data in members(src):
         new = mutate(ti.name, data)
         if new is not None:
-            items.append((B._tarinfo(ti.name, len(new)), new))
+            items.append((B.tarinfo(ti.name, len(new)), new))
     for index, ti, data in insert:
         items.insert(index, (ti, data))
     with open(dst, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
@@ -256,11 +257,11 @@ def test_list_size_change_and_extra_or_missing_members_are_tampered(keys, tmp_pa
     with pytest.raises(Tampered, match="missing from the bundle"):
         B.verify(dropped, pub(keys, "old"), now=NOW)
     extra = rewrite(good, str(tmp_path / "e.tar.gz"),
-                    insert=[(3, B._tarinfo("lists/extra.txt", 4), b"x.y\n")])
+                    insert=[(3, B.tarinfo("lists/extra.txt", 4), b"x.y\n")])
     with pytest.raises(Tampered, match="not listed in the signed manifest"):
         B.verify(extra, pub(keys, "old"), now=NOW)
     twice = rewrite(good, str(tmp_path / "t.tar.gz"),
-                    insert=[(8, B._tarinfo("lists/social.txt", 1), b"x")])
+                    insert=[(8, B.tarinfo("lists/social.txt", 1), b"x")])
     with pytest.raises(Malformed, match="duplicate member"):
         B.verify(twice, pub(keys, "old"), now=NOW)
 
@@ -326,18 +327,18 @@ def test_key_rotation(keys, tmp_path):
 
 
 def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    ti = B._tarinfo(name, 0)
+    ti = B.tarinfo(name, 0)
     ti.type = kind
     ti.linkname = linkname
     return ti
 
 
 SLIPS = [
-    (B._tarinfo("../evil.txt", 4), "parent-relative"),
-    (B._tarinfo("/tmp/filterproxy-evil.txt", 4), "absolute"),
-    (B._tarinfo("lists/../../evil.txt", 4), "parent-relative"),
-    (B._tarinfo("lists/a/b/evil.txt", 4), "unexpected member"),
-    (B._tarinfo("evil.txt", 4), "unexpected member"),
+    (B.tarinfo("../evil.txt", 4), "parent-relative"),
+    (B.tarinfo("/tmp/filterproxy-evil.txt", 4), "absolute"),
+    (B.tarinfo("lists/../../evil.txt", 4), "parent-relative"),
+    (B.tarinfo("lists/a/b/evil.txt", 4), "unexpected member"),
+    (B.tarinfo("evil.txt", 4), "unexpected member"),
     (_special("lists/link.txt", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link"),
     (_special("lists/hard.txt", tarfile.LNKTYPE, "/etc/passwd"), "hard link"),
     (_special("lists/dev.txt", tarfile.CHRTYPE), "character device"),
@@ -417,7 +418,7 @@ def test_install_switches_current_and_keeps_last_good_after_each_failure(keys, t
         "expired": (make(tmp_path, 2, keys=keys, name="x.tar.gz", created=NOW - timedelta(days=9),
                          expires=NOW - timedelta(days=1)), Expired),
         "replay": (make(tmp_path, 1, keys=keys, name="r.tar.gz"), Rollback),
-        "slip": (rewrite(s2, str(tmp_path / "s.tar.gz"), insert=[(4, B._tarinfo("../evil.txt", 1), b"x")]),
+        "slip": (rewrite(s2, str(tmp_path / "s.tar.gz"), insert=[(4, B.tarinfo("../evil.txt", 1), b"x")]),
                  Malformed),
         "truncated": (None, Malformed),
     }
@@ -450,12 +451,12 @@ def test_failure_at_the_switch_leaves_the_previous_bundle(keys, tmp_path, monkey
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(B.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     s2 = make(tmp_path, 2, keys=keys)
     with pytest.raises(OSError, match="No space"):
         B.install(s2, pins, str(state), now=NOW)
     assert current(state) == "1" and sorted(os.listdir(state / "bundles")) == ["1", "current"]
-    monkeypatch.setattr(B.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert B.install(s2, pins, str(state), now=NOW).serial == 2
 
 
@@ -500,3 +501,37 @@ def test_installed_reverifies_what_is_on_disk(keys, tmp_path):
     target.write_bytes(target.read_bytes() + b"x")
     with pytest.raises(Tampered, match="lists/chat/urls"):
         B.installed(str(state), pins)
+
+
+def test_written_files_are_readable_by_the_serving_user_and_leave_no_temporaries(keys, tmp_path):
+    state = tmp_path / "state"
+    out = make(tmp_path, 1, keys=keys)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
+    B.install(out, pub(keys, "old"), str(state), now=NOW)
+    assert stat.S_IMODE(os.stat(state / "bundle-state.json").st_mode) == 0o644
+    assert sorted(os.listdir(state)) == [".bundle.lock", "bundle-state.json", "bundles"]
+    assert sorted(os.listdir(tmp_path)) == ["bundle-1.tar.gz", "state"]
+
+
+def test_a_failed_state_write_still_installs_and_the_link_keeps_rollback_protection(keys, tmp_path, monkeypatch):
+    install_module = importlib.import_module("filterproxy.lists.bundle.install")  # B.install is the function
+
+    def failing_write(path, data, **kw):
+        raise OSError(28, "No space left on device")
+
+    state = tmp_path / "state"
+    pins = pub(keys, "old")
+    B.install(make(tmp_path, 1, keys=keys), pins, str(state), now=NOW)
+    monkeypatch.setattr(install_module, "atomic_write", failing_write)
+    assert B.install(make(tmp_path, 2, keys=keys), pins, str(state), now=NOW).serial == 2
+    assert current(state) == "2" and json.loads((state / "bundle-state.json").read_text())["serial"] == 1
+    with pytest.raises(Rollback):
+        B.install(make(tmp_path, 2, keys=keys, name="again.tar.gz"), pins, str(state), now=NOW)
+
+
+def test_the_package_keeps_its_import_paths():
+    from filterproxy.lists import bundle_cli
+
+    assert all(hasattr(B, name) for name in B.__all__)
+    assert callable(bundle_cli.cli) and callable(bundle_cli.install_bundle) and callable(bundle_cli.bundle_sources)
+    assert B.FOLDER_FORMATS <= B.LIST_FORMATS

@@ -10,10 +10,18 @@ the last good bundle keeps serving.
 from __future__ import annotations
 
 import datetime as dt
-import os
+import logging
 import sys
+from typing import TYPE_CHECKING
 
 from filterproxy.lists import bundle
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    from filterproxy.config import Config
+    from filterproxy.lists.store import ListSource
 
 
 def _expires(text: str | None) -> dt.datetime | None:
@@ -22,42 +30,63 @@ def _expires(text: str | None) -> dt.datetime | None:
     try:
         t = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"filterproxy bundle build: --expires {text!r}: expected an ISO time like 2026-12-31T00:00Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+        raise SystemExit(
+            f"filterproxy bundle build: --expires {text!r}: expected an ISO time like 2026-12-31T00:00Z"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def cli(args) -> int:
+def _keygen(args: argparse.Namespace) -> int:
+    priv, pub = bundle.keygen(args.out)
+    print(f"private key: {priv}  (keep it offline; mode 0600)\npublic key:  {pub}  (pin it on every gateway)")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    lists = []
+    for spec in args.list:
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            print(f"filterproxy bundle build: --list {spec!r}: expected FORMAT:CATEGORY:PATH", file=sys.stderr)
+            return 2
+        lists.append(tuple(parts))
+    manifest = bundle.build(args.out, args.serial, lists, publisher=args.publisher, expires=_expires(args.expires))
+    print(f"{args.out}: serial {manifest['serial']}, {len(manifest['lists'])} lists, expires "
+          f"{manifest['expires']} (unsigned: run 'filterproxy bundle sign')")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    bundle.sign(args.key, args.file)
+    print(f"{args.file}: signed")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    vb = bundle.verify(args.file, args.key, min_serial=args.min_serial)
+    m = vb.manifest
+    print(f"{args.file}: valid — publisher {m['publisher']}, serial {m['serial']}, key {vb.key_id}, "
+          f"expires {m['expires']}, {len(m['lists'])} lists")
+    for fmt, cat, path, lid in vb.list_files():
+        print(f"  {lid:<28} {cat:<10} {fmt:<9} {path}")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "keygen": _keygen,
+    "build": _build,
+    "sign": _sign,
+    "verify": _verify,
+}
+
+
+def cli(args: argparse.Namespace) -> int:
     cmd = args.bundle_command
+    handler = _COMMANDS.get(cmd)
+    if handler is None:
+        raise SystemExit(f"unknown bundle command {cmd}")
     try:
-        if cmd == "keygen":
-            priv, pub = bundle.keygen(args.out)
-            print(f"private key: {priv}  (keep it offline; mode 0600)\npublic key:  {pub}  (pin it on every gateway)")
-            return 0
-        if cmd == "build":
-            lists = []
-            for spec in args.list:
-                parts = spec.split(":", 2)
-                if len(parts) != 3 or not all(parts):
-                    print(f"filterproxy bundle build: --list {spec!r}: expected FORMAT:CATEGORY:PATH", file=sys.stderr)
-                    return 2
-                lists.append(tuple(parts))
-            manifest = bundle.build(args.out, args.serial, lists, publisher=args.publisher,
-                                    expires=_expires(args.expires))
-            print(f"{args.out}: serial {manifest['serial']}, {len(manifest['lists'])} lists, expires "
-                  f"{manifest['expires']} (unsigned: run 'filterproxy bundle sign')")
-            return 0
-        if cmd == "sign":
-            bundle.sign(args.key, args.file)
-            print(f"{args.file}: signed")
-            return 0
-        if cmd == "verify":
-            vb = bundle.verify(args.file, args.key, min_serial=args.min_serial)
-            m = vb.manifest
-            print(f"{args.file}: valid — publisher {m['publisher']}, serial {m['serial']}, key {vb.key_id}, "
-                  f"expires {m['expires']}, {len(m['lists'])} lists")
-            for fmt, cat, path, lid in vb.list_files():
-                print(f"  {lid:<28} {cat:<10} {fmt:<9} {path}")
-            return 0
+        return handler(args)
     except bundle.BundleError as exc:
         print(f"filterproxy bundle {cmd}: {args.__dict__.get('file') or args.__dict__.get('out')}: "
               f"{getattr(exc, 'reason', 'error')}: {exc}", file=sys.stderr)
@@ -65,22 +94,23 @@ def cli(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"filterproxy bundle {cmd}: {exc}", file=sys.stderr)
         return 2
-    raise SystemExit(f"unknown bundle command {cmd}")
 
 
-def install_bundle(cfg, path: str, keys: list[str]) -> int:
+def install_bundle(cfg: Config, path: str, keys: list[str]) -> int:
     """``lists update --bundle FILE [--key PUB]``: verify + install; the last good bundle stays on failure."""
     from filterproxy import metrics
 
     keys = keys or cfg.bundle.keys
     if not keys:
-        print("filterproxy lists update: no pinned bundle key (--key PUBLIC or bundle.keys in the config)", file=sys.stderr)
+        print("filterproxy lists update: no pinned bundle key (--key PUBLIC or bundle.keys in the config)",
+              file=sys.stderr)
         return 2
     try:
         vb = bundle.install(path, keys, cfg.server.state_dir)
     except bundle.BundleError as exc:
         reason = getattr(exc, "reason", "signature")
-        metrics.LISTS_UPDATE_FAILURES.inc("bundle", "signature" if reason in ("bad-signature", "unknown-key") else "other")
+        label = "signature" if reason in ("bad-signature", "unknown-key") else "other"
+        metrics.LISTS_UPDATE_FAILURES.inc("bundle", label)
         print(f"filterproxy lists update: bundle refused ({reason}): {exc}; keeping the last good bundle",
               file=sys.stderr)
         return 1
@@ -88,7 +118,7 @@ def install_bundle(cfg, path: str, keys: list[str]) -> int:
     return 0
 
 
-def bundle_sources(cfg) -> list:
+def bundle_sources(cfg: Config) -> list[ListSource]:
     """The installed bundle's lists as ListSources (re-verified on disk), or [] when none is installed."""
     from filterproxy.lists.store import ListSource
 
@@ -97,8 +127,6 @@ def bundle_sources(cfg) -> list:
     try:
         vb = bundle.installed(cfg.server.state_dir, cfg.bundle.keys)
     except bundle.BundleError as exc:
-        import logging
-
         logging.getLogger("filterproxy.lists").error("installed bundle unusable: %s", exc)
         return []
     if vb is None:
@@ -109,7 +137,8 @@ def bundle_sources(cfg) -> list:
             for fmt, cat, path, lid in vb.list_files()]
 
 
-def installed_info(cfg) -> tuple[str, int] | None:
+def installed_info(cfg: Config) -> tuple[str, int] | None:
+    """(publisher, serial) of the installed bundle, or None when none is installed or it is unusable."""
     if not cfg.bundle.keys:
         return None
     try:
