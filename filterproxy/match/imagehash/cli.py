@@ -11,7 +11,7 @@ import sys
 from filterproxy.match.imagehash.hashing import hash_image_bytes
 
 
-def imagehash_file_json(path: str) -> dict:
+def imagehash_file_json(path: str) -> dict[str, object]:
     """CLI helper: ``{"file", "md5", "sha1", "sha256", "pdq", "quality"}`` for one file (OSError if unreadable).
 
     ``pdq_error`` is added when the file is not a decodable picture.
@@ -19,7 +19,8 @@ def imagehash_file_json(path: str) -> dict:
     with open(path, "rb") as f:
         data = f.read()
     h = hash_image_bytes(data)
-    out = {"file": path, "md5": h.md5, "sha1": h.sha1, "sha256": h.sha256, "pdq": h.pdq, "quality": h.quality}
+    out: dict[str, object] = {"file": path, "md5": h.md5, "sha1": h.sha1, "sha256": h.sha256, "pdq": h.pdq,
+                              "quality": h.quality}
     if h.pdq_error:
         out["pdq_error"] = h.pdq_error
     return out
