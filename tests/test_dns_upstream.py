@@ -380,3 +380,124 @@ def test_thread_reactor_holds_queries_for_one_burst_and_fails_over_within_it():
     finally:
         r.close()
         up.close()
+
+
+# ---------------------------------------------------------------- an error rcode for one name is not a failure
+
+class RefusingUpstream(FakeUpstream):
+    """The fake upstream, but ``bad.test`` (and names under it) are answered REFUSED."""
+
+    def answer(self, request: bytes, proto: str) -> bytes | None:
+        if b"\x03bad\x04test\x00" in request[12:].lower():
+            self.queries[("bad.test", "A", proto)] += 1
+            return wire.header_reply(request, wire.REFUSED)
+        return super().answer(request, proto)
+
+
+def _ask(port: int, name: str, src: str, timeout: float = 2.0) -> dns.message.Message:
+    import dns.query
+
+    return dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=timeout, source=src)
+
+
+def test_a_refused_name_does_not_take_the_upstream_down_for_other_clients(tmp_path):
+    """A client hammering a name the upstream REFUSEs gets SERVFAIL for it; every other client's misses
+    are still answered (the upstream is not marked down by one name's rcode)."""
+    from filterproxy.dns.testing import ServerProcess
+
+    up = RefusingUpstream().start()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "home.yaml").write_text("name: home\nblock_mode: nxdomain\n")
+    cfg = tmp_path / "filterproxy.yaml"
+    cfg.write_text(f"server: {{state_dir: {tmp_path / 'state'}}}\npolicies_dir: policies\ngroups: [home]\n"
+                   f"default_group: home\nupstreams: {{servers: ['{up.address}'], timeout: 0.5}}\n")
+    srv = ServerProcess(["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
+                         "--metrics-listen", "off"], log_path=str(tmp_path / "run.log")).start()
+    stop = threading.Event()
+    hostile: list[int] = []
+
+    def hammer() -> None:  # one hostile client (its own address: the per-client rate limit is not ours to hit)
+        while not stop.is_set():
+            try:
+                hostile.append(_ask(srv.port, "bad.test", "127.0.0.9", timeout=1.0).rcode())
+            except Exception:
+                hostile.append(-1)
+
+    t = threading.Thread(target=hammer, daemon=True)
+    try:
+        assert _ask(srv.port, "warm.example", "127.0.0.1").rcode() == 0
+        t.start()
+        while up.count("bad.test") < 5:
+            time.sleep(0.01)
+        rcodes = {}
+        for i in range(40):  # ~2 s: well inside one error-rate window
+            m = _ask(srv.port, f"miss{i}.example", "127.0.0.1")
+            rcodes[i] = (m.rcode(), [r.to_text() for rrset in m.answer for r in rrset])
+            time.sleep(0.03)
+    finally:
+        stop.set()
+        t.join(5)
+        srv.stop()
+        up.stop()
+    bad = {i: v for i, v in rcodes.items() if v != (0, [synth_a(f"miss{i}.example")])}
+    assert not bad, f"{len(bad)} of 40 misses not answered while bad.test was hammered, e.g. {list(bad.items())[:3]}"
+    assert up.count("bad.test") >= 40 and hostile.count(2) >= 40  # it did hammer; it got SERVFAIL itself
+    assert "Traceback" not in srv.output()
+
+
+def test_refused_fails_over_for_that_query_only():
+    """REFUSED for one name: that query tries the next upstream; the first stays healthy and keeps
+    getting the other names."""
+    first, second = RefusingUpstream().start(), FakeUpstream().start()
+    a, b = UdpUpstream("127.0.0.1", first.port), UdpUpstream("127.0.0.1", second.port)
+    g = UpstreamGroup([a, b], "failover", timeout=1.0)
+
+    async def go():
+        try:
+            out = [await g.exchange(query("bad.test"))]
+            out += [await g.exchange(query(f"after{i}.example")) for i in range(5)]
+            return out
+        finally:
+            await g.close()
+
+    try:
+        out = run(go())
+    finally:
+        first.stop()
+        second.stop()
+    assert out[0][1] == b.name and answer_a(out[0][0]) == [synth_a("bad.test")]  # failed over
+    assert [name for _r, name in out[1:]] == [a.name] * 5  # the first was never marked down
+    assert a.fails == 0 and a.healthy(time.monotonic())
+
+
+def _q(name: str) -> bytes:
+    return wire.text_to_name(name) + b"\x00\x01\x00\x01"
+
+
+def test_sustained_error_rate_marks_an_upstream_down():
+    """Only > 90% SERVFAIL/REFUSED among >= 20 answers for >= 10 names, over a window of >= 5 s."""
+    u = UdpUpstream("127.0.0.1", 9)
+    t = 1000.0
+    for i in range(200):  # all refused, for many names, but within 4.9 s: not yet
+        u.answered(t + i * 0.0245, _q(f"n{i}.example"))
+    assert u.healthy(t + 4.9) and u.fails == 0
+    u.answered(t + 5.0, _q("late.example"))  # the window is over: 201 of 201 errors
+    assert not u.healthy(t + 5.0) and u.fails == 1
+
+
+@pytest.mark.parametrize("case", ["one-name", "mostly-good", "too-few"])
+def test_error_rate_below_the_rule_keeps_an_upstream_up(case):
+    u = UdpUpstream("127.0.0.1", 9)
+    t = 1000.0
+    for i in range(600):  # 12 s of answers, every 20 ms
+        if case == "one-name":  # a hostile client asking one refused name, nothing else
+            q = _q("bad.test")
+        elif case == "mostly-good":  # 80% errors
+            q = None if i % 5 == 0 else _q(f"n{i}.example")
+        else:  # all errors, but only 15 answers a window
+            if i % 40:
+                continue
+            q = _q(f"n{i}.example")
+        u.answered(t + i * 0.02, q)
+        assert u.healthy(t + i * 0.02), i
+    assert u.fails == 0
