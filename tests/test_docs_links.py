@@ -29,8 +29,13 @@ FENCE = re.compile(r"^(```|~~~)")
 
 def _repo_files() -> list[Path]:
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout.split("\n")
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
         files = [REPO / p for p in out if p]
     except (OSError, subprocess.CalledProcessError):
         files = [p for p in REPO.rglob("*") if p.is_file()]
@@ -42,7 +47,8 @@ FILES = _repo_files()
 
 def _links(text: str) -> list[tuple[int, str]]:
     """Markdown link targets outside fenced code blocks, with their line numbers."""
-    out, fenced = [], False
+    out: list[tuple[int, str]] = []
+    fenced = False
     for n, line in enumerate(text.split("\n"), 1):
         if FENCE.match(line.strip()):
             fenced = not fenced
@@ -89,11 +95,14 @@ def test_cited_documents_exist() -> None:
     assert not missing, "files cite documents that are not in the repository:\n" + "\n".join(missing)
 
 
-@pytest.mark.parametrize("text,expected", [  # "{md}" stands for the extension (see EXT)
-    ("see [the guide](deploy/x.{md}#part) and ![pic](docs/a.png)", ["deploy/x.{md}#part", "docs/a.png"]),
-    ("[ext](https://example.org/a.{md}) [mail](mailto:a@b)", ["https://example.org/a.{md}", "mailto:a@b"]),
-    ("```\n[not a link](nowhere.{md})\n```\n[link](here.{md})", ["here.{md}"]),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [  # "{md}" stands for the extension (see EXT)
+        ("see [the guide](deploy/x.{md}#part) and ![pic](docs/a.png)", ["deploy/x.{md}#part", "docs/a.png"]),
+        ("[ext](https://example.org/a.{md}) [mail](mailto:a@b)", ["https://example.org/a.{md}", "mailto:a@b"]),
+        ("```\n[not a link](nowhere.{md})\n```\n[link](here.{md})", ["here.{md}"]),
+    ],
+)
 def test_link_extraction(text: str, expected: list[str]) -> None:
     assert [t for _, t in _links(text.format(md=EXT))] == [e.format(md=EXT) for e in expected]
 
