@@ -9,7 +9,7 @@ Cost on the hot path::
     DNS_QUERIES.inc(group, qtype, action, protocol)      # one dict lookup + store
     DNS_UPSTREAM_DURATION.observe(0.012, upstream)       # + one bisect
 
-Labels only ever take values from bounded sets (STYLE.md rule 6). Each label has a
+Labels only ever take values from bounded sets (CONTRIBUTING.md rule 6). Each label has a
 :class:`LabelSet`: known values, plus at most ``extra`` further values learned at run time (custom
 groups, configured list ids); anything beyond folds to ``"other"``. Values are checked once, the first
 time a label combination is seen, never per call. Domains, URLs and client addresses are never labels.

@@ -1,6 +1,6 @@
 """Normalise names once, at the edge: lower case, IDNA/punycode, no trailing dot.
 
-Everything inside filterproxy assumes canonical names (see STYLE.md rule 5).
+Everything inside filterproxy assumes canonical names (CONTRIBUTING.md rule 5).
 """
 
 from __future__ import annotations

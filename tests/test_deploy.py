@@ -496,7 +496,7 @@ def test_guides_exist_and_link_each_other():
 def test_guide_config_examples_load(tmp_path):
     """Every YAML block that starts with '# excerpt of filterproxy.yaml' is merged over the guide's
     template (home for the Raspberry Pi guide, school otherwise) and loaded by the real configuration
-    loader (STYLE: every config example in the docs is tested). Complete examples ('# filterproxy.yaml')
+    loader (CONTRIBUTING.md rule 8: docs config examples are tested). Complete examples ('# filterproxy.yaml')
     are loaded as they are by tests/test_config.py."""
     blocks = [(g, b) for g, b in _code_blocks("yaml") if b.startswith("# excerpt of filterproxy.yaml")]
     assert len(blocks) >= 3

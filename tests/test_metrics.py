@@ -702,7 +702,7 @@ def test_every_metric_name_in_the_source_is_defined_once():
 
 
 def test_no_other_module_defines_metrics():
-    """STYLE: every metric is defined in metrics.py; other modules only use its objects."""
+    """CONTRIBUTING.md rule 8: every metric is defined in metrics.py; other modules only use its objects."""
     offenders = []
     for path in (REPO / "filterproxy").rglob("*.py"):
         if path.name == "metrics.py":

@@ -26,7 +26,7 @@ Every link reports itself at start-up, so the log shows the chain as configured:
 
 Links 1–4 run at the edge, per packet, in the servers (they must run before the packed-reply lookup and
 the UDP hot path inlines them); links 5–11 run in :meth:`Chain.handle`. The chain never decides policy
-itself: the policy and answer-check links only ask ``engine.decide`` (STYLE rule 1).
+itself: the policy and answer-check links only ask ``engine.decide`` (CONTRIBUTING.md rule 1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The mitmproxy addon: an adapter from proxy events to :meth:`Engine.decide` (STYLE rule 1).
+"""The mitmproxy addon: an adapter from proxy events to :meth:`Engine.decide` (CONTRIBUTING.md rule 1).
 
 Loaded by ``filterproxy run`` (its proxy workers, :mod:`filterproxy.http.server`) and by
 ``mitmdump -s addons/filterproxy_addon.py --set filterproxy_config=FILE``. Options are declared with

@@ -121,7 +121,7 @@ class Engine:
         """
         try:
             return self._decide(client, host, url, at, group, explain, canonical)
-        except Exception:  # fail closed, on purpose (STYLE rule 3)
+        except Exception:  # fail closed, on purpose (CONTRIBUTING.md rule 3)
             log.exception("decision failed for %r; blocking", host)
             return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
 
