@@ -111,6 +111,7 @@ def _bcrypt_verifier() -> Callable[[str, str], bool]:
         return lambda pw, h: hmac.compare_digest((crypt.crypt(pw, h) or "").encode(), h.encode())
     raise ValueError("bcrypt hashes need the 'bcrypt' package here; use sha256:<hex> or install bcrypt")
 
+
 _INDEX = b'<html><body><a href="/metrics">metrics</a> <a href="/healthz">healthz</a></body></html>\n'
 _HTML = "text/html; charset=utf-8"
 
@@ -229,6 +230,7 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
 
 def serve(listen: str = DEFAULT_LISTEN, *, basic_auth: tuple[str, str] | None = None,
           certfile: str | None = None, keyfile: str | None = None,

@@ -105,7 +105,6 @@ class LabelSet:
         return OTHER
 
 
-
 def _clean_info(value: Any, limit: int = 64) -> str:
     """Info label values (list version, publisher) are free text from files: printable, bounded."""
     if isinstance(value, enum.Enum):
