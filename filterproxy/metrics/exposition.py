@@ -1,0 +1,327 @@
+"""Exposition: serve the registry over HTTP(S) for Prometheus, or push it to a Pushgateway.
+
+``/metrics`` may be protected by Basic auth (bcrypt or SHA-256 hashes, never plain passwords) and
+TLS; ``/healthz`` stays open for load balancers and reveals nothing. Gateways that cannot be scraped
+push with :class:`Pusher` instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import hmac
+import logging
+import re
+import socket
+import ssl
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import basic_auth_handler, choose_encoder, default_handler, push_to_gateway
+
+from filterproxy.metrics.registry import REGISTRY
+
+log = logging.getLogger("filterproxy.metrics")
+
+DEFAULT_LISTEN = "127.0.0.1:9108"
+
+
+# --------------------------------------------------------------------------- serving
+
+def parse_listen(listen: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"HOST:PORT"``, ``"[V6]:PORT"``, ``":PORT"`` or ``"PORT"`` → (host, port); host defaults to loopback."""
+    text = listen.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.isdigit():
+        host, port = "", text
+    else:
+        raise ValueError(f"invalid listen address {listen!r} (expected HOST:PORT)")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ValueError(f"invalid port in {listen!r}") from None
+    if not 0 <= p < 65536:
+        raise ValueError(f"invalid port in {listen!r}")
+    return host or default_host, p
+
+
+class _PasswordCheck:
+    """Verify a Basic-auth password against a bcrypt (``$2b$…``) or SHA-256 (``sha256:HEX``/``HEX``) hash."""
+
+    def __init__(self, user: str, hashed: str) -> None:
+        self.user = user
+        self.hashed = hashed.strip()
+        self._ok_cache: set[bytes] = set()  # digests of header values already verified (bcrypt is slow)
+        if self.hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            self.kind = "bcrypt"
+            self._bcrypt = _bcrypt_verifier()
+        else:
+            hexpart = self.hashed[7:] if self.hashed.lower().startswith("sha256:") else self.hashed
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", hexpart):
+                raise ValueError("basic_auth hash must be bcrypt ($2b$...) or sha256:<64 hex digits>")
+            self.kind = "sha256"
+            self._digest = bytes.fromhex(hexpart)
+
+    def check_header(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        tag = hashlib.sha256(header.encode()).digest()
+        if tag in self._ok_cache:
+            return True
+        try:
+            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        ok_user = hmac.compare_digest(user.encode(), self.user.encode())
+        if self.kind == "sha256":
+            ok_pw = hmac.compare_digest(hashlib.sha256(password.encode()).digest(), self._digest)
+        else:
+            ok_pw = self._bcrypt(password, self.hashed)
+        if ok_user and ok_pw:
+            if len(self._ok_cache) > 16:
+                self._ok_cache.clear()
+            self._ok_cache.add(tag)
+            return True
+        return False
+
+
+def _bcrypt_verifier() -> Callable[[str, str], bool]:
+    try:
+        import bcrypt  # type: ignore[import-not-found]
+
+        return lambda pw, h: bcrypt.checkpw(pw.encode(), h.encode())
+    except ImportError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt  # Python < 3.13; glibc/libxcrypt understands $2b$
+        except ImportError:
+            crypt = None  # type: ignore[assignment]
+    if crypt is not None and (crypt.crypt("x", "$2b$04$" + "a" * 22) or "").startswith("$2b$"):
+        return lambda pw, h: hmac.compare_digest((crypt.crypt(pw, h) or "").encode(), h.encode())
+    raise ValueError("bcrypt hashes need the 'bcrypt' package here; use sha256:<hex> or install bcrypt")
+
+
+_INDEX = b'<html><body><a href="/metrics">metrics</a> <a href="/healthz">healthz</a></body></html>\n'
+_HTML = "text/html; charset=utf-8"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """``/metrics``, ``/healthz`` and an index; the registry and the password check live on the server."""
+
+    server: _Server
+    server_version = "filterproxy-metrics"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # no access log: it would hold client IPs
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+              extra: Mapping[str, str] | None = None, head: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def do_GET(self, head: bool = False) -> None:
+        page = _PAGES.get(self.path.split("?", 1)[0], _Handler._not_found)
+        page(self, head)
+
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def _healthz(self, head: bool) -> None:
+        self._send(200, b"ok\n", head=head)
+
+    def _index(self, head: bool) -> None:
+        self._send(200, _INDEX, _HTML, head=head)
+
+    def _not_found(self, head: bool) -> None:
+        self._send(404, b"not found\n", head=head)
+
+    def _metrics(self, head: bool) -> None:
+        check = self.server.check
+        if check is not None and not check.check_header(self.headers.get("Authorization")):
+            self._send(401, b"authentication required\n",
+                       extra={"WWW-Authenticate": 'Basic realm="filterproxy metrics"'}, head=head)
+            return
+        encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(self.server.registry)
+        except Exception:
+            log.exception("metrics: collecting failed")
+            self._send(500, b"collect failed\n", head=head)
+            return
+        extra = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=5)
+            extra["Content-Encoding"] = "gzip"
+        self._send(200, body, ctype, extra, head=head)
+
+
+_PAGES: dict[str, Callable[[_Handler, bool], None]] = {
+    "/healthz": _Handler._healthz, "/metrics": _Handler._metrics, "/": _Handler._index}
+
+
+class _Server(ThreadingHTTPServer):
+    """One thread per connection; the TLS handshake happens in that thread, not in the accept loop."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, check: _PasswordCheck | None,
+                 ctx: ssl.SSLContext | None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.registry = registry
+        self.check = check
+        self.ctx = ctx
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(30)
+        if self.ctx is not None:
+            try:
+                request = self.ctx.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
+
+
+class MetricsServer:
+    """A running ``/metrics`` + ``/healthz`` HTTP(S) server in a daemon thread."""
+
+    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread, tls: bool) -> None:
+        self.httpd = httpd
+        self.thread = thread
+        self.tls = tls
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve(listen: str = DEFAULT_LISTEN, *, basic_auth: tuple[str, str] | None = None,
+          certfile: str | None = None, keyfile: str | None = None,
+          registry: CollectorRegistry | None = None) -> MetricsServer:
+    """Serve ``/metrics`` (Prometheus text or OpenMetrics, gzip when asked) and ``/healthz``.
+
+    ``listen`` is ``"HOST:PORT"``; without a host it binds 127.0.0.1. ``basic_auth`` is
+    ``(user, hash)`` with a bcrypt or ``sha256:HEX`` hash; it protects ``/metrics`` (``/healthz``
+    reveals nothing and stays open for load balancers). ``certfile``/``keyfile`` turn on TLS.
+    """
+    host, port = parse_listen(listen)
+    reg = registry if registry is not None else REGISTRY
+    check = _PasswordCheck(*basic_auth) if basic_auth else None
+    ctx: ssl.SSLContext | None = None
+    if certfile:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(certfile, keyfile)
+    httpd = _Server((host, port), reg, check, ctx)
+    thread = threading.Thread(target=httpd.serve_forever, name="filterproxy-metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread, ctx is not None)
+
+
+# --------------------------------------------------------------------------- pushing
+
+class Pusher:
+    """Push the registry to a Pushgateway every ``interval`` seconds (gateways that cannot be scraped).
+
+    ``grouping_key`` identifies the gateway, e.g. ``{"gateway": id, "school": ..., "province": ...}``:
+    aggregate counters only, never anything about a child. Uses PUT, so each push replaces the group.
+    """
+
+    def __init__(self, gateway_url: str, job: str = "filterproxy", grouping_key: Mapping[str, str] | None = None,
+                 interval: float = 60, *, auth: tuple[str, str] | None = None, timeout: float = 10,
+                 registry: CollectorRegistry | None = None) -> None:
+        if not gateway_url:
+            raise ValueError("Pusher needs a gateway URL")
+        for k, v in (grouping_key or {}).items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or not str(v):
+                raise ValueError(f"invalid grouping key {k}={v!r}")
+        if interval <= 0:
+            raise ValueError("push interval must be positive")
+        self.gateway_url = gateway_url
+        self.job = job
+        self.grouping_key = {k: str(v) for k, v in (grouping_key or {}).items()}
+        self.interval = interval
+        self.timeout = timeout
+        self.registry = registry if registry is not None else REGISTRY
+        self.auth = auth
+        self.pushes = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _handler(self, url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Callable:
+        if self.auth:
+            return basic_auth_handler(url, method, timeout, headers, data, self.auth[0], self.auth[1])
+        return default_handler(url, method, timeout, headers, data)
+
+    def push_once(self) -> bool:
+        """Push now; True on success (failures are logged, not raised)."""
+        try:
+            push_to_gateway(self.gateway_url, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
+                            timeout=self.timeout, handler=self._handler)
+        except Exception as exc:
+            self.failures += 1
+            if self.last_error != str(exc):
+                log.warning("metrics: push to %s failed: %s", self.gateway_url, exc)
+            self.last_error = str(exc)
+            return False
+        self.pushes += 1
+        self.last_error = None
+        return True
+
+    def start(self) -> Pusher:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="filterproxy-metrics-push", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while True:
+            self.push_once()
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self, *, final_push: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 5)
+        if final_push:
+            self.push_once()
