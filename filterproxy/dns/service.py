@@ -39,7 +39,8 @@ class DnsService:
         timeout = cfg.upstreams.timeout
         deadline = min(15.0, timeout * (len(upstreams or cfg.upstreams.servers) + 1) + 0.5)
         self.server = DnsServer(self.chain, listen[0], listen[1], tcp_idle_timeout=cfg.dns.tcp_idle_timeout,
-                                tcp_max_connections=cfg.dns.tcp_max_connections, reuse_port=reuse_port,
+                                tcp_max_connections=cfg.dns.tcp_max_connections,
+                                tcp_max_per_client=cfg.dns.tcp_max_per_client, reuse_port=reuse_port,
                                 deadline=deadline)
         self._timer: asyncio.Task | None = None
         self._schedules: dict[str, tuple[bool, ...]] = {}
