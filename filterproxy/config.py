@@ -193,6 +193,7 @@ class DnsConfig:
     rate_limit: int = 300  # queries per second per client address; 0 = off
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256
+    tcp_max_per_client: int = 16  # TCP connections at once from one client address
     strip_ech: bool = True
     strip_h3: bool = False
 
@@ -352,9 +353,13 @@ def load_config(path: str | None = None) -> Config:
         rate_limit=d.get("rate_limit", dd.rate_limit, types=(int,)),
         tcp_idle_timeout=float(d.get("tcp_idle_timeout", dd.tcp_idle_timeout, types=(int, float))),
         tcp_max_connections=d.get("tcp_max_connections", dd.tcp_max_connections, types=(int,)),
+        tcp_max_per_client=d.get("tcp_max_per_client", dd.tcp_max_per_client, types=(int,)),
         strip_ech=d.get("strip_ech", True, types=(bool,)),
         strip_h3=d.get("strip_h3", False, types=(bool,)),
     )
+    if dns.tcp_max_per_client < 1:
+        raise ConfigError(f"{d.where('tcp_max_per_client')}: 'dns.tcp_max_per_client' must be at least 1 "
+                          f"(connections), got {dns.tcp_max_per_client}")
     for net in dns.allowed_networks:
         try:
             ipaddress.ip_network(net, strict=False)

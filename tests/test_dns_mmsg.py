@@ -155,13 +155,13 @@ def test_an_unexpected_batch_layout_falls_back_to_the_plain_loop(monkeypatch):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     monkeypatch.setattr(mmsg, "available", lambda: True)
-    target, args, batched = srv._pick_udp_loop(s)
-    assert batched and target == srv._udp_loop_batched and isinstance(args[0], mmsg.BatchSocket)
+    target, args, batched = srv.udp._pick_udp_loop(s)
+    assert batched and target == srv.udp._udp_loop_batched and isinstance(args[0], mmsg.BatchSocket)
 
     def refuse(sock):
         raise OSError("unexpected mmsghdr/iovec layout")
 
     monkeypatch.setattr(mmsg, "BatchSocket", refuse)
-    target, args, batched = srv._pick_udp_loop(s)
-    assert not batched and target == srv._udp_loop and args == ()
+    target, args, batched = srv.udp._pick_udp_loop(s)
+    assert not batched and target == srv.udp._udp_loop and args == ()
     s.close()

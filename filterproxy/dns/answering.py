@@ -1,0 +1,115 @@
+"""What both listeners do with an admitted query: the chain call, the reply packing, the metric tally.
+
+Fail closed: an exception in the chain answers SERVFAIL and is counted; it never forwards an
+unchecked answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from filterproxy import metrics
+from filterproxy.dns import responses, wire
+from filterproxy.dns.chain import Request
+from filterproxy.dns.responses import Reply
+
+if TYPE_CHECKING:
+    from filterproxy.dns.chain import Chain, Result
+    from filterproxy.dns.clients import ClientState
+
+log = logging.getLogger("filterproxy.dns")
+
+_QTYPE = wire.QTYPE_NAMES
+
+
+class Tally:
+    """Per-query metric counting on plain ints, one slot per label combination.
+
+    ``hits[i]`` counts answers from the packed cache (the UDP hot path: ``hits[e.slot] += 1``), ``other[i]``
+    every other answer. Slots only ever grow; :meth:`flush` publishes the growth since the last flush
+    into the metrics counters, so there is no read-and-reset race between the UDP thread and the loop.
+    Cache entries hold the slot number (an int), which keeps them invisible to the garbage collector.
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple, int] = {}
+        self.keys: list[tuple] = []
+        self.hits: list[int] = []
+        self.other: list[int] = []
+        self._seen: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def slot(self, group: str, qtype: int, r: Reply, protocol: str) -> int:
+        v = r.verdict
+        blocked = (group, v.category or "none", v.reason.value) if r.action == "block" and v is not None else None
+        key = (group, _QTYPE.get(qtype, "other"), r.action, protocol, blocked)
+        i = self.slots.get(key)
+        if i is None:
+            with self._lock:
+                i = self.slots.get(key)
+                if i is None:
+                    self.keys.append(key)
+                    self.hits.append(0)
+                    self.other.append(0)
+                    self._seen.append((0, 0))
+                    i = self.slots[key] = len(self.keys) - 1
+        return i
+
+    def count(self, group: str, qtype: int, r: Reply, protocol: str) -> int:
+        i = self.slot(group, qtype, r, protocol)
+        self.other[i] += 1
+        return i
+
+    def flush(self) -> None:
+        hits = 0
+        for i in range(len(self.keys)):
+            a, b = self.hits[i], self.other[i]
+            sa, sb = self._seen[i]
+            da, db = a - sa, b - sb
+            if not (da or db):
+                continue
+            self._seen[i] = (a, b)
+            group, qtype, action, protocol, blocked = self.keys[i]
+            metrics.DNS_QUERIES.inc(group, qtype, action, protocol, amount=da + db)
+            if blocked is not None:
+                metrics.DNS_BLOCKED.inc(*blocked, amount=da + db)
+            hits += da
+        if hits:
+            metrics.DNS_CACHE_HITS.inc(amount=hits)
+
+
+def pack(q: wire.Query, r: Reply, now: float, max_size: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """Reply → wire bytes for this query; TTLs aged to ``now`` unless the reply is fixed."""
+    ad = r.ad and (q.do or bool(q.flags & 0x0020))
+    raw = r.raw
+    if raw is not None and not r.answer and not r.authority and raw.qend == q.qend:
+        return wire.pack_raw(q, r.rcode, raw, int(now - r.stored), ad=ad, max_size=max_size)
+    r.materialize()
+    ttls = None
+    if not r.fixed:
+        el = int(now - r.stored)
+        if el > 0:
+            ttls = ([rr.ttl - el for rr in r.answer], [rr.ttl - el for rr in r.authority],
+                    [rr.ttl - el for rr in r.additional])
+    return wire.pack_reply(q, r.rcode, r.answer, r.authority, r.additional, ttls=ttls, ede=r.ede, ad=ad,
+                           max_size=max_size)
+
+
+def handle(chain: Chain, q: wire.Query, st: ClientState, protocol: str, reactor: object, now: float) -> Result:
+    """An admitted query through the chain: a Reply, or a Deferred of one; SERVFAIL if the chain fails."""
+    try:
+        return chain.handle(Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd,
+                                    st.group, protocol, now, reactor))
+    except Exception:
+        metrics.DNS_ERRORS.inc("exception")
+        log.exception("dns: chain failed for %s/%s; answered SERVFAIL", q.name, q.qtype_name)
+        return responses.servfail(now, (wire.EDE_OTHER, "error"))
+
+
+def failed_reply(q: wire.Query, error: BaseException | None, now: float) -> Reply:
+    """SERVFAIL for a Deferred that failed (counted and logged)."""
+    metrics.DNS_ERRORS.inc("exception")
+    log.error("dns: chain failed for %s/%s: %r; answered SERVFAIL", q.name, q.qtype_name, error)
+    return responses.servfail(now, (wire.EDE_OTHER, "error"))
