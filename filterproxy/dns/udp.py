@@ -7,7 +7,7 @@ slow path on the same thread: admission, then the chain. Cache misses are resolv
 (:class:`~filterproxy.dns.upstream.ThreadReactor`, polled every few packets while queries are out);
 only stream upstreams run on the asyncio loop, whose results come back through a wake-up datagram.
 Where recvmmsg/sendmmsg work (:mod:`filterproxy.dns.mmsg`) the batched loop does the same per datagram.
-Why a thread and bursts: docs/decisions/dns-udp-thread.md, dns-held-sends.md.
+Why a thread and bursts: docs/decisions/dns-udp-thread.md, docs/decisions/dns-held-sends.md.
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ class UdpListener:
         """Housekeeping on the UDP thread, every TICK seconds while packets come; returns the next time.
 
         A paced slice of the expired cache entries (cache.Sweep), and a young-generation collection
-        (pacing and frequency measured: docs/decisions/dns-sweep-pacing.md, dns-gc-young-every-tick.md).
+        (pacing and frequency measured: docs/decisions/dns-sweep-pacing.md, docs/decisions/dns-gc-young-every-tick.md).
         """
         self.chain.sweep(now)
         gcpolicy.collect_young()
