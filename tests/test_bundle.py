@@ -535,3 +535,22 @@ def test_the_package_keeps_its_import_paths():
     assert all(hasattr(B, name) for name in B.__all__)
     assert callable(bundle_cli.cli) and callable(bundle_cli.install_bundle) and callable(bundle_cli.bundle_sources)
     assert B.FOLDER_FORMATS <= B.LIST_FORMATS
+
+
+@pytest.mark.parametrize("error,label", [(B.BadSignature, "signature"), (B.UnknownKey, "signature"),
+                                         (B.Malformed, "other")])
+def test_refused_bundle_is_counted_by_reason(monkeypatch, tmp_path, capsys, error, label):
+    """A signature failure is counted as such (its reason used to fall into "other")."""
+    from types import SimpleNamespace
+
+    from filterproxy import metrics
+    from filterproxy.lists import bundle_cli
+
+    def refuse(*_a, **_k):
+        raise error("refused for the test")
+
+    monkeypatch.setattr(bundle_cli.bundle, "install", refuse)
+    cfg = SimpleNamespace(bundle=SimpleNamespace(keys=["k"]), server=SimpleNamespace(state_dir=str(tmp_path)))
+    before = metrics.LISTS_UPDATE_FAILURES.value("bundle", label) or 0
+    assert bundle_cli.install_bundle(cfg, str(tmp_path / "b.tar"), []) == 1
+    assert metrics.LISTS_UPDATE_FAILURES.value("bundle", label) == before + 1

@@ -109,7 +109,7 @@ def install_bundle(cfg: Config, path: str, keys: list[str]) -> int:
         vb = bundle.install(path, keys, cfg.server.state_dir)
     except bundle.BundleError as exc:
         reason = getattr(exc, "reason", "signature")
-        label = "signature" if reason in ("bad-signature", "unknown-key") else "other"
+        label = "signature" if reason in ("bad_signature", "unknown_key") else "other"
         metrics.LISTS_UPDATE_FAILURES.inc("bundle", label)
         print(f"filterproxy lists update: bundle refused ({reason}): {exc}; keeping the last good bundle",
               file=sys.stderr)

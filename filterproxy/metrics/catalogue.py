@@ -35,7 +35,8 @@ QTYPE = LabelSet("qtype", QTYPES, aliases={**QTYPE_NAMES, **{q.lower(): q for q 
 ACTION = LabelSet("action", ACTIONS, extra=4)
 PROTOCOL = LabelSet("protocol", ("udp", "tcp", "dot", "doh", "doq"))
 REASON = LabelSet("reason", REASONS, extra=4)
-REFUSED_REASON = LabelSet("reason", ("acl", "unknown-client", "ratelimit", "qtype", "opcode", "any"), extra=4)
+REFUSED_REASON = LabelSet("reason", ("acl", "unknown-client", "ratelimit", "qtype", "opcode", "any", "name",
+                           "tcp-limit", "tcp-client-limit"), extra=4)
 LIST_FAILURE_REASON = LabelSet("reason", ("download", "http", "timeout", "parse", "empty", "signature",
                                           "expired", "too-large", "io", "config"), extra=4)
 RELOAD_RESULT = LabelSet("result", ("success", "failure", "unchanged"))
