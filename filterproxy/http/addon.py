@@ -158,7 +158,7 @@ def _suffix_in(host: str, names: frozenset[str]) -> bool:
 class _Conn:
     """What one client connection established: who (proxy user), and a host verdict for TLS tunnels."""
 
-    __slots__ = ("user", "group", "block", "block_host", "kill", "error")
+    __slots__ = ("user", "group", "block", "block_host", "kill", "error", "connect_host")
 
     def __init__(self) -> None:
         self.user: str | None = None
@@ -167,6 +167,7 @@ class _Conn:
         self.block_host: str | None = None
         self.kill = False  # blocked pass-through connection: refuse the upstream connection (closes it)
         self.error = False  # a TLS/CONNECT hook failed: block everything on this connection
+        self.connect_host: str | None = None  # the CONNECT target name: every request in the tunnel must name it
 
 
 class ResponseCheck(Protocol):
@@ -244,6 +245,57 @@ def _target(req: http.Request) -> tuple[str, str, bool]:
     return host, f"{scheme}://{shown}{d.path.decode('utf-8', 'surrogateescape')}", auth
 
 
+def _host_name(value: bytes) -> str:
+    """The name in a ``Host`` / ``:authority`` value: lower case, no port, no trailing dot."""
+    if b":" not in value and value.isascii():
+        return value.decode("ascii").lower().rstrip(".")
+    host, _port = murl.parse_authority(value.decode("utf-8", "surrogateescape"), check=False)
+    return host.lower().rstrip(".")
+
+
+# modes whose request target is what the client named (absolute form, CONNECT); in the others (transparent,
+# WireGuard, local) it is the connection's destination address, which a Host name does not contradict
+_NAMED_TARGET = (mode_specs.RegularMode, mode_specs.UpstreamMode)
+
+
+def _is_address(host: str) -> bool:
+    """An IP literal: IPv6, or a last label of digits (no top-level domain is numeric)."""
+    return ":" in host or host.rpartition(".")[2].isdigit()
+
+
+def host_problem(req: http.Request, client: connection.Client, tunnel_host: str | None = None) -> str | None:
+    """Why the request names its host ambiguously (→ 400), or None.
+
+    The filter decides on one name; an origin may use another (the last of two ``Host`` lines, the URL).
+    Refused: more than one ``Host``; HTTP/2-3 ``Host`` ≠ ``:authority``; HTTP/1 ``Host`` ≠ the absolute-form
+    or CONNECT target (``tunnel_host``: the request's own target may have been re-routed since), or ≠ the SNI
+    of an intercepted TLS connection. (Reverse mode rewrites ``Host`` itself.) HTTP/2-3 may reuse a connection
+    for another name (connection coalescing, RFC 9113 9.1.1), so the SNI is not compared there; every
+    request is decided on its own ``:authority`` anyway.
+    """
+    d = req.data
+    hosts = [v for k, v in d.headers.fields if len(k) == 4 and k.lower() == b"host"]
+    if len(hosts) > 1:
+        return "more than one Host header"
+    if not hosts:
+        return None  # HTTP/1.0 or HTTP/2 without Host: decided on the target / :authority
+    name = _host_name(hosts[0])
+    if d.http_version in _H2:
+        if d.authority and _host_name(d.authority) != name:
+            return "the Host header disagrees with :authority"
+        return None
+    mode = client.proxy_mode
+    if tunnel_host is not None:
+        if name != tunnel_host:
+            return "the Host header disagrees with the CONNECT target"
+    elif (target := d.host.lower().rstrip(".")) != name and not isinstance(mode, mode_specs.ReverseMode) and (
+            isinstance(mode, _NAMED_TARGET) or not _is_address(target)):
+        return "the Host header disagrees with the request target"
+    if client.tls and client.sni and client.sni.lower().rstrip(".") != name:
+        return "the Host header disagrees with the TLS server name (SNI)"
+    return None
+
+
 # ---------------------------------------------------------------- the addon
 
 class FilterAddon:
@@ -272,6 +324,9 @@ class FilterAddon:
 
     # ------------------------------------------------------------ options
     def load(self, loader) -> None:
+        from filterproxy.http.protocol import refuse_trailers
+
+        refuse_trailers()  # a request with HTTP trailers gets 400, not a mitmproxy crash
         loader.add_option("filterproxy_config", Optional[str], None,
                           "filterproxy configuration file (default: the embedded one).")
         loader.add_option("filterproxy_extra_list", Sequence[str], [],
@@ -522,6 +577,15 @@ class FilterAddon:
                               "short_id": "internal", "url": None}
 
     @staticmethod
+    def _bad_request(flow: http.HTTPFlow, problem: str) -> None:
+        """400 with a short plain reason; nothing is forwarded."""
+        flow.response = http.Response.make(400, f"filterproxy: bad request: {problem}\n".encode(),
+                                           {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store",
+                                            "Connection": "close"})
+        flow.metadata[KEY] = {"group": None, "action": "invalid", "reason": "invalid", "category": None,
+                              "short_id": "invalid", "url": None}
+
+    @staticmethod
     def _challenge(flow: http.HTTPFlow) -> None:
         flow.response = http.Response.make(
             407, "Cần đăng nhập vào bộ lọc / Proxy login required\n".encode(),
@@ -642,6 +706,9 @@ class FilterAddon:
         if conn is not None and (conn.block is not None or conn.error):
             v = conn.block if conn.block is not None else Verdict(Action.BLOCK, Reason.ERROR, group or "")
             host = conn.block_host or host
+        elif (problem := host_problem(req, flow.client_conn, conn and conn.connect_host)) is not None:
+            self._bad_request(flow, problem)
+            return None
         elif group is None:
             v = Verdict(Action.BLOCK, Reason.UNKNOWN_CLIENT, "")
         else:
@@ -710,6 +777,7 @@ class FilterAddon:
             del flow.request.headers["proxy-authorization"]
         conn.group = group
         host = flow.request.host.lower()
+        conn.connect_host = host.rstrip(".")
         if group is None:
             v = Verdict(Action.BLOCK, Reason.UNKNOWN_CLIENT, "")
         else:
@@ -818,7 +886,7 @@ class FilterAddon:
             return None
         try:
             info = flow.metadata.get(KEY) or {}
-            if info.get("action") in ("block", "internal", "auth"):
+            if info.get("action") in ("block", "internal", "auth", "invalid"):
                 return None
             pending = []
             for check in self.response_checks:
