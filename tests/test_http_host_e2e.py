@@ -13,7 +13,6 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import REPO, write_config
 from test_http_e2e import MITMDUMP, free_port, stop, wait_port
 
@@ -101,7 +100,7 @@ def send(port: int, raw: bytes, timeout: float = 10) -> bytes:
                 out += chunk
                 if b"\r\n\r\n" in out and b"Connection: close" not in out and b"content-length: 0" in out.lower():
                     break
-        except socket.timeout:
+        except TimeoutError:
             pass
     return out
 

@@ -21,8 +21,8 @@ TRAILERS_MESSAGE = "filterproxy: HTTP trailers are not supported"
 def refuse_trailers() -> bool:
     """Install the trailer guard on mitmproxy's HTTP/1 reader (idempotent); False if this mitmproxy differs."""
     from mitmproxy.proxy.layers.http import _http1
-    from mitmproxy.proxy.layers.http._events import ResponseProtocolError
     from mitmproxy.proxy.layers.http._base import ReceiveHttp
+    from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
     cls = _http1.Http1Connection
     original: Callable[..., Generator[Any, Any, None]] = cls.read_body
