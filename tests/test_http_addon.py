@@ -163,19 +163,20 @@ def test_hashed_rule_never_shown(addon):
 
 
 def test_host_header_and_target_both_decided(addon):
-    # absolute-form to an allowed host but a Host header naming a blocked one (and the reverse)
+    # absolute-form to an allowed host but a Host header naming a blocked one (and the reverse): a Host that
+    # disagrees with the target is refused (400) before any decision, so neither name is forwarded
     f = run_request(addon, get("http://allowed.example/", TEEN, {"Host": "blocked.example"}))
-    assert f.response is not None and f.response.status_code == 403
+    assert f.response is not None and f.response.status_code == 400
     f = run_request(addon, get("http://blocked.example/", TEEN, {"Host": "allowed.example"}))
-    assert f.response is not None and f.response.status_code == 403
+    assert f.response is not None and f.response.status_code == 400
 
 
-@pytest.mark.parametrize("change", [
-    lambda r: setattr(r, "url", "http://blocked.example/"),          # e.g. map_remote before this addon
-    lambda r: r.headers.__setitem__("Host", "blocked.example"),
-    lambda r: setattr(r, "path", "/casino/x") or r.headers.__setitem__("Host", "badsite.example"),
+@pytest.mark.parametrize("change,status", [
+    (lambda r: setattr(r, "url", "http://blocked.example/"), 403),          # e.g. map_remote before this addon
+    (lambda r: r.headers.__setitem__("Host", "blocked.example"), 400),      # Host ≠ target: refused
+    (lambda r: setattr(r, "path", "/casino/x") or r.headers.__setitem__("Host", "badsite.example"), 400),
 ])
-def test_request_guard_redecides_changed_requests(addon, change):
+def test_request_guard_redecides_changed_requests(addon, change, status):
     f = get("http://allowed.example/ok", TEEN)
     addon.requestheaders(f)
     assert f.response is None
@@ -183,7 +184,7 @@ def test_request_guard_redecides_changed_requests(addon, change):
     assert f.response is None  # unchanged: no second decision
     change(f.request)
     addon.request(f)
-    assert f.response is not None and f.response.status_code == 403
+    assert f.response is not None and f.response.status_code == status
 
 
 @pytest.mark.parametrize("url,host_header,want_host,want_url", [
@@ -610,3 +611,63 @@ def test_decision_is_cheap(addon):
         addon.request(f)
     per = (time.perf_counter() - t) / len(flows)
     assert per < 0.002, f"{per * 1e6:.0f} µs per request"  # mitmproxy itself spends ~3 ms per request
+
+
+# ---------------------------------------------------------------- ambiguous Host: refused before any decision
+
+def with_hosts(url: str, *hosts: bytes, conn=None, version: str = "HTTP/1.1") -> http.HTTPFlow:
+    f = get(url, conn=conn)
+    f.request.http_version = version
+    f.request.headers.fields = tuple(kv for kv in f.request.headers.fields if kv[0].lower() != b"host") + tuple(
+        (name, value) for name, value in (h.split(b": ", 1) for h in hosts))
+    return f
+
+
+@pytest.mark.parametrize("url,hosts", [
+    ("http://allowed.example/", [b"Host: allowed.example", b"Host: blocked.example"]),
+    ("http://allowed.example/", [b"Host: blocked.example", b"Host: allowed.example"]),
+    ("http://allowed.example/", [b"Host: allowed.example", b"host: blocked.example"]),
+    ("http://allowed.example/", [b"HOST: allowed.example", b"Host: allowed.example"]),  # even the same name twice
+    ("http://10.9.9.9:8000/", [b"Host: allowed.example"]),  # absolute-form target ≠ Host
+    ("http://allowed.example/", [b"Host: blocked.example"]),
+])
+def test_ambiguous_host_is_refused(addon, url, hosts):
+    f = run_request(addon, with_hosts(url, *hosts))
+    assert f.response is not None and f.response.status_code == 400
+    assert f.response.headers["Content-Type"].startswith("text/plain") and b"Host" in f.response.content
+    assert f.metadata[KEY]["action"] == "invalid"
+
+
+def test_consistent_host_is_allowed(addon):
+    for hosts in ([b"Host: allowed.example"], [b"host: ALLOWED.example:80"], [b"Host: allowed.example."], []):
+        f = run_request(addon, with_hosts("http://allowed.example/", *hosts))
+        assert f.response is None, hosts
+
+
+def test_http2_host_must_match_authority(addon):
+    f = with_hosts("https://allowed.example/", b"host: blocked.example", version="HTTP/2.0")
+    f.request.authority = "allowed.example"
+    assert run_request(addon, f).response.status_code == 400
+    f = with_hosts("https://allowed.example/", b"host: allowed.example", version="HTTP/2.0")
+    f.request.authority = "allowed.example"
+    assert run_request(addon, f).response is None
+
+
+def test_host_must_match_connect_target_and_sni(addon):
+    conn = client(TEEN)
+    addon.http_connect(connect("allowed.example", conn=conn))
+    inner = run_request(addon, with_hosts("https://allowed.example/", b"Host: blocked.example", conn=conn))
+    assert inner.response.status_code == 400  # Host ≠ CONNECT target
+    conn.tls, conn.sni = True, "allowed.example"
+    assert run_request(addon, with_hosts("https://allowed.example/", b"Host: allowed.example", conn=conn)).response is None
+    conn.sni = "other.example"
+    inner = run_request(addon, with_hosts("https://allowed.example/", b"Host: allowed.example", conn=conn))
+    assert inner.response.status_code == 400 and b"SNI" in inner.response.content
+
+
+def test_transparent_destination_address_is_not_a_conflict(addon):
+    conn = client(TEEN, mode="transparent")
+    f = run_request(addon, with_hosts("http://10.9.9.9/", b"Host: allowed.example", conn=conn))
+    assert f.response is None
+    f = run_request(addon, with_hosts("http://10.9.9.9/", b"Host: blocked.example", conn=conn))
+    assert f.response.status_code == 403  # decided on the Host name

@@ -1,4 +1,4 @@
-"""Image-hash matching on the HTTP path: the first :class:`~filterproxy.http.addon.ResponseCheck`.
+"""Image-hash matching on the HTTP path: the first :class:`~filterproxy.http.responses.ResponseCheck`.
 
 For responses whose ``Content-Type`` is an image and whose size is within ``http.max_image_bytes``
 (checked at ``responseheaders``, so large bodies are streamed, never buffered), the body's exact

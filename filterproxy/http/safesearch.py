@@ -69,3 +69,11 @@ def apply(request: http.Request, engine: str, safesearch: str, youtube: str) -> 
     if query.get_all(name) != [want]:
         query[name] = want  # replaces every earlier value (safe=off&safe=off → safe=active)
     return True
+
+
+def rewrite(request: http.Request, host: str, levels: tuple[str, str]) -> str | None:
+    """Apply (safesearch, youtube) ``levels`` if ``host`` is a search engine; the engine's name when set."""
+    engine = engine_of(host.lower())
+    if engine is not None and apply(request, engine, levels[0], levels[1]):
+        return engine
+    return None

@@ -1,14 +1,8 @@
 """Proxy worker processes: N mitmproxy instances (in-process ``DumpMaster`` + :class:`FilterAddon`)
-sharing one listening address.
+sharing one listening address with ``SO_REUSEPORT`` (mitmproxy is one event loop, so it scales by processes).
 
-mitmproxy is one Python event loop (~3 ms of CPU per request), so it scales by processes. Each worker
-binds its own socket to the same address with ``SO_REUSEPORT`` and the kernel spreads new connections
-over them (no accept thundering herd, no hand-off process). mitmproxy 11 does not offer that option:
-its ``AsyncioServerInstance.listen`` calls ``asyncio.start_server(handler, host, port)``. Inside the
-worker process only, :func:`_enable_reuse_port` wraps that call to add ``reuse_port=True`` (checked by
-``tests/test_http_server.py``; if a mitmproxy upgrade changes the method, the worker refuses to start
-rather than silently running one process). Linux only lets sockets of the same user join the group.
-
+mitmproxy 11 has no reuse-port option; :func:`_enable_reuse_port` adds it inside the worker process only
+and refuses to start on a mitmproxy that listens differently (docs/decisions/http-reuseport-workers.md).
 Used by ``filterproxy run`` (:mod:`filterproxy.runner`)::
 
     workers = ProxyWorkers(args, cfg, ("0.0.0.0", 8080), 2)
@@ -16,13 +10,10 @@ Used by ``filterproxy run`` (:mod:`filterproxy.runner`)::
     workers.reload()    # SIGHUP → each worker rebuilds its engine in a thread and swaps it in
     workers.stop()
 
-Each worker loads the same configuration as the runner from ``args.config``, ``args.extra_list``,
-``args.client_group`` and ``args.state_dir``. The mitmproxy CA lives in ``<state_dir>/mitmproxy``
-(``confdir``) unless ``options={"confdir": ...}`` says otherwise; it is created once by the parent
-before the workers start, so they never race to write it. Worker processes die with the parent
-(they watch their parent process), and one that exits unexpectedly is restarted (with back-off).
-
-A worker is also a command: ``python -m filterproxy.http.server --listen 127.0.0.1:8080 --config FILE``.
+Workers load the runner's configuration (``args.config``, ``extra_list``, ``client_group``, ``state_dir``);
+the mitmproxy CA (``<state_dir>/mitmproxy``) is created once by the parent first. Workers stop with the
+parent, and one that exits unexpectedly is restarted with back-off. A worker is also a command:
+``python -m filterproxy.http.server --listen 127.0.0.1:8080 --config FILE``.
 """
 
 from __future__ import annotations
@@ -307,19 +298,6 @@ def _enable_reuse_port() -> None:
     cls.listen = listen  # type: ignore[method-assign]
 
 
-async def _exit_with_parent(parent: int, master) -> None:
-    """Shut down when the parent (``filterproxy run``) is gone, even after a SIGKILL: we get re-parented.
-
-    (Polled rather than PR_SET_PDEATHSIG, which fires when the *thread* that spawned us ends - the runner
-    starts workers from an executor thread.)"""
-    while True:
-        await asyncio.sleep(1.0)
-        if os.getppid() != parent:
-            logging.getLogger("filterproxy.http.server").warning("parent %d is gone; stopping", parent)
-            master.shutdown()
-            return
-
-
 class _ReadySignal:
     """Writes ``ready PID HOST:PORT`` to the parent's pipe once mitmproxy listens."""
 
@@ -368,6 +346,7 @@ async def _serve(a: argparse.Namespace) -> int:
 
     from filterproxy.config import parse_hostport
     from filterproxy.http.addon import FilterAddon
+    from filterproxy.procs import exit_with_parent
 
     host, port = parse_hostport(a.listen, "--listen", 8080)
     opts = options.Options(listen_host=host, listen_port=port, mode=a.mode or ["regular"])
@@ -399,7 +378,8 @@ async def _serve(a: argparse.Namespace) -> int:
     if a.parent:
         if os.getppid() != a.parent:
             return 1
-        watcher = loop.create_task(_exit_with_parent(a.parent, master))  # a strong reference while we run
+        watcher = loop.create_task(exit_with_parent(a.parent, master.shutdown, f"proxy worker {a.index}"))
+        # (the variable keeps a strong reference to the task while we run)
     try:
         await master.run()
         if a.parent:
@@ -422,8 +402,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     fp_log.propagate = False
     if a.reuse_port:
         _enable_reuse_port()
-    # The standard asyncio loop, not uvloop: mitmproxy is built and tested on it, and uvloop measured no
-    # faster here (bench/bench_http.py) while being more erratic.
+    # the standard asyncio loop, not uvloop (docs/decisions/http-reuseport-workers.md)
     try:
         return asyncio.run(_serve(a))
     except KeyboardInterrupt:
