@@ -15,41 +15,17 @@ import sys
 from urllib.parse import urlsplit
 
 from filterproxy import __version__
+from filterproxy.app import SetupError
+from filterproxy.app import load_engine as app_load_engine
 
 log = logging.getLogger("filterproxy")
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+# A user error: printed as one line, exit status 2 (the composition root raises it for bad overrides).
+CliError = SetupError
 
-
-# ---------------------------------------------------------------- shared loading
-
-def load_engine(config_path: str | None, extra_lists: list[str] | None = None,
-                client_groups: list[str] | None = None, *, strict_lists: bool = False):
-    """Config + list snapshot + engine, as ``run``, ``explain`` and ``export`` all need them."""
-    from filterproxy.config import load_config
-    from filterproxy.lists.store import parse_extra_list
-    from filterproxy.lists.snapshot import load_or_build
-    from filterproxy.policy.engine import Engine
-
-    cfg = load_config(config_path)
-    for spec in extra_lists or []:
-        src = parse_extra_list(spec)
-        if not os.path.exists(src.path):
-            raise CliError(f"--extra-list {spec}: file not found: {src.path}")
-        cfg.lists.append(src)
-    snap = load_or_build(cfg, extra=bool(extra_lists), strict=strict_lists)
-    engine = Engine(cfg, snap)
-    for spec in client_groups or []:
-        cidr, sep, group = spec.partition("=")
-        if not sep or group not in cfg.groups:
-            raise CliError(f"--client-group {spec!r}: expected CIDR=GROUP with GROUP one of {', '.join(cfg.groups)}")
-        try:
-            engine.clients.add_cidr(cidr, group)
-        except ValueError:
-            raise CliError(f"--client-group {spec!r}: invalid CIDR {cidr!r}") from None
-    return cfg, engine
+# ``run``, ``explain``, ``export`` and the mitmproxy addon all build (Config, Engine) in the composition root.
+load_engine = app_load_engine
 
 
 def _parse_at(text: str | None) -> dt.datetime | None:
@@ -76,12 +52,12 @@ def split_input(item: str) -> tuple[str, str | None]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from filterproxy.config import load_config
-    from filterproxy.lists.store import build_snapshot
+    from filterproxy.lists.snapshot import build_snapshot
 
     cfg = load_config(args.config)
-    local = [s for s in cfg.lists if os.path.exists(s.path or "")]
+    local = [s for s in (src.resolved(cfg.server.state_dir) for src in cfg.lists) if os.path.exists(s.path or "")]
     snap = build_snapshot(local, strict=True)
-    missing = [s.id for s in cfg.lists if s not in local]
+    missing = [s.id for s in cfg.lists if s.id not in {li.id for li in local}]
     print(f"{cfg.path}: OK — {len(cfg.groups)} groups ({', '.join(cfg.groups)}), {len(cfg.clients)} client rules, "
           f"{len(snap.lists)} lists, {snap.total_entries} entries")
     for li in snap.lists:
@@ -167,9 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_lists(args: argparse.Namespace) -> int:
-    from filterproxy.lists import snapshot
+    from filterproxy.lists import commands
 
-    return snapshot.cli(args)
+    return commands.cli(args)
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:

@@ -46,6 +46,8 @@ DOMAIN_FORMATS = ("hosts", "domains", "adblock", "wildcard", "rpz", "ut1", "rege
 URL_FORMATS = ("urls", "urlhash")
 IMAGE_FORMATS = ("imagehash",)
 FORMATS = DOMAIN_FORMATS + URL_FORMATS + IMAGE_FORMATS
+# Formats read in place from a local category folder (never downloaded as one file).
+FOLDER_FORMATS = frozenset({"ut1"})
 
 MAX_REPORTED_ERRORS = 5
 

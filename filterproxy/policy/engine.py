@@ -22,15 +22,19 @@ import os
 import threading
 import zoneinfo
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from filterproxy.clients import Client, ClientMap
-from filterproxy.config import Config
 from filterproxy.lists.parsers import ALLOW
-from filterproxy.lists.store import Snapshot, unpack
+from filterproxy.lists.snapshot import unpack
 from filterproxy.names import NameError_, is_ip, normalize_host, self_and_parents
 from filterproxy.policy import safesearch
 from filterproxy.policy.model import Policy
 from filterproxy.verdict import Action, Reason, Verdict
+
+if TYPE_CHECKING:
+    from filterproxy.config import Config
+    from filterproxy.lists.snapshot import Snapshot
 
 log = logging.getLogger("filterproxy.policy")
 
