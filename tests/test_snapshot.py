@@ -193,3 +193,27 @@ def test_serving_domain_lists_imports_neither_numpy_nor_cryptography(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "[] True", r.stdout + r.stderr
+
+
+def test_lists_update_with_state_dir_writes_under_that_folder(tmp_path, served):
+    """``filterproxy lists update --state-dir X`` downloads into X and compiles there, not into the
+    configured state folder (downloaded lists' paths follow the state folder in use)."""
+    files, base = served
+    files["list.txt"] = "".join(f"n{i}.example\n" for i in range(10)).encode()
+    cfg_path = write_config(tmp_path, f"""
+        server: {{state_dir: {tmp_path / 'configured'}}}
+        lists:
+          - {{id: remote, category: adult, format: domains, url: {base}/list.txt}}
+    """, {"g": "name: G\nblock_categories: [adult]\n"})
+    other = tmp_path / "other"
+    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "update", "--config", str(cfg_path),
+                        "--state-dir", str(other)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (other / "lists" / "remote.txt").read_bytes() == files["list.txt"]
+    assert not (tmp_path / "configured" / "lists").exists()
+    current = other / "snapshots" / "current"
+    assert load_snapshot(str(current)).total_entries == 10
+    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "show", "--config", str(cfg_path),
+                        "--state-dir", str(other)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and "remote" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "configured").exists()

@@ -102,7 +102,7 @@ def load_state(config_path: str | None, extra_lists: Sequence[str] = (), client_
     from filterproxy.config import ConfigError
     from filterproxy.names import NameError_, normalize_host
 
-    cfg, engine = load_engine(config_path, list(extra_lists), list(client_groups))
+    cfg, engine = load_engine(config_path, list(extra_lists), list(client_groups), state_dir=state_dir)
     if state_dir and os.path.abspath(state_dir) != cfg.server.state_dir:
         # the same --state-dir handling as 'filterproxy run': downloaded lists follow the state folder
         old = cfg.server.state_dir
