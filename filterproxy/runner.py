@@ -358,8 +358,7 @@ def run(args: argparse.Namespace) -> int:
              len(snap.lists), snap.total_entries, time.monotonic() - t0, _rss_mb())
     runner = Runner(args, cfg, engine)
     try:
-        # The standard asyncio loop: UDP queries never reach it (their own thread, see dns.server), and
-        # uvloop measured no gain for DNS over TCP (~11k QPS either way) while it cost 2.3 MB and 4 threads.
+        # The standard asyncio loop (see docs/decisions/core-event-loop.md).
         return asyncio.run(_serve(runner))
     except (OSError, RuntimeError) as exc:  # an address in use, a worker that could not start
         log.error("cannot start: %s", exc)
