@@ -350,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
     from filterproxy.app import load_engine
 
     t0 = time.monotonic()
-    cfg, engine = load_engine(args.config, args.extra_list, args.client_group, state_dir=getattr(args, "state_dir", None))
+    cfg, engine = load_engine(args.config, args.extra_list, args.client_group,
+                              state_dir=getattr(args, "state_dir", None))
     apply_overrides(args, cfg)
     trim_memory()
     snap = engine.snapshot

@@ -220,7 +220,7 @@ def describe(lists: Iterable[ListInfo]) -> str:
 SNAPSHOT_FORMAT = 3
 
 
-def save_snapshot(snap: Snapshot, directory: str, url_entries=None) -> None:
+def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) -> None:
     """Write a snapshot into ``directory``: the domain index (memory-mappable) + meta.json + extra.pickle.
 
     ``meta.json`` is written last: a folder without it is incomplete and never loaded.

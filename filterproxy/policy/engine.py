@@ -22,7 +22,8 @@ import os
 import threading
 import zoneinfo
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from filterproxy.clients import Client, ClientMap
 from filterproxy.lists.parsers import ALLOW
@@ -34,12 +35,12 @@ from filterproxy.verdict import Action, Reason, Verdict
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
-    from filterproxy.lists.snapshot import Snapshot
+    from filterproxy.lists.snapshot import ListInfo, Snapshot
 
 log = logging.getLogger("filterproxy.policy")
 
 
-def _covering(names: dict, host: str, with_subdomains) -> str | None:
+def _covering(names: dict, host: str, with_subdomains: Callable[[Any], bool]) -> str | None:
     """The entry of ``names`` that covers ``host``: the host itself, or a parent whose value says
     (``with_subdomains(value)``) that it covers subdomains. A policy's own lists are small dicts."""
     if not names:
@@ -129,7 +130,8 @@ class Engine:
             log.exception("decision failed for %r; blocking", host)
             return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
 
-    def _decide(self, client, host, url, at, group, explain, canonical=False) -> Verdict:
+    def _decide(self, client: Client | str | None, host: str, url: str | None, at: dt.datetime | None,
+                group: str | None, explain: bool, canonical: bool = False) -> Verdict:
         snap, tables, legal, allow_src = self._state
         if group is None:
             group = self.group_for(client)
@@ -283,7 +285,7 @@ class Engine:
         return out
 
     @staticmethod
-    def _file_for(info, m: tuple) -> str | None:
+    def _file_for(info: ListInfo, m: tuple) -> str | None:
         files = info.files
         if not files:
             return None
