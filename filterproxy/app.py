@@ -22,9 +22,12 @@ class SetupError(Exception):
 
 def load_config_with(config_path: str | None, *, state_dir: str | None = None,
                      extra_lists: Sequence[str] = ()) -> Config:
-    """Load the config and apply the overrides that change what is loaded (state folder, extra lists)."""
+    """Load the config and apply the overrides that change what is loaded (state folder, extra lists).
+
+    Downloaded lists are found in the state folder when they are used, so a ``state_dir`` here is all
+    it takes for them to follow it."""
     from filterproxy.config import load_config
-    from filterproxy.lists.store import parse_extra_list
+    from filterproxy.lists.source import parse_extra_list
 
     cfg = load_config(config_path)
     if state_dir:
@@ -41,7 +44,7 @@ def load_engine(config_path: str | None, extra_lists: Sequence[str] | None = Non
                 client_groups: Sequence[str] | None = None, *, state_dir: str | None = None,
                 strict_lists: bool = False) -> tuple[Config, Engine]:
     """Config + list snapshot + engine, as ``run``, ``explain``, ``export`` and the addon all need them."""
-    from filterproxy.lists.snapshot import load_or_build
+    from filterproxy.lists.snapshot_cache import load_or_build
     from filterproxy.policy.engine import Engine
 
     cfg = load_config_with(config_path, state_dir=state_dir, extra_lists=extra_lists or ())

@@ -15,41 +15,17 @@ import sys
 from urllib.parse import urlsplit
 
 from filterproxy import __version__
+from filterproxy.app import SetupError
+from filterproxy.app import load_engine as app_load_engine
 
 log = logging.getLogger("filterproxy")
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+# A user error: printed as one line, exit status 2 (the composition root raises it for bad overrides).
+CliError = SetupError
 
-
-# ---------------------------------------------------------------- shared loading
-
-def load_engine(config_path: str | None, extra_lists: list[str] | None = None,
-                client_groups: list[str] | None = None, *, strict_lists: bool = False):
-    """Config + list snapshot + engine, as ``run``, ``explain`` and ``export`` all need them."""
-    from filterproxy.config import load_config
-    from filterproxy.lists.store import parse_extra_list
-    from filterproxy.lists.snapshot import load_or_build
-    from filterproxy.policy.engine import Engine
-
-    cfg = load_config(config_path)
-    for spec in extra_lists or []:
-        src = parse_extra_list(spec)
-        if not os.path.exists(src.path):
-            raise CliError(f"--extra-list {spec}: file not found: {src.path}")
-        cfg.lists.append(src)
-    snap = load_or_build(cfg, extra=bool(extra_lists), strict=strict_lists)
-    engine = Engine(cfg, snap)
-    for spec in client_groups or []:
-        cidr, sep, group = spec.partition("=")
-        if not sep or group not in cfg.groups:
-            raise CliError(f"--client-group {spec!r}: expected CIDR=GROUP with GROUP one of {', '.join(cfg.groups)}")
-        try:
-            engine.clients.add_cidr(cidr, group)
-        except ValueError:
-            raise CliError(f"--client-group {spec!r}: invalid CIDR {cidr!r}") from None
-    return cfg, engine
+# ``run``, ``explain``, ``export`` and the mitmproxy addon all build (Config, Engine) in the composition root.
+load_engine = app_load_engine
 
 
 def _parse_at(text: str | None) -> dt.datetime | None:
@@ -76,12 +52,12 @@ def split_input(item: str) -> tuple[str, str | None]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from filterproxy.config import load_config
-    from filterproxy.lists.store import build_snapshot
+    from filterproxy.lists.snapshot import build_snapshot
 
     cfg = load_config(args.config)
-    local = [s for s in cfg.lists if os.path.exists(s.path or "")]
+    local = [s for s in (src.resolved(cfg.server.state_dir) for src in cfg.lists) if os.path.exists(s.path or "")]
     snap = build_snapshot(local, strict=True)
-    missing = [s.id for s in cfg.lists if s not in local]
+    missing = [s.id for s in cfg.lists if s.id not in {li.id for li in local}]
     print(f"{cfg.path}: OK — {len(cfg.groups)} groups ({', '.join(cfg.groups)}), {len(cfg.clients)} client rules, "
           f"{len(snap.lists)} lists, {snap.total_entries} entries")
     for li in snap.lists:
@@ -167,9 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_lists(args: argparse.Namespace) -> int:
-    from filterproxy.lists import snapshot
+    from filterproxy.lists import commands
 
-    return snapshot.cli(args)
+    return commands.cli(args)
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -206,23 +182,20 @@ def cmd_reports(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="filterproxy", description="DNS resolver and HTTP(S) filtering proxy for child safety")
-    p.add_argument("--version", action="version", version=f"filterproxy {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+def _config_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--config", "-c", metavar="FILE", help="configuration file (default: the embedded one)")
 
-    def config_arg(sp):
-        sp.add_argument("--config", "-c", metavar="FILE", help="configuration file (default: the embedded one)")
 
-    def extra_arg(sp):
-        sp.add_argument("--extra-list", action="append", default=[], metavar="FORMAT:CATEGORY:PATH",
-                        help="add a list for this run only (formats: hosts, domains, adblock, wildcard, rpz, ut1, "
-                             "regex, urls, urlhash, imagehash)")
+def _extra_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--extra-list", action="append", default=[], metavar="FORMAT:CATEGORY:PATH",
+                    help="add a list for this run only (formats: hosts, domains, adblock, wildcard, rpz, ut1, "
+                         "regex, urls, urlhash, imagehash)")
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("run", help="run the DNS resolver, the HTTP(S) proxy and the metrics endpoint")
-    config_arg(sp)
-    extra_arg(sp)
+    _config_arg(sp)
+    _extra_arg(sp)
     sp.add_argument("--dns-listen", metavar="HOST:PORT|off")
     sp.add_argument("--proxy-listen", metavar="HOST:PORT|off")
     sp.add_argument("--proxy-workers", type=int, metavar="N")
@@ -235,20 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: write "ready" here
     sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
     sp.add_argument("--upstream", action="append", default=[], metavar="ADDR",
-                    help="upstream resolver (repeatable): 127.0.0.1:5399, tcp://IP:PORT, tls://host:853, https://host/dns-query")
+                    help="upstream resolver (repeatable): 127.0.0.1:5399, tcp://IP:PORT, tls://host:853, "
+                         "https://host/dns-query")
     sp.add_argument("--client-group", action="append", default=[], metavar="CIDR=GROUP")
     sp.add_argument("--report-endpoint", metavar="URL")
     sp.add_argument("--spool", metavar="DIR")
     sp.add_argument("--state-dir", metavar="DIR")
     sp.set_defaults(func=cmd_run)
 
+
+def _add_check_explain_hashes(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("check", help="validate a configuration and its lists without starting anything")
-    config_arg(sp)
+    _config_arg(sp)
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("explain", help="print the verdict for names or URLs, and why")
-    config_arg(sp)
-    extra_arg(sp)
+    _config_arg(sp)
+    _extra_arg(sp)
     who = sp.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", metavar="IP|USER", help="client address or proxy user (user:NAME, mac:AA:.., doh:ID)")
     who.add_argument("--group", metavar="NAME")
@@ -266,14 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=cmd_imagehash)
 
+
+def _add_lists(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("lists", help="download, compile, reload and show lists")
     lsub = sp.add_subparsers(dest="lists_command", required=True)
     for name, helptext in (("update", "fetch sources, parse, write a compiled snapshot (keeps the last good one)"),
                            ("reload", "tell the running filterproxy to load the newest snapshot (SIGHUP)"),
                            ("show", "lists in the current snapshot with counts and versions")):
         lp = lsub.add_parser(name, help=helptext)
-        config_arg(lp)
-        lp.add_argument("--state-dir", metavar="DIR")
+        _config_arg(lp)
+        lp.add_argument("--state-dir", metavar="DIR", help="state folder to use instead of the configured one")
         if name == "update":
             lp.add_argument("--min-ratio", type=float, default=None,
                             help="refuse an update with fewer than this fraction of the previous entries (default 0.5)")
@@ -281,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
             lp.add_argument("--key", action="append", default=[], metavar="PUBLIC", help="pinned bundle key(s)")
         lp.set_defaults(func=cmd_lists)
 
+
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("bundle", help="signed list bundles (ministry → gateways)")
     bsub = sp.add_subparsers(dest="bundle_command", required=True)
     bp = bsub.add_parser("keygen", help="write an Ed25519 key pair")
@@ -301,19 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     for bp in bsub.choices.values():
         bp.set_defaults(func=cmd_bundle)
 
+
+def _add_export_reports(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("export", help="export a group's effective block policy")
     esub = sp.add_subparsers(dest="export_command", required=True)
     ep = esub.add_parser("rpz", help="Response Policy Zone for BIND/Unbound/PowerDNS/Knot, to stdout")
-    config_arg(ep)
-    extra_arg(ep)
+    _config_arg(ep)
+    _extra_arg(ep)
     ep.add_argument("--group", required=True)
     ep.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("reports", help="list pending and sent image-match reports")
-    config_arg(sp)
+    _config_arg(sp)
     sp.add_argument("--spool", metavar="DIR")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reports)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="filterproxy", description="DNS resolver and HTTP(S) filtering proxy for child safety")
+    p.add_argument("--version", action="version", version=f"filterproxy {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_check_explain_hashes, _add_lists, _add_bundle, _add_export_reports):
+        add(sub)
     return p
 
 

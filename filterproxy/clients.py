@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from filterproxy.config import ClientRule
+if TYPE_CHECKING:
+    from filterproxy.config.model import ClientRule
 
 PRECEDENCE = ("user", "doh", "mac", "ip", "cidr", "default")
 

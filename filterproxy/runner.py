@@ -1,6 +1,6 @@
 """``filterproxy run``: load once, then serve DNS (UDP+TCP), the HTTP(S) proxy workers and /metrics.
 
-Start-up order: configuration and lists (``cli.load_engine``), flag overrides, PID file, metrics
+Start-up order: configuration and lists (``app.load_engine``), flag overrides, PID file, metrics
 endpoint, DNS listeners, proxy workers. Each logs one line when it is ready::
 
     DNS listening on 127.0.0.1:5353 (udp, tcp)
@@ -22,21 +22,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import dataclasses
-import gc
 import logging
 import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+from filterproxy.app import SetupError
+from filterproxy.fsutil import atomic_write
+from filterproxy.gcpolicy import freeze_loaded, trim_memory
+
+if TYPE_CHECKING:
+    from filterproxy.config import Config
+    from filterproxy.lists.snapshot import Snapshot
+    from filterproxy.policy.engine import Engine
 
 log = logging.getLogger("filterproxy.run")
 
 
-def _listen_flag(value: str | None, current, default_port: int, flag: str):
+def _listen_flag(value: str | None, current: tuple[str, int] | None, default_port: int,
+                 flag: str) -> tuple[str, int] | None:
     """``HOST:PORT`` | ``off`` flag → (host, port) | None; None value keeps ``current``."""
-    from filterproxy.cli import CliError
     from filterproxy.config import ConfigError, parse_hostport
 
     if value is None:
@@ -48,12 +55,11 @@ def _listen_flag(value: str | None, current, default_port: int, flag: str):
             return parse_hostport(value.strip()[:-2], flag, default_port)[0], 0
         return parse_hostport(value, flag, default_port)
     except ConfigError as exc:
-        raise CliError(str(exc)) from None
+        raise SetupError(str(exc)) from None
 
 
-def apply_overrides(args: argparse.Namespace, cfg) -> None:
-    """Command-line flags win over the configuration file."""
-    from filterproxy.cli import CliError
+def apply_overrides(args: argparse.Namespace, cfg: Config) -> None:
+    """Command-line flags win over the configuration file (``--state-dir`` is applied at load, see :func:`run`)."""
     from filterproxy.config import ConfigError, check_upstream
 
     s = cfg.server
@@ -64,14 +70,14 @@ def apply_overrides(args: argparse.Namespace, cfg) -> None:
         v = getattr(args, flag, None)
         if v is not None:
             if v < 1:
-                raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
+                raise SetupError(f"--{flag.replace('_', '-')} must be at least 1")
             setattr(s, flag, v)
     if getattr(args, "upstream", None):
         for a in args.upstream:
             try:
                 check_upstream(a, "--upstream")
             except ConfigError as exc:
-                raise CliError(str(exc)) from None
+                raise SetupError(str(exc)) from None
         cfg.upstreams.servers = list(args.upstream)
     if getattr(args, "state_dir", None):
         s.state_dir = os.path.abspath(args.state_dir)
@@ -79,29 +85,6 @@ def apply_overrides(args: argparse.Namespace, cfg) -> None:
         cfg.reports.endpoint = args.report_endpoint
     if getattr(args, "spool", None):
         cfg.reports.spool = os.path.abspath(args.spool)
-
-
-def _repoint_downloads(cfg, old_state: str) -> bool:
-    """Downloaded lists live in ``<state_dir>/lists``: follow a ``--state-dir`` override."""
-    new_state = cfg.server.state_dir
-    if os.path.abspath(old_state) == new_state:
-        return False
-    changed = False
-    old_dir = os.path.join(os.path.abspath(old_state), "lists") + os.sep
-    for i, src in enumerate(cfg.lists):
-        if src.url and src.path and src.path.startswith(old_dir):
-            cfg.lists[i] = dataclasses.replace(src, path=os.path.join(new_state, "lists", src.path[len(old_dir):]))
-            changed = True
-    return changed
-
-
-def trim_memory() -> None:
-    """Give freed heap back to the OS after a list build (a 1M-name build peaks at ~4x what it keeps)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _rss_mb() -> float:
@@ -115,10 +98,10 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _publish_lists(snapshot) -> None:
+def _publish_lists(snapshot: Snapshot) -> None:
     """Entries, versions and ages of the lists being served (filterproxy_lists_*)."""
     try:
-        from filterproxy.lists.snapshot import publish_metrics
+        from filterproxy.lists.snapshot_cache import publish_metrics
 
         publish_metrics(snapshot)
     except Exception:  # metrics must never stop the resolver
@@ -128,18 +111,18 @@ def _publish_lists(snapshot) -> None:
 class Runner:
     """The running process: engine, DNS service, proxy workers, metrics server, signal handling."""
 
-    def __init__(self, args: argparse.Namespace, cfg, engine):
+    def __init__(self, args: argparse.Namespace, cfg: Config, engine: Engine) -> None:
         self.args = args
         self.cfg = cfg
         self.engine = engine
-        self.dns = None
-        self.proxy = None
-        self.metrics_server = None
-        self.pusher = None
-        self.dns_workers = None  # filterproxy.dns.workers.DnsWorkers (dns_workers > 1)
-        self.worker = getattr(args, "worker_of", None)  # set in a DNS worker: the main process's PID
-        self.reports = None  # the report spool this process delivers from
-        self._reports_stop = None
+        self.dns: Any = None  # filterproxy.dns.server.DnsService
+        self.proxy: Any = None  # filterproxy.http.server.ProxyWorkers
+        self.metrics_server: Any = None
+        self.pusher: Any = None
+        self.dns_workers: Any = None  # filterproxy.dns.workers.DnsWorkers (dns_workers > 1)
+        self.worker: int | None = getattr(args, "worker_of", None)  # set in a DNS worker: the main process's PID
+        self.reports: Any = None  # the report spool this process delivers from
+        self._reports_stop: Any = None
         self.pidfile: str | None = None
         self._stop: asyncio.Event | None = None
         self._reloading = False
@@ -257,14 +240,10 @@ class Runner:
                 os.close(fd)
             except OSError:
                 pass
-        asyncio.get_running_loop().create_task(self._exit_with_parent())
+        from filterproxy.procs import exit_with_parent
 
-    async def _exit_with_parent(self) -> None:
-        while os.getppid() == self.worker:
-            await asyncio.sleep(1.0)
-        log.warning("dns worker: main process %d is gone; stopping", self.worker)
-        assert self._stop is not None
-        self._stop.set()
+        assert self._stop is not None and self.worker is not None
+        asyncio.get_running_loop().create_task(exit_with_parent(self.worker, self._stop.set, "dns worker"))
 
     async def stop(self) -> None:
         log.info("shutting down")
@@ -292,7 +271,7 @@ class Runner:
     async def reload(self) -> bool:
         """Rebuild the list snapshot in a thread and swap it in; keep the old one on failure."""
         from filterproxy import metrics
-        from filterproxy.lists.snapshot import load_or_build
+        from filterproxy.lists.snapshot_cache import load_or_build
 
         if self._reloading:
             log.info("reload: already in progress")
@@ -335,10 +314,7 @@ class Runner:
         try:
             os.makedirs(d, exist_ok=True)
             path = os.path.join(d, "filterproxy.pid")
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            os.replace(tmp, path)
+            atomic_write(path, f"{os.getpid()}\n")
             self.pidfile = path
         except OSError as exc:
             log.warning("cannot write the PID file in %s: %s ('filterproxy lists reload' will not find us)",
@@ -361,7 +337,7 @@ async def _serve(runner: Runner) -> int:
     except BaseException:
         await runner.stop()
         raise
-    gc.freeze()  # everything loaded so far is permanent: the collector never scans it again
+    freeze_loaded()  # everything loaded so far is permanent: the collector never scans it again
     try:
         await runner.wait()
     finally:
@@ -371,26 +347,19 @@ async def _serve(runner: Runner) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The ``run`` sub-command (see the module docstring)."""
-    from filterproxy.cli import load_engine
-    from filterproxy.config import load_config
+    from filterproxy.app import load_engine
 
     t0 = time.monotonic()
-    cfg, engine = load_engine(args.config, args.extra_list, args.client_group)
-    old_state = cfg.server.state_dir
+    cfg, engine = load_engine(args.config, args.extra_list, args.client_group,
+                              state_dir=getattr(args, "state_dir", None))
     apply_overrides(args, cfg)
-    if _repoint_downloads(cfg, old_state):
-        from filterproxy.lists.snapshot import load_or_build
-
-        engine.swap(load_or_build(cfg, extra=bool(args.extra_list)))
-    del load_config
     trim_memory()
     snap = engine.snapshot
     log.info("loaded %s: %d groups, %d lists, %d entries in %.1fs (RSS %.0f MB)", cfg.path, len(cfg.groups),
              len(snap.lists), snap.total_entries, time.monotonic() - t0, _rss_mb())
     runner = Runner(args, cfg, engine)
     try:
-        # The standard asyncio loop: UDP queries never reach it (their own thread, see dns.server), and
-        # uvloop measured no gain for DNS over TCP (~11k QPS either way) while it cost 2.3 MB and 4 threads.
+        # The standard asyncio loop (see docs/decisions/core-event-loop.md).
         return asyncio.run(_serve(runner))
     except (OSError, RuntimeError) as exc:  # an address in use, a worker that could not start
         log.error("cannot start: %s", exc)

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import REPO, write_config
-from filterproxy.config import ConfigError, Section, load_config, load_yaml
+from filterproxy.config import ConfigError, load_config, load_yaml
 from filterproxy.http.blockpage import LANGUAGES
-from filterproxy.policy.model import parse_policy
+from filterproxy.config.policy import parse_policy
 
 DEFAULT_GROUPS = {"primary", "lower-secondary", "upper-secondary", "staff", "child", "teen", "adult"}
 MINORS = DEFAULT_GROUPS - {"staff", "adult"}
@@ -43,7 +43,7 @@ def test_school_hours_and_bedtime_schedules_shipped():
 @pytest.mark.parametrize("path", sorted((REPO / "policies").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_policies_have_vietnamese_names(path):
     """The block page's main audience reads Vietnamese: every shipped policy names itself in vi (and en)."""
-    pol = parse_policy(load_yaml(str(path)), path.stem, str(path), Section, ConfigError)
+    pol = parse_policy(load_yaml(str(path)), path.stem, str(path))
     assert set(pol.names) == set(LANGUAGES)
     assert pol.names["en"] == pol.name
     assert pol.names["vi"] != pol.name and any(ord(c) > 127 for c in pol.names["vi"])  # really Vietnamese

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_config
 from filterproxy.config import load_config
-from filterproxy.lists.store import build_snapshot
+from filterproxy.lists.snapshot import build_snapshot
 from filterproxy.policy.engine import Engine
 from filterproxy.verdict import Action, Reason
 
@@ -156,7 +156,7 @@ def test_fail_closed_on_internal_error(engine, monkeypatch):
 
 
 def test_swap_replaces_lists(engine, tmp_path):
-    from filterproxy.lists.store import ListSource
+    from filterproxy.lists.snapshot import ListSource
 
     old = engine.snapshot
     (tmp_path / "new.txt").write_text("new-bad.example\n")

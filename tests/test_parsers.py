@@ -173,7 +173,7 @@ def test_rpz_relative_names_and_passthru():
 
 
 def test_zero_entries_is_an_error(tmp_path):
-    from filterproxy.lists.store import ListSource, build_snapshot
+    from filterproxy.lists.snapshot import ListSource, build_snapshot
 
     p = tmp_path / "empty.txt"
     p.write_text("# nothing here\n\n")
@@ -189,7 +189,7 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_ut1_folders_all_parse(data_dir):
-    from filterproxy.lists.store import ListSource, build_snapshot
+    from filterproxy.lists.snapshot import ListSource, build_snapshot
 
     cats = sorted(p for p in (LISTS / "ut1").iterdir() if p.is_dir())
     assert len(cats) > 25

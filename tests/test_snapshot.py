@@ -14,9 +14,9 @@ import pytest
 
 from conftest import REPO, write_config
 from filterproxy.config import load_config
-from filterproxy.lists import snapshot
+from filterproxy.lists import commands, snapshot_cache
 from filterproxy.lists.parsers import ListError
-from filterproxy.lists.store import SNAPSHOT_FORMAT, ListSource, build_snapshot, load_snapshot, save_snapshot
+from filterproxy.lists.snapshot import SNAPSHOT_FORMAT, ListSource, build_snapshot, load_snapshot, save_snapshot
 
 
 @pytest.fixture()
@@ -69,11 +69,11 @@ def test_compile_is_cached_by_fingerprint(tmp_path):
     p.write_text("one.example\n")
     src = [ListSource("a", "adult", "domains", str(p))]
     root = str(tmp_path / "snaps")
-    first = snapshot.compile_snapshot(src, root)
-    assert snapshot.compile_snapshot(src, root) == first  # unchanged inputs: not compiled again
+    first = snapshot_cache.compile_snapshot(src, root)
+    assert snapshot_cache.compile_snapshot(src, root) == first  # unchanged inputs: not compiled again
     time.sleep(0.01)
     p.write_text("one.example\ntwo.example\n")
-    second = snapshot.compile_snapshot(src, root)
+    second = snapshot_cache.compile_snapshot(src, root)
     assert second != first
     assert len(load_snapshot(second).domains) == 2
 
@@ -82,7 +82,7 @@ def test_compile_error_names_the_list(tmp_path):
     p = tmp_path / "empty.txt"
     p.write_text("# nothing\n")
     with pytest.raises(Exception, match="zero entries"):
-        snapshot.compile_snapshot([ListSource("e", "adult", "domains", str(p))], str(tmp_path / "s"))
+        snapshot_cache.compile_snapshot([ListSource("e", "adult", "domains", str(p))], str(tmp_path / "s"))
     assert not [d for d in (tmp_path / "s").iterdir() if d.name != "current"]  # no half-written snapshot left
 
 
@@ -98,33 +98,33 @@ def test_update_keeps_last_good_on_bad_download_and_shrink(tmp_path, served, cap
     files, base = served
     cfg = _config(tmp_path, base)
     files["list.txt"] = "".join(f"n{i}.example\n" for i in range(100)).encode()
-    assert snapshot.update(cfg) == 0
-    good = snapshot.current_snapshot(cfg.server.state_dir)
+    assert commands.update(cfg) == 0
+    good = snapshot_cache.current_snapshot(cfg.server.state_dir)
     assert load_snapshot(good).total_entries == 100
     # a body that parses to nothing is refused before it replaces the cached file
     files["list.txt"] = b"<html>captive portal</html>\n"
-    assert snapshot.update(cfg) == 1
-    assert snapshot.current_snapshot(cfg.server.state_dir) == good
+    assert commands.update(cfg) == 1
+    assert snapshot_cache.current_snapshot(cfg.server.state_dir) == good
     # a suspiciously small list (< 50% of the current entries) is refused too
     files["list.txt"] = b"only.example\n"
-    assert snapshot.update(cfg) == 1
+    assert commands.update(cfg) == 1
     assert "fewer than 50%" in capsys.readouterr().err
-    assert snapshot.current_snapshot(cfg.server.state_dir) == good
-    assert load_snapshot(snapshot.current_snapshot(cfg.server.state_dir)).total_entries == 100
+    assert snapshot_cache.current_snapshot(cfg.server.state_dir) == good
+    assert load_snapshot(snapshot_cache.current_snapshot(cfg.server.state_dir)).total_entries == 100
     # a sane update is taken
     files["list.txt"] = "".join(f"m{i}.example\n" for i in range(120)).encode()
-    assert snapshot.update(cfg) == 0
-    assert load_snapshot(snapshot.current_snapshot(cfg.server.state_dir)).total_entries == 120
+    assert commands.update(cfg) == 0
+    assert load_snapshot(snapshot_cache.current_snapshot(cfg.server.state_dir)).total_entries == 120
 
 
 def test_update_with_server_down_keeps_serving(tmp_path, served):
     files, base = served
     cfg = _config(tmp_path, base)
     files["list.txt"] = b"a.example\nb.example\n"
-    assert snapshot.update(cfg) == 0
+    assert commands.update(cfg) == 0
     files.clear()  # 404 from now on
-    assert snapshot.update(cfg) == 1
-    snap = snapshot.load_or_build(cfg)
+    assert commands.update(cfg) == 1
+    snap = snapshot_cache.load_or_build(cfg)
     assert snap.total_entries == 2
 
 
@@ -141,7 +141,7 @@ def _local_config(tmp_path):
 
 def test_records_of_the_wrong_size_make_an_unreadable_snapshot_naming_the_file(tmp_path):
     cfg = _local_config(tmp_path)
-    folder = snapshot.compile_snapshot(snapshot.available_sources(cfg), snapshot.snapshots_dir(cfg.server.state_dir))
+    folder = snapshot_cache.compile_snapshot(snapshot_cache.available_sources(cfg), snapshot_cache.snapshots_dir(cfg.server.state_dir))
     records = os.path.join(folder, "domains.records")
     assert os.path.getsize(records) == 7 * 50
     with open(records, "ab") as f:
@@ -153,22 +153,22 @@ def test_records_of_the_wrong_size_make_an_unreadable_snapshot_naming_the_file(t
 def test_snapshot_of_an_older_format_is_compiled_again(tmp_path, capsys):
     """After an upgrade, ``current`` may point at a folder in an older format: it is never misread."""
     cfg = _local_config(tmp_path)
-    root = snapshot.snapshots_dir(cfg.server.state_dir)
-    new = snapshot.compile_snapshot(snapshot.available_sources(cfg), root)
+    root = snapshot_cache.snapshots_dir(cfg.server.state_dir)
+    new = snapshot_cache.compile_snapshot(snapshot_cache.available_sources(cfg), root)
     old = os.path.join(root, "older")  # what an older version left: another fingerprint, format 2, .npy records
     os.rename(new, old)
     os.rename(os.path.join(old, "domains.records"), os.path.join(old, "domains.records.npy"))
     meta = json.load(open(os.path.join(old, "meta.json")))
     meta["format"] = SNAPSHOT_FORMAT - 1
     json.dump(meta, open(os.path.join(old, "meta.json"), "w"))
-    snapshot.mark_current(root, old)
+    snapshot_cache.mark_current(root, old)
     with pytest.raises(ListError, match=f"snapshot format {SNAPSHOT_FORMAT - 1} \\(expected {SNAPSHOT_FORMAT}\\)"):
         load_snapshot(old)
-    assert snapshot.show(cfg) == 0  # 'lists show' compiles this version's snapshot instead of failing
+    assert commands.show(cfg) == 0  # 'lists show' compiles this version's snapshot instead of failing
     assert os.path.basename(new) in capsys.readouterr().out
-    snap = snapshot.load_or_build(cfg)
+    snap = snapshot_cache.load_or_build(cfg)
     assert snap.total_entries == 50 and snap.domain_matches("www.n7.example")
-    assert snapshot.current_snapshot(cfg.server.state_dir) == new
+    assert snapshot_cache.current_snapshot(cfg.server.state_dir) == new
     assert os.path.exists(os.path.join(new, "domains.records"))
 
 
@@ -193,3 +193,27 @@ def test_serving_domain_lists_imports_neither_numpy_nor_cryptography(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "[] True", r.stdout + r.stderr
+
+
+def test_lists_update_with_state_dir_writes_under_that_folder(tmp_path, served):
+    """``filterproxy lists update --state-dir X`` downloads into X and compiles there, not into the
+    configured state folder (downloaded lists' paths follow the state folder in use)."""
+    files, base = served
+    files["list.txt"] = "".join(f"n{i}.example\n" for i in range(10)).encode()
+    cfg_path = write_config(tmp_path, f"""
+        server: {{state_dir: {tmp_path / 'configured'}}}
+        lists:
+          - {{id: remote, category: adult, format: domains, url: {base}/list.txt}}
+    """, {"g": "name: G\nblock_categories: [adult]\n"})
+    other = tmp_path / "other"
+    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "update", "--config", str(cfg_path),
+                        "--state-dir", str(other)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (other / "lists" / "remote.txt").read_bytes() == files["list.txt"]
+    assert not (tmp_path / "configured" / "lists").exists()
+    current = other / "snapshots" / "current"
+    assert load_snapshot(str(current)).total_entries == 10
+    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "show", "--config", str(cfg_path),
+                        "--state-dir", str(other)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and "remote" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "configured").exists()

@@ -1,104 +1,50 @@
-"""List sources and downloading them into a cache with last-known-good semantics.
+"""Downloading list sources into a cache with last-known-good semantics.
 
-``load_sources`` reads ``blocklists/sources.yaml``-style files (errors carry ``file:line``);
-``fetch`` brings one source into ``cache_dir/<id>.txt``:
+``fetch`` brings one :class:`~filterproxy.config.sources.Source` into ``cache_dir/<id>.txt``:
 
 * conditional GET (``If-None-Match`` / ``If-Modified-Since`` from ``cache_dir/<id>.meta.json``);
   a 304 reuses the cached file;
-* streamed to a temporary file with a size cap (``Content-Length`` is checked up front, the
-  streamed bytes as they arrive), truncation detected (body shorter than ``Content-Length``);
-* gzip is undone transparently when the body starts with the gzip magic (``.gz`` URLs, or a
-  server that sends the file itself compressed) - the cache always holds the plain list;
-* an optional SHA-256 pin over the stored (decompressed) bytes, and an optional ``validate``
-  callback (e.g. "parses to at least one entry") run on the new file before it replaces the old;
-* retries with exponential backoff on connection errors, timeouts, truncation and 5xx - never on
-  4xx, size or pin failures, which would fail the same way again;
-* the cached file is replaced atomically and only on success: a failed download keeps the
-  previous file, and a body that is byte-identical to it is reported as ``not-modified``.
+* streamed to a temporary file with a size cap (``Content-Length`` checked up front, the streamed
+  bytes as they arrive), truncation detected (body shorter than ``Content-Length``);
+* gzip undone transparently when the body starts with the gzip magic: the cache holds the plain list;
+* an optional SHA-256 pin over the stored bytes and an optional ``validate`` callback run on the new file;
+* retries with exponential backoff on connection errors, timeouts, truncation and 5xx - never on 4xx,
+  size or pin failures, which would fail the same way again;
+* the cached file is replaced atomically and only on success (a byte-identical body is ``not-modified``).
 
-A ``format: ut1`` source is a UT1 category folder on disk, read in place (nothing to fetch); UT1
-files downloaded one by one are ``domains`` (with ``match: subdomains``) and ``urls`` sources.
-A source with ``format: bundle`` is a signed bundle (see :mod:`filterproxy.lists.bundle`); it is
-cached as ``<id>.tar.gz`` without decompression, and the caller installs it with the source's
-``signing_key``.
+A ``format: ut1`` source is a local category folder, read in place; a ``format: bundle`` source is cached
+as ``<id>.tar.gz`` without decompression. The catalogue itself is parsed by :mod:`filterproxy.config.sources`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import requests
-import yaml
 
 from filterproxy import __version__
-from filterproxy.lists.bundle import FOLDER_FORMATS
-from filterproxy.lists.parsers import DOMAIN_FORMATS, FORMATS
-from filterproxy.policy.model import KNOWN_CATEGORIES
+from filterproxy.config.sources import (  # noqa: F401  (re-exported: callers and tests use fetch.Source etc.)
+    DEFAULT_MAX_BYTES, DEFAULT_REFRESH, MATCH_MODES, MIN_REFRESH, SOURCE_FORMATS, Source, SourcesError, load_sources,
+    parse_duration, parse_size)
+from filterproxy.fsutil import atomic_write, fsync_dir
+from filterproxy.lists.parsers import FOLDER_FORMATS
 
 log = logging.getLogger("filterproxy.fetch")
 
-#: Formats a source may have: every list format the parsers read, plus a signed bundle.
-SOURCE_FORMATS = frozenset(FORMATS) | {"bundle"}
-MATCH_MODES = ("exact", "subdomains")
-DEFAULT_MAX_BYTES = 64 << 20
-DEFAULT_REFRESH = 86_400
-MIN_REFRESH = 300  # list hosts are shared infrastructure; none of them publishes more often
 USER_AGENT = f"filterproxy/{__version__} (+list refresh)"
-
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    None: 1, "b": 1, "kb": 10**3, "kib": 1 << 10, "mb": 10**6, "mib": 1 << 20, "gb": 10**9, "gib": 1 << 30,
-}  # fmt: skip
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)?\s*$")
-_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _CHUNK = 1 << 16
-
-
-class SourcesError(ValueError):
-    """A sources file that cannot be used; the message lists every problem as ``file:line: ...``."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Source:
-    """Where one list comes from and how to treat it.
-
-    Exactly one of ``url`` / ``path``.  ``match`` None means the format's default (decided by the
-    parser).  ``sha256`` pins the stored, decompressed content.  ``signing_key`` (PEM path or
-    text) is only for ``format: bundle`` sources and is what the bundle is verified against.
-    """
-
-    id: str
-    url: str | None = None
-    path: str | None = None
-    format: str
-    category: str | None = None
-    match: str | None = None
-    licence: str | None = None
-    max_bytes: int = DEFAULT_MAX_BYTES
-    refresh: int = DEFAULT_REFRESH
-    sha256: str | None = None
-    signing_key: str | None = None
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            _FIELD_CHECKS[f.name](getattr(self, f.name))
-        _check_source(self)
 
 
 @dataclass(frozen=True)
@@ -117,232 +63,6 @@ class FetchResult:
     etag: str | None
     last_modified: str | None
     sha256: str | None = None
-
-
-# --- validation ---------------------------------------------------------------------------------
-
-
-def _opt_str(name: str) -> Callable[[object], None]:
-    def check(v: object) -> None:
-        if v is not None and (not isinstance(v, str) or not v.strip()):
-            raise ValueError(f"{name} must be a non-empty string")
-
-    return check
-
-
-def _check_id(v: object) -> None:
-    if not isinstance(v, str) or not _ID_RE.match(v):
-        raise ValueError(f"id must match {_ID_RE.pattern} (it names the cache file), got {v!r}")
-
-
-def _check_url(v: object) -> None:
-    if v is None:
-        return
-    parts = urlsplit(v) if isinstance(v, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"url must be an http(s) URL, got {v!r}")
-
-
-def _check_format(v: object) -> None:
-    if v not in SOURCE_FORMATS:
-        raise ValueError(f"unknown format {v!r}; one of {', '.join(sorted(SOURCE_FORMATS))}")
-
-
-def _check_category(v: object) -> None:
-    # A source with a category no policy knows would never block anything: a typo must not load.
-    if v is not None and v not in KNOWN_CATEGORIES:
-        close = difflib.get_close_matches(str(v), KNOWN_CATEGORIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown category {v!r}{hint}; one of {', '.join(sorted(KNOWN_CATEGORIES))}")
-
-
-def _check_match(v: object) -> None:
-    if v is not None and v not in MATCH_MODES:
-        raise ValueError(f"match must be one of {', '.join(MATCH_MODES)} (or omitted), got {v!r}")
-
-
-def _check_positive(name: str) -> Callable[[object], None]:
-    def check(v: object) -> None:
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-    return check
-
-
-def _check_refresh(v: object) -> None:
-    _check_positive("refresh")(v)
-    if v < MIN_REFRESH:  # type: ignore[operator]
-        raise ValueError(f"refresh must be at least {MIN_REFRESH} s, got {v}")
-
-
-def _check_sha256(v: object) -> None:
-    if v is not None and (not isinstance(v, str) or not _SHA256_RE.match(v)):
-        raise ValueError("sha256 must be 64 lower-case hex digits (quote it in YAML)")
-
-
-_FIELD_CHECKS: dict[str, Callable[[object], None]] = {
-    "id": _check_id,
-    "url": _check_url,
-    "path": _opt_str("path"),
-    "format": _check_format,
-    "category": _check_category,
-    "match": _check_match,
-    "licence": _opt_str("licence"),
-    "max_bytes": _check_positive("max_bytes"),
-    "refresh": _check_refresh,
-    "sha256": _check_sha256,
-    "signing_key": _opt_str("signing_key"),
-}
-
-
-def _check_source(s: Source) -> None:
-    """Rules that involve more than one field."""
-    if (s.url is None) == (s.path is None):
-        raise ValueError("give exactly one of url / path")
-    if s.format == "bundle":
-        if s.signing_key is None:
-            raise ValueError("a bundle source needs signing_key (the pinned public key)")
-    else:
-        if s.signing_key is not None:
-            raise ValueError("signing_key is only for format: bundle")
-        if s.category is None:
-            raise ValueError("category is required")
-    if s.format in FOLDER_FORMATS and s.url is not None:
-        raise ValueError(
-            f"format {s.format} is a local category folder (path); a downloaded UT1 'domains' "
-            "file is format: domains with match: subdomains, its 'urls' file format: urls"
-        )
-    if s.match is not None and s.format not in DOMAIN_FORMATS:
-        raise ValueError(f"match does not apply to format {s.format!r} (only to host-name lists)")
-
-
-def parse_size(value: object) -> int:
-    """``1048576``, ``"64MiB"``, ``"500 kB"`` -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _SIZE_RE.match(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"expected a size such as 1048576 or '64MiB', got {value!r}")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower() if m.group(2) else None]
-
-
-def parse_duration(value: object) -> int:
-    """``3600``, ``"30m"``, ``"6h"``, ``"1d"``, ``"1w"`` -> seconds."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _DURATION_RE.match(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"expected seconds or a duration such as '6h' or '1d', got {value!r}")
-    return int(m.group(1)) * _DURATION_UNITS[m.group(2)]
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-_CONVERT: dict[str, Callable[[object], object]] = {"max_bytes": parse_size, "refresh": parse_duration}
-_FIELDS = tuple(f.name for f in fields(Source))
-
-
-def load_sources(path: str) -> list[Source]:
-    """Read a sources YAML file: ``sources:`` followed by a list of mappings with Source fields.
-
-    Relative ``path`` / ``signing_key`` values are resolved against the file's directory.  Every
-    problem is reported (not just the first) in one :class:`SourcesError`, each as ``file:line:``.
-    """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    base = os.path.dirname(os.path.abspath(path))
-    loader = yaml.SafeLoader(text)
-    errors: list[str] = []
-
-    def err(node: yaml.Node | None, msg: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        errors.append(f"{path}:{line}: {msg}")
-
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise SourcesError(f"{path}:{mark.line + 1 if mark else 1}: {exc.problem or exc}") from None
-        except yaml.YAMLError as exc:
-            raise SourcesError(f"{path}: {exc}") from None
-        if not isinstance(root, yaml.MappingNode):
-            raise SourcesError(f"{path}:1: expected a mapping with a 'sources:' list")
-        seq = None
-        for k, v in root.value:
-            if k.value == "sources":
-                seq = v
-            else:
-                err(k, f"unknown top-level key {k.value!r} (expected 'sources')")
-        if not isinstance(seq, yaml.SequenceNode) or not seq.value:
-            err(seq or root, "'sources' must be a non-empty list")
-            raise SourcesError("\n".join(errors))
-        sources: list[Source] = []
-        seen_ids: dict[str, int] = {}
-        for item in seq.value:
-            src = _load_item(loader, item, base, err)
-            if src is None:
-                continue
-            line = item.start_mark.line + 1
-            if src.id in seen_ids:
-                err(item, f"duplicate id {src.id!r} (first at line {seen_ids[src.id]})")
-                continue
-            seen_ids[src.id] = line
-            sources.append(src)
-    finally:
-        loader.dispose()
-    if errors:
-        raise SourcesError("\n".join(errors))
-    return sources
-
-
-def _load_item(
-    loader: yaml.SafeLoader, item: yaml.Node, base: str, err: Callable[[yaml.Node | None, str], None]
-) -> Source | None:
-    if not isinstance(item, yaml.MappingNode):
-        err(item, "each source must be a mapping")
-        return None
-    values: dict[str, object] = {}
-    ok = True
-    for k, v in item.value:
-        key = k.value if isinstance(k, yaml.ScalarNode) else None
-        if key not in _FIELDS:
-            close = difflib.get_close_matches(str(key), _FIELDS, n=1)
-            err(k, f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            ok = False
-            continue
-        if key in values:
-            err(k, f"duplicate key {key!r}")
-            ok = False
-            continue
-        try:
-            value = loader.construct_object(v, deep=True)
-            if key in _CONVERT and value is not None:
-                value = _CONVERT[key](value)
-            is_pem = isinstance(value, str) and value.startswith("-----BEGIN")
-            if key in ("path", "signing_key") and isinstance(value, str) and not is_pem:
-                value = os.path.normpath(os.path.join(base, value))
-            if key == "sha256" and isinstance(value, str):
-                value = value.lower()
-            _FIELD_CHECKS[key](value)
-        except (ValueError, yaml.YAMLError) as exc:
-            err(v, f"{key}: {exc}")
-            ok = False
-            continue
-        values[key] = value
-    if not ok:
-        return None
-    for required in ("id", "format"):
-        if required not in values:
-            err(item, f"missing {required!r}")
-            ok = False
-    if not ok:
-        return None
-    try:
-        return Source(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        err(item, f"source {values['id']!r}: {exc}")
-        return None
 
 
 # --- fetching -----------------------------------------------------------------------------------
@@ -375,17 +95,7 @@ def _read_meta(meta_path: str, data_path: str) -> dict:
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", perms=0o644)
 
 
 class _Progress:
@@ -423,7 +133,7 @@ class _Progress:
 class _Sink:
     """Writes the body to ``f``: gunzips when it starts with the gzip magic, caps the size, hashes."""
 
-    def __init__(self, f: BinaryIO, limit: int, allow_gunzip: bool) -> None:
+    def __init__(self, f: IO[bytes], limit: int, allow_gunzip: bool) -> None:
         self.f = f
         self.limit = limit
         self.allow_gunzip = allow_gunzip
@@ -707,7 +417,10 @@ def _store(
     meta: dict,
     validate: Callable[[str], None] | None,
 ) -> tuple[str, dict]:
-    """Stream ``chunks`` into a temp file, check it, then atomically replace ``data_path``."""
+    """Stream ``chunks`` into a temp file, check it, then atomically replace ``data_path``.
+
+    Not :func:`filterproxy.fsutil.atomic_writer`: the temp file must be validated by path, and left
+    unrenamed when it equals the cached one."""
     is_bundle = source.format == "bundle"
     fd, tmp = tempfile.mkstemp(prefix=f".{source.id}-", suffix=".tmp", dir=os.path.dirname(data_path))
     try:
@@ -737,6 +450,7 @@ def _store(
         os.chmod(tmp, 0o644)
         os.replace(tmp, data_path)
         tmp = None
+        fsync_dir(os.path.dirname(data_path))
         return "updated", new_meta
     finally:
         if tmp is not None:

@@ -31,7 +31,7 @@ import io
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from filterproxy.names import NameError_, normalize_host
@@ -46,6 +46,8 @@ DOMAIN_FORMATS = ("hosts", "domains", "adblock", "wildcard", "rpz", "ut1", "rege
 URL_FORMATS = ("urls", "urlhash")
 IMAGE_FORMATS = ("imagehash",)
 FORMATS = DOMAIN_FORMATS + URL_FORMATS + IMAGE_FORMATS
+# Formats read in place from a local category folder (never downloaded as one file).
+FOLDER_FORMATS = frozenset({"ut1"})
 
 MAX_REPORTED_ERRORS = 5
 
@@ -386,7 +388,7 @@ def parse_imagehash(path: str, stats: ParseStats) -> Iterator[Entry]:
         yield Entry("imagehash", f"{kind}:{hexhash}", 0, line, item_id)
 
 
-def parse_ut1(path: str, stats_for) -> Iterator[tuple[str, Entry]]:
+def parse_ut1(path: str, stats_for: Callable[[str], ParseStats]) -> Iterator[tuple[str, Entry]]:
     """UT1 category folder: ``domains`` (d and subdomains), ``urls``, ``expressions`` (regexes).
 
     ``stats_for(file)`` returns the ParseStats for each member file. Yields (member, entry).
@@ -412,7 +414,8 @@ def parse_ut1(path: str, stats_for) -> Iterator[tuple[str, Entry]]:
         raise ListError(f"{path}: not a UT1 category folder (expected 'domains' and/or 'urls' files)")
 
 
-def iter_entries(fmt: str, path: str, stats_for, match: str | None = None) -> Iterator[tuple[str, Entry]]:
+def iter_entries(fmt: str, path: str, stats_for: Callable[[str], ParseStats],
+                 match: str | None = None) -> Iterator[tuple[str, Entry]]:
     """Parse ``path`` in format ``fmt``; yields (file, entry). ``match`` overrides domain semantics."""
     if fmt not in FORMATS:
         raise ListError(f"{path}: unknown list format {fmt!r} (expected one of: {', '.join(FORMATS)})")

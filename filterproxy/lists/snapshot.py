@@ -1,338 +1,281 @@
-"""Compiled snapshots on disk, last-known-good, and the ``filterproxy lists`` commands.
+"""The in-memory list snapshot: every list of a configuration compiled into one immutable object.
 
-A snapshot folder is named by a fingerprint of its inputs (every source's settings and every list
-file's size and mtime), so an unchanged set of lists is never parsed twice: ``run`` and ``explain``
-memory-map it in milliseconds. A new snapshot is compiled in a **child process** (the serving process
-never pays the parsing peak in RSS nor holds the GIL while parsing), written to a temporary folder,
-then renamed into place; ``current`` points at the last snapshot that was served successfully.
-
-``lists update`` fetches every configured list that has a ``url`` (conditional GET, size caps,
-retries; see :mod:`filterproxy.lists.fetch`), refuses a file that parses to nothing, keeps the
-previous file when a download fails, and refuses a snapshot whose entry count fell below
-``--min-ratio`` (default 0.5) of the current one: the last known good snapshot keeps serving.
+A :class:`Snapshot` is built off the serving path (:func:`build_snapshot`), checked, and swapped in as one
+reference. Matchers inside are compiled at build time; nothing is parsed or compiled per request.
+``save_snapshot``/``load_snapshot`` write and memory-map one snapshot folder; which folder to use (the
+on-disk cache keyed by a fingerprint of the inputs) is :mod:`filterproxy.lists.snapshot_cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
+import re
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from filterproxy.lists.parsers import ListError
-from filterproxy.lists.store import (SNAPSHOT_FORMAT, ListSource, Snapshot, build_snapshot, load_snapshot,
-                                     save_snapshot)
+from filterproxy.fsutil import atomic_write
+from filterproxy.lists.parsers import ALLOW, FORMATS, ListError, ParseStats, iter_entries
+from filterproxy.lists.source import LEGAL_CATEGORIES, ListSource, parse_extra_list  # noqa: F401  (re-exported)
+from filterproxy.match.domain import DomainMatch, DomainMatcher
 
 log = logging.getLogger("filterproxy.lists")
 
-KEEP_SNAPSHOTS = 3
-DEFAULT_MIN_RATIO = 0.5
+@dataclass
+class ListInfo:
+    """A loaded list: its source, counts and parse report."""
+
+    source: ListSource
+    index: int
+    entries: int = 0
+    skipped: int = 0
+    ips: int = 0
+    errors: list[str] = field(default_factory=list)
+    header_counts: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    version: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.source.id
+
+    @property
+    def category(self) -> str:
+        return self.source.category
 
 
-def _file_stamps(path: str) -> list:
-    if os.path.isdir(path):
-        return [(n, *_stat(os.path.join(path, n))) for n in sorted(os.listdir(path))
-                if os.path.isfile(os.path.join(path, n))]
-    return [_stat(path)]
+@dataclass
+class Snapshot:
+    """All compiled matchers of one configuration; immutable once built."""
+
+    lists: list[ListInfo]
+    domains: DomainMatcher
+    regexes: dict[int, list[tuple[re.Pattern, int, int]]]  # list index → (pattern, line, flags)
+    ips: dict[str, tuple[int, int]]  # address → (list index, line)
+    urls: object | None = None  # match.url.UrlPrefixMatcher
+    urlhashes: object | None = None  # match.urlhash.UrlHashSet
+    images: object | None = None  # match.imagehash.ImageHashIndex
+    built_at: float = field(default_factory=time.time)
+    raw: dict = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
+    image_items: dict = field(default_factory=dict)  # image record → item id from the hash list
+
+    def by_id(self, list_id: str) -> ListInfo | None:
+        return next((li for li in self.lists if li.id == list_id), None)
+
+    @property
+    def total_entries(self) -> int:
+        return sum(li.entries for li in self.lists)
+
+    def domain_matches(self, name: str) -> list[DomainMatch]:
+        return self.domains.lookup(name)
 
 
-def _stat(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+def record(list_idx: int, line: int) -> int:
+    """Pack (list index, line) into one int for the URL/hash matchers."""
+    return (list_idx << 32) | line
 
 
-def fingerprint(sources: list[ListSource]) -> str:
-    """Stable id of a set of sources and the exact files behind them, in this snapshot format (so a
-    format change compiles a new folder instead of failing on the old one)."""
-    h = hashlib.sha256(f"format {SNAPSHOT_FORMAT}".encode())
-    for s in sources:
-        h.update(json.dumps([s.id, s.category, s.format, os.path.abspath(s.path or ""), s.match, s.allow, s.legal,
-                             s.hashed, _file_stamps(s.path)], sort_keys=True).encode())
-    return h.hexdigest()[:24]
+def unpack(rec: int) -> tuple[int, int]:
+    return rec >> 32, rec & 0xFFFFFFFF
 
 
-def snapshots_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, "snapshots")
+class _Collected:
+    """What the sources of one snapshot yielded so far, by kind of entry."""
+
+    def __init__(self) -> None:
+        self.domains: list[tuple[str, int, int, int]] = []
+        self.regexes: dict[int, list[tuple[re.Pattern, int, int]]] = {}
+        self.ips: dict[str, tuple[int, int]] = {}
+        self.urls: list[tuple[str, int]] = []
+        self.urlhashes: list[tuple[str, int]] = []
+        self.images: list[tuple[str, str, int]] = []
+
+    def merge(self, other: _Collected) -> None:
+        """Add what one list yielded (an address keeps the first list that named it)."""
+        self.domains.extend(other.domains)
+        for ip, val in other.ips.items():
+            self.ips.setdefault(ip, val)
+        for idx, rxs in other.regexes.items():
+            self.regexes.setdefault(idx, []).extend(rxs)
+        self.urls.extend(other.urls)
+        self.urlhashes.extend(other.urlhashes)
+        self.images.extend(other.images)
 
 
-def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool = False) -> str:
-    """Compile ``sources`` into ``root/<fingerprint>`` (if not there yet); returns the folder."""
-    fp = fingerprint(sources)
-    final = os.path.join(root, fp)
-    if os.path.exists(os.path.join(final, "meta.json")):
-        return final
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{fp}-", dir=root)
-    try:
-        if in_process:
-            save_snapshot(build_snapshot(sources, strict=True), tmp)
-        else:
-            spec = json.dumps([s.__dict__ for s in sources])
-            r = subprocess.run([sys.executable, "-m", "filterproxy.lists.snapshot", tmp], input=spec, text=True,
-                               capture_output=True)
-            if r.returncode != 0:
-                msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
-                raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
+# entry kind → how one entry of list ``idx`` is recorded (flags already include ALLOW for an allow source)
+_COLLECT = {
+    "domain": lambda c, idx, e, flags: c.domains.append((e.value, idx, e.line, flags)),
+    "ip": lambda c, idx, e, flags: c.ips.setdefault(e.value, (idx, e.line)),
+    "regex": lambda c, idx, e, flags: c.regexes.setdefault(idx, []).append((re.compile(e.value), e.line, flags)),
+    "url": lambda c, idx, e, flags: c.urls.append((e.value, record(idx, e.line))),
+    "urlhash": lambda c, idx, e, flags: c.urlhashes.append((e.value, record(idx, e.line))),
+    "imagehash": lambda c, idx, e, flags: c.images.append((e.value, e.extra, record(idx, e.line))),
+}
+
+
+def _check_source(src: ListSource, seen_ids: set[str]) -> None:
+    if src.id in seen_ids:
+        raise ListError(f"{src.where or src.id}: duplicate list id {src.id!r}")
+    seen_ids.add(src.id)
+    if src.format not in FORMATS:
+        raise ListError(f"{src.where or src.id}: unknown format {src.format!r} (expected one of {', '.join(FORMATS)})")
+    if not src.path:
+        raise ListError(f"{src.where or src.id}: list {src.id!r} has no local file yet (run 'filterproxy lists update')")
+
+
+def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
+    """Parse one source: its ListInfo and what it yielded; ListError when it yields nothing."""
+    info = ListInfo(src, idx, version=src.version)
+    stats: dict[str, ParseStats] = {}
+    batch = _Collected()
+    allow = ALLOW if src.allow else 0
+    n = 0
+    for _file, e in iter_entries(src.format, src.path, lambda p: stats.setdefault(p, ParseStats(p)), src.match):
+        _COLLECT[e.kind](batch, idx, e, e.flags | allow)
+        n += 1
+    if not n:
+        detail = "; ".join(e for st in stats.values() for e in st.errors[:3])
+        raise ListError(f"{src.path}: list {src.id!r} ({src.format}) yielded zero entries"
+                        + (f" — first problems: {detail}" if detail else ""))
+    info.entries = n
+    info.files = sorted(stats)
+    for st in stats.values():
+        info.skipped += st.skipped
+        info.ips += st.ips
+        info.errors.extend(st.errors)
+        if st.header_count is not None:
+            info.header_counts[st.path] = st.header_count
+    return info, batch
+
+
+def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Snapshot:
+    """Parse and compile every source. A source that cannot be read or yields zero entries raises
+    ListError when ``strict``; otherwise it is logged and left out (the rest still load)."""
+    lists: list[ListInfo] = []
+    got = _Collected()
+    seen_ids: set[str] = set()
+    for src in sources:
+        _check_source(src, seen_ids)
+        idx = len(lists)
         try:
-            os.rename(tmp, final)
-        except OSError:  # another process compiled the same inputs first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _prune(root, keep_also=final)
-    return final
-
-
-def _prune(root: str, keep_also: str, limit: int = 8) -> None:
-    """Keep ``current``, ``keep_also`` and the newest few snapshots (``--extra-list`` runs make more)."""
-    cur = os.path.realpath(os.path.join(root, "current"))
-    dirs = sorted((e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
-                  key=lambda e: e.stat().st_mtime, reverse=True)
-    for e in dirs[limit:]:
-        if os.path.realpath(e.path) not in (cur, os.path.realpath(keep_also)):
-            shutil.rmtree(e.path, ignore_errors=True)
-
-
-def list_version(info) -> tuple[str, float]:
-    """(version label, time of the last successful fetch) of a loaded list, for compliance metrics."""
-    try:
-        mtime = max(os.stat(f).st_mtime for f in info.files) if info.files else 0.0
-    except OSError:
-        mtime = 0.0
-    version = info.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(mtime))
-    return version, mtime
-
-
-def publish_metrics(snap: Snapshot) -> None:
-    """Compliance figures of the snapshot being served: entries, version and age per list."""
-    from filterproxy import metrics
-
-    metrics.configure_labels(lists=[li.id for li in snap.lists])
-    for li in snap.lists:
-        if li.id.startswith("bundle-") and li.version.startswith("serial-"):
-            serial = int(li.version.removeprefix("serial-"))
-            publisher = li.source.where.split("(", 1)[-1].rstrip(")")
-            metrics.BUNDLE_INFO.set(publisher, str(serial))
-            metrics.BUNDLE_SERIAL.set(value=serial)
-            break
-    for li in snap.lists:
-        version, ts = list_version(li)
-        metrics.LISTS_ENTRIES.set(li.id, li.category, value=li.entries)
-        metrics.LISTS_INFO.set(li.id, version)
-        if ts:
-            metrics.LISTS_LAST_SUCCESS.set(li.id, value=ts)
-
-
-def mark_current(root: str, folder: str) -> None:
-    """Point ``root/current`` at ``folder`` (atomically) and prune old snapshots."""
-    link = os.path.join(root, "current")
-    tmp = link + ".tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(os.path.basename(folder), tmp)
-    os.replace(tmp, link)
-    keep = {os.path.basename(folder)}
-    entries = sorted((e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
-                     key=lambda e: e.stat().st_mtime, reverse=True)
-    for e in entries:
-        if e.name in keep:
+            info, batch = _load_one(src, idx)
+        except ListError as exc:
+            if strict:
+                raise
+            log.error("list %s left out: %s", src.id, exc)
             continue
-        if len(keep) < KEEP_SNAPSHOTS:
-            keep.add(e.name)
-        else:
-            shutil.rmtree(e.path, ignore_errors=True)
-
-
-def current_snapshot(state_dir: str) -> str | None:
-    link = os.path.join(snapshots_dir(state_dir), "current")
-    return os.path.realpath(link) if os.path.exists(os.path.join(link, "meta.json")) else None
-
-
-def available_sources(cfg) -> list[ListSource]:
-    """Configured lists with a local copy, plus the installed signed bundle's lists."""
-    present: list[ListSource] = []
-    if cfg.bundle.keys:  # the bundle machinery (and cryptography, ~8 MB of RSS) only when a bundle is pinned
-        from filterproxy.lists.bundle_cli import bundle_sources
-
-        present.extend(bundle_sources(cfg))
-    for s in cfg.lists:
-        if s.path and os.path.exists(s.path):
-            present.append(s)
-        else:
-            log.info("list %s: no local copy yet (run 'filterproxy lists update')", s.id)
-    return present
-
-
-def load_or_build(cfg, *, extra: bool = False, strict: bool = False, in_process: bool = False) -> Snapshot:
-    """The snapshot to serve for ``cfg``: memory-mapped from the state folder when its inputs are
-    unchanged, otherwise compiled (in a child process) and cached. When the state folder is not
-    writable, the snapshot is built in memory."""
-    sources = available_sources(cfg)
-    root = snapshots_dir(cfg.server.state_dir)
-    try:
-        os.makedirs(root, exist_ok=True)
-        writable = os.access(root, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        log.warning("state folder %s not writable: building lists in memory", root)
-        return build_snapshot(sources, strict=True)
-    t = time.perf_counter()
-    folder = compile_snapshot(sources, root, in_process=in_process)
-    snap = load_snapshot(folder)
-    if not extra:
-        mark_current(root, folder)
-    log.info("lists ready: %d lists, %d entries (%.2f s)", len(snap.lists), snap.total_entries, time.perf_counter() - t)
+        got.merge(batch)
+        del batch
+        if info.skipped:
+            log.warning("list %s: %d line(s) skipped; first: %s", src.id, info.skipped, "; ".join(info.errors[:3]))
+        log.info("list %s (%s, %s): %d entries", src.id, src.category, src.format, info.entries)
+        lists.append(info)
+    matcher = DomainMatcher.build(got.domains)
+    got.domains = []
+    snap = Snapshot(lists, matcher, got.regexes, got.ips)
+    _attach_url_and_image_matchers(snap, got.urls, got.urlhashes, got.images)
     return snap
 
 
-# ---------------------------------------------------------------- lists update / reload / show
+def _attach_url_and_image_matchers(snap: Snapshot, url_entries: list, urlhash_entries: list, image_entries: list) -> None:
+    """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
+    snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}
+    if url_entries:
+        from filterproxy.match.url import UrlPrefixMatcher
 
-def _fetch_sources(cfg):
-    from filterproxy.lists import fetch as fetchmod
+        um = UrlPrefixMatcher()
+        for entry, rec in url_entries:
+            um.add(entry, rec)
+        um.freeze()
+        snap.urls = um
+    if urlhash_entries:
+        from filterproxy.match.urlhash import UrlHashSet
 
-    out = []
-    for s in cfg.lists:
-        if not s.url:
-            continue
-        out.append((s, fetchmod.Source(id=s.id, url=s.url, format=s.format if s.format != "ut1" else "domains",
-                                       category=s.category, match=s.match)))
-    return out
+        uh = UrlHashSet()
+        for entry, rec in urlhash_entries:
+            uh.add(entry, rec)
+        uh.freeze()
+        snap.urlhashes = uh
+    if image_entries:
+        from filterproxy.match.imagehash import ImageHashIndex
+
+        ix = ImageHashIndex()
+        for value, item, rec in image_entries:
+            kind, _, hexhash = value.partition(":")
+            ix.add(kind, hexhash, rec)
+            if item:
+                snap.image_items[rec] = item  # the hotline's opaque item id, for reports
+        ix.freeze()
+        snap.images = ix
 
 
-def update(cfg, *, min_ratio: float = DEFAULT_MIN_RATIO) -> int:
-    """Fetch, validate, compile; swap ``current`` only when the new snapshot is sane. Exit status."""
-    from filterproxy import metrics
-    from filterproxy.lists import fetch as fetchmod
-    from filterproxy.lists.parsers import ParseStats, iter_entries
+def describe(lists: Iterable[ListInfo]) -> str:
+    return ", ".join(f"{li.id}={li.entries}" for li in lists)
 
-    cache = os.path.join(cfg.server.state_dir, "lists")
-    os.makedirs(cache, exist_ok=True)
-    failures = 0
-    if cfg.bundle.url:
-        bsrc = fetchmod.Source(id="bundle", url=cfg.bundle.url, format="bundle", signing_key=cfg.bundle.keys[0]
-                               if cfg.bundle.keys else None)
-        res = fetchmod.fetch(bsrc, cache)
-        if res.status == "failed":
-            failures += 1
-            metrics.LISTS_UPDATE_FAILURES.inc("bundle", "download")
-            print(f"bundle: download failed, keeping the installed bundle: {res.error}", file=sys.stderr)
-        elif res.status == "updated" and res.path:
-            from filterproxy.lists.bundle_cli import install_bundle
 
-            failures += install_bundle(cfg, res.path, cfg.bundle.keys) != 0
-    for src, fsrc in _fetch_sources(cfg):
-        def validate(path: str, _src: ListSource = src) -> None:
-            n = 0
-            for _ in iter_entries(_src.format, path, lambda p: ParseStats(p), _src.match):
-                n += 1
-                if n >= 1:
-                    return
-            raise ListError(f"{_src.id}: downloaded file parses to zero entries")
+# ---------------------------------------------------------------- persistence
 
-        res = fetchmod.fetch(fsrc, cache, validate=validate)
-        if res.status == "failed":
-            failures += 1
-            reason = "timeout" if "timed out" in (res.error or "") else "download"
-            metrics.LISTS_UPDATE_FAILURES.inc(src.id, reason)
-            print(f"{src.id}: update failed, keeping the previous copy: {res.error}", file=sys.stderr)
-        else:
-            print(f"{src.id}: {res.status} ({res.bytes:,} bytes)")
-            if res.path and os.path.abspath(res.path) != os.path.abspath(src.path):
-                os.makedirs(os.path.dirname(src.path), exist_ok=True)
-                shutil.copyfile(res.path, src.path)
-    root = snapshots_dir(cfg.server.state_dir)
-    prev = current_snapshot(cfg.server.state_dir)
+# 2: one packed 7-byte record per domain name (domains.records.npy);
+# 3: the same records as a raw file (domains.records), memory-mapped without numpy
+SNAPSHOT_FORMAT = 3
+
+
+def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) -> None:
+    """Write a snapshot into ``directory``: the domain index (memory-mappable) + meta.json + extra.pickle.
+
+    ``meta.json`` is written last: a folder without it is incomplete and never loaded.
+    """
+    import json
+    import os
+    import pickle
+
+    os.makedirs(directory, exist_ok=True)
+    snap.domains.save(directory)
+    extra = {
+        "regexes": {i: [(rx.pattern, line, flags) for rx, line, flags in v] for i, v in snap.regexes.items()},
+        "ips": snap.ips,
+        "urls": snap.raw.get("urls", []),
+        "urlhashes": snap.raw.get("urlhashes", []),
+        "images": snap.raw.get("images", []),
+    }
+    with open(os.path.join(directory, "extra.pickle"), "wb") as f:
+        pickle.dump(extra, f, protocol=pickle.HIGHEST_PROTOCOL)
+    meta = {
+        "format": SNAPSHOT_FORMAT,
+        "built_at": snap.built_at,
+        "lists": [{
+            "source": {k: getattr(li.source, k) for k in ("id", "category", "format", "path", "url", "match", "allow",
+                                                         "legal", "hashed", "where", "version")},
+            "entries": li.entries, "skipped": li.skipped, "ips": li.ips, "errors": li.errors,
+            "header_counts": li.header_counts, "files": li.files, "version": li.version,
+        } for li in snap.lists],
+    }
+    atomic_write(os.path.join(directory, "meta.json"), json.dumps(meta))
+
+
+def load_snapshot(directory: str) -> Snapshot:
+    """Load a saved snapshot; the domain index is memory-mapped (milliseconds for 1M names)."""
+    import json
+    import os
+    import pickle
+
+    meta_path = os.path.join(directory, "meta.json")
     try:
-        prev_entries = load_snapshot(prev).total_entries if prev else 0
-    except ListError as exc:  # e.g. an older snapshot format: nothing to compare the new one with
-        print(f"filterproxy lists update: current snapshot unreadable, not comparing sizes: {exc}", file=sys.stderr)
-        prev_entries = 0
-    try:
-        folder = compile_snapshot(available_sources(cfg), root)
-    except ListError as exc:
-        print(f"filterproxy lists update: new snapshot refused, keeping the last good one: {exc}", file=sys.stderr)
-        return 1
-    snap = load_snapshot(folder)
-    if prev and prev_entries and snap.total_entries < min_ratio * prev_entries:
-        print(f"filterproxy lists update: new snapshot has {snap.total_entries:,} entries, fewer than "
-              f"{min_ratio:.0%} of the current {prev_entries:,}: refused, keeping the last good one", file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
-        return 1
-    mark_current(root, folder)
-    print(f"snapshot {os.path.basename(folder)}: {len(snap.lists)} lists, {snap.total_entries:,} entries")
-    return 1 if failures else 0
-
-
-def reload(cfg) -> int:
-    """SIGHUP the running filterproxy (pid file in the state folder)."""
-    pidfile = os.path.join(cfg.server.state_dir, "filterproxy.pid")
-    try:
-        pid = int(open(pidfile).read().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        print(f"filterproxy lists reload: no running filterproxy found ({pidfile}: {exc})", file=sys.stderr)
-        return 1
-    print(f"reload requested (pid {pid})")
-    return 0
-
-
-def show(cfg) -> int:
-    folder = current_snapshot(cfg.server.state_dir)
-    snap = None
-    if folder:
-        try:
-            snap = load_snapshot(folder)
-        except ListError as exc:  # e.g. an older snapshot format after an upgrade: compile this one's
-            log.warning("current snapshot unreadable, compiling the lists again: %s", exc)
-    if snap is None:
-        snap = load_or_build(cfg)
-        folder = current_snapshot(cfg.server.state_dir)
-    print(f"snapshot {os.path.basename(folder) if folder else '(in memory)'} built "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(snap.built_at))}")
-    for li in snap.lists:
-        print(f"  {li.id:<30} {li.category:<10} {li.source.format:<9} {li.entries:>9,} entries"
-              + (f"  ({li.skipped} skipped)" if li.skipped else ""))
-    return 0
-
-
-def cli(args) -> int:
-    from filterproxy import metrics
-    from filterproxy.config import load_config
-
-    cfg = load_config(args.config)
-    if getattr(args, "state_dir", None):
-        cfg.server.state_dir = os.path.abspath(args.state_dir)
-    # failures counted here reach the running filterproxy's /metrics through the shared folder
-    metrics.enable_multiprocess(os.path.join(cfg.server.state_dir, "metrics"))
-    if args.lists_command == "update":
-        if getattr(args, "bundle", None):
-            from filterproxy.lists.bundle_cli import install_bundle
-
-            return install_bundle(cfg, args.bundle, args.key)
-        return update(cfg, min_ratio=args.min_ratio if args.min_ratio is not None else DEFAULT_MIN_RATIO)
-    if args.lists_command == "reload":
-        return reload(cfg)
-    return show(cfg)
-
-
-def _child_main() -> None:
-    """``python -m filterproxy.lists.snapshot OUT`` with the sources as JSON on stdin."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sources = [ListSource(**d) for d in json.load(sys.stdin)]
-    try:
-        save_snapshot(build_snapshot(sources, strict=True), sys.argv[1])
-    except ListError as exc:
-        print(f"{exc}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    _child_main()
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("format") != SNAPSHOT_FORMAT:
+            raise ListError(f"{meta_path}: snapshot format {meta.get('format')} (expected {SNAPSHOT_FORMAT})")
+        with open(os.path.join(directory, "extra.pickle"), "rb") as f:
+            extra = pickle.load(f)  # noqa: S301 - our own file in our state directory
+        domains = DomainMatcher.load(directory)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ListError(f"{directory}: unreadable snapshot: {exc}") from None
+    lists = []
+    for i, d in enumerate(meta["lists"]):
+        info = ListInfo(ListSource(**d["source"]), i, d["entries"], d["skipped"], d["ips"], d["errors"],
+                        d["header_counts"], d["files"], d.get("version", ""))
+        lists.append(info)
+    regexes = {int(i): [(re.compile(p), line, flags) for p, line, flags in v] for i, v in extra["regexes"].items()}
+    snap = Snapshot(lists, domains, regexes, extra["ips"], built_at=meta["built_at"])
+    _attach_url_and_image_matchers(snap, extra["urls"], extra["urlhashes"], extra["images"])
+    return snap

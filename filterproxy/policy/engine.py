@@ -22,20 +22,25 @@ import os
 import threading
 import zoneinfo
 from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from filterproxy.clients import Client, ClientMap
-from filterproxy.config import Config
 from filterproxy.lists.parsers import ALLOW
-from filterproxy.lists.store import Snapshot, unpack
+from filterproxy.lists.snapshot import unpack
 from filterproxy.names import NameError_, is_ip, normalize_host, self_and_parents
 from filterproxy.policy import safesearch
 from filterproxy.policy.model import Policy
 from filterproxy.verdict import Action, Reason, Verdict
 
+if TYPE_CHECKING:
+    from filterproxy.config import Config
+    from filterproxy.lists.snapshot import ListInfo, Snapshot
+
 log = logging.getLogger("filterproxy.policy")
 
 
-def _covering(names: dict, host: str, with_subdomains) -> str | None:
+def _covering(names: dict, host: str, with_subdomains: Callable[[Any], bool]) -> str | None:
     """The entry of ``names`` that covers ``host``: the host itself, or a parent whose value says
     (``with_subdomains(value)``) that it covers subdomains. A policy's own lists are small dicts."""
     if not names:
@@ -125,7 +130,8 @@ class Engine:
             log.exception("decision failed for %r; blocking", host)
             return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
 
-    def _decide(self, client, host, url, at, group, explain, canonical=False) -> Verdict:
+    def _decide(self, client: Client | str | None, host: str, url: str | None, at: dt.datetime | None,
+                group: str | None, explain: bool, canonical: bool = False) -> Verdict:
         snap, tables, legal, allow_src = self._state
         if group is None:
             group = self.group_for(client)
@@ -143,35 +149,10 @@ class Engine:
                     raise
                 host = host.strip("[]").lower()
 
-        # Gather evidence once: domain rules, regexes, IP literal, URL rules.
-        matches: list[tuple[int, int, int, str, bool]] = []  # (list idx, line, flags, rule, hashed)
-        if is_ip(host):
-            hit = snap.ips.get(host)
-            if hit:
-                matches.append((hit[0], hit[1], 0, host, False))
-        else:
-            for m in snap.domains.lookup(host):
-                matches.append((m.list_idx, m.line, m.flags, m.name, False))
-            for li in t.regex_lists:
-                for rx, line, flags in snap.regexes[li]:
-                    if rx.search(host):
-                        matches.append((li, line, flags, rx.pattern, False))
-        if url is not None:
-            matches.extend(self._url_matches(snap, host, url))
+        matches = self._evidence(snap, t, host, url)
 
-        def verdict(reason: Reason, m: tuple | None, *, category: str | None = None, **kw) -> Verdict:
-            if m is None:
-                return Verdict(Action.BLOCK, reason, group, category=category, **kw)
-            info = snap.lists[m[0]]
-            src = info.source
-            file = self._file_for(info, m)
-            rule = m[3]
-            if explain and file and not src.hashed:
-                text = linecache.getline(file, m[1]).strip() if not file.endswith(".gz") else ""
-                rule = text or rule
-            return Verdict(Action.BLOCK, reason, group, category=category or info.category, list_id=info.id,
-                           rule=None if src.hashed else rule, source=f"{file}:{m[1]}" if file else None,
-                           legal=src.is_legal, hashed=src.hashed, **kw)
+        def verdict(reason: Reason, m: tuple, **kw: object) -> Verdict:
+            return self._block_verdict(snap, group, reason, m, explain, **kw)
 
         # 1. legal
         for m in matches:
@@ -223,6 +204,40 @@ class Engine:
         return self._safesearch(pol, host, group) or t.default
 
     # ------------------------------------------------------------------ helpers
+    def _evidence(self, snap: Snapshot, t: _GroupTables, host: str,
+                  url: str | None) -> list[tuple[int, int, int, str, bool]]:
+        """Every rule that matches, gathered once: domain rules, regexes, IP literal, URL rules.
+        Each is (list index, line, flags, rule text, hashed)."""
+        matches: list[tuple[int, int, int, str, bool]] = []
+        if is_ip(host):
+            hit = snap.ips.get(host)
+            if hit:
+                matches.append((hit[0], hit[1], 0, host, False))
+        else:
+            for m in snap.domains.lookup(host):
+                matches.append((m.list_idx, m.line, m.flags, m.name, False))
+            for li in t.regex_lists:
+                for rx, line, flags in snap.regexes[li]:
+                    if rx.search(host):
+                        matches.append((li, line, flags, rx.pattern, False))
+        if url is not None:
+            matches.extend(self._url_matches(snap, host, url))
+        return matches
+
+    def _block_verdict(self, snap: Snapshot, group: str, reason: Reason, m: tuple, explain: bool,
+                       **kw: object) -> Verdict:
+        """A block verdict naming the list, rule and source line of match ``m``."""
+        info = snap.lists[m[0]]
+        src = info.source
+        file = self._file_for(info, m)
+        rule = m[3]
+        if explain and file and not src.hashed:
+            text = linecache.getline(file, m[1]).strip() if not file.endswith(".gz") else ""
+            rule = text or rule
+        return Verdict(Action.BLOCK, reason, group, category=info.category, list_id=info.id,
+                       rule=None if src.hashed else rule, source=f"{file}:{m[1]}" if file else None,
+                       legal=src.is_legal, hashed=src.hashed, **kw)
+
     @staticmethod
     def _allowlisted(pol: Policy, host: str) -> Verdict | None:
         name = _covering(pol.allow, host, lambda sub: sub)
@@ -270,7 +285,7 @@ class Engine:
         return out
 
     @staticmethod
-    def _file_for(info, m: tuple) -> str | None:
+    def _file_for(info: ListInfo, m: tuple) -> str | None:
         files = info.files
         if not files:
             return None

@@ -1,0 +1,46 @@
+"""``load_config``: one YAML file (plus the policies and catalogue it names) → a validated :class:`Config`.
+
+Relative paths are relative to the file that names them. Without a path the embedded default
+(``filterproxy/defaults/filterproxy.yaml``) is used; every section has defaults.
+"""
+
+from __future__ import annotations
+
+import os
+
+from filterproxy.config.groups import parse_clients, parse_groups
+from filterproxy.config.lists import parse_lists
+from filterproxy.config.loader import Section, load_yaml
+from filterproxy.config.model import Config
+from filterproxy.config.policy import check_categories
+from filterproxy.config.sections import SECTIONS, parse_timezone, resolve_path
+from filterproxy.vocabulary import ConfigError
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(_PACKAGE, "defaults", "filterproxy.yaml")
+REPO_ROOT = os.path.dirname(_PACKAGE)
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load and validate a configuration file (default: the embedded one)."""
+    path = os.path.abspath(path or DEFAULT_CONFIG)
+    top = Section(load_yaml(path), "config", f"{path}:1")
+    sections = {key: parse(top.section(key), path) for key, parse in SECTIONS.items()}
+    timezone = parse_timezone(top)
+    sources_file = top.get("sources", None, types=(str,))
+    if sources_file:
+        sources_file = resolve_path(path, sources_file)
+    lists = parse_lists(top.get("lists", [], types=(list,)), path, sources_file)
+    groups = parse_groups(top, path)
+    clients = parse_clients(top.get("clients", [], types=(list,)), path, groups)
+    default_group = top.get("default_group", None, types=(str,))
+    if default_group is not None and default_group not in groups:
+        raise ConfigError(f"{top.where('default_group')}: default_group {default_group!r} is not a defined group "
+                          f"(groups: {', '.join(groups)})")
+    categories = {li.category for li in lists}
+    for g in groups.values():
+        check_categories(g, categories)
+    top.done()
+    return Config(path, sections["server"], sections["upstreams"], sections["cache"], sections["dns"],
+                  sections["http"], sections["reports"], sections["metrics"], sections["querylog"], lists, groups,
+                  clients, default_group, timezone, sources_file, sections["bundle"])

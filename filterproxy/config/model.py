@@ -1,0 +1,142 @@
+"""The typed configuration: plain dataclasses, one per section, and :class:`Config` holding them all.
+
+Parsing and validation live in :mod:`filterproxy.config.sections`; these objects are what the rest of
+filterproxy reads (``cfg.server.state_dir``, ``cfg.groups``, ``cfg.lists`` ...).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from filterproxy.lists.source import ListSource
+    from filterproxy.policy.model import Policy
+
+
+@dataclass
+class ServerConfig:
+    dns_listen: tuple[str, int] | None = ("127.0.0.1", 5353)
+    proxy_listen: tuple[str, int] | None = ("127.0.0.1", 8080)
+    proxy_workers: int = 1
+    dns_workers: int = 1
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9108)
+    block_page_ipv4: str = "127.0.0.1"
+    block_page_ipv6: str = "::1"
+    gateway_id: str = field(default_factory=socket.gethostname)
+    state_dir: str = ""
+
+
+@dataclass
+class UpstreamConfig:
+    servers: list[str] = field(default_factory=lambda: ["9.9.9.9:53", "149.112.112.112:53"])
+    strategy: str = "failover"  # failover | parallel
+    timeout: float = 2.0
+    conditional: dict[str, list[str]] = field(default_factory=dict)  # zone → servers
+
+
+@dataclass
+class CacheConfig:
+    size: int = 20000
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    negative_ttl: int = 300
+    blocked_ttl: int = 30  # short so schedule changes take effect within a minute
+    sweep_interval: int = 30  # seconds per pass dropping expired entries (memory follows the live answers)
+
+
+@dataclass
+class DnsConfig:
+    allowed_networks: list[str] = field(default_factory=lambda: [
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+        "fc00::/7", "fe80::/10"])
+    rate_limit: int = 300  # queries per second per client address; 0 = off
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 256
+    tcp_max_per_client: int = 16  # TCP connections at once from one client address
+    strip_ech: bool = True
+    strip_h3: bool = False
+
+
+@dataclass
+class HttpConfig:
+    users_file: str | None = None  # proxy authentication: user → group
+    hotline: str = "111"
+    report_url: str = "https://tongdai111.vn"
+    review_url: str | None = None
+    ca_help_url: str = "http://mitm.it/"
+    default_language: str = "vi"
+    passthrough: list[str] = field(default_factory=list)
+    max_image_bytes: int = 8 * 1024 * 1024
+    image_hashing: bool = True
+    pdq_max_distance: int = 31
+
+
+@dataclass
+class ReportsConfig:
+    endpoint: str | None = None
+    spool: str | None = None
+    url_mode: str = "host"  # full | host | hashed | none
+    include_client: bool = False
+
+
+@dataclass
+class MetricsConfig:
+    push_url: str | None = None
+    push_interval: int = 60
+    push_grouping: dict[str, str] = field(default_factory=dict)
+    basic_auth_user: str | None = None
+    basic_auth_hash: str | None = None
+
+
+@dataclass
+class QueryLogConfig:
+    enabled: bool = False
+    path: str | None = None
+    retention_days: int = 7
+    anonymise: bool = True
+
+
+@dataclass
+class BundleConfig:
+    """Signed list bundles from a ministry: pinned public keys (two during a key change-over), optional URL."""
+
+    keys: list[str] = field(default_factory=list)
+    url: str | None = None
+
+
+@dataclass
+class ClientRule:
+    """One client → group mapping. Precedence: user > doh > mac > ip > cidr (longest prefix)."""
+
+    kind: str  # user | doh | mac | ip | cidr
+    value: str
+    group: str
+    where: str = ""
+
+
+@dataclass
+class Config:
+    """A loaded, validated configuration."""
+
+    path: str
+    server: ServerConfig
+    upstreams: UpstreamConfig
+    cache: CacheConfig
+    dns: DnsConfig
+    http: HttpConfig
+    reports: ReportsConfig
+    metrics: MetricsConfig
+    querylog: QueryLogConfig
+    lists: list[ListSource]
+    groups: dict[str, Policy]
+    clients: list[ClientRule]
+    default_group: str | None
+    timezone: str
+    sources_file: str | None = None
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+
+    def state_path(self, *parts: str) -> str:
+        return os.path.join(self.server.state_dir, *parts)

@@ -1,0 +1,194 @@
+"""One parsing function per top-level section of ``filterproxy.yaml`` (server, upstreams, cache, ...).
+
+Each reads its mapping through :class:`~filterproxy.config.loader.Section` (unknown keys are errors),
+validates it and returns the section's dataclass; relative paths are resolved against the config file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from filterproxy.config.loader import Section, check_upstream, parse_hostport
+from filterproxy.config.model import (BundleConfig, CacheConfig, DnsConfig, HttpConfig, MetricsConfig, QueryLogConfig,
+                                      ReportsConfig, ServerConfig, UpstreamConfig)
+from filterproxy.vocabulary import LANGUAGES, ConfigError
+
+
+def resolve_path(base_file: str, p: str) -> str:
+    """``p`` with ``~`` and ``$VARS`` expanded, relative to the folder of ``base_file``."""
+    p = os.path.expanduser(os.path.expandvars(str(p)))
+    return p if os.path.isabs(p) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(base_file)), p))
+
+
+def _listen(sec: Section, key: str, default: tuple[str, int] | None, port: int) -> tuple[str, int] | None:
+    v = sec.get(key, "__default__")
+    if v == "__default__":
+        return default
+    if v is False or v is None or str(v).lower() in ("off", "none", "false", ""):
+        return None
+    return parse_hostport(str(v), sec.where(key), port)
+
+
+def default_state_dir() -> str:
+    return os.path.join(os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state")), "filterproxy")
+
+
+def parse_server(s: Section, path: str) -> ServerConfig:
+    server = ServerConfig(
+        dns_listen=_listen(s, "dns_listen", ("127.0.0.1", 5353), 53),
+        proxy_listen=_listen(s, "proxy_listen", ("127.0.0.1", 8080), 8080),
+        proxy_workers=s.get("proxy_workers", 1, types=(int,)),
+        dns_workers=s.get("dns_workers", 1, types=(int,)),
+        metrics_listen=_listen(s, "metrics_listen", ("127.0.0.1", 9108), 9108),
+        block_page_ipv4=s.get("block_page_ipv4", "127.0.0.1", types=(str,)),
+        block_page_ipv6=s.get("block_page_ipv6", "::1", types=(str,)),
+        gateway_id=s.get("gateway_id", socket.gethostname(), types=(str,)),
+        state_dir=s.get("state_dir", "", types=(str,)),
+    )
+    for key in ("block_page_ipv4", "block_page_ipv6"):
+        try:
+            ipaddress.ip_address(getattr(server, key))
+        except ValueError:
+            raise ConfigError(f"{s.where(key)}: 'server.{key}' must be an IP address") from None
+    s.done()
+    server.state_dir = resolve_path(path, server.state_dir) if server.state_dir else default_state_dir()
+    return server
+
+
+def parse_upstreams(u: Section, path: str) -> UpstreamConfig:
+    servers = u.get("servers", None, types=(list,))
+    cond = u.get("conditional", {}, types=(dict,))
+    upstreams = UpstreamConfig(
+        servers=[str(x) for x in servers] if servers is not None else UpstreamConfig().servers,
+        strategy=u.get("strategy", "failover", choices=("failover", "parallel")),
+        timeout=float(u.get("timeout", 2.0, types=(int, float))),
+        conditional={str(k).lower().rstrip("."): [str(x) for x in (v if isinstance(v, list) else [v])]
+                     for k, v in cond.items()},
+    )
+    u.done()
+    for addr in upstreams.servers + [a for v in upstreams.conditional.values() for a in v]:
+        check_upstream(addr, u.where("servers"))
+    return upstreams
+
+
+def parse_cache(c: Section, path: str) -> CacheConfig:
+    cache = CacheConfig(**{k: c.get(k, getattr(CacheConfig(), k), types=(int,)) for k in
+                           ("size", "min_ttl", "max_ttl", "negative_ttl", "blocked_ttl", "sweep_interval")})
+    if cache.sweep_interval < 1:
+        raise ConfigError(f"{c.where('sweep_interval')}: 'cache.sweep_interval' must be at least 1 (seconds), "
+                          f"got {cache.sweep_interval}")
+    c.done()
+    return cache
+
+
+def parse_dns(d: Section, path: str) -> DnsConfig:
+    dd = DnsConfig()
+    dns = DnsConfig(
+        allowed_networks=[str(x) for x in d.get("allowed_networks", dd.allowed_networks, types=(list,))],
+        rate_limit=d.get("rate_limit", dd.rate_limit, types=(int,)),
+        tcp_idle_timeout=float(d.get("tcp_idle_timeout", dd.tcp_idle_timeout, types=(int, float))),
+        tcp_max_connections=d.get("tcp_max_connections", dd.tcp_max_connections, types=(int,)),
+        tcp_max_per_client=d.get("tcp_max_per_client", dd.tcp_max_per_client, types=(int,)),
+        strip_ech=d.get("strip_ech", True, types=(bool,)),
+        strip_h3=d.get("strip_h3", False, types=(bool,)),
+    )
+    if dns.tcp_max_per_client < 1:
+        raise ConfigError(f"{d.where('tcp_max_per_client')}: 'dns.tcp_max_per_client' must be at least 1 "
+                          f"(connections), got {dns.tcp_max_per_client}")
+    for net in dns.allowed_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{d.where('allowed_networks')}: invalid network {net!r} "
+                              "(expected CIDR like 10.0.0.0/8)") from None
+    d.done()
+    return dns
+
+
+def parse_http(h: Section, path: str) -> HttpConfig:
+    hd = HttpConfig()
+    http = HttpConfig(
+        users_file=h.get("users_file", None, types=(str,)),
+        hotline=str(h.get("hotline", hd.hotline, types=(str, int))),
+        report_url=h.get("report_url", hd.report_url, types=(str,)),
+        review_url=h.get("review_url", None, types=(str,)),
+        ca_help_url=h.get("ca_help_url", hd.ca_help_url, types=(str,)),
+        default_language=h.get("default_language", "vi", choices=LANGUAGES),
+        passthrough=[str(x) for x in h.get("passthrough", [], types=(list,))],
+        max_image_bytes=h.get("max_image_bytes", hd.max_image_bytes, types=(int,)),
+        image_hashing=h.get("image_hashing", True, types=(bool,)),
+        pdq_max_distance=h.get("pdq_max_distance", 31, types=(int,)),
+    )
+    if http.users_file:
+        http.users_file = resolve_path(path, http.users_file)
+    h.done()
+    return http
+
+
+def parse_reports(r: Section, path: str) -> ReportsConfig:
+    reports = ReportsConfig(
+        endpoint=r.get("endpoint", None, types=(str,)),
+        spool=r.get("spool", None, types=(str,)),
+        url_mode=r.get("url_mode", "host", choices=("full", "host", "hashed", "none")),
+        include_client=r.get("include_client", False, types=(bool,)),
+    )
+    if reports.spool:
+        reports.spool = resolve_path(path, reports.spool)
+    r.done()
+    return reports
+
+
+def parse_metrics(m: Section, path: str) -> MetricsConfig:
+    metrics = MetricsConfig(
+        push_url=m.get("push_url", None, types=(str,)),
+        push_interval=m.get("push_interval", 60, types=(int,)),
+        push_grouping={str(k): str(v) for k, v in m.get("push_grouping", {}, types=(dict,)).items()},
+        basic_auth_user=m.get("basic_auth_user", None, types=(str,)),
+        basic_auth_hash=m.get("basic_auth_hash", None, types=(str,)),
+    )
+    m.done()
+    return metrics
+
+
+def parse_querylog(q: Section, path: str) -> QueryLogConfig:
+    querylog = QueryLogConfig(
+        enabled=q.get("enabled", False, types=(bool,)),
+        path=q.get("path", None, types=(str,)),
+        retention_days=q.get("retention_days", 7, types=(int,)),
+        anonymise=q.get("anonymise", True, types=(bool,)),
+    )
+    q.done()
+    return querylog
+
+
+def parse_bundle(b: Section, path: str) -> BundleConfig:
+    bundle_cfg = BundleConfig(keys=[resolve_path(path, k) for k in b.get("keys", [], types=(list,))],
+                              url=b.get("url", None, types=(str,)))
+    for k in bundle_cfg.keys:
+        if not os.path.exists(k):
+            raise ConfigError(f"{b.where('keys')}: pinned bundle key not found: {k}")
+    b.done()
+    return bundle_cfg
+
+
+def parse_timezone(top: Section) -> str:
+    timezone = top.get("timezone", "Asia/Ho_Chi_Minh", types=(str,))
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(timezone)
+    except Exception:
+        raise ConfigError(f"{top.where('timezone')}: unknown time zone {timezone!r} "
+                          "(expected e.g. Asia/Ho_Chi_Minh)") from None
+    return timezone
+
+
+# The simple sections, in the order they are read: key → parser (Config field names match the keys, but
+# ``upstreams``).
+SECTIONS = {
+    "server": parse_server, "upstreams": parse_upstreams, "cache": parse_cache, "dns": parse_dns,
+    "http": parse_http, "reports": parse_reports, "metrics": parse_metrics, "querylog": parse_querylog,
+    "bundle": parse_bundle,
+}

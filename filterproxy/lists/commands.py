@@ -1,0 +1,180 @@
+"""``filterproxy lists update | reload | show``: fetch, compile, swap, signal, report.
+
+``lists update`` fetches every configured list that has a ``url`` (conditional GET, size caps,
+retries; see :mod:`filterproxy.lists.fetch`) into ``<state_dir>/lists``, refuses a file that parses
+to nothing, keeps the previous file when a download fails, and refuses a snapshot whose entry count
+fell below ``--min-ratio`` (default 0.5) of the current one: the last known good snapshot keeps
+serving. Every command works on the state folder given by ``--state-dir`` (else the configured one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from filterproxy.lists.parsers import ListError, ParseStats, iter_entries
+from filterproxy.lists.snapshot import ListSource, load_snapshot
+from filterproxy.lists.snapshot_cache import (available_sources, compile_snapshot, current_snapshot, load_or_build,
+                                              mark_current, snapshots_dir)
+
+if TYPE_CHECKING:
+    from filterproxy.config import Config
+    from filterproxy.config.sources import Source
+
+log = logging.getLogger("filterproxy.lists")
+
+DEFAULT_MIN_RATIO = 0.5
+
+
+def _fetch_sources(cfg: Config) -> list[tuple[ListSource, Source]]:
+    from filterproxy.lists import fetch as fetchmod
+
+    return [(s, fetchmod.Source(id=s.id, url=s.url, format=s.format if s.format != "ut1" else "domains",
+                                category=s.category, match=s.match)) for s in cfg.lists if s.url]
+
+
+def _update_bundle(cfg: Config, cache: str) -> int:
+    """Fetch and install the configured signed bundle; 1 on failure."""
+    from filterproxy import metrics
+    from filterproxy.lists import fetch as fetchmod
+
+    bsrc = fetchmod.Source(id="bundle", url=cfg.bundle.url, format="bundle",
+                           signing_key=cfg.bundle.keys[0] if cfg.bundle.keys else None)
+    res = fetchmod.fetch(bsrc, cache)
+    if res.status == "failed":
+        metrics.LISTS_UPDATE_FAILURES.inc("bundle", "download")
+        print(f"bundle: download failed, keeping the installed bundle: {res.error}", file=sys.stderr)
+        return 1
+    if res.status == "updated" and res.path:
+        from filterproxy.lists.bundle_cli import install_bundle
+
+        return int(install_bundle(cfg, res.path, cfg.bundle.keys) != 0)
+    return 0
+
+
+def _parses_to_something(src: ListSource) -> Callable[[str], None]:
+    """A ``validate`` callback for fetch: the downloaded file must yield at least one entry."""
+
+    def validate(path: str) -> None:
+        for _ in iter_entries(src.format, path, lambda p: ParseStats(p), src.match):
+            return
+        raise ListError(f"{src.id}: downloaded file parses to zero entries")
+
+    return validate
+
+
+def _update_lists(cfg: Config, cache: str) -> int:
+    """Fetch every downloaded list into ``cache``; the number of failures."""
+    from filterproxy import metrics
+    from filterproxy.lists import fetch as fetchmod
+
+    failures = 0
+    for src, fsrc in _fetch_sources(cfg):
+        res = fetchmod.fetch(fsrc, cache, validate=_parses_to_something(src))
+        if res.status == "failed":
+            failures += 1
+            reason = "timeout" if "timed out" in (res.error or "") else "download"
+            metrics.LISTS_UPDATE_FAILURES.inc(src.id, reason)
+            print(f"{src.id}: update failed, keeping the previous copy: {res.error}", file=sys.stderr)
+            continue
+        print(f"{src.id}: {res.status} ({res.bytes:,} bytes)")
+        local = src.local_path(cfg.server.state_dir)
+        if res.path and local and os.path.abspath(res.path) != os.path.abspath(local):
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            shutil.copyfile(res.path, local)
+    return failures
+
+
+def _swap_snapshot(cfg: Config, min_ratio: float) -> bool:
+    """Compile the lists now on disk and make them ``current`` unless they look broken; True when swapped."""
+    root = snapshots_dir(cfg.server.state_dir)
+    prev = current_snapshot(cfg.server.state_dir)
+    try:
+        prev_entries = load_snapshot(prev).total_entries if prev else 0
+    except ListError as exc:  # e.g. an older snapshot format: nothing to compare the new one with
+        print(f"filterproxy lists update: current snapshot unreadable, not comparing sizes: {exc}", file=sys.stderr)
+        prev_entries = 0
+    try:
+        folder = compile_snapshot(available_sources(cfg), root)
+    except ListError as exc:
+        print(f"filterproxy lists update: new snapshot refused, keeping the last good one: {exc}", file=sys.stderr)
+        return False
+    snap = load_snapshot(folder)
+    if prev and prev_entries and snap.total_entries < min_ratio * prev_entries:
+        print(f"filterproxy lists update: new snapshot has {snap.total_entries:,} entries, fewer than "
+              f"{min_ratio:.0%} of the current {prev_entries:,}: refused, keeping the last good one", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    mark_current(root, folder)
+    print(f"snapshot {os.path.basename(folder)}: {len(snap.lists)} lists, {snap.total_entries:,} entries")
+    return True
+
+
+def update(cfg: Config, *, min_ratio: float = DEFAULT_MIN_RATIO) -> int:
+    """Fetch, validate, compile; swap ``current`` only when the new snapshot is sane. Exit status."""
+    cache = os.path.join(cfg.server.state_dir, "lists")
+    os.makedirs(cache, exist_ok=True)
+    failures = _update_bundle(cfg, cache) if cfg.bundle.url else 0
+    failures += _update_lists(cfg, cache)
+    if not _swap_snapshot(cfg, min_ratio):
+        return 1
+    return 1 if failures else 0
+
+
+def reload(cfg: Config) -> int:
+    """SIGHUP the running filterproxy (pid file in the state folder)."""
+    pidfile = os.path.join(cfg.server.state_dir, "filterproxy.pid")
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"filterproxy lists reload: no running filterproxy found ({pidfile}: {exc})", file=sys.stderr)
+        return 1
+    print(f"reload requested (pid {pid})")
+    return 0
+
+
+def show(cfg: Config) -> int:
+    folder = current_snapshot(cfg.server.state_dir)
+    snap = None
+    if folder:
+        try:
+            snap = load_snapshot(folder)
+        except ListError as exc:  # e.g. an older snapshot format after an upgrade: compile this one's
+            log.warning("current snapshot unreadable, compiling the lists again: %s", exc)
+    if snap is None:
+        snap = load_or_build(cfg)
+        folder = current_snapshot(cfg.server.state_dir)
+    print(f"snapshot {os.path.basename(folder) if folder else '(in memory)'} built "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(snap.built_at))}")
+    for li in snap.lists:
+        print(f"  {li.id:<30} {li.category:<10} {li.source.format:<9} {li.entries:>9,} entries"
+              + (f"  ({li.skipped} skipped)" if li.skipped else ""))
+    return 0
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``filterproxy lists ...``: the configuration with ``--state-dir`` applied, then the sub-command."""
+    from filterproxy import metrics
+    from filterproxy.app import load_config_with
+
+    cfg = load_config_with(args.config, state_dir=getattr(args, "state_dir", None))
+    # failures counted here reach the running filterproxy's /metrics through the shared folder
+    metrics.enable_multiprocess(os.path.join(cfg.server.state_dir, "metrics"))
+    if args.lists_command == "update":
+        if getattr(args, "bundle", None):
+            from filterproxy.lists.bundle_cli import install_bundle
+
+            return install_bundle(cfg, args.bundle, args.key)
+        return update(cfg, min_ratio=args.min_ratio if args.min_ratio is not None else DEFAULT_MIN_RATIO)
+    if args.lists_command == "reload":
+        return reload(cfg)
+    return show(cfg)
