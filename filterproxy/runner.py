@@ -115,7 +115,7 @@ class Runner:
         self.args = args
         self.cfg = cfg
         self.engine = engine
-        self.dns: Any = None  # filterproxy.dns.server.DnsService
+        self.dns: Any = None  # filterproxy.dns.service.DnsService
         self.proxy: Any = None  # filterproxy.http.server.ProxyWorkers
         self.metrics_server: Any = None
         self.pusher: Any = None
@@ -167,7 +167,7 @@ class Runner:
             log.info("metrics pushed to %s every %ds", cfg.metrics.push_url, cfg.metrics.push_interval)
 
         if cfg.server.dns_listen is not None:
-            from filterproxy.dns.server import DnsService
+            from filterproxy.dns.service import DnsService
 
             n = cfg.server.dns_workers
             self.dns = DnsService(cfg, self.engine, listen=cfg.server.dns_listen, reuse_port=n > 1 or bool(self.worker))

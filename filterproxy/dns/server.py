@@ -3,14 +3,14 @@
 UDP serving is :mod:`filterproxy.dns.udp` (its own thread), TCP serving :mod:`filterproxy.dns.tcp` (the
 asyncio loop); both admit queries with :mod:`filterproxy.dns.admission` and answer with
 :mod:`filterproxy.dns.answering`. The DNS side of ``filterproxy run`` (chain, listeners, housekeeping) is
-:class:`filterproxy.dns.service.DnsService`, also importable from here.
+:class:`filterproxy.dns.service.DnsService`, which builds on this one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from filterproxy.dns.answering import Tally, pack
 from filterproxy.dns.tcp import TcpListener
@@ -18,9 +18,8 @@ from filterproxy.dns.udp import UdpListener, udp_socket
 
 if TYPE_CHECKING:
     from filterproxy.dns.chain import Chain
-    from filterproxy.dns.service import DnsService
 
-__all__ = ["DnsServer", "DnsService", "Tally", "pack"]
+__all__ = ["DnsServer", "Tally", "pack"]
 
 
 class DnsServer:
@@ -76,10 +75,3 @@ class DnsServer:
         await self.udp.stop()
         self.tally.flush()
 
-
-def __getattr__(name: str) -> Any:
-    if name == "DnsService":  # lives in filterproxy.dns.service, which imports this module
-        from filterproxy.dns.service import DnsService
-
-        return DnsService
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
