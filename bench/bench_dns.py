@@ -50,9 +50,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from shared_data import DATA  # noqa: E402  (../shared/data, or beside the checkout this was cloned from)
+
 PY = sys.executable
 
-_NAME_RE = re.compile(r"^(?=.{1,200}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+$")
+_NAME_RE = re.compile(
+    r"^(?=.{1,200}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+$"
+)
 
 
 def log(msg: str) -> None:
@@ -61,6 +64,7 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- data
 
+
 def _open(p: Path):
     return gzip.open(p, "rt", errors="replace") if p.suffix == ".gz" else open(p, errors="replace")
 
@@ -68,9 +72,14 @@ def _open(p: Path):
 def real_names() -> list[str]:
     """Unique names from the shared blocklists (any format: hosts, domains, adblock, wildcard)."""
     bl = DATA / "blocklists"
-    files = sorted(bl.glob("hagezi/adblock/*.txt*")) + sorted(bl.glob("hagezi/wildcard/*.txt*")) + \
-        sorted(bl.glob("ut1/*/domains")) + sorted(bl.glob("stevenblack_trimmed/*")) + sorted(bl.glob("blockads/*")) + \
-        sorted(bl.glob("sinfonietta/*"))
+    files = (
+        sorted(bl.glob("hagezi/adblock/*.txt*"))
+        + sorted(bl.glob("hagezi/wildcard/*.txt*"))
+        + sorted(bl.glob("ut1/*/domains"))
+        + sorted(bl.glob("stevenblack_trimmed/*"))
+        + sorted(bl.glob("blockads/*"))
+        + sorted(bl.glob("sinfonietta/*"))
+    )
     seen: set[str] = set()
     out: list[str] = []
     skip_dirs = {"liste_blanche", "child", "sexual_education"}
@@ -99,8 +108,10 @@ def real_names() -> list[str]:
 def query_names() -> list[str]:
     """Allowed names, most popular first (Alexa ranks, then Cloudflare Radar's modern names)."""
     out, seen = [], set()
-    for f, col in ((DATA / "queries" / "alexa_top100k_2015.csv.gz", 1),
-                   (DATA / "queries" / "cloudflare_radar_top100k_2024-01-22_2024-01-29.csv.gz", 0)):
+    for f, col in (
+        (DATA / "queries" / "alexa_top100k_2015.csv.gz", 1),
+        (DATA / "queries" / "cloudflare_radar_top100k_2024-01-22_2024-01-29.csv.gz", 0),
+    ):
         with gzip.open(f, "rt") as fh:
             for line in fh:
                 parts = line.strip().lower().split(",")
@@ -119,8 +130,10 @@ def make_data(work: Path, n_domains: int, n_queries: int, miss_pct: float = 5.0,
     t0 = time.time()
     names = real_names()
     if not names:
-        raise SystemExit(f"bench: no blocklists under {DATA / 'blocklists'} (the shared data folder); "
-                         "set FILTERPROXY_TEST_DATA to it")
+        raise SystemExit(
+            f"bench: no blocklists under {DATA / 'blocklists'} (the shared data folder); "
+            "set FILTERPROXY_TEST_DATA to it"
+        )
     real = len(names)
     base = names[:]
     seen = set(names)
@@ -142,14 +155,15 @@ def make_data(work: Path, n_domains: int, n_queries: int, miss_pct: float = 5.0,
         for n in names:
             f.write(f"address=/{n}/\n")
 
-    allowed = [n for n in query_names() if n not in listed and not any(
-        n.endswith("." + s) for s in ("google.com",))][:20000]
+    allowed = [n for n in query_names() if n not in listed and not any(n.endswith("." + s) for s in ("google.com",))][
+        :20000
+    ]
     # Zipf-like popularity over the allowed names
     weights = [1.0 / (r + 1) ** 0.9 for r in range(len(allowed))]
     blocked_pool = [names[rng.randrange(len(names))] for _ in range(30000)]
     sub_pool = [f"{rng.choice(('www', 'm', 'cdn', 'img', 'api'))}.{rng.choice(blocked_pool)}" for _ in range(10000)]
     lines: list[tuple[str, str, str]] = []
-    n_block, n_sub, n_cond = int(n_queries * .20), int(n_queries * .10), int(n_queries * .01)
+    n_block, n_sub, n_cond = int(n_queries * 0.20), int(n_queries * 0.10), int(n_queries * 0.01)
     n_miss = int(n_queries * miss_pct / 100)
     n_allow = n_queries - n_block - n_sub - n_miss - n_cond
     lines += [(rng.choice(blocked_pool), "A", "blocked") for _ in range(n_block)]
@@ -168,12 +182,15 @@ def make_data(work: Path, n_domains: int, n_queries: int, miss_pct: float = 5.0,
     kinds = {n: k for n, _, k in lines}
     hit_names = list(dict.fromkeys(n for n, t, k in lines if k == "hit" and t == "A"))[:2000]
     distinct = len({(n, t) for n, t, _ in lines})
-    log(f"queries: {len(lines):,} lines, {distinct:,} distinct questions (20% blocked, 10% blocked subdomains, "
-        f"{n_allow * 100 / n_queries:g}% allowed, {miss_pct:g}% misses, 1% conditional)")
+    log(
+        f"queries: {len(lines):,} lines, {distinct:,} distinct questions (20% blocked, 10% blocked subdomains, "
+        f"{n_allow * 100 / n_queries:g}% allowed, {miss_pct:g}% misses, 1% conditional)"
+    )
     return {"kinds": kinds, "probe": names[0], "distinct": distinct, "hit_names": hit_names}
 
 
 # ---------------------------------------------------------------- processes
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -228,9 +245,25 @@ def wait_ready(proc: subprocess.Popen, port: int, probe: str, timeout: float = 2
 
 
 def start_upstream(port: int, core: int) -> subprocess.Popen:
-    p = subprocess.Popen(["taskset", "-c", str(core), PY, "-m", "filterproxy.dns.testing", "--port", str(port),
-                          "--ttl", "3600", "--short-ttl-suffix", ".miss.bench"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, cwd=REPO)
+    p = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(core),
+            PY,
+            "-m",
+            "filterproxy.dns.testing",
+            "--port",
+            str(port),
+            "--ttl",
+            "3600",
+            "--short-ttl-suffix",
+            ".miss.bench",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
     for _ in range(100):
         if dns_probe(port, "ready.example") == 0:
             return p
@@ -259,27 +292,42 @@ def server_cmd(kind: str, work: Path, port: int, up: int, metrics_port: int) -> 
     so-rcvbuf: 4m
     so-sndbuf: 4m
     module-config: "iterator"
-    include: "{work / 'unbound-zones.conf'}"
+    include: "{work / "unbound-zones.conf"}"
 forward-zone:
     name: "."
     forward-addr: 127.0.0.1@{up}
 """)
         return ["unbound", "-d", "-c", str(conf)]
     if kind == "dnsmasq":
-        return ["dnsmasq", "-k", f"--conf-file={work / 'dnsmasq-addresses.conf'}", f"--port={port}",
-                "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--no-negcache",
-                f"--server=127.0.0.1#{up}", "--cache-size=100000", "--pid-file=", "--user=root",
-                "--dns-forward-max=1000", "--log-facility=/dev/null"]
+        return [
+            "dnsmasq",
+            "-k",
+            f"--conf-file={work / 'dnsmasq-addresses.conf'}",
+            f"--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-negcache",
+            f"--server=127.0.0.1#{up}",
+            "--cache-size=100000",
+            "--pid-file=",
+            "--user=root",
+            "--dns-forward-max=1000",
+            "--log-facility=/dev/null",
+        ]
     pol = work / "policies"
     pol.mkdir(exist_ok=True)
-    (pol / "bench.yaml").write_text("name: bench\nblock_categories: [adult, malware]\nblock_mode: nxdomain\n"
-                                    "safesearch: strict\nschedules:\n  - {name: night, days: all, from: '03:00', "
-                                    "to: '03:01', block_categories: [games]}\n")
+    (pol / "bench.yaml").write_text(
+        "name: bench\nblock_categories: [adult, malware]\nblock_mode: nxdomain\n"
+        "safesearch: strict\nschedules:\n  - {name: night, days: all, from: '03:00', "
+        "to: '03:01', block_categories: [games]}\n"
+    )
     (pol / "staff.yaml").write_text("name: staff\nblock_categories: [malware]\nblock_mode: blockpage\n")
     (pol / "guest.yaml").write_text("name: guest\nblock_categories: [adult, malware]\nblock_mode: 'null'\n")
     cfg = work / "filterproxy.yaml"
     cfg.write_text(f"""server:
-  state_dir: {work / 'state'}
+  state_dir: {work / "state"}
 upstreams:
   servers: [127.0.0.1:{up}]
   timeout: 2.0
@@ -297,22 +345,67 @@ clients:
   - {{cidr: 127.0.0.0/8, group: bench}}
   - {{cidr: 10.1.0.0/16, group: staff}}
 lists:
-  - {{id: bench-adult, category: adult, format: domains, match: subdomains, path: {work / 'blocklist.txt'}}}
+  - {{id: bench-adult, category: adult, format: domains, match: subdomains, path: {work / "blocklist.txt"}}}
 """)
-    return [PY, "-m", "filterproxy", "run", "--config", str(cfg), "--dns-listen", f"127.0.0.1:{port}",
-            "--proxy-listen", "off", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    return [
+        PY,
+        "-m",
+        "filterproxy",
+        "run",
+        "--config",
+        str(cfg),
+        "--dns-listen",
+        f"127.0.0.1:{port}",
+        "--proxy-listen",
+        "off",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+    ]
 
 
 # ---------------------------------------------------------------- dnsperf
 
-_NUM = {"sent": r"Queries sent:\s+(\d+)", "completed": r"Queries completed:\s+(\d+)", "lost": r"Queries lost:\s+(\d+)",
-        "qps": r"Queries per second:\s+([\d.]+)", "avg": r"Average Latency \(s\):\s+([\d.]+)"}
+_NUM = {
+    "sent": r"Queries sent:\s+(\d+)",
+    "completed": r"Queries completed:\s+(\d+)",
+    "lost": r"Queries lost:\s+(\d+)",
+    "qps": r"Queries per second:\s+([\d.]+)",
+    "avg": r"Average Latency \(s\):\s+([\d.]+)",
+}
 
 
-def dnsperf(port: int, qfile: Path, core: int, *, duration: float | None = None, runs: int | None = None,
-            qps: float | None = None, verbose: bool = False, outstanding: int = 500) -> tuple[dict, list]:
-    cmd = ["taskset", "-c", str(core), "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-c", "4",
-           "-T", "1", "-q", str(outstanding), "-e", "-t", "2"]
+def dnsperf(
+    port: int,
+    qfile: Path,
+    core: int,
+    *,
+    duration: float | None = None,
+    runs: int | None = None,
+    qps: float | None = None,
+    verbose: bool = False,
+    outstanding: int = 500,
+) -> tuple[dict, list]:
+    cmd = [
+        "taskset",
+        "-c",
+        str(core),
+        "dnsperf",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-d",
+        str(qfile),
+        "-c",
+        "4",
+        "-T",
+        "1",
+        "-q",
+        str(outstanding),
+        "-e",
+        "-t",
+        "2",
+    ]
     if duration:
         cmd += ["-l", str(duration)]
     if runs:
@@ -346,8 +439,12 @@ def probe_latency(port: int, names: list[str], seconds: float, gap: float = 0.00
             i += 1
             labels = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\x00"
             qid = i & 0xFFFF
-            q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 1) + labels + b"\x00\x01\x00\x01" + \
-                b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+            q = (
+                struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 1)
+                + labels
+                + b"\x00\x01\x00\x01"
+                + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+            )
             t0 = time.perf_counter()
             s.send(q)
             try:
@@ -356,7 +453,7 @@ def probe_latency(port: int, names: list[str], seconds: float, gap: float = 0.00
                     if r[:2] == q[:2]:
                         break
                 out.append(time.perf_counter() - t0)
-            except socket.timeout:
+            except TimeoutError:
                 out.append(1.0)
             time.sleep(gap)
     return out
@@ -366,8 +463,10 @@ def run_prober(port: int, work: Path, names: list[str], seconds: float, core: in
     """:func:`probe_latency` in a process of its own with real-time priority on the load core, so dnsperf
     (busy on that core) never delays it: what it times is the server's answer."""
     (work / "probe-names.json").write_text(json.dumps(names))
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_dns as b; "
-            f"print(json.dumps(b.probe_latency({port}, json.load(open({str(work / 'probe-names.json')!r})), {seconds})))")
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_dns as b; "
+        f"print(json.dumps(b.probe_latency({port}, json.load(open({str(work / 'probe-names.json')!r})), {seconds})))"
+    )
 
     def rt() -> None:
         os.sched_setaffinity(0, {core})
@@ -408,10 +507,17 @@ def bench_one(kind: str, work: Path, data: dict, args, up_port: int) -> dict:
         c0 = cpu_seconds(proc.pid)
         peak, _ = dnsperf(port, qfile, args.load_core, duration=args.duration)
         cpu = cpu_seconds(proc.pid) - c0
-        res.update(qps=peak["qps"], avg_ms=peak["avg"] * 1000, lost=int(peak["lost"]), sent=int(peak["sent"]),
-                   cpu_us=cpu / max(1.0, peak["completed"]) * 1e6)
-        log(f"{kind}: peak {peak['qps']:,.0f} qps, avg {peak['avg'] * 1000:.2f} ms, lost {int(peak['lost'])}, "
-            f"{res['cpu_us']:.1f} µs CPU per query")
+        res.update(
+            qps=peak["qps"],
+            avg_ms=peak["avg"] * 1000,
+            lost=int(peak["lost"]),
+            sent=int(peak["sent"]),
+            cpu_us=cpu / max(1.0, peak["completed"]) * 1e6,
+        )
+        log(
+            f"{kind}: peak {peak['qps']:,.0f} qps, avg {peak['avg'] * 1000:.2f} ms, lost {int(peak['lost'])}, "
+            f"{res['cpu_us']:.1f} µs CPU per query"
+        )
         rate = 0.8 * peak["qps"]
         # 80% of peak: dnsperf keeps the load (lost queries, average latency), while a prober asks cached
         # names one at a time (2 ms apart) and times each answer: the cache-hit latency under load,
@@ -420,27 +526,46 @@ def bench_one(kind: str, work: Path, data: dict, args, up_port: int) -> dict:
         # whatever the server), and with up to 50 (steadier load, many clients with a few queries each).
         for tag, outstanding in (("", 500), ("_q50", 50)):
             holder: dict = {}
-            th = threading.Thread(target=lambda: holder.update(zip(("st", "lat"), dnsperf(
-                port, qfile, args.load_core, duration=args.duration, qps=rate, outstanding=outstanding))))
+            th = threading.Thread(
+                target=lambda: holder.update(
+                    zip(
+                        ("st", "lat"),
+                        dnsperf(port, qfile, args.load_core, duration=args.duration, qps=rate, outstanding=outstanding),
+                    )
+                )
+            )
             th.start()
             time.sleep(1.0)
             hits = run_prober(port, work, data["hit_names"], args.duration - 2, args.load_core)
             th.join()
             st = holder["st"]
-            res.update({f"q80{tag}_qps": st["qps"], f"q80{tag}_lost": int(st["lost"]), f"q80{tag}_sent": int(st["sent"]),
-                        f"q80{tag}_avg_ms": st["avg"] * 1000, f"p50_hit{tag}_ms": pct(hits, 50) * 1000,
-                        f"p99_hit{tag}_ms": pct(hits, 99) * 1000, f"hit_probes{tag}": len(hits)})
-            log(f"{kind}: at 80% ({rate:,.0f} qps, -q {outstanding}): {st['qps']:,.0f} qps, lost {int(st['lost'])}, "
+            res.update(
+                {
+                    f"q80{tag}_qps": st["qps"],
+                    f"q80{tag}_lost": int(st["lost"]),
+                    f"q80{tag}_sent": int(st["sent"]),
+                    f"q80{tag}_avg_ms": st["avg"] * 1000,
+                    f"p50_hit{tag}_ms": pct(hits, 50) * 1000,
+                    f"p99_hit{tag}_ms": pct(hits, 99) * 1000,
+                    f"hit_probes{tag}": len(hits),
+                }
+            )
+            log(
+                f"{kind}: at 80% ({rate:,.0f} qps, -q {outstanding}): {st['qps']:,.0f} qps, lost {int(st['lost'])}, "
                 f"avg {st['avg'] * 1000:.2f} ms; cache hits (probe, n={len(hits)}): p50 {pct(hits, 50) * 1000:.3f} ms, "
-                f"p99 {pct(hits, 99) * 1000:.3f} ms")
+                f"p99 {pct(hits, 99) * 1000:.3f} ms"
+            )
         res["rss_mb"] = rss_mb(proc.pid)
         if kind == "filterproxy":
             try:
                 import urllib.request
 
                 text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-                res["metrics_queries"] = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                                             if ln.startswith("filterproxy_dns_queries_total{"))
+                res["metrics_queries"] = sum(
+                    float(ln.rsplit(" ", 1)[1])
+                    for ln in text.splitlines()
+                    if ln.startswith("filterproxy_dns_queries_total{")
+                )
             except Exception as exc:
                 res["metrics_error"] = str(exc)
     finally:
@@ -501,20 +626,28 @@ def main(argv: list[str] | None = None) -> int:
         best["load_s"] = min(r["load_s"] for r in rs)
         best["rss_mb"] = max(r["rss_mb"] for r in rs)
         results.append(best)
-    print(f"\nDNS benchmark: {args.domains:,} blocked names, {args.queries:,} query lines "
-          f"({data['distinct']:,} distinct, {args.miss_pct:g}% cache misses), {args.duration:g} s per phase, "
-          f"best of {args.rounds} rounds, server on core {args.server_core}, dnsperf + upstream on core {args.load_core}\n")
-    hdr = (f"{'server':<12} {'QPS':>9} {'CPU µs/q':>8} {'avg ms':>7} {'lost':>5} | {'@80%: lost':>10} {'avg ms':>7} "
-           f"{'hit p50':>8} {'hit p99':>8} | {'-q 50: p50':>10} {'p99':>6} | {'RSS MB':>7} {'(loaded)':>8} {'load s':>7} "
-           f"{'(first)':>7}")
+    print(
+        f"\nDNS benchmark: {args.domains:,} blocked names, {args.queries:,} query lines "
+        f"({data['distinct']:,} distinct, {args.miss_pct:g}% cache misses), {args.duration:g} s per phase, "
+        f"best of {args.rounds} rounds, server on core {args.server_core}, dnsperf + upstream on core {args.load_core}\n"
+    )
+    hdr = (
+        f"{'server':<12} {'QPS':>9} {'CPU µs/q':>8} {'avg ms':>7} {'lost':>5} | {'@80%: lost':>10} {'avg ms':>7} "
+        f"{'hit p50':>8} {'hit p99':>8} | {'-q 50: p50':>10} {'p99':>6} | {'RSS MB':>7} {'(loaded)':>8} {'load s':>7} "
+        f"{'(first)':>7}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in results:
-        print(f"{r['server']:<12} {r['qps']:>9,.0f} {r['cpu_us']:>8.1f} {r['avg_ms']:>7.2f} {r['lost']:>5} | "
-              f"{r['q80_lost']:>10} {r['q80_avg_ms']:>7.2f} {r['p50_hit_ms']:>8.3f} {r['p99_hit_ms']:>8.3f} | "
-              f"{r['p50_hit_q50_ms']:>10.3f} {r['p99_hit_q50_ms']:>6.3f} | {r['rss_mb']:>7.0f} {r['rss_loaded_mb']:>8.0f} {r['load_s']:>7.1f} {r['load_cold_s']:>7.1f}")
-    print("QPS of every round: " + "; ".join(f"{r['server']} " + ", ".join(f"{q:,.0f}" for q in r["all_qps"])
-                                             for r in results))
+        print(
+            f"{r['server']:<12} {r['qps']:>9,.0f} {r['cpu_us']:>8.1f} {r['avg_ms']:>7.2f} {r['lost']:>5} | "
+            f"{r['q80_lost']:>10} {r['q80_avg_ms']:>7.2f} {r['p50_hit_ms']:>8.3f} {r['p99_hit_ms']:>8.3f} | "
+            f"{r['p50_hit_q50_ms']:>10.3f} {r['p99_hit_q50_ms']:>6.3f} | {r['rss_mb']:>7.0f} {r['rss_loaded_mb']:>8.0f} {r['load_s']:>7.1f} {r['load_cold_s']:>7.1f}"
+        )
+    print(
+        "QPS of every round: "
+        + "; ".join(f"{r['server']} " + ", ".join(f"{q:,.0f}" for q in r["all_qps"]) for r in results)
+    )
     by = {r["server"]: r for r in results}
     fp = by.get("filterproxy")
     if fp:
@@ -527,20 +660,26 @@ def main(argv: list[str] | None = None) -> int:
             m = fp["rss_mb"] / o["rss_mb"]
             ml = fp["rss_loaded_mb"] / o["rss_loaded_mb"]
             c = o["cpu_us"] / fp["cpu_us"]
-            print(f"filterproxy / {other:<8} QPS {q:5.2f}x (target >= {qps_target}x: {'OK' if q >= qps_target else 'MISSED'})"
-                  f"   queries per CPU-second {c:5.2f}x"
-                  f"   RSS {ml:5.2f}x loaded" + (f" (target <= 0.5x: {'OK' if ml <= 0.5 else 'MISSED'})" if other == "dnsmasq" else "")
-                  + f", {m:5.2f}x at the end" + (f" ({'OK' if m <= 0.5 else 'MISSED'})" if other == "dnsmasq" else "")
-                  + f"   load {fp['load_s'] / o['load_s']:5.2f}x")
+            print(
+                f"filterproxy / {other:<8} QPS {q:5.2f}x (target >= {qps_target}x: {'OK' if q >= qps_target else 'MISSED'})"
+                f"   queries per CPU-second {c:5.2f}x"
+                f"   RSS {ml:5.2f}x loaded"
+                + (f" (target <= 0.5x: {'OK' if ml <= 0.5 else 'MISSED'})" if other == "dnsmasq" else "")
+                + f", {m:5.2f}x at the end"
+                + (f" ({'OK' if m <= 0.5 else 'MISSED'})" if other == "dnsmasq" else "")
+                + f"   load {fp['load_s'] / o['load_s']:5.2f}x"
+            )
         print(f"filterproxy RSS: {fp['rss_loaded_mb']:.0f} MB loaded, {fp['rss_mb']:.0f} MB at the end (caches in use)")
         ub = by.get("unbound", {})
         peer = lambda k: f" (unbound {ub[k]:.2f})" if k in ub else ""  # noqa: E731
         p99b, p99s = fp["p99_hit_ms"], fp["p99_hit_q50_ms"]
-        print(f"filterproxy p99 of cache hits at 80% load: {p99s:.2f} ms with dnsperf -q 50{peer('p99_hit_q50_ms')}, "
-              f"{p99b:.2f} ms with -q 500{peer('p99_hit_ms')} (target < 2 ms: "
-              f"{'OK' if p99s < 2 else 'MISSED'} at -q 50, {'OK' if p99b < 2 else 'MISSED'} at -q 500); "
-              f"lost at 80%: {fp['q80_lost']} / {fp['q80_q50_lost']} (target 0: "
-              f"{'OK' if fp['q80_lost'] == 0 and fp['q80_q50_lost'] == 0 else 'MISSED'})")
+        print(
+            f"filterproxy p99 of cache hits at 80% load: {p99s:.2f} ms with dnsperf -q 50{peer('p99_hit_q50_ms')}, "
+            f"{p99b:.2f} ms with -q 500{peer('p99_hit_ms')} (target < 2 ms: "
+            f"{'OK' if p99s < 2 else 'MISSED'} at -q 50, {'OK' if p99b < 2 else 'MISSED'} at -q 500); "
+            f"lost at 80%: {fp['q80_lost']} / {fp['q80_q50_lost']} (target 0: "
+            f"{'OK' if fp['q80_lost'] == 0 and fp['q80_q50_lost'] == 0 else 'MISSED'})"
+        )
     print(f"\ntotal {time.monotonic() - t0:.0f} s; logs and configs in {work}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -24,9 +24,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from shared_data import DATA  # noqa: E402  (../shared/data, or beside the checkout this was cloned from)
-SOURCES = ["hagezi/adblock/pro.txt.gz", "hagezi/adblock/gambling.txt.gz", "hagezi/adblock/nsfw.txt.gz",
-           "ut1/malware/domains.gz", "ut1/redirector/domains.gz", "ut1/games/domains", "ut1/gambling/domains",
-           "stevenblack_trimmed/unified_hosts.trimmed.txt.gz"]
+
+SOURCES = [
+    "hagezi/adblock/pro.txt.gz",
+    "hagezi/adblock/gambling.txt.gz",
+    "hagezi/adblock/nsfw.txt.gz",
+    "ut1/malware/domains.gz",
+    "ut1/redirector/domains.gz",
+    "ut1/games/domains",
+    "ut1/gambling/domains",
+    "stevenblack_trimmed/unified_hosts.trimmed.txt.gz",
+]
 
 
 def rss_kb() -> int:
@@ -81,6 +89,7 @@ def child(kind: str, dom: str, qfile: str, snapdir: str) -> None:
     queries = Path(qfile).read_text().split()
     if kind != "set":  # count the index, not the import of numpy/marisa (a few MB, paid once per process)
         import filterproxy.match.domain  # noqa: F401
+
         if kind == "build":
             import numpy  # noqa: F401  (only building uses it; a saved snapshot is served without it)
     names = None
@@ -99,7 +108,7 @@ def child(kind: str, dom: str, qfile: str, snapdir: str) -> None:
                 i = name.find(".")
                 if i < 0:
                     return False
-                name = name[i + 1:]
+                name = name[i + 1 :]
     else:
         from filterproxy.match.domain import DomainMatcher
 
@@ -141,8 +150,21 @@ def child(kind: str, dom: str, qfile: str, snapdir: str) -> None:
     if kind == "snapshot" and hit_q:  # the floor under a listed name: the bare trie walk, no results built
         walk = m._trie.iter_prefixes_with_ids
         walk_s = rate([q[::-1] + "." for q in hit_q], lambda key: list(walk(key)))
-    print(json.dumps({"kind": kind, "n": n, "load_s": load, "bytes": mem, "lookups_s": rate(queries),
-                      "hit_s": rate(hit_q), "miss_s": rate(miss_q), "hits": len(hit_q), "walk_s": walk_s}))
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "n": n,
+                "load_s": load,
+                "bytes": mem,
+                "lookups_s": rate(queries),
+                "hit_s": rate(hit_q),
+                "miss_s": rate(miss_q),
+                "hits": len(hit_q),
+                "walk_s": walk_s,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -161,29 +183,46 @@ def main() -> None:
         print(f"inputs: {a.domains:,} domains, {a.queries:,} queries ({time.perf_counter() - t:.1f}s to prepare)")
         res = {}
         for kind in ("set", "build", "snapshot"):
-            out = subprocess.run([sys.executable, __file__, "--child", kind, str(dom), str(q), str(work / "snap")],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", kind, str(dom), str(q), str(work / "snap")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{'variant':<36}{'entries':>10}{'load s':>8}{'bytes/domain':>13}{'mix/s':>11}{'hits/s':>11}"
-              f"{'misses/s':>11}{'hits':>9}")
-        labels = {"set": "python set[str] (baseline)", "build": "filterproxy (parse text + build)",
-                  "snapshot": "filterproxy (mmap compiled snapshot)"}
+        print(
+            f"{'variant':<36}{'entries':>10}{'load s':>8}{'bytes/domain':>13}{'mix/s':>11}{'hits/s':>11}"
+            f"{'misses/s':>11}{'hits':>9}"
+        )
+        labels = {
+            "set": "python set[str] (baseline)",
+            "build": "filterproxy (parse text + build)",
+            "snapshot": "filterproxy (mmap compiled snapshot)",
+        }
         for kind, r in res.items():
-            print(f"{labels[kind]:<36}{r['n']:>10,}{r['load_s']:>8.2f}{r['bytes'] / r['n']:>13.1f}"
-                  f"{r['lookups_s']:>11,.0f}{r['hit_s']:>11,.0f}{r['miss_s']:>11,.0f}{r['hits']:>9,}")
+            print(
+                f"{labels[kind]:<36}{r['n']:>10,}{r['load_s']:>8.2f}{r['bytes'] / r['n']:>13.1f}"
+                f"{r['lookups_s']:>11,.0f}{r['hit_s']:>11,.0f}{r['miss_s']:>11,.0f}{r['hits']:>9,}"
+            )
         s, b, m = res["set"], res["build"], res["snapshot"]
         assert s["hits"] == b["hits"] == m["hits"], "variants disagree on matches"
-        print(f"ratios vs set: memory {b['bytes'] / s['bytes']:.2f}x (built), {m['bytes'] / s['bytes']:.2f}x (snapshot); "
-              f"lookups {b['lookups_s'] / s['lookups_s']:.2f}x; ready to serve: {m['load_s'] * 1000:.1f} ms from the "
-              f"compiled snapshot vs {b['load_s']:.1f} s parsing the text list ({b['load_s'] / max(m['load_s'], 1e-6):,.0f}x)")
-        print(f"targets: <= 24 bytes/domain -> {m['bytes'] / m['n']:.1f} (snapshot, as served), {b['bytes'] / b['n']:.1f} "
-              f"(right after building in-process); >= 500,000 lookups/s -> mix {m['lookups_s']:,.0f}, "
-              f"names with no rule {m['miss_s']:,.0f}, listed names {m['hit_s']:,.0f}")
-        print(f"per lookup: listed name {1e6 / m['hit_s']:.1f} us (of which the bare trie walk over the whole key "
-              f"{1e6 / max(m['walk_s'], 1):.1f} us, the rest builds its DomainMatch), "
-              f"no rule {1e6 / m['miss_s']:.1f} us (the walk stops at the first label that differs), "
-              f"mix {1e6 / m['lookups_s']:.1f} us; 500,000/s needs 2.0 us. "
-              "Mix = 30% listed names and their subdomains, 70% popular names.")
+        print(
+            f"ratios vs set: memory {b['bytes'] / s['bytes']:.2f}x (built), {m['bytes'] / s['bytes']:.2f}x (snapshot); "
+            f"lookups {b['lookups_s'] / s['lookups_s']:.2f}x; ready to serve: {m['load_s'] * 1000:.1f} ms from the "
+            f"compiled snapshot vs {b['load_s']:.1f} s parsing the text list ({b['load_s'] / max(m['load_s'], 1e-6):,.0f}x)"
+        )
+        print(
+            f"targets: <= 24 bytes/domain -> {m['bytes'] / m['n']:.1f} (snapshot, as served), {b['bytes'] / b['n']:.1f} "
+            f"(right after building in-process); >= 500,000 lookups/s -> mix {m['lookups_s']:,.0f}, "
+            f"names with no rule {m['miss_s']:,.0f}, listed names {m['hit_s']:,.0f}"
+        )
+        print(
+            f"per lookup: listed name {1e6 / m['hit_s']:.1f} us (of which the bare trie walk over the whole key "
+            f"{1e6 / max(m['walk_s'], 1):.1f} us, the rest builds its DomainMatch), "
+            f"no rule {1e6 / m['miss_s']:.1f} us (the walk stops at the first label that differs), "
+            f"mix {1e6 / m['lookups_s']:.1f} us; 500,000/s needs 2.0 us. "
+            "Mix = 30% listed names and their subdomains, 70% popular names."
+        )
 
 
 if __name__ == "__main__":

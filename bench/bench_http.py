@@ -30,8 +30,8 @@ import random
 import re
 import shutil
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +45,7 @@ TLDS = ("com", "net", "org", "info", "xyz", "vn", "com.vn", "ru", "de", "io", "e
 
 
 # ---------------------------------------------------------------- data
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -81,14 +82,19 @@ def generate(d: str, n_domains: int, n_urls: int, n_hashes: int, n_hosts: int, s
                 host = hosts[rnd.randrange(n_hosts)]
                 f.write(f"{host}/blocked/{i}/\n")
             else:
-                f.write(f"{''.join(rnd.choices(ALPHABET, k=10))}.{rnd.choice(TLDS)}/{''.join(rnd.choices(ALPHABET, k=8))}/\n")
+                f.write(
+                    f"{''.join(rnd.choices(ALPHABET, k=10))}.{rnd.choice(TLDS)}/{''.join(rnd.choices(ALPHABET, k=8))}/\n"
+                )
     with open(os.path.join(d, "urlhash.txt"), "w") as f:
         f.write("# random SHA-256 URL-expression hashes\n")
         for i in range(n_hashes):
             f.write(hashlib.sha256(f"bench-{seed}-{i}".encode()).hexdigest() + "\n")
     blocked = [n for n in names[:50000] if n.count(".") == 1][:1000]
-    print(f"generated {n_domains} domains ({len(squid)} for squid after removing covered entries), "
-          f"{n_urls} URL rules, {n_hashes} URL hashes in {time.monotonic() - t0:.1f} s", flush=True)
+    print(
+        f"generated {n_domains} domains ({len(squid)} for squid after removing covered entries), "
+        f"{n_urls} URL rules, {n_hashes} URL hashes in {time.monotonic() - t0:.1f} s",
+        flush=True,
+    )
     return {"hosts": hosts, "blocked": blocked}
 
 
@@ -103,22 +109,24 @@ def write_config(d: str, with_urls: bool, with_hashes: bool) -> str:
         lists.append("  - {id: bench-urlhash, category: adult, format: urlhash, path: urlhash.txt}")
     path = os.path.join(d, "filterproxy.yaml")
     with open(path, "w") as f:
-        f.write(f"timezone: Asia/Ho_Chi_Minh\ndefault_group: bench\npolicies_dir: policies\n"
-                f"server:\n  state_dir: {d}/state\nlists:\n" + "\n".join(lists) + "\n")
+        f.write(
+            f"timezone: Asia/Ho_Chi_Minh\ndefault_group: bench\npolicies_dir: policies\n"
+            f"server:\n  state_dir: {d}/state\nlists:\n" + "\n".join(lists) + "\n"
+        )
     return path
 
 
-REDIRECT_ADDON = '''\
+REDIRECT_ADDON = """\
 # bench only: the request names are not resolvable; connect to nginx, after every filter decided.
 class Upstream:
     def request(self, flow):
         flow.request.data.host = "127.0.0.1"
 
 addons = [Upstream()]
-'''
+"""
 
 
-HOOKTIMER_ADDON = '''\
+HOOKTIMER_ADDON = """\
 # bench only: CPU time spent inside filterproxy's hooks vs the whole mitmdump process (same clock, same
 # process: a ratio that other load on the machine does not distort the way it distorts req/s).
 import json, time
@@ -154,22 +162,24 @@ class HookTimer:
 
 
 addons = [HookTimer()]
-'''
+"""
 
 
 def write_wrk_script(d: str, hosts: list[str], blocked: list[str], share: float, port: int) -> str:
     n_blocked = int(round(len(hosts) * share / max(1e-9, 1 - share))) if share > 0 else 0
     names = hosts + blocked[:n_blocked]
-    lua = ["local hosts = {" + ",".join(f'"{h}"' for h in names) + "}",
-           f"local port = {port}",
-           "local counter = 0",
-           "request = function()",
-           "  counter = counter + 1",
-           "  local h = hosts[math.random(#hosts)]",
-           "  local hp = h .. ':' .. port",
-           "  return wrk.format('GET', 'http://' .. hp .. '/p/' .. math.random(100000) .. '?q=' .. counter,"
-           " {['Host'] = hp})",
-           "end"]
+    lua = [
+        "local hosts = {" + ",".join(f'"{h}"' for h in names) + "}",
+        f"local port = {port}",
+        "local counter = 0",
+        "request = function()",
+        "  counter = counter + 1",
+        "  local h = hosts[math.random(#hosts)]",
+        "  local hp = h .. ':' .. port",
+        "  return wrk.format('GET', 'http://' .. hp .. '/p/' .. math.random(100000) .. '?q=' .. counter,"
+        " {['Host'] = hp})",
+        "end",
+    ]
     path = os.path.join(d, "proxy.lua")
     with open(path, "w") as f:
         f.write("\n".join(lua) + "\n")
@@ -177,6 +187,7 @@ def write_wrk_script(d: str, hosts: list[str], blocked: list[str], share: float,
 
 
 # ---------------------------------------------------------------- processes
+
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
@@ -221,7 +232,8 @@ def start_nginx(d: str, port: int) -> subprocess.Popen:
     conf = os.path.join(d, "nginx.conf")
     body = "<!DOCTYPE html><html><head><title>ok</title></head><body><p>" + "hello " * 60 + "</p></body></html>"
     with open(conf, "w") as f:
-        f.write(textwrap.dedent(f"""\
+        f.write(
+            textwrap.dedent(f"""\
             worker_processes 1;
             daemon off;
             pid {d}/nginx.pid;
@@ -235,7 +247,8 @@ def start_nginx(d: str, port: int) -> subprocess.Popen:
                 location / {{ default_type text/html; return 200 '{body}'; }}
               }}
             }}
-            """))
+            """)
+        )
     p = subprocess.Popen(["nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_port(port, 10, p)
     return p
@@ -249,7 +262,8 @@ def start_squid(d: str, port: int, hosts: list[str]) -> subprocess.Popen:
         f.write("".join(f"127.0.0.1 {h}\n" for h in hosts))
     conf = os.path.join(sd, "squid.conf")
     with open(conf, "w") as f:
-        f.write(textwrap.dedent(f"""\
+        f.write(
+            textwrap.dedent(f"""\
             http_port 127.0.0.1:{port}
             acl blocked dstdomain "{d}/squid-domains.txt"
             http_access deny blocked
@@ -267,7 +281,8 @@ def start_squid(d: str, port: int, hosts: list[str]) -> subprocess.Popen:
             visible_hostname bench
             shutdown_lifetime 1 seconds
             workers 1
-            """))
+            """)
+        )
     p = subprocess.Popen(["squid", "-N", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_port(port, 180, p)
     return p
@@ -285,6 +300,7 @@ def stop(p: subprocess.Popen | None) -> None:
 
 
 # ---------------------------------------------------------------- measuring
+
 
 @dataclass
 class Result:
@@ -308,17 +324,33 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(proxy_port: int, script: str, duration: int, connections: int, threads: int) -> dict:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
-           "-s", script, f"http://127.0.0.1:{proxy_port}/"]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        f"http://127.0.0.1:{proxy_port}/",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"rps": rps, "requests": total, "p50": _ms(lat.get("50", "nan")), "p99": _ms(lat.get("99", "nan")),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "errors": sum(map(int, errs.groups())) if errs else 0, "raw": out}
+    return {
+        "rps": rps,
+        "requests": total,
+        "p50": _ms(lat.get("50", "nan")),
+        "p99": _ms(lat.get("99", "nan")),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(map(int, errs.groups())) if errs else 0,
+        "raw": out,
+    }
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -340,11 +372,22 @@ def measure(name: str, port: int, pids_fn, script: str, a: argparse.Namespace, n
     cpu0 = cpu_seconds(pids)
     r = run_wrk(port, script, a.duration, a.connections, a.threads)
     cpu = cpu_seconds(pids) - cpu0
-    res = Result(name, r["rps"], r["p50"], r["p99"], rss_kb(pids_fn()) / 1024, r["non2xx"], r["errors"], note,
-                 cpu_us=cpu / max(1, r["requests"]) * 1e6)
-    print(f"  {name:<34} {res.rps:8.1f} req/s  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms  "
-          f"CPU {res.cpu_us:7.0f} µs/req  RSS {res.rss_mb:7.1f} MB  non-2xx {res.non2xx}  socket errors {res.errors}",
-          flush=True)
+    res = Result(
+        name,
+        r["rps"],
+        r["p50"],
+        r["p99"],
+        rss_kb(pids_fn()) / 1024,
+        r["non2xx"],
+        r["errors"],
+        note,
+        cpu_us=cpu / max(1, r["requests"]) * 1e6,
+    )
+    print(
+        f"  {name:<34} {res.rps:8.1f} req/s  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms  "
+        f"CPU {res.cpu_us:7.0f} µs/req  RSS {res.rss_mb:7.1f} MB  non-2xx {res.non2xx}  socket errors {res.errors}",
+        flush=True,
+    )
     return res
 
 
@@ -383,28 +426,37 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         from filterproxy.lists.parsers import FORMATS  # noqa: F401  (the package must be importable)
+
         try:
             import filterproxy.match.url  # noqa: F401
+
             with_urls = True
         except ImportError:
             with_urls = False
         try:
             import filterproxy.match.urlhash  # noqa: F401
+
             with_hashes = True
         except ImportError:
             with_hashes = False
         data = generate(d, a.domains, a.urls, a.hashes, a.hosts)
         cfg_path = write_config(d, with_urls, with_hashes)
-        lists_note = f"{a.domains} domains" + (f" + {a.urls} URL rules" if with_urls else " (no URL matcher yet)") + (
-            f" + {a.hashes} URL hashes" if with_hashes else " (no URL-hash matcher yet)")
+        lists_note = (
+            f"{a.domains} domains"
+            + (f" + {a.urls} URL rules" if with_urls else " (no URL matcher yet)")
+            + (f" + {a.hashes} URL hashes" if with_hashes else " (no URL-hash matcher yet)")
+        )
         addon = os.path.join(d, "upstream_addon.py")
         with open(addon, "w") as f:
             f.write(REDIRECT_ADDON)
         nginx_port = free_port()
         procs.append(start_nginx(d, nginx_port))
         script = write_wrk_script(d, data["hosts"], data["blocked"], a.blocked_share, nginx_port)
-        print(f"nginx on 127.0.0.1:{nginx_port}; wrk -t{a.threads} -c{a.connections} -d{a.duration}s; "
-              f"lists: {lists_note}", flush=True)
+        print(
+            f"nginx on 127.0.0.1:{nginx_port}; wrk -t{a.threads} -c{a.connections} -d{a.duration}s; "
+            f"lists: {lists_note}",
+            flush=True,
+        )
 
         # Everything starts first (idle proxies cost nothing), then the proxies are measured in turn,
         # round after round, and each keeps its best round: other load on the machine hits all alike.
@@ -424,13 +476,32 @@ def main(argv: list[str] | None = None) -> int:
         timer_out = os.path.join(d, "hooktimer.json")
         with open(timer, "w") as f:
             f.write(HOOKTIMER_ADDON.format(out=timer_out))
-        filt = subprocess.Popen(mitmdump_cmd(port, d, ["-s", os.path.join(REPO, "addons", "filterproxy_addon.py"),
-                                                       "-s", addon, "-s", timer,
-                                                       "--set", f"filterproxy_config={cfg_path}"]))
+        filt = subprocess.Popen(
+            mitmdump_cmd(
+                port,
+                d,
+                [
+                    "-s",
+                    os.path.join(REPO, "addons", "filterproxy_addon.py"),
+                    "-s",
+                    addon,
+                    "-s",
+                    timer,
+                    "--set",
+                    f"filterproxy_config={cfg_path}",
+                ],
+            )
+        )
         procs.append(filt)
         wait_port(port, 600, filt)
-        targets.append(("filterproxy (mitmdump -s addon)", port, lambda: [filt.pid],
-                        f"start-up with lists {time.monotonic() - t0:.0f} s"))
+        targets.append(
+            (
+                "filterproxy (mitmdump -s addon)",
+                port,
+                lambda: [filt.pid],
+                f"start-up with lists {time.monotonic() - t0:.0f} s",
+            )
+        )
 
         # (c) squid, same domains as dstdomain deny list
         if not a.skip_squid:
@@ -438,27 +509,46 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             sq = start_squid(d, port, data["hosts"])
             procs.append(sq)
-            targets.append(("squid (dstdomain deny)", port, lambda: [sq.pid] + children(sq.pid),
-                            f"start-up {time.monotonic() - t0:.0f} s"))
+            targets.append(
+                (
+                    "squid (dstdomain deny)",
+                    port,
+                    lambda: [sq.pid] + children(sq.pid),
+                    f"start-up {time.monotonic() - t0:.0f} s",
+                )
+            )
 
         # (d, e) filterproxy proxy workers: 1 and 2 processes on one SO_REUSEPORT address
         if not a.skip_workers:
             from filterproxy.config import load_config
             from filterproxy.http.server import ProxyWorkers
 
-            ns = argparse.Namespace(config=cfg_path, extra_list=[], client_group=[], state_dir=f"{d}/state",
-                                    verbose=False)
+            ns = argparse.Namespace(
+                config=cfg_path, extra_list=[], client_group=[], state_dir=f"{d}/state", verbose=False
+            )
             cfg = load_config(cfg_path)
             for n in (1, 2):
                 port = free_port()
                 t0 = time.monotonic()
                 # the bench addon is loaded through mitmproxy's own 'scripts' option
-                pw = ProxyWorkers(ns, cfg, ("127.0.0.1", port), n,
-                                  options={"confdir": f"{d}/mitmproxy", "scripts": addon}, metrics_dir="")
+                pw = ProxyWorkers(
+                    ns,
+                    cfg,
+                    ("127.0.0.1", port),
+                    n,
+                    options={"confdir": f"{d}/mitmproxy", "scripts": addon},
+                    metrics_dir="",
+                )
                 pw.start()
                 workers.append(pw)
-                targets.append((f"filterproxy ProxyWorkers x{n}", port, (lambda pw=pw: pw.pids),
-                                f"start-up {time.monotonic() - t0:.0f} s"))
+                targets.append(
+                    (
+                        f"filterproxy ProxyWorkers x{n}",
+                        port,
+                        (lambda pw=pw: pw.pids),
+                        f"start-up {time.monotonic() - t0:.0f} s",
+                    )
+                )
 
         for name, port, pids, note in targets:  # warm-up: connections, caches
             run_wrk(port, script, a.warmup, a.connections, a.threads)
@@ -499,32 +589,42 @@ def main(argv: list[str] | None = None) -> int:
     bare, filt = by.get("bare mitmdump"), by.get("filterproxy (mitmdump -s addon)")
     if bare and filt:
         cost = 1 - filt.rps / bare.rps
-        print(f"  filterproxy / bare mitmdump throughput: {filt.rps / bare.rps:.3f} (filtering costs {cost * 100:.1f} %; "
-              f"target <= 10 %: {'OK' if cost <= 0.10 else 'MISSED'})")
+        print(
+            f"  filterproxy / bare mitmdump throughput: {filt.rps / bare.rps:.3f} (filtering costs {cost * 100:.1f} %; "
+            f"target <= 10 %: {'OK' if cost <= 0.10 else 'MISSED'})"
+        )
         print(f"  filterproxy / bare mitmdump p50 latency: {filt.p50_ms / bare.p50_ms:.3f}")
         ccost = filt.cpu_us / bare.cpu_us - 1
-        print(f"  CPU per request (median of rounds): bare {bare.cpu_us:.0f} µs, "
-              f"filterproxy {filt.cpu_us:.0f} µs → filtering costs {ccost * 100:.1f} % of the CPU budget, i.e. "
-              f"{(1 - bare.cpu_us / filt.cpu_us) * 100:.1f} % of the CPU-bound throughput "
-              f"(target <= 10 %: {'OK' if 1 - bare.cpu_us / filt.cpu_us <= 0.10 else 'MISSED'})")
+        print(
+            f"  CPU per request (median of rounds): bare {bare.cpu_us:.0f} µs, "
+            f"filterproxy {filt.cpu_us:.0f} µs → filtering costs {ccost * 100:.1f} % of the CPU budget, i.e. "
+            f"{(1 - bare.cpu_us / filt.cpu_us) * 100:.1f} % of the CPU-bound throughput "
+            f"(target <= 10 %: {'OK' if 1 - bare.cpu_us / filt.cpu_us <= 0.10 else 'MISSED'})"
+        )
     if hooktime:
         hooks = hooktime["hooks"]
         ours = sum(v[0] for v in hooks.values()) / 1e9
         n = hooks.get("requestheaders", [0, 1])[1]
         share = ours / hooktime["process_cpu"]
-        print(f"  inside filterproxy's hooks (thread CPU, same process): {ours / max(n, 1) * 1e6:.0f} µs per request of "
-              f"{hooktime['process_cpu'] / max(n, 1) * 1e6:.0f} µs = {share * 100:.1f} % of mitmdump's CPU "
-              f"(target <= 10 %: {'OK' if share <= 0.10 else 'MISSED'}); per hook: "
-              + ", ".join(f"{k} {v[0] / max(v[1], 1) / 1e3:.0f} µs" for k, v in hooks.items()))
+        print(
+            f"  inside filterproxy's hooks (thread CPU, same process): {ours / max(n, 1) * 1e6:.0f} µs per request of "
+            f"{hooktime['process_cpu'] / max(n, 1) * 1e6:.0f} µs = {share * 100:.1f} % of mitmdump's CPU "
+            f"(target <= 10 %: {'OK' if share <= 0.10 else 'MISSED'}); per hook: "
+            + ", ".join(f"{k} {v[0] / max(v[1], 1) / 1e3:.0f} µs" for k, v in hooks.items())
+        )
     squid = by.get("squid (dstdomain deny)")
     if squid and filt:
-        print(f"  squid / filterproxy throughput: {squid.rps / filt.rps:.1f}x; RSS squid {squid.rss_mb:.0f} MB vs "
-              f"filterproxy {filt.rss_mb:.0f} MB")
+        print(
+            f"  squid / filterproxy throughput: {squid.rps / filt.rps:.1f}x; RSS squid {squid.rss_mb:.0f} MB vs "
+            f"filterproxy {filt.rss_mb:.0f} MB"
+        )
     w1, w2 = by.get("filterproxy ProxyWorkers x1"), by.get("filterproxy ProxyWorkers x2")
     if w1 and w2:
         s = w2.rps / w1.rps
-        print(f"  2 workers / 1 worker: {s:.2f}x (target >= 1.8x on two cores: {'OK' if s >= 1.8 else 'MISSED'}; "
-              f"{os.cpu_count()} CPUs here)")
+        print(
+            f"  2 workers / 1 worker: {s:.2f}x (target >= 1.8x on two cores: {'OK' if s >= 1.8 else 'MISSED'}; "
+            f"{os.cpu_count()} CPUs here)"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=1)

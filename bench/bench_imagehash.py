@@ -70,8 +70,10 @@ def photo_like(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     d = ImageDraw.Draw(im)
     for _ in range(6):
         x, y = int(rng.integers(0, bw)), int(rng.integers(0, bh))
-        d.ellipse([x, y, x + int(rng.integers(20, bw // 2)), y + int(rng.integers(20, bh // 2))],
-                  fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        d.ellipse(
+            [x, y, x + int(rng.integers(20, bw // 2)), y + int(rng.integers(20, bh // 2))],
+            fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
+        )
     im = im.filter(ImageFilter.GaussianBlur(1.5))
     if (bw, bh) != (w, h):
         im = im.resize((w, h), Image.Resampling.BICUBIC)
@@ -93,8 +95,15 @@ def bench_hashing(repeats: int) -> list[dict]:
             t = time.perf_counter()
             hash_image_bytes(data)
             times.append((time.perf_counter() - t) * 1000)
-        rows.append({"picture": f"{label} JPEG {w}x{h}", "bytes": len(data), "runs": n,
-                     "p50_ms": statistics.median(times), "mean_ms": statistics.fmean(times)})
+        rows.append(
+            {
+                "picture": f"{label} JPEG {w}x{h}",
+                "bytes": len(data),
+                "runs": n,
+                "p50_ms": statistics.median(times),
+                "mean_ms": statistics.fmean(times),
+            }
+        )
     return rows
 
 
@@ -181,18 +190,25 @@ def bench_matching(n: int, nq: int, naive: tuple[float, int] | None, d: int = 31
     single, hits = time_calls(lambda q: index.nearest(q.tobytes(), d), queries)
     pictures = []
     for q in queries[: max(200, nq // 2)]:
-        variants = (q.tobytes().hex(),) + tuple(rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex()
-                                                for _ in range(7))
+        variants = (q.tobytes().hex(),) + tuple(
+            rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(7)
+        )
         pictures.append(ImageHashes("0" * 32, "0" * 40, "0" * 64, variants[0], 100, variants))
     eight, eight_hits = time_calls(lambda h: index.match(h, max_distance=d), pictures)
     brute_ms = numpy_brute_ms(hashes, queries[: max(3, min(50, 20_000_000 // n))], d)
     row = {
-        "hashes": n, "generate_s": round(gen_s, 2), "build_s": round(build_s, 2),
-        "index_bytes_per_hash": stats["pdq_bytes_per_hash"], "index_mb": round(stats["bytes"] / 2**20, 1),
+        "hashes": n,
+        "generate_s": round(gen_s, 2),
+        "build_s": round(build_s, 2),
+        "index_bytes_per_hash": stats["pdq_bytes_per_hash"],
+        "index_mb": round(stats["bytes"] / 2**20, 1),
         "rss_growth_mb": round(rss_mb() - rss0, 1),
-        "queries": nq, "hit_rate": round(hits / nq, 3),
-        "nearest_p50_ms": pct(single, 50), "nearest_p99_ms": pct(single, 99),
-        "match8_p50_ms": pct(eight, 50), "match8_p99_ms": pct(eight, 99),
+        "queries": nq,
+        "hit_rate": round(hits / nq, 3),
+        "nearest_p50_ms": pct(single, 50),
+        "nearest_p99_ms": pct(single, 99),
+        "match8_p50_ms": pct(eight, 50),
+        "match8_p99_ms": pct(eight, 99),
         "match8_hit_rate": round(eight_hits / len(pictures), 3),
         "numpy_brute_p50_ms": brute_ms,
     }
@@ -220,14 +236,18 @@ def main() -> int:
     if args.big:
         sizes.append(10_000_000)
     started = time.perf_counter()
-    print(f"filterproxy image-hash bench — Python {sys.version.split()[0]}, numpy {np.__version__}, "
-          f"core {args.cpu if args.cpu >= 0 else 'any'}")
+    print(
+        f"filterproxy image-hash bench — Python {sys.version.split()[0]}, numpy {np.__version__}, "
+        f"core {args.cpu if args.cpu >= 0 else 'any'}"
+    )
 
     print("\n== PDQ hashing (bytes → md5/sha1/sha256 + decode + downscale to 512 + PDQ×8), one core")
     hashing = bench_hashing(args.hash_repeats)
     for r in hashing:
-        print(f"  {r['picture']:26} {r['bytes'] / 1024:8.0f} KiB   p50 {r['p50_ms']:6.1f} ms   "
-              f"mean {r['mean_ms']:6.1f} ms   ({r['runs']} runs)")
+        print(
+            f"  {r['picture']:26} {r['bytes'] / 1024:8.0f} KiB   p50 {r['p50_ms']:6.1f} ms   "
+            f"mean {r['mean_ms']:6.1f} ms   ({r['runs']} runs)"
+        )
 
     print("\n== PDQ matching, max distance 31")
     rng = np.random.default_rng(0)
@@ -236,41 +256,53 @@ def main() -> int:
     naive_q = make_queries(rng, base, 6)
     naive_subset_ms = naive_python_ms(base, naive_q, subset, 31)
     naive = (naive_subset_ms / subset, subset)
-    print(f"  naive Python loop over {subset:,} ints: {naive_subset_ms:.1f} ms/query "
-          f"(measured; larger sizes extrapolated linearly)")
+    print(
+        f"  naive Python loop over {subset:,} ints: {naive_subset_ms:.1f} ms/query "
+        f"(measured; larger sizes extrapolated linearly)"
+    )
     matching = []
     for n in sizes:
         nq = args.queries if n <= 1_000_000 else max(300, args.queries // 4)
         r = bench_matching(n, nq, naive)
         matching.append(r)
-        print(f"  {n:>11,} hashes: build {r['build_s']:5.1f} s, {r['index_bytes_per_hash']:6.1f} B/hash "
-              f"({r['index_mb']:.0f} MB), hit rate {r['hit_rate']:.2f}")
+        print(
+            f"  {n:>11,} hashes: build {r['build_s']:5.1f} s, {r['index_bytes_per_hash']:6.1f} B/hash "
+            f"({r['index_mb']:.0f} MB), hit rate {r['hit_rate']:.2f}"
+        )
         print(f"      nearest (1 hash)      p50 {r['nearest_p50_ms']:7.3f} ms   p99 {r['nearest_p99_ms']:7.3f} ms")
         print(f"      match (8 variants)    p50 {r['match8_p50_ms']:7.3f} ms   p99 {r['match8_p99_ms']:7.3f} ms")
-        print(f"      numpy brute force     p50 {r['numpy_brute_p50_ms']:7.3f} ms   "
-              f"(index is {r['speedup_vs_numpy_brute']:.0f}x faster)")
+        print(
+            f"      numpy brute force     p50 {r['numpy_brute_p50_ms']:7.3f} ms   "
+            f"(index is {r['speedup_vs_numpy_brute']:.0f}x faster)"
+        )
         label = "measured" if n == subset else "extrapolated"
-        print(f"      naive Python loop     ~{r['naive_python_ms_extrapolated']:9.1f} ms ({label})    "
-              f"(index is {r['speedup_vs_naive']:,.0f}x faster)")
+        print(
+            f"      naive Python loop     ~{r['naive_python_ms_extrapolated']:9.1f} ms ({label})    "
+            f"(index is {r['speedup_vs_naive']:,.0f}x faster)"
+        )
 
     print("\n== targets")
     ok = True
     one_mp = next(r for r in hashing if r["picture"].startswith("1 MP"))
     verdict = one_mp["p50_ms"] <= TARGET_HASH_1MP_MS
     ok &= verdict
-    print(f"  hash a 1 MP JPEG <= {TARGET_HASH_1MP_MS:g} ms: {one_mp['p50_ms']:.1f} ms  "
-          f"{'OK' if verdict else 'MISSED'}")
+    print(
+        f"  hash a 1 MP JPEG <= {TARGET_HASH_1MP_MS:g} ms: {one_mp['p50_ms']:.1f} ms  {'OK' if verdict else 'MISSED'}"
+    )
     for r in matching:
         if r["hashes"] == 1_000_000:
             verdict = r["nearest_p50_ms"] <= TARGET_MATCH_MS
             ok &= verdict
-            print(f"  1M-hash match p50 <= {TARGET_MATCH_MS:g} ms: nearest {r['nearest_p50_ms']:.3f} ms, "
-                  f"all 8 variants {r['match8_p50_ms']:.3f} ms  {'OK' if verdict else 'MISSED'}")
+            print(
+                f"  1M-hash match p50 <= {TARGET_MATCH_MS:g} ms: nearest {r['nearest_p50_ms']:.3f} ms, "
+                f"all 8 variants {r['match8_p50_ms']:.3f} ms  {'OK' if verdict else 'MISSED'}"
+            )
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"hashing": hashing, "matching": matching,
-                                               "naive_subset_ms": naive_subset_ms}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"hashing": hashing, "matching": matching, "naive_subset_ms": naive_subset_ms}, indent=1)
+        )
     return 0 if ok else 1
 
 

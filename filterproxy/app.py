@@ -20,8 +20,9 @@ class SetupError(Exception):
     """A command-line override that cannot be applied (the message names the flag and what was expected)."""
 
 
-def load_config_with(config_path: str | None, *, state_dir: str | None = None,
-                     extra_lists: Sequence[str] = ()) -> Config:
+def load_config_with(
+    config_path: str | None, *, state_dir: str | None = None, extra_lists: Sequence[str] = ()
+) -> Config:
     """Load the config and apply the overrides that change what is loaded (state folder, extra lists).
 
     Downloaded lists are found in the state folder when they are used, so a ``state_dir`` here is all
@@ -40,9 +41,14 @@ def load_config_with(config_path: str | None, *, state_dir: str | None = None,
     return cfg
 
 
-def load_engine(config_path: str | None, extra_lists: Sequence[str] | None = None,
-                client_groups: Sequence[str] | None = None, *, state_dir: str | None = None,
-                strict_lists: bool = False) -> tuple[Config, Engine]:
+def load_engine(
+    config_path: str | None,
+    extra_lists: Sequence[str] | None = None,
+    client_groups: Sequence[str] | None = None,
+    *,
+    state_dir: str | None = None,
+    strict_lists: bool = False,
+) -> tuple[Config, Engine]:
     """Config + list snapshot + engine, as ``run``, ``explain``, ``export`` and the addon all need them."""
     from filterproxy.lists.snapshot_cache import load_or_build
     from filterproxy.policy.engine import Engine

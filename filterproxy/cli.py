@@ -50,6 +50,7 @@ def split_input(item: str) -> tuple[str, str | None]:
 
 # ---------------------------------------------------------------- commands
 
+
 def cmd_check(args: argparse.Namespace) -> int:
     from filterproxy.config import load_config
     from filterproxy.lists.snapshot import build_snapshot
@@ -58,8 +59,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     local = [s for s in (src.resolved(cfg.server.state_dir) for src in cfg.lists) if os.path.exists(s.path or "")]
     snap = build_snapshot(local, strict=True)
     missing = [s.id for s in cfg.lists if s.id not in {li.id for li in local}]
-    print(f"{cfg.path}: OK — {len(cfg.groups)} groups ({', '.join(cfg.groups)}), {len(cfg.clients)} client rules, "
-          f"{len(snap.lists)} lists, {snap.total_entries} entries")
+    print(
+        f"{cfg.path}: OK — {len(cfg.groups)} groups ({', '.join(cfg.groups)}), {len(cfg.clients)} client rules, "
+        f"{len(snap.lists)} lists, {snap.total_entries} entries"
+    )
     for li in snap.lists:
         extra = f", {li.skipped} lines skipped (first: {li.errors[0]})" if li.skipped else ""
         print(f"  list {li.id:<28} {li.category:<10} {li.source.format:<9} {li.entries:>9} entries{extra}")
@@ -98,15 +101,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 print(f"{item}: error: {exc}", file=sys.stderr)
             continue
         if args.json:
-            d = {"input": item, "action": v.action.value, "group": v.group, "reason": v.reason.value,
-                 "category": v.category, "list": v.list_id, "rule": v.rule, "source": v.source,
-                 "schedule": v.schedule, "rewrite": v.rewrite, "legal": v.legal, "short_id": v.short_id,
-                 "client_match": how}
+            d = {
+                "input": item,
+                "action": v.action.value,
+                "group": v.group,
+                "reason": v.reason.value,
+                "category": v.category,
+                "list": v.list_id,
+                "rule": v.rule,
+                "source": v.source,
+                "schedule": v.schedule,
+                "rewrite": v.rewrite,
+                "legal": v.legal,
+                "short_id": v.short_id,
+                "client_match": how,
+            }
             print(json.dumps(d, ensure_ascii=False))
         else:
             print(f"{item}: {v.action.value.upper()} for group {v.group} ({how}) — reason: {v.reason.value}")
-            for label, val in (("category", v.category), ("list", v.list_id), ("rule", v.rule),
-                               ("source", v.source), ("schedule", v.schedule), ("rewrite to", v.rewrite)):
+            for label, val in (
+                ("category", v.category),
+                ("list", v.list_id),
+                ("rule", v.rule),
+                ("source", v.source),
+                ("schedule", v.schedule),
+                ("rewrite to", v.rewrite),
+            ):
                 if val:
                     print(f"    {label:<10} {val}")
             if v.legal:
@@ -182,14 +202,20 @@ def cmd_reports(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 
+
 def _config_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--config", "-c", metavar="FILE", help="configuration file (default: the embedded one)")
 
 
 def _extra_arg(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--extra-list", action="append", default=[], metavar="FORMAT:CATEGORY:PATH",
-                    help="add a list for this run only (formats: hosts, domains, adblock, wildcard, rpz, ut1, "
-                         "regex, urls, urlhash, imagehash)")
+    sp.add_argument(
+        "--extra-list",
+        action="append",
+        default=[],
+        metavar="FORMAT:CATEGORY:PATH",
+        help="add a list for this run only (formats: hosts, domains, adblock, wildcard, rpz, ut1, "
+        "regex, urls, urlhash, imagehash)",
+    )
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -199,17 +225,30 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--dns-listen", metavar="HOST:PORT|off")
     sp.add_argument("--proxy-listen", metavar="HOST:PORT|off")
     sp.add_argument("--proxy-workers", type=int, metavar="N")
-    sp.add_argument("--proxy-mode", action="append", default=[], metavar="MODE",
-                    help="proxy mode (repeatable): regular (default, on --proxy-listen), transparent@PORT, "
-                         "wireguard@PORT (see deploy/transparent-proxy.md, deploy/wireguard.md)")
-    sp.add_argument("--dns-workers", type=int, metavar="N",
-                    help="DNS processes sharing --dns-listen (SO_REUSEPORT); default 1, one per core at most")
+    sp.add_argument(
+        "--proxy-mode",
+        action="append",
+        default=[],
+        metavar="MODE",
+        help="proxy mode (repeatable): regular (default, on --proxy-listen), transparent@PORT, "
+        "wireguard@PORT (see deploy/transparent-proxy.md, deploy/wireguard.md)",
+    )
+    sp.add_argument(
+        "--dns-workers",
+        type=int,
+        metavar="N",
+        help="DNS processes sharing --dns-listen (SO_REUSEPORT); default 1, one per core at most",
+    )
     sp.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # internal: a DNS worker of this PID
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: write "ready" here
     sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
-    sp.add_argument("--upstream", action="append", default=[], metavar="ADDR",
-                    help="upstream resolver (repeatable): 127.0.0.1:5399, tcp://IP:PORT, tls://host:853, "
-                         "https://host/dns-query")
+    sp.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="upstream resolver (repeatable): 127.0.0.1:5399, tcp://IP:PORT, tls://host:853, https://host/dns-query",
+    )
     sp.add_argument("--client-group", action="append", default=[], metavar="CIDR=GROUP")
     sp.add_argument("--report-endpoint", metavar="URL")
     sp.add_argument("--spool", metavar="DIR")
@@ -246,15 +285,21 @@ def _add_check_explain_hashes(sub: argparse._SubParsersAction) -> None:
 def _add_lists(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("lists", help="download, compile, reload and show lists")
     lsub = sp.add_subparsers(dest="lists_command", required=True)
-    for name, helptext in (("update", "fetch sources, parse, write a compiled snapshot (keeps the last good one)"),
-                           ("reload", "tell the running filterproxy to load the newest snapshot (SIGHUP)"),
-                           ("show", "lists in the current snapshot with counts and versions")):
+    for name, helptext in (
+        ("update", "fetch sources, parse, write a compiled snapshot (keeps the last good one)"),
+        ("reload", "tell the running filterproxy to load the newest snapshot (SIGHUP)"),
+        ("show", "lists in the current snapshot with counts and versions"),
+    ):
         lp = lsub.add_parser(name, help=helptext)
         _config_arg(lp)
         lp.add_argument("--state-dir", metavar="DIR", help="state folder to use instead of the configured one")
         if name == "update":
-            lp.add_argument("--min-ratio", type=float, default=None,
-                            help="refuse an update with fewer than this fraction of the previous entries (default 0.5)")
+            lp.add_argument(
+                "--min-ratio",
+                type=float,
+                default=None,
+                help="refuse an update with fewer than this fraction of the previous entries (default 0.5)",
+            )
             lp.add_argument("--bundle", metavar="FILE", help="install a signed bundle instead of fetching sources")
             lp.add_argument("--key", action="append", default=[], metavar="PUBLIC", help="pinned bundle key(s)")
         lp.set_defaults(func=cmd_lists)
@@ -299,7 +344,9 @@ def _add_export_reports(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="filterproxy", description="DNS resolver and HTTP(S) filtering proxy for child safety")
+    p = argparse.ArgumentParser(
+        prog="filterproxy", description="DNS resolver and HTTP(S) filtering proxy for child safety"
+    )
     p.add_argument("--version", action="version", version=f"filterproxy {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -313,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     from filterproxy.lists.parsers import ListError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if args.command == "run" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "run" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args) or 0
     except (ConfigError, ListError, CliError) as exc:

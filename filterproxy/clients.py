@@ -27,11 +27,11 @@ class Client:
     doh: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Client":
+    def parse(cls, text: str) -> Client:
         """CLI helper: an IP address, ``user:NAME``, ``mac:AA:BB:..`` or ``doh:ID``; else a user name."""
         for prefix in ("user", "mac", "doh"):
             if text.startswith(prefix + ":"):
-                return cls(**{prefix: text[len(prefix) + 1:]})
+                return cls(**{prefix: text[len(prefix) + 1 :]})
         try:
             return cls(ip=str(ipaddress.ip_address(text)))
         except ValueError:

@@ -29,8 +29,9 @@ def fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str, mode: str = "wb", *, perms: int | None = None,
-                  durable: bool = True, **open_kw: Any) -> Iterator[IO[Any]]:
+def atomic_writer(
+    path: str, mode: str = "wb", *, perms: int | None = None, durable: bool = True, **open_kw: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
 
     ``perms`` sets the file mode (e.g. 0o600 for secrets) before any data is written. With

@@ -78,4 +78,4 @@ def self_and_parents(host: str) -> Iterator[str]:
         i = name.find(".")
         if i < 0:
             return
-        name = name[i + 1:]
+        name = name[i + 1 :]

@@ -36,12 +36,15 @@ def wait_ready(waiting: dict[int, tuple[str, subprocess.Popen | None]], timeout:
                     del pending[fd]
                 elif not chunk:  # pipe closed without "ready": the child failed
                     code = proc.wait(10) if proc is not None else None
-                    raise RuntimeError(f"{what}: {name} exited before it was ready (exit status {code}); "
-                                       "see its messages above")
+                    raise RuntimeError(
+                        f"{what}: {name} exited before it was ready (exit status {code}); see its messages above"
+                    )
             for fd, (name, proc) in pending.items():
                 if proc is not None and fd not in readable and proc.poll() is not None:
-                    raise RuntimeError(f"{what}: {name} exited before it was ready (exit status {proc.returncode})"
-                                       "; see its messages above")
+                    raise RuntimeError(
+                        f"{what}: {name} exited before it was ready (exit status {proc.returncode})"
+                        "; see its messages above"
+                    )
     finally:
         for fd in waiting:
             try:

@@ -35,7 +35,7 @@ def anonymise_ip(address: str) -> str:
     """IPv4 → ``a.b.c.0/24``, IPv6 → ``x:y:z::/48`` (IPv4-mapped IPv6 as IPv4); ``"invalid"`` if unparsable."""
     text = str(address).strip()
     if text.startswith("[") and "]" in text:
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     text = text.split("%", 1)[0]  # scope id of link-local addresses
     try:
         ip = ipaddress.ip_address(text)
@@ -54,8 +54,15 @@ class QueryLog:
     default: the machine's local time.
     """
 
-    def __init__(self, path: str, retention_days: int = 7, anonymise: bool = True, *, tz: dt.tzinfo | None = None,
-                 max_queue: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: str,
+        retention_days: int = 7,
+        anonymise: bool = True,
+        *,
+        tz: dt.tzinfo | None = None,
+        max_queue: int = 100_000,
+    ) -> None:
         if not isinstance(retention_days, int) or isinstance(retention_days, bool) or retention_days < 1:
             raise ValueError(f"querylog retention_days must be a whole number of days >= 1, got {retention_days!r}")
         self.path = os.path.abspath(path)
@@ -78,8 +85,16 @@ class QueryLog:
         self._thread.start()
 
     # ------------------------------------------------------------------ hot path
-    def log(self, time: float | dt.datetime, client_ip: str, group: str, qname: str, qtype: str,
-            action: str, category: str | None = None) -> None:
+    def log(
+        self,
+        time: float | dt.datetime,
+        client_ip: str,
+        group: str,
+        qname: str,
+        qtype: str,
+        action: str,
+        category: str | None = None,
+    ) -> None:
         """Queue one entry (non-blocking; dropped and counted if the writer is behind)."""
         try:
             self._queue.put_nowait((time, client_ip, group, qname, qtype, action, category))
@@ -92,7 +107,7 @@ class QueryLog:
             if when.tzinfo is None:
                 when = when.astimezone()  # naive: the machine's local time
         else:
-            when = dt.datetime.fromtimestamp(float(when), tz=dt.timezone.utc)
+            when = dt.datetime.fromtimestamp(float(when), tz=dt.UTC)
         return when.astimezone(self.tz)  # tz None: the machine's local time
 
     def _format(self, item: tuple) -> tuple[dt.date, str]:
@@ -223,6 +238,6 @@ class QueryLog:
 
 
 def _text(value: Any) -> str:
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # enums (Action, Reason)
+    if hasattr(value, "value") and isinstance(value.value, str):  # enums (Action, Reason)
         value = value.value
     return str(value)

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -112,7 +112,7 @@ def _canonical_url(url: str) -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _fsync_dir(path: str) -> None:
@@ -133,7 +133,7 @@ def _write_durably(path: str, doc: dict) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -159,9 +159,20 @@ class ReportSpool:
     several threads; two processes on one spool never deliver at the same time (a lock file).
     """
 
-    def __init__(self, directory: str, endpoint: str | None, *, gateway_id: str, url_mode: str = "host",
-                 include_client: bool = False, timeout: float = 10, max_backoff: float = 300,
-                 token: str | None = None, verify: bool | str = True, base_backoff: float = BASE_BACKOFF) -> None:
+    def __init__(
+        self,
+        directory: str,
+        endpoint: str | None,
+        *,
+        gateway_id: str,
+        url_mode: str = "host",
+        include_client: bool = False,
+        timeout: float = 10,
+        max_backoff: float = 300,
+        token: str | None = None,
+        verify: bool | str = True,
+        base_backoff: float = BASE_BACKOFF,
+    ) -> None:
         if url_mode not in URL_MODES:
             raise ValueError(f"url_mode must be one of {', '.join(URL_MODES)}, got {url_mode!r}")
         if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
@@ -202,14 +213,26 @@ class ReportSpool:
     def from_config(cls, cfg, endpoint: str | None, directory: str | None = None) -> ReportSpool:
         """The spool of a configuration: ``directory``, else ``reports.spool``, else ``<state_dir>/reports``;
         gateway id, URL mode and client reporting from the configuration; deliveries to ``endpoint``."""
-        return cls(os.path.abspath(directory or cfg.reports.spool or cfg.state_path("reports")), endpoint,
-                   gateway_id=cfg.server.gateway_id, url_mode=cfg.reports.url_mode,
-                   include_client=cfg.reports.include_client)
+        return cls(
+            os.path.abspath(directory or cfg.reports.spool or cfg.state_path("reports")),
+            endpoint,
+            gateway_id=cfg.server.gateway_id,
+            url_mode=cfg.reports.url_mode,
+            include_client=cfg.reports.include_client,
+        )
 
     # ---- submitting
 
-    def submit(self, *, list_id: str, item_id: str | None, match_kind: str, distance: int = 0,
-               url: str | None = None, client: str | None = None) -> Report:
+    def submit(
+        self,
+        *,
+        list_id: str,
+        item_id: str | None,
+        match_kind: str,
+        distance: int = 0,
+        url: str | None = None,
+        client: str | None = None,
+    ) -> Report:
         """Record a match durably and return the report (delivery happens later, in deliver_pending).
 
         ``url`` is reduced per ``url_mode``; ``client`` is dropped unless ``include_client``. Raises
@@ -231,8 +254,10 @@ class ReportSpool:
             url=reduce_url(url, self.url_mode),
             client=str(client) if self.include_client and client is not None else None,
         )
-        _write_durably(self._path(PENDING, report.id),
-                       {"report": asdict(report), "attempts": 0, "next_attempt": 0.0, "last_error": None})
+        _write_durably(
+            self._path(PENDING, report.id),
+            {"report": asdict(report), "attempts": 0, "next_attempt": 0.0, "last_error": None},
+        )
         with self._lock:
             self.queue_depth += 1
         log.info("reports: %s queued (list=%s kind=%s)", report.id, list_id, match_kind)
@@ -292,8 +317,11 @@ class ReportSpool:
 
     def _post(self, report: dict) -> tuple[str, bool] | None:
         """POST one report: None on 2xx, else (error text, whether the whole endpoint looks down)."""
-        headers = {"Content-Type": "application/json", "Idempotency-Key": str(report["id"]),
-                   "User-Agent": "filterproxy-reports/1"}
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(report["id"]),
+            "User-Agent": "filterproxy-reports/1",
+        }
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         body = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
@@ -301,8 +329,14 @@ class ReportSpool:
         if self._session is None:
             self._session = requests.Session()
         try:
-            resp = self._session.post(self.endpoint, data=body, headers=headers, timeout=self.timeout,
-                                      verify=self.verify, allow_redirects=False)
+            resp = self._session.post(
+                self.endpoint,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                verify=self.verify,
+                allow_redirects=False,
+            )
         except requests.RequestException as exc:
             return f"{type(exc).__name__}", True
         try:

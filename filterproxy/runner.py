@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("filterproxy.run")
 
 
-def _listen_flag(value: str | None, current: tuple[str, int] | None, default_port: int,
-                 flag: str) -> tuple[str, int] | None:
+def _listen_flag(
+    value: str | None, current: tuple[str, int] | None, default_port: int, flag: str
+) -> tuple[str, int] | None:
     """``HOST:PORT`` | ``off`` flag → (host, port) | None; None value keeps ``current``."""
     from filterproxy.config import ConfigError, parse_hostport
 
@@ -140,9 +141,12 @@ class Runner:
 
         if not self.worker:  # the PID file names the main process ('filterproxy lists reload' signals it)
             self._write_pid()
-        metrics.configure_labels(groups=cfg.groups, lists=[li.id for li in self.engine.snapshot.lists],
-                                 upstreams=list(cfg.upstreams.servers),
-                                 categories={li.category for li in self.engine.snapshot.lists})
+        metrics.configure_labels(
+            groups=cfg.groups,
+            lists=[li.id for li in self.engine.snapshot.lists],
+            upstreams=list(cfg.upstreams.servers),
+            categories={li.category for li in self.engine.snapshot.lists},
+        )
         _publish_lists(self.engine.snapshot)
 
         shared = cfg.server.proxy_listen is not None or cfg.server.dns_workers > 1 or self.worker
@@ -157,12 +161,16 @@ class Runner:
             auth = None
             if cfg.metrics.basic_auth_user and cfg.metrics.basic_auth_hash:
                 auth = (cfg.metrics.basic_auth_user, cfg.metrics.basic_auth_hash)
-            self.metrics_server = metrics.serve(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                                                basic_auth=auth)
+            self.metrics_server = metrics.serve(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}", basic_auth=auth
+            )
             log.info("metrics on %s/metrics", self.metrics_server.url)
         if cfg.metrics.push_url and not self.worker:
-            self.pusher = metrics.Pusher(cfg.metrics.push_url, grouping_key=cfg.metrics.push_grouping or
-                                         {"gateway": cfg.server.gateway_id}, interval=cfg.metrics.push_interval)
+            self.pusher = metrics.Pusher(
+                cfg.metrics.push_url,
+                grouping_key=cfg.metrics.push_grouping or {"gateway": cfg.server.gateway_id},
+                interval=cfg.metrics.push_interval,
+            )
             self.pusher.start()
             log.info("metrics pushed to %s every %ds", cfg.metrics.push_url, cfg.metrics.push_interval)
 
@@ -182,9 +190,14 @@ class Runner:
 
                 self.dns_workers = DnsWorkers(self.args, (host, port), n - 1, state_dir=cfg.server.state_dir)
                 await loop.run_in_executor(None, self.dns_workers.start)
-            log.info("DNS listening on %s:%d (udp, tcp)%s", f"[{host}]" if ":" in host else host, port,
-                     f", {n} processes (pids {os.getpid()} {' '.join(map(str, self.dns_workers.pids))})"
-                     if self.dns_workers else "")
+            log.info(
+                "DNS listening on %s:%d (udp, tcp)%s",
+                f"[{host}]" if ":" in host else host,
+                port,
+                f", {n} processes (pids {os.getpid()} {' '.join(map(str, self.dns_workers.pids))})"
+                if self.dns_workers
+                else "",
+            )
         else:
             log.info("DNS off (--dns-listen off)")
 
@@ -281,7 +294,8 @@ class Runner:
         log.info("reload: rebuilding the list snapshot")
         try:
             snap = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: load_or_build(self.cfg, extra=bool(self.args.extra_list), strict=False))
+                None, lambda: load_or_build(self.cfg, extra=bool(self.args.extra_list), strict=False)
+            )
             if not snap.lists and self.engine.snapshot.lists:
                 raise ValueError("the new snapshot has no lists at all")
             self.engine.swap(snap)
@@ -317,8 +331,9 @@ class Runner:
             atomic_write(path, f"{os.getpid()}\n")
             self.pidfile = path
         except OSError as exc:
-            log.warning("cannot write the PID file in %s: %s ('filterproxy lists reload' will not find us)",
-                        d, exc.strerror)
+            log.warning(
+                "cannot write the PID file in %s: %s ('filterproxy lists reload' will not find us)", d, exc.strerror
+            )
 
     def _remove_pid(self) -> None:
         if not self.pidfile:
@@ -350,13 +365,21 @@ def run(args: argparse.Namespace) -> int:
     from filterproxy.app import load_engine
 
     t0 = time.monotonic()
-    cfg, engine = load_engine(args.config, args.extra_list, args.client_group,
-                              state_dir=getattr(args, "state_dir", None))
+    cfg, engine = load_engine(
+        args.config, args.extra_list, args.client_group, state_dir=getattr(args, "state_dir", None)
+    )
     apply_overrides(args, cfg)
     trim_memory()
     snap = engine.snapshot
-    log.info("loaded %s: %d groups, %d lists, %d entries in %.1fs (RSS %.0f MB)", cfg.path, len(cfg.groups),
-             len(snap.lists), snap.total_entries, time.monotonic() - t0, _rss_mb())
+    log.info(
+        "loaded %s: %d groups, %d lists, %d entries in %.1fs (RSS %.0f MB)",
+        cfg.path,
+        len(cfg.groups),
+        len(snap.lists),
+        snap.total_entries,
+        time.monotonic() - t0,
+        _rss_mb(),
+    )
     runner = Runner(args, cfg, engine)
     try:
         # The standard asyncio loop (see docs/decisions/core-event-loop.md).

@@ -14,10 +14,36 @@ import re
 LANGUAGES: tuple[str, ...] = ("vi", "en")
 
 # Every category a list or a policy may name. Metric label sets are derived from this set.
-KNOWN_CATEGORIES: frozenset[str] = frozenset({
-    "adult", "gambling", "violence", "drugs", "dating", "social", "games", "chat", "bypass", "malware",
-    "phishing", "illegal", "ads", "shortener", "filehosting", "warez", "hacking", "audio-video", "webmail",
-    "lingerie", "sect", "dangerous_material", "remote-control", "ai", "search", "custom"})
+KNOWN_CATEGORIES: frozenset[str] = frozenset(
+    {
+        "adult",
+        "gambling",
+        "violence",
+        "drugs",
+        "dating",
+        "social",
+        "games",
+        "chat",
+        "bypass",
+        "malware",
+        "phishing",
+        "illegal",
+        "ads",
+        "shortener",
+        "filehosting",
+        "warez",
+        "hacking",
+        "audio-video",
+        "webmail",
+        "lingerie",
+        "sect",
+        "dangerous_material",
+        "remote-control",
+        "ai",
+        "search",
+        "custom",
+    }
+)
 
 # Ids of lists and groups in the config (they appear in verdicts, EDE text and metric labels).
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

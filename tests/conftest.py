@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 from shared_data import DATA  # noqa: E402  (../shared/data, or beside the checkout this one was cloned from)
+
 LISTS = DATA / "blocklists"
 
 
@@ -33,15 +34,31 @@ def write_config(tmp_path: Path, body: str, policies: dict[str, str] | None = No
 # Test layers (CONTRIBUTING.md): "e2e" tests start real processes and servers (filterproxy run, mitmdump,
 # unbound, Prometheus, Chromium, nginx, sub-commands as subprocesses); everything else is "unit" and the whole
 # unit layer runs in about a minute (`./test.sh -m unit`). A module is e2e as a whole, or single tests are.
-E2E_MODULES = frozenset({
-    "test_bundle_cli", "test_cli", "test_deploy", "test_dns_mmsg", "test_dns_server", "test_dns_tcp",
-    "test_dns_workers", "test_http_e2e", "test_http_server", "test_images_e2e", "test_integration",
-    "test_metrics", "test_reports", "test_rpz", "test_host_header",
-})
-E2E_TESTS = frozenset({
-    "test_dns_fuzz.py::test_server_survives_fuzzing",
-    "test_config.py::test_check_command_exit_codes",
-})
+E2E_MODULES = frozenset(
+    {
+        "test_bundle_cli",
+        "test_cli",
+        "test_deploy",
+        "test_dns_mmsg",
+        "test_dns_server",
+        "test_dns_tcp",
+        "test_dns_workers",
+        "test_http_e2e",
+        "test_http_server",
+        "test_images_e2e",
+        "test_integration",
+        "test_metrics",
+        "test_reports",
+        "test_rpz",
+        "test_host_header",
+    }
+)
+E2E_TESTS = frozenset(
+    {
+        "test_dns_fuzz.py::test_server_survives_fuzzing",
+        "test_config.py::test_check_command_exit_codes",
+    }
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

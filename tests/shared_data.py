@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _origin_dir() -> Path | None:
     try:
-        url = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+        url = subprocess.run(
+            ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     if url.startswith("file://"):

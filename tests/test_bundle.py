@@ -10,17 +10,16 @@ import json
 import os
 import stat
 import tarfile
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import LISTS as DATA
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import LISTS as DATA
 from filterproxy.lists import bundle as B
-from filterproxy.lists.parsers import ParseStats, iter_entries
 from filterproxy.lists.bundle import (
     BadSignature,
     BundleError,
@@ -30,8 +29,9 @@ from filterproxy.lists.bundle import (
     Tampered,
     UnknownKey,
 )
+from filterproxy.lists.parsers import ParseStats, iter_entries
 
-NOW = datetime(2025, 11, 5, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 11, 5, 12, 0, tzinfo=UTC)
 CREATED = NOW - timedelta(days=1)
 EXPIRES = NOW + timedelta(days=30)
 LISTS = [
@@ -49,10 +49,12 @@ def _fixed_key(directory: Path, seed: bytes) -> tuple[str, str]:
     key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed).digest())
     directory.mkdir()
     k, p = directory / "bundle-signing.key", directory / "bundle-signing.pub"
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
-    p.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    k.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    p.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return str(k), str(p)
 
 
@@ -63,8 +65,16 @@ def keys(tmp_path_factory) -> dict[str, tuple[str, str]]:
     return {"old": _fixed_key(base / "old", b"old"), "new": _fixed_key(base / "new", b"new")}
 
 
-def make(tmp_path: Path, serial: int = 1, key: str | None = "old", keys=None, name: str | None = None,
-         lists=LISTS, created=CREATED, expires=EXPIRES) -> str:
+def make(
+    tmp_path: Path,
+    serial: int = 1,
+    key: str | None = "old",
+    keys=None,
+    name: str | None = None,
+    lists=LISTS,
+    created=CREATED,
+    expires=EXPIRES,
+) -> str:
     out = str(tmp_path / (name or f"bundle-{serial}.tar.gz"))
     B.build(out, serial, lists, publisher="ministry", created=created, expires=expires)
     if key is not None:
@@ -81,8 +91,12 @@ def members(path: str) -> list[tuple[tarfile.TarInfo, bytes]]:
         return [(ti, tar.extractfile(ti).read() if ti.isreg() else b"") for ti in tar]
 
 
-def rewrite(src: str, dst: str, mutate: Callable[[str, bytes], bytes | None] = lambda n, d: d,
-            insert: list[tuple[int, tarfile.TarInfo, bytes]] = ()) -> str:
+def rewrite(
+    src: str,
+    dst: str,
+    mutate: Callable[[str, bytes], bytes | None] = lambda n, d: d,
+    insert: list[tuple[int, tarfile.TarInfo, bytes]] = (),
+) -> str:
     """Re-pack a bundle with members changed (mutate -> None drops one) or inserted at an index."""
     items = []
     for ti, data in members(src):
@@ -164,8 +178,14 @@ def test_round_trip_with_real_lists(keys, tmp_path):
     assert ("adblock", "social", "lists/social.txt", "social") in vb.list_files()
     names = [ti.name for ti, _ in members(out)]
     assert names[:2] == ["signature.json", "manifest.json"]
-    assert names[2:] == ["lists/bypass-doh.txt", "lists/bypass-doh-domains.txt", "lists/chat/domains",
-                         "lists/chat/urls", "lists/social.txt", "lists/violence-snuff-hosts.txt"]  # by id
+    assert names[2:] == [
+        "lists/bypass-doh.txt",
+        "lists/bypass-doh-domains.txt",
+        "lists/chat/domains",
+        "lists/chat/urls",
+        "lists/social.txt",
+        "lists/violence-snuff-hosts.txt",
+    ]  # by id
     assert dict((ti.name, d) for ti, d in members(out))["lists/social.txt"] == social
 
 
@@ -219,7 +239,9 @@ def test_build_rejects_bad_input(tmp_path, lists, kwargs, message):
     assert os.listdir(tmp_path) == []  # no staging left behind
 
 
-@pytest.mark.parametrize("content, message", [(b"# only a header\n\n", "no entries"), (b"caf\xe9.example\n", "not UTF-8")])
+@pytest.mark.parametrize(
+    "content, message", [(b"# only a header\n\n", "no entries"), (b"caf\xe9.example\n", "not UTF-8")]
+)
 def test_build_rejects_empty_or_binary_lists(tmp_path, content, message):
     p = tmp_path / "l.txt"
     p.write_bytes(content)
@@ -249,19 +271,18 @@ def test_one_changed_byte_in_the_manifest_is_a_bad_signature(keys, tmp_path):
 
 def test_list_size_change_and_extra_or_missing_members_are_tampered(keys, tmp_path):
     good = make(tmp_path, keys=keys)
-    grown = rewrite(good, str(tmp_path / "g.tar.gz"),
-                    lambda n, d: d + b"evil.example\n" if n == "lists/social.txt" else d)
+    grown = rewrite(
+        good, str(tmp_path / "g.tar.gz"), lambda n, d: d + b"evil.example\n" if n == "lists/social.txt" else d
+    )
     with pytest.raises(Tampered, match="size"):
         B.verify(grown, pub(keys, "old"), now=NOW)
     dropped = rewrite(good, str(tmp_path / "d.tar.gz"), lambda n, d: None if n == "lists/social.txt" else d)
     with pytest.raises(Tampered, match="missing from the bundle"):
         B.verify(dropped, pub(keys, "old"), now=NOW)
-    extra = rewrite(good, str(tmp_path / "e.tar.gz"),
-                    insert=[(3, B.tarinfo("lists/extra.txt", 4), b"x.y\n")])
+    extra = rewrite(good, str(tmp_path / "e.tar.gz"), insert=[(3, B.tarinfo("lists/extra.txt", 4), b"x.y\n")])
     with pytest.raises(Tampered, match="not listed in the signed manifest"):
         B.verify(extra, pub(keys, "old"), now=NOW)
-    twice = rewrite(good, str(tmp_path / "t.tar.gz"),
-                    insert=[(8, B.tarinfo("lists/social.txt", 1), b"x")])
+    twice = rewrite(good, str(tmp_path / "t.tar.gz"), insert=[(8, B.tarinfo("lists/social.txt", 1), b"x")])
     with pytest.raises(Malformed, match="duplicate member"):
         B.verify(twice, pub(keys, "old"), now=NOW)
 
@@ -350,8 +371,11 @@ SLIPS = [
 @pytest.mark.parametrize("member, message", SLIPS, ids=[m.name + ":" + msg for m, msg in SLIPS])
 @pytest.mark.parametrize("where", [0, 2, 5])
 def test_tar_slip_members_are_refused(keys, tmp_path, member, message, where):
-    evil = rewrite(make(tmp_path, keys=keys), str(tmp_path / "evil.tar.gz"),
-                   insert=[(where, member, b"evil" if member.isreg() else b"")])
+    evil = rewrite(
+        make(tmp_path, keys=keys),
+        str(tmp_path / "evil.tar.gz"),
+        insert=[(where, member, b"evil" if member.isreg() else b"")],
+    )
     with pytest.raises(Malformed, match=message):
         B.verify(evil, pub(keys, "old"), now=NOW)
     state = tmp_path / "state"
@@ -411,15 +435,28 @@ def test_install_switches_current_and_keeps_last_good_after_each_failure(keys, t
     s2 = make(tmp_path, 2, keys=keys)
     failures = {
         "tampered": (rewrite(s2, str(tmp_path / "t.tar.gz"), flip_first_byte_of("lists/social.txt")), Tampered),
-        "manifest": (rewrite(s2, str(tmp_path / "m.tar.gz"),
-                             lambda n, d: d.replace(b"ministry", b"ministrx") if n == "manifest.json" else d),
-                     BadSignature),
+        "manifest": (
+            rewrite(
+                s2,
+                str(tmp_path / "m.tar.gz"),
+                lambda n, d: d.replace(b"ministry", b"ministrx") if n == "manifest.json" else d,
+            ),
+            BadSignature,
+        ),
         "unknown key": (make(tmp_path, 2, keys=keys, key="new", name="k.tar.gz"), UnknownKey),
-        "expired": (make(tmp_path, 2, keys=keys, name="x.tar.gz", created=NOW - timedelta(days=9),
-                         expires=NOW - timedelta(days=1)), Expired),
+        "expired": (
+            make(
+                tmp_path,
+                2,
+                keys=keys,
+                name="x.tar.gz",
+                created=NOW - timedelta(days=9),
+                expires=NOW - timedelta(days=1),
+            ),
+            Expired,
+        ),
         "replay": (make(tmp_path, 1, keys=keys, name="r.tar.gz"), Rollback),
-        "slip": (rewrite(s2, str(tmp_path / "s.tar.gz"), insert=[(4, B.tarinfo("../evil.txt", 1), b"x")]),
-                 Malformed),
+        "slip": (rewrite(s2, str(tmp_path / "s.tar.gz"), insert=[(4, B.tarinfo("../evil.txt", 1), b"x")]), Malformed),
         "truncated": (None, Malformed),
     }
     cut = tmp_path / "cut.tar.gz"
@@ -537,8 +574,9 @@ def test_the_package_keeps_its_import_paths():
     assert B.FOLDER_FORMATS <= B.LIST_FORMATS
 
 
-@pytest.mark.parametrize("error,label", [(B.BadSignature, "signature"), (B.UnknownKey, "signature"),
-                                         (B.Malformed, "other")])
+@pytest.mark.parametrize(
+    "error,label", [(B.BadSignature, "signature"), (B.UnknownKey, "signature"), (B.Malformed, "other")]
+)
 def test_refused_bundle_is_counted_by_reason(monkeypatch, tmp_path, capsys, error, label):
     """A signature failure is counted as such (its reason used to fall into "other")."""
     from types import SimpleNamespace

@@ -10,8 +10,9 @@ from conftest import LISTS, REPO, write_config
 
 
 def fp(*args, check=False):
-    r = subprocess.run([sys.executable, "-m", "filterproxy", *map(str, args)], capture_output=True, text=True,
-                       cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "filterproxy", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -24,8 +25,21 @@ def test_keygen_build_sign_verify_and_rejections(tmp_path, data_dir):
     national = tmp_path / "national.txt"
     national.write_text("forbidden.example\n")
     b = tmp_path / "b.tar.gz"
-    fp("bundle", "build", "--out", b, "--serial", 7, "--expires", "2099-01-01T00:00:00Z",
-       "--list", f"domains:illegal:{national}", "--list", f"ut1:dating:{LISTS / 'ut1/dating'}", check=True)
+    fp(
+        "bundle",
+        "build",
+        "--out",
+        b,
+        "--serial",
+        7,
+        "--expires",
+        "2099-01-01T00:00:00Z",
+        "--list",
+        f"domains:illegal:{national}",
+        "--list",
+        f"ut1:dating:{LISTS / 'ut1/dating'}",
+        check=True,
+    )
     unsigned = fp("bundle", "verify", "--key", pub, b)
     assert unsigned.returncode != 0
     fp("bundle", "sign", "--key", priv, b, check=True)
@@ -47,9 +61,20 @@ def test_keygen_build_sign_verify_and_rejections(tmp_path, data_dir):
     import datetime as dt
     import time
 
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fp("bundle", "build", "--out", old, "--serial", 8, "--expires", soon, "--list", f"domains:illegal:{national}",
-       check=True)
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fp(
+        "bundle",
+        "build",
+        "--out",
+        old,
+        "--serial",
+        8,
+        "--expires",
+        soon,
+        "--list",
+        f"domains:illegal:{national}",
+        check=True,
+    )
     fp("bundle", "sign", "--key", priv, old, check=True)
     time.sleep(3.1)
     r = fp("bundle", "verify", "--key", pub, old)
@@ -69,11 +94,15 @@ def test_gateway_installs_bundle_and_serves_it(tmp_path, data_dir):
         fp("bundle", "sign", "--key", priv, out, check=True)
         return out
 
-    cfg = write_config(tmp_path, f"""
-        server: {{state_dir: {tmp_path / 'state'}}}
+    cfg = write_config(
+        tmp_path,
+        f"""
+        server: {{state_dir: {tmp_path / "state"}}}
         bundle: {{keys: [{pub}]}}
         default_group: g
-    """, {"g": "name: G\nblock_categories: [adult]\nallow: [forbidden.example]\n"})
+    """,
+        {"g": "name: G\nblock_categories: [adult]\nallow: [forbidden.example]\n"},
+    )
     assert fp("lists", "update", "--config", cfg, "--bundle", make(5, "forbidden.example")).returncode == 0
 
     def verdict(name):

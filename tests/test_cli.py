@@ -9,13 +9,18 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import LISTS, REPO
 
 
 def explain(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "filterproxy", "explain", *args], capture_output=True, text=True,
-                          input=stdin, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "filterproxy", "explain", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def sample_names(path, fmt, k=25, seed=1):
@@ -45,7 +50,12 @@ def sample_names(path, fmt, k=25, seed=1):
 CASES = [
     ("hosts", "violence", LISTS / "sinfonietta/snuff-hosts.txt", LISTS / "sinfonietta/snuff-hosts.txt"),
     ("hosts", "gambling", LISTS / "sinfonietta/gambling-hosts.txt", LISTS / "sinfonietta/gambling-hosts.txt"),
-    ("domains", "bypass", LISTS / "dibdot_doh/doh-domains_abandoned.txt", LISTS / "dibdot_doh/doh-domains_abandoned.txt"),
+    (
+        "domains",
+        "bypass",
+        LISTS / "dibdot_doh/doh-domains_abandoned.txt",
+        LISTS / "dibdot_doh/doh-domains_abandoned.txt",
+    ),
     ("adblock", "social", LISTS / "hagezi/adblock/social.txt", LISTS / "hagezi/adblock/social.txt"),
     ("wildcard", "adult", LISTS / "hagezi/wildcard/nsfw.txt.gz", LISTS / "hagezi/wildcard/nsfw.txt.gz"),
     ("rpz", "bypass", LISTS / "hagezi/rpz/doh.txt", LISTS / "hagezi/rpz/doh.txt"),
@@ -84,8 +94,14 @@ def test_explain_json_fields_and_allow(data_dir):
 
 
 def test_group_without_category_does_not_block(data_dir):
-    r = explain("--group", "adult", "--json", "--extra-list", f"adblock:social:{LISTS / 'hagezi/adblock/social.txt'}",
-                "facebook.com")
+    r = explain(
+        "--group",
+        "adult",
+        "--json",
+        "--extra-list",
+        f"adblock:social:{LISTS / 'hagezi/adblock/social.txt'}",
+        "facebook.com",
+    )
     assert json.loads(r.stdout)["action"] == "allow"
 
 
@@ -112,13 +128,16 @@ def test_url_input_and_stdin(data_dir):
     assert [o["action"] for o in out] == ["block", "allow"]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("--group", "nobody", "x.com"), "unknown group"),
-    (("--group", "primary", "--extra-list", "hosts:adult", "x.com"), "FORMAT:CATEGORY:PATH"),
-    (("--group", "primary", "--extra-list", "hostz:adult:/etc/hosts", "x.com"), "unknown format"),
-    (("--group", "primary", "--extra-list", "hosts:adult:/nonexistent", "x.com"), "not found"),
-    (("--group", "primary", "--at", "yesterday", "x.com"), "ISO time"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("--group", "nobody", "x.com"), "unknown group"),
+        (("--group", "primary", "--extra-list", "hosts:adult", "x.com"), "FORMAT:CATEGORY:PATH"),
+        (("--group", "primary", "--extra-list", "hostz:adult:/etc/hosts", "x.com"), "unknown format"),
+        (("--group", "primary", "--extra-list", "hosts:adult:/nonexistent", "x.com"), "not found"),
+        (("--group", "primary", "--at", "yesterday", "x.com"), "ISO time"),
+    ],
+)
 def test_explain_errors(args, needle):
     r = explain(*args)
     assert r.returncode == 2 and needle in r.stderr, r.stderr

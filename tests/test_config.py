@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, write_config
+
 from filterproxy.config import ConfigError, load_config, load_yaml
-from filterproxy.http.blockpage import LANGUAGES
 from filterproxy.config.policy import parse_policy
+from filterproxy.http.blockpage import LANGUAGES
 
 DEFAULT_GROUPS = {"primary", "lower-secondary", "upper-secondary", "staff", "child", "teen", "adult"}
 MINORS = DEFAULT_GROUPS - {"staff", "adult"}
@@ -54,12 +54,16 @@ def test_shipped_policies_folder_is_the_default_groups():
 
 
 def test_policy_names_per_language(tmp_path):
-    cfg = write_config(tmp_path, "", {
-        "both": "name: Primary\nnames:\n  vi: '  Tiểu học (6–10 tuổi) '\n  en: Primary school\n",
-        "vi-only": "name: Staff\nnames: {vi: Giáo viên}\n",
-        "plain": "name: Teen (home)\n",
-        "empty": "name: Adult\nnames: {}\n",
-    })
+    cfg = write_config(
+        tmp_path,
+        "",
+        {
+            "both": "name: Primary\nnames:\n  vi: '  Tiểu học (6–10 tuổi) '\n  en: Primary school\n",
+            "vi-only": "name: Staff\nnames: {vi: Giáo viên}\n",
+            "plain": "name: Teen (home)\n",
+            "empty": "name: Adult\nnames: {}\n",
+        },
+    )
     groups = load_config(str(cfg)).groups
     assert groups["both"].names == {"vi": "Tiểu học (6–10 tuổi)", "en": "Primary school"}
     assert groups["both"].name == "Primary"  # the default stays as written
@@ -83,29 +87,57 @@ def test_policy_example_in_readme_loads(tmp_path):
 P_OK = {"g": "name: G\nblock_categories: [adult]\n"}
 
 
-@pytest.mark.parametrize("body,policies,line,needle", [
-    ("server:\n  dns_listen: [1, 2\n", P_OK, 3, "flow sequence started at line 2"),
-    ("server:\n  dns_lissten: 127.0.0.1:53\n", P_OK, 2, "unknown key 'server.dns_lissten'"),
-    ("server:\n  dns_listen: 127.0.0.1:99999\n", P_OK, 2, "HOST:PORT"),
-    ("cache:\n  size: lots\n", P_OK, 2, "'cache.size' must be int"),
-    ("upstreams:\n  strategy: random\n", P_OK, 2, "must be one of failover, parallel"),
-    ("lists:\n  - id: a\n    category: adult\n    format: hostz\n    path: x\n", P_OK, 4, "'format' must be one of"),
-    ("lists:\n  - id: a\n    category: adult\n    format: hosts\n    path: missing.txt\n", P_OK, 5, "file not found"),
-    ("default_group: nobody\n", P_OK, 1, "not a defined group"),
-    ("clients:\n  - {cidr: 10.0.0.0/33, group: g}\n", P_OK, 2, "invalid cidr"),
-    ("clients:\n  - {cidr: 10.0.0.0/8, group: nope}\n", P_OK, 2, "unknown group"),
-    ("timezone: Mars/Olympus\n", P_OK, 1, "unknown time zone"),
-    ("cache:\n  size: 100\n  sweep_interval: 0\n", P_OK, 3, "'cache.sweep_interval' must be at least 1"),
-    ("", {"g": "name: G\nblock_categories: [adlt]\n"}, None, "unknown category 'adlt'"),
-    ("", {"g": "name: G\nschedules:\n  - {name: s, days: [funday], block_categories: [games]}\n"}, 3, "unknown day"),
-    ("", {"g": "name: G\nschedules:\n  - name: s\n    from: '25:00'\n    block_categories: [games]\n"}, 4, "expected a time"),
-    ("", {"g": "name: G\nsafesearch: maybe\n"}, 2, "must be one of off, moderate, strict"),
-    ("", {"g": "name: G\nallow: ['bad..name']\n"}, 2, "empty label"),
-    ("", {"g": "name: G\nnames:\n  vi: Gờ\n  fr: Gé\n"}, 4, "'policy g.names' has unknown language 'fr' (expected keys: vi, en)"),
-    ("", {"g": "name: G\nnames: {vi: 3}\n"}, 2, "'policy g.names.vi' must be a non-empty string, got 3"),
-    ("", {"g": "name: G\nnames:\n  en: G\n  vi: '  '\n"}, 4, "'policy g.names.vi' must be a non-empty string"),
-    ("", {"g": "name: G\nnames: Gờ\n"}, 2, "'policy g.names' must be dict"),
-])
+@pytest.mark.parametrize(
+    "body,policies,line,needle",
+    [
+        ("server:\n  dns_listen: [1, 2\n", P_OK, 3, "flow sequence started at line 2"),
+        ("server:\n  dns_lissten: 127.0.0.1:53\n", P_OK, 2, "unknown key 'server.dns_lissten'"),
+        ("server:\n  dns_listen: 127.0.0.1:99999\n", P_OK, 2, "HOST:PORT"),
+        ("cache:\n  size: lots\n", P_OK, 2, "'cache.size' must be int"),
+        ("upstreams:\n  strategy: random\n", P_OK, 2, "must be one of failover, parallel"),
+        (
+            "lists:\n  - id: a\n    category: adult\n    format: hostz\n    path: x\n",
+            P_OK,
+            4,
+            "'format' must be one of",
+        ),
+        (
+            "lists:\n  - id: a\n    category: adult\n    format: hosts\n    path: missing.txt\n",
+            P_OK,
+            5,
+            "file not found",
+        ),
+        ("default_group: nobody\n", P_OK, 1, "not a defined group"),
+        ("clients:\n  - {cidr: 10.0.0.0/33, group: g}\n", P_OK, 2, "invalid cidr"),
+        ("clients:\n  - {cidr: 10.0.0.0/8, group: nope}\n", P_OK, 2, "unknown group"),
+        ("timezone: Mars/Olympus\n", P_OK, 1, "unknown time zone"),
+        ("cache:\n  size: 100\n  sweep_interval: 0\n", P_OK, 3, "'cache.sweep_interval' must be at least 1"),
+        ("", {"g": "name: G\nblock_categories: [adlt]\n"}, None, "unknown category 'adlt'"),
+        (
+            "",
+            {"g": "name: G\nschedules:\n  - {name: s, days: [funday], block_categories: [games]}\n"},
+            3,
+            "unknown day",
+        ),
+        (
+            "",
+            {"g": "name: G\nschedules:\n  - name: s\n    from: '25:00'\n    block_categories: [games]\n"},
+            4,
+            "expected a time",
+        ),
+        ("", {"g": "name: G\nsafesearch: maybe\n"}, 2, "must be one of off, moderate, strict"),
+        ("", {"g": "name: G\nallow: ['bad..name']\n"}, 2, "empty label"),
+        (
+            "",
+            {"g": "name: G\nnames:\n  vi: Gờ\n  fr: Gé\n"},
+            4,
+            "'policy g.names' has unknown language 'fr' (expected keys: vi, en)",
+        ),
+        ("", {"g": "name: G\nnames: {vi: 3}\n"}, 2, "'policy g.names.vi' must be a non-empty string, got 3"),
+        ("", {"g": "name: G\nnames:\n  en: G\n  vi: '  '\n"}, 4, "'policy g.names.vi' must be a non-empty string"),
+        ("", {"g": "name: G\nnames: Gờ\n"}, 2, "'policy g.names' must be dict"),
+    ],
+)
 def test_errors_name_file_line_and_expectation(tmp_path, body, policies, line, needle):
     cfg = write_config(tmp_path, body, policies)
     with pytest.raises(ConfigError) as exc:
@@ -122,8 +154,9 @@ def test_check_command_exit_codes(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout and "default-illegal" in ok.stdout
     cfg = write_config(tmp_path, "cache:\n  size: -x\n", P_OK)
-    bad = subprocess.run([sys.executable, "-m", "filterproxy", "check", "--config", str(cfg)],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "filterproxy", "check", "--config", str(cfg)], capture_output=True, text=True
+    )
     assert bad.returncode != 0
     assert f"{cfg}:2:" in bad.stderr
 

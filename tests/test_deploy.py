@@ -53,6 +53,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------------------- PromQL helpers
 
+
 def defined_series() -> set[str]:
     names = set(EXTERNAL_SERIES)
     for name, m in metrics.COLLECTOR.metrics.items():
@@ -70,8 +71,23 @@ def defined_labels() -> set[str]:
     return labels
 
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or",
-             "unless", "inf", "nan", "Inf", "NaN"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+    "Inf",
+    "NaN",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -83,7 +99,7 @@ def promql_metric_names(expr: str) -> set[str]:
     e = re.sub(r"\$\{?\w+\}?", " ", e)
     names = set()
     for m in re.finditer(r"(?<![A-Za-z0-9_:.])[A-Za-z_:][A-Za-z0-9_:]*", e):
-        if e[m.end():].lstrip().startswith("(") or m.group(0) in _KEYWORDS:
+        if e[m.end() :].lstrip().startswith("(") or m.group(0) in _KEYWORDS:
             continue
         names.add(m.group(0))
     return names
@@ -132,6 +148,7 @@ def grafana_to_promql(expr: str) -> str:
 
 # ----------------------------------------------------------------------------- promtool
 
+
 def test_promtool_check_config():
     r = run([need("promtool"), "check", "config", "prometheus.yml"], cwd=PROM)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -160,18 +177,29 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
     assert alerts - fired == set(), "alerts never tested firing"
     assert alerts - quiet == set(), "alerts never tested not firing"
     # the alerts the deployment guide promises
-    assert {"FilterproxyListStale", "FilterproxyImageHashMatch", "FilterproxyUpstreamFailing",
-            "FilterproxyBlockedSpike", "FilterproxyTargetDown", "FilterproxyReportDeliveryFailing"} <= alerts
+    assert {
+        "FilterproxyListStale",
+        "FilterproxyImageHashMatch",
+        "FilterproxyUpstreamFailing",
+        "FilterproxyBlockedSpike",
+        "FilterproxyTargetDown",
+        "FilterproxyReportDeliveryFailing",
+    } <= alerts
 
 
-@pytest.mark.parametrize("expr, expected", [
-    ('sum by (le, upstream) (rate(filterproxy_dns_upstream_duration_seconds_bucket{a="b"}[5m]))',
-     {"filterproxy_dns_upstream_duration_seconds_bucket"}),
-    ("filterproxy_lists_age_seconds > 48 * 3600", {"filterproxy_lists_age_seconds"}),
-    ("x unless x offset 15m", {"x"}),
-    ('label_replace(up, "a", "$1", "b", "(.*)") == 0 and on (instance) foo_total', {"up", "foo_total"}),
-    ("1e3 + time()", set()),
-])
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        (
+            'sum by (le, upstream) (rate(filterproxy_dns_upstream_duration_seconds_bucket{a="b"}[5m]))',
+            {"filterproxy_dns_upstream_duration_seconds_bucket"},
+        ),
+        ("filterproxy_lists_age_seconds > 48 * 3600", {"filterproxy_lists_age_seconds"}),
+        ("x unless x offset 15m", {"x"}),
+        ('label_replace(up, "a", "$1", "b", "(.*)") == 0 and on (instance) foo_total', {"up", "foo_total"}),
+        ("1e3 + time()", set()),
+    ],
+)
 def test_promql_name_extraction(expr, expected):
     assert promql_metric_names(expr) == expected
 
@@ -194,8 +222,17 @@ def test_promql_references_only_defined_metrics_and_labels(where):
 
 
 def test_dashboard_expressions_parse_with_promtool(tmp_path):
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:expr_{i}", "expr": grafana_to_promql(e)} for i, (_, e) in enumerate(dashboard_exprs())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:expr_{i}", "expr": grafana_to_promql(e)}
+                    for i, (_, e) in enumerate(dashboard_exprs())
+                ],
+            }
+        ]
+    }
     f = tmp_path / "dashboard.rules.yml"
     f.write_text(yaml.safe_dump(rules))
     r = run([need("promtool"), "check", "rules", str(f)])
@@ -205,8 +242,15 @@ def test_dashboard_expressions_parse_with_promtool(tmp_path):
 def test_dashboard_structure():
     d = dashboard()
     titles = " | ".join(p["title"] for p in d["panels"]).lower()
-    for topic in ("by category", "by age group", "top categories", "list version and age", "upstream latency",
-                  "cache hit ratio", "reports waiting"):
+    for topic in (
+        "by category",
+        "by age group",
+        "top categories",
+        "list version and age",
+        "upstream latency",
+        "cache hit ratio",
+        "reports waiting",
+    ):
         assert topic in titles, topic
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))
@@ -222,6 +266,7 @@ def test_dashboard_structure():
 
 
 # ----------------------------------------------------------------------------- systemd
+
 
 def _unit_directives(path: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
@@ -250,7 +295,8 @@ def test_systemd_analyze_verify(tmp_path):
     assert noise == [], noise
     # and the check is real: a typo is reported
     (tmp_path / "filterproxy.service").write_text(
-        (tmp_path / "filterproxy.service").read_text().replace("ProtectHome=yes", "ProtectHome=yes\nProtectHomme=yes"))
+        (tmp_path / "filterproxy.service").read_text().replace("ProtectHome=yes", "ProtectHome=yes\nProtectHomme=yes")
+    )
     r = run([tool, "verify", "--man=no", "./filterproxy.service"], cwd=tmp_path)
     assert "ProtectHomme" in r.stdout + r.stderr
 
@@ -268,9 +314,16 @@ def test_systemd_units_follow_the_contract():
     assert svc["User"] == ["filterproxy"]
     assert svc["ExecStart"] == ["/opt/filterproxy/.venv/bin/filterproxy run --config /etc/filterproxy/filterproxy.yaml"]
     assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
-    for k, v in {"AmbientCapabilities": "CAP_NET_BIND_SERVICE", "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
-                 "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-                 "StateDirectory": "filterproxy", "ConfigurationDirectory": "filterproxy"}.items():
+    for k, v in {
+        "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "StateDirectory": "filterproxy",
+        "ConfigurationDirectory": "filterproxy",
+    }.items():
         assert svc[k] == [v], k
     families = svc["RestrictAddressFamilies"][0].split()
     assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= set(families)
@@ -294,6 +347,7 @@ def test_systemd_command_lines_parse_with_the_cli():
 
 # ----------------------------------------------------------------------------- nftables
 
+
 def test_nft_check():
     r = run([need("nft"), "-c", "-f", str(NFT)])
     assert r.returncode == 0, r.stderr
@@ -301,8 +355,9 @@ def test_nft_check():
 
 def _in_private_netns(shell: str) -> subprocess.CompletedProcess:
     r = run(["unshare", "--net", "sh", "-c", shell])
-    assert not (r.returncode != 0 and ("Operation not permitted" in r.stderr or "unshare failed" in r.stderr)), \
+    assert not (r.returncode != 0 and ("Operation not permitted" in r.stderr or "unshare failed" in r.stderr)), (
         f"cannot create a network namespace (test.sh runs the tests as root): {r.stderr.strip()}"
+    )
     return r
 
 
@@ -376,8 +431,10 @@ def netlab(tmp_path):
             f"ip -n {ns['gw']} addr add 10.99.0.1/24 dev vgn{tag}",
             f"ip -n {ns['net']} addr add 10.99.0.53/24 dev vnt{tag}",
             *[f"ip -n {ns[n]} link set lo up" for n in ns],
-            f"ip -n {ns['st']} link set vst{tag} up", f"ip -n {ns['gw']} link set vgs{tag} up",
-            f"ip -n {ns['gw']} link set vgn{tag} up", f"ip -n {ns['net']} link set vnt{tag} up",
+            f"ip -n {ns['st']} link set vst{tag} up",
+            f"ip -n {ns['gw']} link set vgs{tag} up",
+            f"ip -n {ns['gw']} link set vgn{tag} up",
+            f"ip -n {ns['net']} link set vnt{tag} up",
             f"ip -n {ns['st']} route add default via 10.20.0.1",
             f"ip -n {ns['net']} route add 10.20.0.0/16 via 10.99.0.1",
             f"ip netns exec {ns['gw']} sysctl -qw net.ipv4.ip_forward=1",
@@ -390,8 +447,12 @@ def netlab(tmp_path):
         (tmp_path / "client.py").write_text(NS_CLIENT)
 
         def serve(n: str, *specs: str) -> None:
-            p = subprocess.Popen([ip, "netns", "exec", ns[n], sys.executable, str(tmp_path / "server.py"), *specs],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [ip, "netns", "exec", ns[n], sys.executable, str(tmp_path / "server.py"), *specs],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             procs.append(p)
             assert p.stdout and p.stdout.readline().strip() == "ready"
 
@@ -416,17 +477,32 @@ def netlab(tmp_path):
 def test_nft_rules_redirect_dns_and_block_bypasses(netlab):
     serve, probe, nft = netlab
     serve("gw", "udp:53:filterproxy-dns", "tcp:53:filterproxy-dns-tcp", "tcp:8080:filterproxy-proxy")
-    serve("net", "udp:53:rogue-dns", "tcp:53:rogue-dns-tcp", "tcp:853:rogue-dot", "udp:853:rogue-doq",
-          "udp:443:quic", "tcp:443:https", "tcp:80:http")
-    got = probe("udp:10.99.0.53:53", "tcp:10.99.0.53:53", "tcp:10.99.0.53:853", "udp:10.99.0.53:853",
-                "udp:10.99.0.53:443", "tcp:10.99.0.53:443", "tcp:10.99.0.53:80")
+    serve(
+        "net",
+        "udp:53:rogue-dns",
+        "tcp:53:rogue-dns-tcp",
+        "tcp:853:rogue-dot",
+        "udp:853:rogue-doq",
+        "udp:443:quic",
+        "tcp:443:https",
+        "tcp:80:http",
+    )
+    got = probe(
+        "udp:10.99.0.53:53",
+        "tcp:10.99.0.53:53",
+        "tcp:10.99.0.53:853",
+        "udp:10.99.0.53:853",
+        "udp:10.99.0.53:443",
+        "tcp:10.99.0.53:443",
+        "tcp:10.99.0.53:80",
+    )
     assert got == {
-        "udp:10.99.0.53:53": "filterproxy-dns",       # a hard-coded resolver still reaches filterproxy
+        "udp:10.99.0.53:53": "filterproxy-dns",  # a hard-coded resolver still reaches filterproxy
         "tcp:10.99.0.53:53": "filterproxy-dns-tcp",
-        "tcp:10.99.0.53:853": "refused",              # DoT: TCP reset
-        "udp:10.99.0.53:853": "refused",              # DoQ: ICMP unreachable
-        "udp:10.99.0.53:443": "refused",              # QUIC: browsers fall back to TCP
-        "tcp:10.99.0.53:443": "https",                # ordinary web traffic untouched (transparent mode off)
+        "tcp:10.99.0.53:853": "refused",  # DoT: TCP reset
+        "udp:10.99.0.53:853": "refused",  # DoQ: ICMP unreachable
+        "udp:10.99.0.53:443": "refused",  # QUIC: browsers fall back to TCP
+        "tcp:10.99.0.53:443": "https",  # ordinary web traffic untouched (transparent mode off)
         "tcp:10.99.0.53:80": "http",
     }
     # the transparent-proxy toggle: add the student subnet to the set
@@ -437,14 +513,17 @@ def test_nft_rules_redirect_dns_and_block_bypasses(netlab):
 
 # ----------------------------------------------------------------------------- install script + guides
 
+
 def _load_config(path: Path):
     from filterproxy.config import load_config
 
     return load_config(str(path))
 
 
-@pytest.mark.parametrize("profile, groups", [("home", ["child", "teen", "adult"]),
-                                             ("school", ["primary", "lower-secondary", "upper-secondary", "staff"])])
+@pytest.mark.parametrize(
+    "profile, groups",
+    [("home", ["child", "teen", "adult"]), ("school", ["primary", "lower-secondary", "upper-secondary", "staff"])],
+)
 def test_install_script_into_a_destdir(tmp_path, profile, groups):
     root = tmp_path / "root"
     env = dict(os.environ, DESTDIR=str(root), FILTERPROXY_ADDRESS="192.0.2.10")
@@ -553,6 +632,7 @@ def test_privacy_guide_states_what_is_recorded():
 
 # ----------------------------------------------------------------------------- real Prometheus
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -587,23 +667,38 @@ def prometheus(tmp_path):
     password = "scrape-" + uuid.uuid4().hex
     import hashlib
 
-    srv = metrics.serve("127.0.0.1:0", basic_auth=("prometheus", "sha256:" + hashlib.sha256(password.encode()).hexdigest()))
+    srv = metrics.serve(
+        "127.0.0.1:0", basic_auth=("prometheus", "sha256:" + hashlib.sha256(password.encode()).hexdigest())
+    )
     port = _free_port()
     cfg = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{
-            "job_name": "filterproxy",
-            "basic_auth": {"username": "prometheus", "password": password},
-            "static_configs": [{"targets": [f"127.0.0.1:{srv.port}"],
-                                "labels": {"gateway": "gw-test", "school": "test-school", "province": "ha-noi"}}],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": "filterproxy",
+                "basic_auth": {"username": "prometheus", "password": password},
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{srv.port}"],
+                        "labels": {"gateway": "gw-test", "school": "test-school", "province": "ha-noi"},
+                    }
+                ],
+            }
+        ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     log = open(tmp_path / "prometheus.log", "w")
-    p = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                         stdout=log, stderr=log)
+    p = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -644,8 +739,12 @@ def test_real_prometheus_scrapes_and_evaluates(prometheus):
         # every dashboard expression evaluates on real data
         for title, expr in dashboard_exprs():
             _query(base, grafana_to_promql(expr))
-        version = _query(base, grafana_to_promql(
-            'max by (province, school, gateway, instance, list, version) (filterproxy_lists_info{province=~"$province"})'))
+        version = _query(
+            base,
+            grafana_to_promql(
+                'max by (province, school, gateway, instance, list, version) (filterproxy_lists_info{province=~"$province"})'
+            ),
+        )
         assert version["result"][0]["metric"]["version"] == "2026-11-01"
 
         # the alert rules load and evaluate without errors

@@ -140,5 +140,6 @@ def test_batched_loop_admits_like_the_admission_unit(tmp_path, monkeypatch):
     assert kinds >= {"chain", "drop", wire.REFUSED, wire.FORMERR}, kinds
     home = [batched[(src, d)] for _, ps in phases for src, d in ps if src == HOME]
     assert [r is not None and r[3] & 0xF != wire.REFUSED for r in home] == (
-        [True] * RATE + [False] * (2 * RATE - 1) + [True] * (RATE - 1) + [True, False, False])
-    assert [r is None for r in home[RATE:3 * RATE - 1]] == [False] * RATE + [True] * (RATE - 1)
+        [True] * RATE + [False] * (2 * RATE - 1) + [True] * (RATE - 1) + [True, False, False]
+    )
+    assert [r is None for r in home[RATE : 3 * RATE - 1]] == [False] * RATE + [True] * (RATE - 1)

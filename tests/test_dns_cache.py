@@ -10,8 +10,19 @@ import dns.message
 import pytest
 
 from filterproxy.dns import wire
-from filterproxy.dns.cache import (AnswerCache, PackedCache, PackedCaches, Sweep, TtlPolicy, age_step, aged,
-                                   from_upstream, lifetime, make_entry, to_reply)
+from filterproxy.dns.cache import (
+    AnswerCache,
+    PackedCache,
+    PackedCaches,
+    Sweep,
+    TtlPolicy,
+    age_step,
+    aged,
+    from_upstream,
+    lifetime,
+    make_entry,
+    to_reply,
+)
 from filterproxy.dns.responses import Reply
 from filterproxy.dns.wire import RR
 
@@ -35,20 +46,23 @@ def msg(rcode=0, answer=(), authority=()) -> wire.Message:
 POL = TtlPolicy(min_ttl=0, max_ttl=3600, negative_ttl=300)
 
 
-@pytest.mark.parametrize("m, pol, expect", [
-    (msg(answer=[a(300)]), POL, 300),
-    (msg(answer=[a(300), a(20)]), POL, 20),  # the shortest record rules
-    (msg(answer=[a(90000)]), POL, 3600),  # max_ttl
-    (msg(answer=[a(5)]), TtlPolicy(60, 3600, 300), 60),  # min_ttl
-    (msg(answer=[a(0)]), POL, 0),  # TTL 0: not cached
-    (msg(wire.NXDOMAIN, authority=[soa(3600, 120)]), POL, 120),  # SOA minimum
-    (msg(wire.NXDOMAIN, authority=[soa(30, 120)]), POL, 30),  # SOA TTL when lower (RFC 2308 §5)
-    (msg(wire.NXDOMAIN, authority=[soa(3600, 86400)]), POL, 300),  # capped by negative_ttl
-    (msg(0, authority=[soa(3600, 100)]), POL, 100),  # NODATA
-    (msg(wire.NXDOMAIN), POL, 0),  # no SOA: not cached
-    (msg(wire.SERVFAIL), POL, 0),
-    (msg(wire.REFUSED), POL, 0),
-])
+@pytest.mark.parametrize(
+    "m, pol, expect",
+    [
+        (msg(answer=[a(300)]), POL, 300),
+        (msg(answer=[a(300), a(20)]), POL, 20),  # the shortest record rules
+        (msg(answer=[a(90000)]), POL, 3600),  # max_ttl
+        (msg(answer=[a(5)]), TtlPolicy(60, 3600, 300), 60),  # min_ttl
+        (msg(answer=[a(0)]), POL, 0),  # TTL 0: not cached
+        (msg(wire.NXDOMAIN, authority=[soa(3600, 120)]), POL, 120),  # SOA minimum
+        (msg(wire.NXDOMAIN, authority=[soa(30, 120)]), POL, 30),  # SOA TTL when lower (RFC 2308 §5)
+        (msg(wire.NXDOMAIN, authority=[soa(3600, 86400)]), POL, 300),  # capped by negative_ttl
+        (msg(0, authority=[soa(3600, 100)]), POL, 100),  # NODATA
+        (msg(wire.NXDOMAIN), POL, 0),  # no SOA: not cached
+        (msg(wire.SERVFAIL), POL, 0),
+        (msg(wire.REFUSED), POL, 0),
+    ],
+)
 def test_lifetime(m, pol, expect):
     assert lifetime(m, pol) == expect
 
@@ -79,7 +93,10 @@ def test_packed_entry_ages_ttls(elapsed, ttls):
     query = dns.message.make_query("a.test", "A")
     query.id = 77
     pq = wire.parse_query(query.to_wire())
-    answer = [RR(NAME, wire.CNAME, 1, 300, b"\x01b\x04test\x00"), RR(b"\x01b\x04test\x00", wire.A, 1, 60, b"\x01\x02\x03\x04")]
+    answer = [
+        RR(NAME, wire.CNAME, 1, 300, b"\x01b\x04test\x00"),
+        RR(b"\x01b\x04test\x00", wire.A, 1, 60, b"\x01\x02\x03\x04"),
+    ]
     data, offs = wire.pack_reply(pq, 0, answer)
     e = make_entry(data, offs, expires=1e9, now=1000.5, fixed=False, slot=0)
     e2 = aged(e, 1000 + elapsed)
@@ -88,7 +105,9 @@ def test_packed_entry_ages_ttls(elapsed, ttls):
     assert e2[1] == 1000 + elapsed  # shortest TTL under 128 s: fresh for this second only
 
 
-@pytest.mark.parametrize("ttl, step", [(0, 1), (1, 1), (60, 1), (127, 1), (128, 2), (300, 4), (3600, 56), (86400, 1350)])
+@pytest.mark.parametrize(
+    "ttl, step", [(0, 1), (1, 1), (60, 1), (127, 1), (128, 2), (300, 4), (3600, 56), (86400, 1350)]
+)
 def test_age_step(ttl, step):
     assert age_step(ttl) == step
 
@@ -173,7 +192,9 @@ def test_raw_answers_leave_the_collector_at_their_first_young_collection():
     reply[2:4] = b"\x81\x80"
     reply[6:8] = b"\x00\x01"  # one answer record, after the question
     reply[10:12] = b"\x00\x00"  # (the OPT record dropped)
-    reply = bytes(reply[:12 + len(NAME) + 4]) + b"\xc0\x0c" + struct.pack(">HHIH", wire.A, 1, 60, 4) + b"\xc0\x00\x02\x01"
+    reply = (
+        bytes(reply[: 12 + len(NAME) + 4]) + b"\xc0\x0c" + struct.pack(">HHIH", wire.A, 1, 60, 4) + b"\xc0\x00\x02\x01"
+    )
     gc.collect()
     was = gc.isenabled()
     gc.disable()  # this test says when the collector runs
@@ -204,6 +225,7 @@ def test_packed_caches_sweep_every_group():
 
 # ---------------------------------------------------------------- client table (ACL, group, MAC)
 
+
 class _Clients:
     def __init__(self, uses_mac: bool):
         self.uses_mac = uses_mac
@@ -224,13 +246,16 @@ class _Engine:
         self.clients = _Clients(uses_mac)
 
 
-@pytest.mark.parametrize("ip, mac, allowed, group", [
-    ("10.0.0.7", None, True, "staff"),
-    ("10.0.0.8", "aa:bb:cc:dd:ee:ff", True, "kids"),  # MAC beats the default
-    ("::ffff:10.0.0.7", None, True, "staff"),  # IPv4-mapped on a dual-stack socket
-    ("192.0.2.1", None, False, None),  # outside allowed_networks: no open resolver
-    ("not-an-ip", None, False, None),
-])
+@pytest.mark.parametrize(
+    "ip, mac, allowed, group",
+    [
+        ("10.0.0.7", None, True, "staff"),
+        ("10.0.0.8", "aa:bb:cc:dd:ee:ff", True, "kids"),  # MAC beats the default
+        ("::ffff:10.0.0.7", None, True, "staff"),  # IPv4-mapped on a dual-stack socket
+        ("192.0.2.1", None, False, None),  # outside allowed_networks: no open resolver
+        ("not-an-ip", None, False, None),
+    ],
+)
 def test_client_table(monkeypatch, ip, mac, allowed, group):
     from filterproxy.dns import clients as clmod
     from filterproxy.dns.cache import PackedCaches

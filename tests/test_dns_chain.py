@@ -16,17 +16,20 @@ def _request(name: str) -> Request:
     return Request(wire.text_to_name(name), name, wire.A, wire.CLASS_IN, False, False, "kids", "udp", 0.0)
 
 
-@pytest.mark.parametrize("name, zone", [
-    ("school.lan", "school.lan"),
-    ("printer.school.lan", "school.lan"),
-    ("a.b.school.lan", "school.lan"),
-    ("lab.sub.school.lan", "sub.school.lan"),  # the most specific zone wins
-    ("sub.school.lan", "sub.school.lan"),
-    ("xschool.lan", None),  # a suffix of the text, not a parent domain
-    ("lan", None),
-    ("school.lan.example", None),
-    ("example.org", None),
-])
+@pytest.mark.parametrize(
+    "name, zone",
+    [
+        ("school.lan", "school.lan"),
+        ("printer.school.lan", "school.lan"),
+        ("a.b.school.lan", "school.lan"),
+        ("lab.sub.school.lan", "sub.school.lan"),  # the most specific zone wins
+        ("sub.school.lan", "sub.school.lan"),
+        ("xschool.lan", None),  # a suffix of the text, not a parent domain
+        ("lan", None),
+        ("school.lan.example", None),
+        ("example.org", None),
+    ],
+)
 def test_conditional_zone_of_a_name(name, zone):
     groups = {z: UpstreamGroup([UdpUpstream("127.0.0.1", 9)]) for z in ("school.lan", "sub.school.lan")}
     link = ConditionalLink(groups, TtlPolicy())
@@ -46,8 +49,10 @@ def _outcome(d: Deferred) -> list:
 
 def test_posts_run_in_order_on_the_upstream_reply():
     seen = []
-    posts = (lambda req, r: seen.append(("cache", r)) or r + "+answer-check",
-             lambda req, r: seen.append(("policy", r, req.name)) or r + "+policy")
+    posts = (
+        lambda req, r: seen.append(("cache", r)) or r + "+answer-check",
+        lambda req, r: seen.append(("policy", r, req.name)) or r + "+policy",
+    )
     src = Deferred()
     out = _Posted(posts, _request("a.example"))
     src.add(out.run)

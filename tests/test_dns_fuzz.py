@@ -18,18 +18,22 @@ import dns.query
 import pytest
 
 from filterproxy.dns import wire
-from filterproxy.names import normalize_host
 from filterproxy.dns.testing import FakeUpstream, ServerProcess, synth_a
+from filterproxy.names import normalize_host
 
 SEED = int(os.environ.get("FILTERPROXY_FUZZ_SEED", "20261123"))
 
 
 def seeds() -> list[bytes]:
     out = []
-    for name, t, kw in [("www.example.com", "A", {}), ("a.b.c.d.e.example", "AAAA", {"use_edns": 0}),
-                        ("svc.example", "HTTPS", {"want_dnssec": True}), (".", "NS", {}),
-                        ("adult.test", "TXT", {"use_edns": 0, "options": [dns.edns.GenericOption(10, b"c" * 8)]}),
-                        ("x" * 63 + ".example", "MX", {"use_edns": 0, "payload": 65535})]:
+    for name, t, kw in [
+        ("www.example.com", "A", {}),
+        ("a.b.c.d.e.example", "AAAA", {"use_edns": 0}),
+        ("svc.example", "HTTPS", {"want_dnssec": True}),
+        (".", "NS", {}),
+        ("adult.test", "TXT", {"use_edns": 0, "options": [dns.edns.GenericOption(10, b"c" * 8)]}),
+        ("x" * 63 + ".example", "MX", {"use_edns": 0, "payload": 65535}),
+    ]:
         out.append(dns.message.make_query(name, t, **kw).to_wire())
     r = dns.message.make_response(dns.message.make_query("www.example.com", "A"))
     r.answer.append(dns.rrset.from_text("www.example.com.", 60, "IN", "CNAME", "cdn.example.net."))
@@ -48,7 +52,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif op == 1 and b:  # random byte
             b[rng.randrange(len(b))] = rng.randrange(256)
         elif op == 2:  # truncate
-            del b[rng.randrange(len(b) + 1):]
+            del b[rng.randrange(len(b) + 1) :]
         elif op == 3:  # insert junk
             i = rng.randrange(len(b) + 1)
             b[i:i] = rng.randbytes(rng.randint(1, 40))
@@ -103,17 +107,19 @@ def server(tmp_path_factory):
     (tmp / "adult.txt").write_text("adult.test\n")
     cfg = tmp / "filterproxy.yaml"
     cfg.write_text(f"""
-server: {{state_dir: {tmp / 'state'}}}
+server: {{state_dir: {tmp / "state"}}}
 upstreams: {{servers: ["{up.address}"], timeout: 0.5}}
 dns: {{rate_limit: 0}}
-policies_dir: {os.path.join(os.path.dirname(__file__), '..', 'policies')}
+policies_dir: {os.path.join(os.path.dirname(__file__), "..", "policies")}
 groups: [teen]
 default_group: teen
 lists:
   - {{id: adult, category: adult, format: domains, path: adult.txt}}
 """)
-    srv = ServerProcess(["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
-                         "--metrics-listen", "off"], log_path=str(tmp / "run.log")).start()
+    srv = ServerProcess(
+        ["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off", "--metrics-listen", "off"],
+        log_path=str(tmp / "run.log"),
+    ).start()
     yield srv
     srv.stop()
     up.stop()

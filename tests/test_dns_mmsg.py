@@ -113,7 +113,7 @@ def test_a_failing_destination_does_not_stop_the_batch():
     assert bs.recv() == 2  # both queued: one call takes them
     assert {bs.data(0), bs.data(1)} == {b"a", b"b"}
     to_b = 0 if bs.data(0) == b"b" else 1
-    bs.names[(1 - to_b) * mmsg.NAME + 2:(1 - to_b) * mmsg.NAME + 4] = b"\x00\x00"  # port 0: refused by the kernel
+    bs.names[(1 - to_b) * mmsg.NAME + 2 : (1 - to_b) * mmsg.NAME + 4] = b"\x00\x00"  # port 0: refused by the kernel
     bs.put(1 - to_b, b"ID", b"x")
     bs.put(to_b, b"ID", b"y")
     bs.flush()

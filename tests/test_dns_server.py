@@ -21,11 +21,11 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 import yaml
+from shared_data import DATA  # noqa: E402
 
 from filterproxy.dns import wire
 from filterproxy.dns.testing import FakeUpstream, ServerProcess, synth_a
 
-from shared_data import DATA  # noqa: E402
 DOH_HOSTS = DATA / "blocklists" / "hagezi" / "hosts" / "doh.txt"
 
 HTTPS_RDATA = wire.pack_svcb(1, b"\x00", [(1, b"\x02h3\x02h2"), (4, bytes([192, 0, 2, 80])), (5, b"\x00\x04ECH!")])
@@ -70,8 +70,17 @@ LISTS = {
 }
 
 
-def ask(port: int, name: str, rdtype: str = "A", *, src: str = "127.0.0.1", edns: bool = True, tcp: bool = False,
-        timeout: float = 3.0, want_dnssec: bool = False) -> dns.message.Message:
+def ask(
+    port: int,
+    name: str,
+    rdtype: str = "A",
+    *,
+    src: str = "127.0.0.1",
+    edns: bool = True,
+    tcp: bool = False,
+    timeout: float = 3.0,
+    want_dnssec: bool = False,
+) -> dns.message.Message:
     q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, want_dnssec=want_dnssec)
     if tcp:
         return dns.query.tcp(q, "127.0.0.1", port=port, timeout=timeout, source=src)
@@ -90,8 +99,14 @@ def addrs(m: dns.message.Message, rdtype: str = "A") -> list[str]:
     return [r.to_text() for rrset in m.answer if rrset.rdtype == t for r in rrset]
 
 
-def write_setup(tmp: Path, *, upstreams: list[str], upstream_opts: dict | None = None, cache: dict | None = None,
-                dns_opts: dict | None = None) -> Path:
+def write_setup(
+    tmp: Path,
+    *,
+    upstreams: list[str],
+    upstream_opts: dict | None = None,
+    cache: dict | None = None,
+    dns_opts: dict | None = None,
+) -> Path:
     (tmp / "policies").mkdir(exist_ok=True)
     for name, text in POLICIES.items():
         (tmp / "policies" / f"{name}.yaml").write_text(textwrap.dedent(text))
@@ -101,8 +116,11 @@ def write_setup(tmp: Path, *, upstreams: list[str], upstream_opts: dict | None =
         "server": {"state_dir": str(tmp / "state")},
         "upstreams": {"servers": upstreams, "timeout": 0.5, **(upstream_opts or {})},
         "cache": cache or {},
-        "dns": {"allowed_networks": ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32"],
-                "strip_h3": True, **(dns_opts or {})},
+        "dns": {
+            "allowed_networks": ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32"],
+            "strip_h3": True,
+            **(dns_opts or {}),
+        },
         "policies_dir": "policies",
         "groups": ["home", "kids", "teens"],
         "default_group": "home",
@@ -119,8 +137,17 @@ def write_setup(tmp: Path, *, upstreams: list[str], upstream_opts: dict | None =
 
 
 def start(tmp: Path, cfg: Path, *extra_args: str, env: dict | None = None) -> ServerProcess:
-    args = ["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
-            "--metrics-listen", "127.0.0.1:0", *extra_args]
+    args = [
+        "--config",
+        str(cfg),
+        "--dns-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "off",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        *extra_args,
+    ]
     return ServerProcess(args, log_path=str(tmp / "run.log"), env=env).start()
 
 
@@ -134,16 +161,28 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- the main server
 
+
 @pytest.fixture(scope="module", params=["batched", "plain"])
 def env(request, tmp_path_factory):
     """The main server, once with the batched UDP loop (recvmmsg/sendmmsg) and once with the plain one."""
     tmp = tmp_path_factory.mktemp(f"dns-{request.param}")
     up = FakeUpstream(zone=ZONE, truncate={"big.example"}, negative_ttl=120).start()
     school = FakeUpstream(zone={"printer.school.lan": [("A", "10.9.9.9")]}).start()
-    cfg = write_setup(tmp, upstreams=[up.address], upstream_opts={"conditional": {"school.lan": [school.address]}},
-                      cache={"blocked_ttl": 20})
-    srv = start(tmp, cfg, "--extra-list", f"hosts:bypass:{DOH_HOSTS}", "--dns-workers", "1",
-                env={"FILTERPROXY_DNS_MMSG": "1" if request.param == "batched" else "0"})
+    cfg = write_setup(
+        tmp,
+        upstreams=[up.address],
+        upstream_opts={"conditional": {"school.lan": [school.address]}},
+        cache={"blocked_ttl": 20},
+    )
+    srv = start(
+        tmp,
+        cfg,
+        "--extra-list",
+        f"hosts:bypass:{DOH_HOSTS}",
+        "--dns-workers",
+        "1",
+        env={"FILTERPROXY_DNS_MMSG": "1" if request.param == "batched" else "0"},
+    )
     assert f"UDP loop: {request.param}" in srv.output(), srv.output()[-2000:]
     yield {"port": srv.port, "up": up, "school": school, "srv": srv, "tmp": tmp, "cfg": cfg}
     srv.stop()
@@ -152,15 +191,18 @@ def env(request, tmp_path_factory):
     assert "Traceback" not in srv.output(), srv.output()[-4000:]
 
 
-@pytest.mark.parametrize("src, rdtype, rcode, answer", [
-    ("127.0.0.1", "A", "NOERROR", ["127.0.0.1"]),  # home: blockpage
-    ("127.0.0.1", "AAAA", "NOERROR", ["::1"]),
-    ("127.0.0.1", "TXT", "NOERROR", []),  # other types: NODATA
-    ("127.0.0.2", "A", "NXDOMAIN", []),  # kids: nxdomain
-    ("127.0.0.2", "AAAA", "NXDOMAIN", []),
-    ("127.0.0.3", "A", "NOERROR", ["0.0.0.0"]),  # teens: null
-    ("127.0.0.3", "AAAA", "NOERROR", ["::"]),
-])
+@pytest.mark.parametrize(
+    "src, rdtype, rcode, answer",
+    [
+        ("127.0.0.1", "A", "NOERROR", ["127.0.0.1"]),  # home: blockpage
+        ("127.0.0.1", "AAAA", "NOERROR", ["::1"]),
+        ("127.0.0.1", "TXT", "NOERROR", []),  # other types: NODATA
+        ("127.0.0.2", "A", "NXDOMAIN", []),  # kids: nxdomain
+        ("127.0.0.2", "AAAA", "NXDOMAIN", []),
+        ("127.0.0.3", "A", "NOERROR", ["0.0.0.0"]),  # teens: null
+        ("127.0.0.3", "AAAA", "NOERROR", ["::"]),
+    ],
+)
 def test_block_modes_per_group(env, src, rdtype, rcode, answer):
     m = ask(env["port"], "www.adult.test", rdtype, src=src)
     assert dns.rcode.to_text(m.rcode()) == rcode
@@ -169,13 +211,16 @@ def test_block_modes_per_group(env, src, rdtype, rcode, answer):
     assert all(rrset.ttl <= 20 for rrset in m.answer + m.authority)  # cache.blocked_ttl
 
 
-@pytest.mark.parametrize("name, src, code, text", [
-    ("csam.test", "127.0.0.3", 16, "legal/illegal/test-illegal"),  # legal: every group, Censored
-    ("custom-block.test", "127.0.0.1", 15, "blocklist/custom/policy:home"),  # the group's own block list
-    ("game.test", "127.0.0.1", 17, "schedule/games/test-games"),  # schedule window
-    ("game.test", "127.0.0.2", 17, "category/games/test-games"),
-    ("use-application-dns.net", "127.0.0.1", 15, "bypass/bypass/builtin:bypass"),
-])
+@pytest.mark.parametrize(
+    "name, src, code, text",
+    [
+        ("csam.test", "127.0.0.3", 16, "legal/illegal/test-illegal"),  # legal: every group, Censored
+        ("custom-block.test", "127.0.0.1", 15, "blocklist/custom/policy:home"),  # the group's own block list
+        ("game.test", "127.0.0.1", 17, "schedule/games/test-games"),  # schedule window
+        ("game.test", "127.0.0.2", 17, "category/games/test-games"),
+        ("use-application-dns.net", "127.0.0.1", 15, "bypass/bypass/builtin:bypass"),
+    ],
+)
 def test_ede_codes(env, name, src, code, text):
     m = ask(env["port"], name, src=src)
     assert ede(m) == (code, text)
@@ -186,12 +231,15 @@ def test_blocked_without_edns_has_no_opt(env):
     assert m.edns == -1 and addrs(m) == ["127.0.0.1"]
 
 
-@pytest.mark.parametrize("name, rdtype, rcode, n_answers", [
-    ("use-application-dns.net", "A", "NXDOMAIN", 0),
-    ("mask.icloud.com", "A", "NXDOMAIN", 0),
-    ("mask-h2.icloud.com", "AAAA", "NXDOMAIN", 0),
-    ("_dns.resolver.arpa", "SVCB", "NOERROR", 0),  # RFC 9462 DDR: NODATA
-])
+@pytest.mark.parametrize(
+    "name, rdtype, rcode, n_answers",
+    [
+        ("use-application-dns.net", "A", "NXDOMAIN", 0),
+        ("mask.icloud.com", "A", "NXDOMAIN", 0),
+        ("mask-h2.icloud.com", "AAAA", "NXDOMAIN", 0),
+        ("_dns.resolver.arpa", "SVCB", "NOERROR", 0),  # RFC 9462 DDR: NODATA
+    ],
+)
 def test_bypass_canaries(env, name, rdtype, rcode, n_answers):
     m = ask(env["port"], name, rdtype)
     assert dns.rcode.to_text(m.rcode()) == rcode and len(m.answer) == n_answers
@@ -224,7 +272,8 @@ def test_answer_ip_blocked(env):
 def test_safesearch_cname_and_address(env):
     m = ask(env["port"], "www.google.com")
     assert [str(r) for r in m.answer if r.rdtype == dns.rdatatype.CNAME][0].endswith(
-        "IN CNAME forcesafesearch.google.com.")
+        "IN CNAME forcesafesearch.google.com."
+    )
     assert addrs(m) == ["216.239.38.120"]
     assert str(m.answer[0].name) == "www.google.com."
     m2 = ask(env["port"], "www.google.com", src="127.0.0.3")  # teens: SafeSearch off
@@ -241,8 +290,12 @@ def test_https_record_ech_and_h3_stripped(env):
 
 def test_dig_https(env):
     assert shutil.which("dig"), "dig not installed (test.sh installs dnsutils)"
-    out = subprocess.run(["dig", "+tries=1", "+time=2", "-p", str(env["port"]), "@127.0.0.1", "svc.example", "HTTPS",
-                          "+short"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(
+        ["dig", "+tries=1", "+time=2", "-p", str(env["port"]), "@127.0.0.1", "svc.example", "HTTPS", "+short"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     assert "ech" not in out and "h2" in out
 
 
@@ -356,8 +409,9 @@ def test_metrics(env):
     time.sleep(1.3)  # the UDP thread's counts are published once a second
     text = urllib.request.urlopen(srv.metrics_url + "/metrics", timeout=5).read().decode()
     lines = [ln for ln in text.splitlines() if ln.startswith("filterproxy_dns_")]
-    assert any(ln.startswith('filterproxy_dns_blocked_total{category="adult",group="home",reason="category"}')
-               for ln in lines)
+    assert any(
+        ln.startswith('filterproxy_dns_blocked_total{category="adult",group="home",reason="category"}') for ln in lines
+    )
     assert any('protocol="tcp"' in ln for ln in lines if ln.startswith("filterproxy_dns_queries_total"))
     assert any(ln.startswith("filterproxy_dns_refused_total") for ln in lines)
     for ln in lines:  # never a client address or a domain as a label (upstreams are configured names)
@@ -393,10 +447,13 @@ def test_reload_on_sighup(env):
 
 # ---------------------------------------------------------------- upstream failures
 
+
 def _cache_entries(srv) -> dict[str, float]:
     text = urllib.request.urlopen(srv.metrics_url + "/metrics", timeout=5).read().decode()
-    return {m.group(1): float(m.group(2)) for m in
-            re.finditer(r'^filterproxy_dns_cache_entries\{cache="(\w+)"\} (\S+)$', text, re.M)}
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^filterproxy_dns_cache_entries\{cache="(\w+)"\} (\S+)$', text, re.M)
+    }
 
 
 @pytest.mark.parametrize("loop", ["batched", "plain"])
@@ -405,8 +462,12 @@ def test_expired_cache_entries_are_swept(tmp_path, loop):
     live ones stay."""
     up = FakeUpstream(ttl=4).start()  # short.test: 4 s
     long_up = FakeUpstream(ttl=3600).start()  # long.test, by conditional forwarding
-    cfg = write_setup(tmp_path, upstreams=[up.address], upstream_opts={"conditional": {"long.test": [long_up.address]}},
-                      cache={"sweep_interval": 2})
+    cfg = write_setup(
+        tmp_path,
+        upstreams=[up.address],
+        upstream_opts={"conditional": {"long.test": [long_up.address]}},
+        cache={"sweep_interval": 2},
+    )
     srv = start(tmp_path, cfg, env={"FILTERPROXY_DNS_MMSG": "1" if loop == "batched" else "0"})
     try:
         for i in range(300):
@@ -473,8 +534,9 @@ def test_failover_and_all_down_recovery(tmp_path):
 def test_concurrent_misses_share_one_upstream_query_each_group_its_own_answer(tmp_path, loop):
     """Identical questions asked while the first is out wait for the same upstream reply, and each
     client's group still judges it: the CNAME target is a game, blocked for kids, allowed for teens."""
-    up = FakeUpstream(zone={"share.example": [("CNAME", "game.test")], "game.test": [("A", "192.0.2.77")]},
-                      delay=0.4).start()
+    up = FakeUpstream(
+        zone={"share.example": [("CNAME", "game.test")], "game.test": [("A", "192.0.2.77")]}, delay=0.4
+    ).start()
     cfg = write_setup(tmp_path, upstreams=[up.address], upstream_opts={"timeout": 2.0})
     srv = start(tmp_path, cfg, env={"FILTERPROXY_DNS_MMSG": "1" if loop == "batched" else "0"})
     socks = []
@@ -506,8 +568,11 @@ def test_parallel_strategy_with_a_silent_upstream(tmp_path):
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers: timeouts
     silent.bind(("127.0.0.1", 0))
     good = FakeUpstream().start()
-    cfg = write_setup(tmp_path, upstreams=[f"127.0.0.1:{silent.getsockname()[1]}", good.address],
-                      upstream_opts={"strategy": "parallel"})
+    cfg = write_setup(
+        tmp_path,
+        upstreams=[f"127.0.0.1:{silent.getsockname()[1]}", good.address],
+        upstream_opts={"strategy": "parallel"},
+    )
     srv = start(tmp_path, cfg)
     try:
         for i in range(5):
@@ -522,8 +587,9 @@ def test_parallel_strategy_with_a_silent_upstream(tmp_path):
 
 def test_rate_limit_and_tcp_limits(tmp_path):
     up = FakeUpstream().start()
-    cfg = write_setup(tmp_path, upstreams=[up.address],
-                      dns_opts={"rate_limit": 20, "tcp_max_connections": 2, "tcp_idle_timeout": 0.5})
+    cfg = write_setup(
+        tmp_path, upstreams=[up.address], dns_opts={"rate_limit": 20, "tcp_max_connections": 2, "tcp_idle_timeout": 0.5}
+    )
     srv = start(tmp_path, cfg)
     try:
         q = dns.message.make_query("rl.example", "A").to_wire()
@@ -535,7 +601,7 @@ def test_rate_limit_and_tcp_limits(tmp_path):
             try:
                 while True:
                     rcodes.append(s.recv(512)[3] & 0xF)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert 15 <= rcodes.count(0) <= 25  # ~20 answered (the window may straddle a second)
         assert rcodes.count(5) >= 15  # then REFUSED, then dropped

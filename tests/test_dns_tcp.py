@@ -69,7 +69,9 @@ def test_one_address_holding_300_idle_connections_does_not_deny_others(server):
         answered = 0
         for i in range(20):
             try:
-                if addrs(ask(srv.port, f"tcp{i}.example", tcp=True, src=CLIENT, timeout=2)) == [synth_a(f"tcp{i}.example")]:
+                if addrs(ask(srv.port, f"tcp{i}.example", tcp=True, src=CLIENT, timeout=2)) == [
+                    synth_a(f"tcp{i}.example")
+                ]:
                     answered += 1
             except (EOFError, OSError):
                 pass

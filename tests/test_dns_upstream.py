@@ -24,8 +24,14 @@ from cryptography.x509.oid import NameOID
 from filterproxy.dns import upstream as upmod
 from filterproxy.dns import wire
 from filterproxy.dns.testing import FakeUpstream, synth_a
-from filterproxy.dns.upstream import (AllUpstreamsFailed, HttpsUpstream, TcpUpstream, UdpUpstream, UpstreamGroup,
-                                      parse_upstream)
+from filterproxy.dns.upstream import (
+    AllUpstreamsFailed,
+    HttpsUpstream,
+    TcpUpstream,
+    UdpUpstream,
+    UpstreamGroup,
+    parse_upstream,
+)
 
 
 def query(name: str, qtype: int = wire.A) -> bytes:
@@ -43,17 +49,26 @@ def cert(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
-    c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-         .not_valid_after(now + dt.timedelta(days=2))
-         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-         .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    c = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     (d / "cert.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    (d / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return str(d / "cert.pem"), str(d / "key.pem")
 
 
@@ -170,7 +185,9 @@ def test_tcp_reuses_connection(fake):
         try:
             r = [answer_a(await u.exchange(query(f"t{i}.example"), 2)) for i in range(3)]
             conn = u._conn
-            r += [answer_a(x) for x in await asyncio.gather(*(u.exchange(query(f"p{i}.example"), 2) for i in range(10)))]
+            r += [
+                answer_a(x) for x in await asyncio.gather(*(u.exchange(query(f"p{i}.example"), 2) for i in range(10)))
+            ]
             return r, conn is u._conn
         finally:
             await u.close()
@@ -207,7 +224,9 @@ def test_dot_rejects_untrusted_certificate(dot):
     assert ei.value.kind == "tls"
 
 
-@pytest.mark.parametrize("template", ["https://localhost:{port}/dns-query", "https://localhost:{port}/dns-query{{?dns}}"])
+@pytest.mark.parametrize(
+    "template", ["https://localhost:{port}/dns-query", "https://localhost:{port}/dns-query{{?dns}}"]
+)
 def test_doh_post_and_get(doh, cert, monkeypatch, template):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert[0])
     u = parse_upstream(template.format(port=doh))
@@ -219,14 +238,17 @@ def test_doh_post_and_get(doh, cert, monkeypatch, template):
     assert run(go()) == [[synth_a(f"doh{i}.example")] for i in range(3)]
 
 
-@pytest.mark.parametrize("addr, cls, name", [
-    ("9.9.9.9", UdpUpstream, "9.9.9.9:53"),
-    ("udp://127.0.0.1:5399", UdpUpstream, "127.0.0.1:5399"),
-    ("[2620:fe::fe]:53", UdpUpstream, "[2620:fe::fe]:53"),
-    ("tcp://10.0.0.1", TcpUpstream, "tcp://10.0.0.1:53"),
-    ("tls://dns.quad9.net", TcpUpstream, "tls://dns.quad9.net:853"),
-    ("https://dns.quad9.net/dns-query", HttpsUpstream, "https://dns.quad9.net/dns-query"),
-])
+@pytest.mark.parametrize(
+    "addr, cls, name",
+    [
+        ("9.9.9.9", UdpUpstream, "9.9.9.9:53"),
+        ("udp://127.0.0.1:5399", UdpUpstream, "127.0.0.1:5399"),
+        ("[2620:fe::fe]:53", UdpUpstream, "[2620:fe::fe]:53"),
+        ("tcp://10.0.0.1", TcpUpstream, "tcp://10.0.0.1:53"),
+        ("tls://dns.quad9.net", TcpUpstream, "tls://dns.quad9.net:853"),
+        ("https://dns.quad9.net/dns-query", HttpsUpstream, "https://dns.quad9.net/dns-query"),
+    ],
+)
 def test_parse_upstream(addr, cls, name):
     u = parse_upstream(addr)
     assert isinstance(u, cls) and u.name == name
@@ -286,11 +308,26 @@ def test_dot_upstream_end_to_end(dot, cert, tmp_path):
     (tmp_path / "policies" / "home.yaml").write_text("name: home\nblock_categories: [adult]\nblock_mode: nxdomain\n")
     (tmp_path / "adult.txt").write_text("adult.test\n")
     cfg = tmp_path / "filterproxy.yaml"
-    cfg.write_text(f"server: {{state_dir: {tmp_path / 'state'}}}\npolicies_dir: policies\ngroups: [home]\n"
-                   f"default_group: home\nlists:\n  - {{id: a, category: adult, format: domains, path: adult.txt}}\n")
-    srv = ServerProcess(["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
-                         "--metrics-listen", "off", "--upstream", f"tls://localhost:{dot}#127.0.0.1"],
-                        log_path=str(tmp_path / "run.log"), env={"SSL_CERT_FILE": cert[0]}).start()
+    cfg.write_text(
+        f"server: {{state_dir: {tmp_path / 'state'}}}\npolicies_dir: policies\ngroups: [home]\n"
+        f"default_group: home\nlists:\n  - {{id: a, category: adult, format: domains, path: adult.txt}}\n"
+    )
+    srv = ServerProcess(
+        [
+            "--config",
+            str(cfg),
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "off",
+            "--metrics-listen",
+            "off",
+            "--upstream",
+            f"tls://localhost:{dot}#127.0.0.1",
+        ],
+        log_path=str(tmp_path / "run.log"),
+        env={"SSL_CERT_FILE": cert[0]},
+    ).start()
     try:
         for tcp in (False, True):
             q = dns.message.make_query(f"dot-e2e-{tcp:d}.example", "A")
@@ -384,6 +421,7 @@ def test_thread_reactor_holds_queries_for_one_burst_and_fails_over_within_it():
 
 # ---------------------------------------------------------------- an error rcode for one name is not a failure
 
+
 class RefusingUpstream(FakeUpstream):
     """The fake upstream, but ``bad.test`` (and names under it) are answered REFUSED."""
 
@@ -409,10 +447,14 @@ def test_a_refused_name_does_not_take_the_upstream_down_for_other_clients(tmp_pa
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "home.yaml").write_text("name: home\nblock_mode: nxdomain\n")
     cfg = tmp_path / "filterproxy.yaml"
-    cfg.write_text(f"server: {{state_dir: {tmp_path / 'state'}}}\npolicies_dir: policies\ngroups: [home]\n"
-                   f"default_group: home\nupstreams: {{servers: ['{up.address}'], timeout: 0.5}}\n")
-    srv = ServerProcess(["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
-                         "--metrics-listen", "off"], log_path=str(tmp_path / "run.log")).start()
+    cfg.write_text(
+        f"server: {{state_dir: {tmp_path / 'state'}}}\npolicies_dir: policies\ngroups: [home]\n"
+        f"default_group: home\nupstreams: {{servers: ['{up.address}'], timeout: 0.5}}\n"
+    )
+    srv = ServerProcess(
+        ["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off", "--metrics-listen", "off"],
+        log_path=str(tmp_path / "run.log"),
+    ).start()
     stop = threading.Event()
     hostile: list[int] = []
 

@@ -74,8 +74,10 @@ def test_both_processes_answer_and_count(two):
     total = 0.0
     while time.monotonic() < deadline:
         text = urllib.request.urlopen(srv.metrics_url + "/metrics", timeout=5).read().decode()
-        total = sum(float(v) for v in re.findall(r'^filterproxy_dns_queries_total\{[^}]*protocol="udp"[^}]*\} (\S+)',
-                                                  text, re.M))
+        total = sum(
+            float(v)
+            for v in re.findall(r'^filterproxy_dns_queries_total\{[^}]*protocol="udp"[^}]*\} (\S+)', text, re.M)
+        )
         if total >= 200 + answered:
             break
         time.sleep(1)

@@ -24,19 +24,22 @@ def matcher():
     return DomainMatcher.build(RECORDS)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("example.com", [(0, True), (4, False)]),
-    ("www.example.com", [(0, False), (2, False), (4, False)]),
-    ("ads.example.com", [(1, True), (0, False), (2, False), (4, False)]),
-    ("a.ads.example.com", [(0, False), (2, False), (4, False)]),  # EXACT rule does not cover subdomains
-    ("x.org", [(0, True)]),
-    ("a.x.org", []),
-    ("org", []),
-    ("example.co", []),
-    ("notexample.com", [(4, False)]),  # label boundary: "notexample.com" is not under "example.com"
-    ("com", []),  # SUBS-only rule does not cover the apex
-    ("deep.ok.example.com", [(3, False), (0, False), (2, False), (4, False)]),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("example.com", [(0, True), (4, False)]),
+        ("www.example.com", [(0, False), (2, False), (4, False)]),
+        ("ads.example.com", [(1, True), (0, False), (2, False), (4, False)]),
+        ("a.ads.example.com", [(0, False), (2, False), (4, False)]),  # EXACT rule does not cover subdomains
+        ("x.org", [(0, True)]),
+        ("a.x.org", []),
+        ("org", []),
+        ("example.co", []),
+        ("notexample.com", [(4, False)]),  # label boundary: "notexample.com" is not under "example.com"
+        ("com", []),  # SUBS-only rule does not cover the apex
+        ("deep.ok.example.com", [(3, False), (0, False), (2, False), (4, False)]),
+    ],
+)
 def test_lookup_semantics(matcher, name, expected):
     assert [(m.list_idx, m.exact) for m in matcher.lookup(name)] == expected
 
@@ -115,12 +118,15 @@ def test_saved_records_are_raw_packed_records(matcher, tmp_path):
     assert struct.unpack_from("<HIB", raw, 7 * kid) == (0, 2, EXACT)
 
 
-@pytest.mark.parametrize("change", [
-    lambda b: b[:-1],  # truncated (a short write)
-    lambda b: b + b"\0" * 7,  # one record too many
-    lambda b: b"\x93NUMPY" + b,  # a header in front (the old .npy layout)
-    lambda b: b"",  # empty
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda b: b[:-1],  # truncated (a short write)
+        lambda b: b + b"\0" * 7,  # one record too many
+        lambda b: b"\x93NUMPY" + b,  # a header in front (the old .npy layout)
+        lambda b: b"",  # empty
+    ],
+)
 def test_load_refuses_records_of_the_wrong_size(matcher, tmp_path, change):
     matcher.save(str(tmp_path))
     path = tmp_path / "domains.records"

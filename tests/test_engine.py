@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from conftest import write_config
+
 from filterproxy.config import load_config
 from filterproxy.lists.snapshot import build_snapshot
 from filterproxy.policy.engine import Engine
@@ -43,7 +43,9 @@ def engine(tmp_path_factory):
     (tmp / "illegal.txt").write_text("0.0.0.0 illegal.example\n")
     (tmp / "allow.txt").write_text("school-approved.example\n")
     (tmp / "malware.txt").write_text("*.malware.example\n")
-    cfg = write_config(tmp, """
+    cfg = write_config(
+        tmp,
+        """
         timezone: Asia/Ho_Chi_Minh
         default_group: kid
         clients:
@@ -58,7 +60,9 @@ def engine(tmp_path_factory):
           - {id: national, category: illegal, format: hosts, match: subdomains, path: illegal.txt}
           - {id: approved, category: education, format: domains, allow: true, path: allow.txt}
           - {id: malware, category: malware, format: wildcard, path: malware.txt}
-    """, POLICIES)
+    """,
+        POLICIES,
+    )
     config = load_config(str(cfg))
     return Engine(config, build_snapshot(config.lists))
 
@@ -70,44 +74,68 @@ MONDAY_23 = dt.datetime(2026, 11, 23, 23, 0)
 TUESDAY_05 = dt.datetime(2026, 11, 24, 5, 0)
 
 
-@pytest.mark.parametrize("group,host,at,action,reason,extra", [
-    # 1. legal beats everything, even the group's allowlist ("illegal.example" is allowlisted for kid)
-    ("kid", "illegal.example", MONDAY_18, Action.BLOCK, Reason.LEGAL, {"legal": True, "list_id": "national"}),
-    ("kid", "sub.illegal.example", MONDAY_18, Action.BLOCK, Reason.LEGAL, {"category": "illegal"}),
-    ("grown", "illegal.example", MONDAY_18, Action.BLOCK, Reason.LEGAL, {}),
-    ("kid", "illegal.example", MONDAY_23, Action.BLOCK, Reason.LEGAL, {}),
-    # 2. allowlist beats schedule and category
-    ("kid", "friendly.example", MONDAY_18, Action.ALLOW, Reason.ALLOWLIST, {}),
-    ("kid", "www.friendly.example", MONDAY_23, Action.ALLOW, Reason.ALLOWLIST, {}),
-    ("kid", "exact-only.example", MONDAY_18, Action.ALLOW, Reason.ALLOWLIST, {}),
-    ("kid", "school-approved.example", MONDAY_18, Action.ALLOW, Reason.ALLOWLIST, {"list_id": "approved"}),
-    # 3. schedules
-    ("kid", "games.example", MONDAY_10, Action.BLOCK, Reason.SCHEDULE, {"schedule": "school-hours", "category": "games"}),
-    ("kid", "games.example", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
-    ("kid", "games.example", SATURDAY_10, Action.ALLOW, Reason.DEFAULT, {}),
-    ("kid", "anything.example", MONDAY_23, Action.BLOCK, Reason.SCHEDULE, {"schedule": "bedtime"}),
-    ("kid", "anything.example", TUESDAY_05, Action.BLOCK, Reason.SCHEDULE, {"schedule": "bedtime"}),
-    # 4. categories, exceptions, own block additions, bypass canaries
-    ("kid", "porn.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "adult", "list_id": "adult"}),
-    ("kid", "cdn.porn.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "adult"}),
-    ("kid", "social.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "social"}),
-    ("kid", "ok.social.example", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
-    ("kid", "custom-bad.example", MONDAY_18, Action.BLOCK, Reason.BLOCKLIST, {"category": "custom"}),
-    ("kid", "use-application-dns.net", MONDAY_18, Action.BLOCK, Reason.BYPASS, {"category": "bypass"}),
-    ("grown", "use-application-dns.net", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
-    ("grown", "porn.example", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
-    ("grown", "x.malware.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "malware"}),
-    ("grown", "malware.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {}),
-    # 5. SafeSearch
-    ("kid", "www.google.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "forcesafesearch.google.com"}),
-    ("kid", "www.google.com.vn", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "forcesafesearch.google.com"}),
-    ("kid", "www.youtube.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "restrict.youtube.com"}),
-    ("kid", "www.bing.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "strict.bing.com"}),
-    ("kid", "duckduckgo.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "safe.duckduckgo.com"}),
-    ("grown", "www.google.com", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
-    # 6. default
-    ("kid", "example.org", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
-])
+@pytest.mark.parametrize(
+    "group,host,at,action,reason,extra",
+    [
+        # 1. legal beats everything, even the group's allowlist ("illegal.example" is allowlisted for kid)
+        ("kid", "illegal.example", MONDAY_18, Action.BLOCK, Reason.LEGAL, {"legal": True, "list_id": "national"}),
+        ("kid", "sub.illegal.example", MONDAY_18, Action.BLOCK, Reason.LEGAL, {"category": "illegal"}),
+        ("grown", "illegal.example", MONDAY_18, Action.BLOCK, Reason.LEGAL, {}),
+        ("kid", "illegal.example", MONDAY_23, Action.BLOCK, Reason.LEGAL, {}),
+        # 2. allowlist beats schedule and category
+        ("kid", "friendly.example", MONDAY_18, Action.ALLOW, Reason.ALLOWLIST, {}),
+        ("kid", "www.friendly.example", MONDAY_23, Action.ALLOW, Reason.ALLOWLIST, {}),
+        ("kid", "exact-only.example", MONDAY_18, Action.ALLOW, Reason.ALLOWLIST, {}),
+        ("kid", "school-approved.example", MONDAY_18, Action.ALLOW, Reason.ALLOWLIST, {"list_id": "approved"}),
+        # 3. schedules
+        (
+            "kid",
+            "games.example",
+            MONDAY_10,
+            Action.BLOCK,
+            Reason.SCHEDULE,
+            {"schedule": "school-hours", "category": "games"},
+        ),
+        ("kid", "games.example", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
+        ("kid", "games.example", SATURDAY_10, Action.ALLOW, Reason.DEFAULT, {}),
+        ("kid", "anything.example", MONDAY_23, Action.BLOCK, Reason.SCHEDULE, {"schedule": "bedtime"}),
+        ("kid", "anything.example", TUESDAY_05, Action.BLOCK, Reason.SCHEDULE, {"schedule": "bedtime"}),
+        # 4. categories, exceptions, own block additions, bypass canaries
+        ("kid", "porn.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "adult", "list_id": "adult"}),
+        ("kid", "cdn.porn.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "adult"}),
+        ("kid", "social.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "social"}),
+        ("kid", "ok.social.example", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
+        ("kid", "custom-bad.example", MONDAY_18, Action.BLOCK, Reason.BLOCKLIST, {"category": "custom"}),
+        ("kid", "use-application-dns.net", MONDAY_18, Action.BLOCK, Reason.BYPASS, {"category": "bypass"}),
+        ("grown", "use-application-dns.net", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
+        ("grown", "porn.example", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
+        ("grown", "x.malware.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {"category": "malware"}),
+        ("grown", "malware.example", MONDAY_18, Action.BLOCK, Reason.CATEGORY, {}),
+        # 5. SafeSearch
+        (
+            "kid",
+            "www.google.com",
+            MONDAY_18,
+            Action.REWRITE,
+            Reason.SAFESEARCH,
+            {"rewrite": "forcesafesearch.google.com"},
+        ),
+        (
+            "kid",
+            "www.google.com.vn",
+            MONDAY_18,
+            Action.REWRITE,
+            Reason.SAFESEARCH,
+            {"rewrite": "forcesafesearch.google.com"},
+        ),
+        ("kid", "www.youtube.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "restrict.youtube.com"}),
+        ("kid", "www.bing.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "strict.bing.com"}),
+        ("kid", "duckduckgo.com", MONDAY_18, Action.REWRITE, Reason.SAFESEARCH, {"rewrite": "safe.duckduckgo.com"}),
+        ("grown", "www.google.com", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
+        # 6. default
+        ("kid", "example.org", MONDAY_18, Action.ALLOW, Reason.DEFAULT, {}),
+    ],
+)
 def test_precedence(engine, group, host, at, action, reason, extra):
     v = engine.decide(None, host, at=at, group=group)
     assert (v.action, v.reason) == (action, reason), v
@@ -125,13 +153,16 @@ def test_nothing_matched_is_one_object_per_group(engine):
     assert c is not a and c.group == "grown"
 
 
-@pytest.mark.parametrize("client,group", [
-    ("10.1.2.3", "kid"),  # CIDR
-    ("10.9.5.5", "grown"),  # longest prefix wins
-    ("10.9.1.1", "kid"),  # exact IP beats CIDR
-    ("teacher", "grown"),  # proxy user
-    ("192.0.2.1", "kid"),  # default group
-])
+@pytest.mark.parametrize(
+    "client,group",
+    [
+        ("10.1.2.3", "kid"),  # CIDR
+        ("10.9.5.5", "grown"),  # longest prefix wins
+        ("10.9.1.1", "kid"),  # exact IP beats CIDR
+        ("teacher", "grown"),  # proxy user
+        ("192.0.2.1", "kid"),  # default group
+    ],
+)
 def test_client_precedence(engine, client, group):
     assert engine.group_for(client) == group
 

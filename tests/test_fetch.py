@@ -8,14 +8,14 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
-
 from conftest import LISTS as DATA
+
 from filterproxy.lists import fetch as F
 from filterproxy.lists.fetch import Source, SourcesError, fetch, load_sources
 from filterproxy.lists.parsers import ParseStats, iter_entries
@@ -79,8 +79,9 @@ def session():
     s.close()
 
 
-def send(h: BaseHTTPRequestHandler, body: bytes, status: int = 200, headers: dict | None = None,
-         length: int | None = -1) -> None:
+def send(
+    h: BaseHTTPRequestHandler, body: bytes, status: int = 200, headers: dict | None = None, length: int | None = -1
+) -> None:
     h.send_response(status)
     for k, v in (headers or {}).items():
         h.send_header(k, v)
@@ -199,8 +200,7 @@ def test_timeout_fails_and_keeps_previous_file(server, session, tmp_path):
 
 def test_oversize_by_content_length_fails_without_reading_or_retrying(server, session, tmp_path):
     server.routes["/big"] = lambda h: send(h, b"a.example\n" * 200)
-    r = fetch(src(server.url("/big"), max_bytes=1000), str(tmp_path), session=session,
-              **quick(retries=3))
+    r = fetch(src(server.url("/big"), max_bytes=1000), str(tmp_path), session=session, **quick(retries=3))
     assert r.status == "failed" and "Content-Length 2000 exceeds max_bytes" in r.error
     assert server.count("/big") == 1 and r.path is None
 
@@ -318,8 +318,12 @@ def test_gzip_file_by_url_is_stored_decompressed(server, session, tmp_path):
     server.routes["/social.txt.gz"] = lambda h: send(
         h, gzip.compress(payload), headers={"Content-Type": "application/gzip"}
     )
-    r = fetch(src(server.url("/social.txt.gz"), format="adblock", category="social"), str(tmp_path),
-              session=session, **quick())
+    r = fetch(
+        src(server.url("/social.txt.gz"), format="adblock", category="social"),
+        str(tmp_path),
+        session=session,
+        **quick(),
+    )
     assert r.status == "updated" and cached(tmp_path) == payload and r.bytes == len(payload)
 
 
@@ -365,11 +369,16 @@ def test_local_path_source(tmp_path):
     s = Source(id="snuff", path=str(DATA / "sinfonietta/snuff-hosts.txt"), format="hosts", category="violence")
     cache = tmp_path / "cache"
     r = fetch(s, str(cache), progress=False)
-    assert r.status == "updated" and (cache / "snuff.txt").read_bytes() == (DATA / "sinfonietta/snuff-hosts.txt").read_bytes()
+    assert (
+        r.status == "updated"
+        and (cache / "snuff.txt").read_bytes() == (DATA / "sinfonietta/snuff-hosts.txt").read_bytes()
+    )
     assert fetch(s, str(cache), progress=False).status == "not-modified"
     gz = Source(id="gz", path=str(DATA / "hagezi/wildcard/nsfw.txt.gz"), format="wildcard", category="adult")
     r = fetch(gz, str(cache), progress=False)
-    assert r.status == "updated" and (cache / "gz.txt").read_bytes() == gzip.decompress((DATA / "hagezi/wildcard/nsfw.txt.gz").read_bytes())
+    assert r.status == "updated" and (cache / "gz.txt").read_bytes() == gzip.decompress(
+        (DATA / "hagezi/wildcard/nsfw.txt.gz").read_bytes()
+    )
     missing = Source(id="missing", path=str(tmp_path / "nope.txt"), format="domains", category="adult")
     r = fetch(missing, str(cache), progress=False)
     assert r.status == "failed" and "nope.txt" in r.error
@@ -395,7 +404,9 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_load_sources_converts_units_and_resolves_paths(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 sources:
   - id: hagezi-social
     url: https://raw.githubusercontent.com/hagezi/dns-blocklists/main/adblock/social.txt
@@ -410,7 +421,8 @@ sources:
     category: games
     match: subdomains
     sha256: "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
-""")
+""",
+    )
     a, b = load_sources(path)
     assert (a.max_bytes, a.refresh, a.licence, a.match) == (8 << 20, 43_200, "GPL-3.0", None)
     assert b.path == str(tmp_path / "lists/extra.txt") and b.match == "subdomains"
@@ -421,30 +433,60 @@ sources:
 @pytest.mark.parametrize(
     "body, line, message",
     [
-        ("  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    colour: red\n",
-         6, "unknown key 'colour'"),
-        ("  - id: a\n    url: http://x.example/a\n    format: domain\n    category: adult\n",
-         4, "unknown format 'domain'"),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    colour: red\n",
+            6,
+            "unknown key 'colour'",
+        ),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domain\n    category: adult\n",
+            4,
+            "unknown format 'domain'",
+        ),
         ("  - id: a\n    format: domains\n    category: adult\n", 2, "exactly one of url / path"),
-        ("  - id: a\n    url: http://x.example/a\n    path: a.txt\n    format: domains\n    category: adult\n",
-         2, "exactly one of url / path"),
-        ("  - id: a\n    url: http://x.example/a\n    format: domains\n    category: gamblin\n",
-         5, "did you mean 'gambling'"),
-        ("  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    lisence: MIT\n",
-         6, "did you mean 'licence'"),
+        (
+            "  - id: a\n    url: http://x.example/a\n    path: a.txt\n    format: domains\n    category: adult\n",
+            2,
+            "exactly one of url / path",
+        ),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: gamblin\n",
+            5,
+            "did you mean 'gambling'",
+        ),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    lisence: MIT\n",
+            6,
+            "did you mean 'licence'",
+        ),
         ("  - id: a\n    url: ftp://x.example/a\n    format: domains\n    category: adult\n", 3, "http(s) URL"),
-        ("  - id: a\n    url: http://x.example/a\n    format: urls\n    category: adult\n    match: exact\n",
-         2, "match does not apply"),
-        ("  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    refresh: 10s\n",
-         6, "at least 300"),
-        ("  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    max_bytes: lots\n",
-         6, "max_bytes"),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: urls\n    category: adult\n    match: exact\n",
+            2,
+            "match does not apply",
+        ),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    refresh: 10s\n",
+            6,
+            "at least 300",
+        ),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n    max_bytes: lots\n",
+            6,
+            "max_bytes",
+        ),
         ("  - id: a\n    url: http://x.example/a\n    format: bundle\n", 2, "needs signing_key"),
-        ("  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n"
-         "  - id: a\n    url: http://x.example/b\n    format: domains\n    category: adult\n",
-         6, "duplicate id 'a' (first at line 2)"),
-        ("  - id: a\n    id: b\n    url: http://x.example/a\n    format: domains\n    category: adult\n",
-         3, "duplicate key 'id'"),
+        (
+            "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n"
+            "  - id: a\n    url: http://x.example/b\n    format: domains\n    category: adult\n",
+            6,
+            "duplicate id 'a' (first at line 2)",
+        ),
+        (
+            "  - id: a\n    id: b\n    url: http://x.example/a\n    format: domains\n    category: adult\n",
+            3,
+            "duplicate key 'id'",
+        ),
         ("  - id: Bad/Id\n    url: http://x.example/a\n    format: domains\n    category: adult\n", 2, "id must match"),
         ("  - id: a\n    url: [unclosed\n", 4, ""),
     ],
@@ -458,8 +500,11 @@ def test_load_sources_errors_carry_file_and_line(tmp_path, body, line, message):
 
 
 def test_load_sources_reports_every_problem(tmp_path):
-    path = write(tmp_path, "sources:\n  - id: a\n    url: http://x.example/a\n    format: nope\n    category: adult\n"
-                           "  - id: b\n    url: http://x.example/b\n    format: domains\n    category: nope\n")
+    path = write(
+        tmp_path,
+        "sources:\n  - id: a\n    url: http://x.example/a\n    format: nope\n    category: adult\n"
+        "  - id: b\n    url: http://x.example/b\n    format: domains\n    category: nope\n",
+    )
     with pytest.raises(SourcesError) as exc:
         load_sources(path)
     assert f"{path}:4:" in str(exc.value) and f"{path}:9:" in str(exc.value)
@@ -481,8 +526,20 @@ def test_source_validates_when_built_directly():
 def test_shipped_sources_file_loads_and_covers_the_product_categories():
     sources = load_sources(str(REPO / "blocklists/sources.yaml"))
     assert len(sources) >= 25
-    core = {"adult", "gambling", "violence", "drugs", "dating", "social", "games", "chat", "bypass",
-            "malware", "phishing", "ads"}  # "illegal" has no public source: national signed bundles
+    core = {
+        "adult",
+        "gambling",
+        "violence",
+        "drugs",
+        "dating",
+        "social",
+        "games",
+        "chat",
+        "bypass",
+        "malware",
+        "phishing",
+        "ads",
+    }  # "illegal" has no public source: national signed bundles
     assert {s.category for s in sources} >= core
     for s in sources:
         assert s.url and s.url.startswith("https://"), s.id
@@ -524,6 +581,7 @@ def test_shipped_sources_fetch_and_parse_their_upstream_files(server, session, t
     r = fetch(local, str(tmp_path), session=session, **quick())
     assert r.status == "updated", r.error
     stats: dict = {}
-    entries = [e for _f, e in iter_entries(local.format, r.path, lambda p: stats.setdefault(p, ParseStats(p)),
-                                           local.match)]
+    entries = [
+        e for _f, e in iter_entries(local.format, r.path, lambda p: stats.setdefault(p, ParseStats(p)), local.match)
+    ]
     assert len(entries) > 10

@@ -13,6 +13,7 @@ import types
 import uuid
 
 import pytest
+from conftest import write_config
 from mitmproxy import connection, http
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.context import Context
@@ -20,7 +21,6 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHelloData
 
-from conftest import write_config
 from filterproxy import metrics
 from filterproxy.http.addon import KEY, FilterAddon, _target
 from filterproxy.http.auth import hash_password
@@ -67,7 +67,9 @@ def make_config(tmp, *, users: str | None = None, default_group: str | None = No
         (tmp / "users.txt").write_text(users)
         extra = "  users_file: users.txt\n"
     dg = f"default_group: {default_group}\n" if default_group else ""
-    return write_config(tmp, f"""
+    return write_config(
+        tmp,
+        f"""
 timezone: Asia/Ho_Chi_Minh
 {dg}clients:
   - {{cidr: 10.1.0.0/16, group: kid}}
@@ -83,7 +85,9 @@ timezone: Asia/Ho_Chi_Minh
   - {{id: national, category: illegal, format: domains, match: subdomains, legal: true, path: legal.txt}}
   - {{id: ut1-gambling, category: gambling, format: urls, path: urls.txt}}
   - {{id: sb-hashes, category: adult, format: urlhash, path: urlhash.txt}}
-""", POLICIES)
+""",
+        POLICIES,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,23 +128,27 @@ def run_request(a: FilterAddon, f: http.HTTPFlow) -> http.HTTPFlow:
 
 # ---------------------------------------------------------------- decisions on the full URL
 
-@pytest.mark.parametrize("ip,url,status,short_id", [
-    (TEEN, "http://allowed.example/", None, None),
-    (TEEN, "http://blocked.example/x", 403, "category/adult/adult"),
-    (TEEN, "http://www.blocked.example/", 403, "category/adult/adult"),
-    (TEEN, "https://blocked.example:8443/a?b=c", 403, "category/adult/adult"),
-    (TEEN, "http://illegal.example/", 451, "legal/illegal/national"),
-    (GROWN, "http://sub.illegal.example/", 451, "legal/illegal/national"),
-    (TEEN, "http://badsite.example/casino/roulette", 403, "category/gambling/ut1-gambling"),
-    (TEEN, "http://badsite.example/news", None, None),
-    (GROWN, "http://badsite.example/casino/", None, None),  # staff do not block gambling
-    (TEEN, "http://hashed.example/evil/page.html?x=1", 403, "category/adult"),  # hashed: no list id shown
-    (TEEN, "http://www.hashed.example/evil/", 403, "category/adult"),
-    (TEEN, "http://hashed.example/good/", None, None),
-    (KID, "http://social.example/", 403, "category/social/social"),
-    (GROWN, "http://social.example/", None, None),
-    (UNKNOWN, "http://allowed.example/", 403, "unknown-client"),
-])
+
+@pytest.mark.parametrize(
+    "ip,url,status,short_id",
+    [
+        (TEEN, "http://allowed.example/", None, None),
+        (TEEN, "http://blocked.example/x", 403, "category/adult/adult"),
+        (TEEN, "http://www.blocked.example/", 403, "category/adult/adult"),
+        (TEEN, "https://blocked.example:8443/a?b=c", 403, "category/adult/adult"),
+        (TEEN, "http://illegal.example/", 451, "legal/illegal/national"),
+        (GROWN, "http://sub.illegal.example/", 451, "legal/illegal/national"),
+        (TEEN, "http://badsite.example/casino/roulette", 403, "category/gambling/ut1-gambling"),
+        (TEEN, "http://badsite.example/news", None, None),
+        (GROWN, "http://badsite.example/casino/", None, None),  # staff do not block gambling
+        (TEEN, "http://hashed.example/evil/page.html?x=1", 403, "category/adult"),  # hashed: no list id shown
+        (TEEN, "http://www.hashed.example/evil/", 403, "category/adult"),
+        (TEEN, "http://hashed.example/good/", None, None),
+        (KID, "http://social.example/", 403, "category/social/social"),
+        (GROWN, "http://social.example/", None, None),
+        (UNKNOWN, "http://allowed.example/", 403, "unknown-client"),
+    ],
+)
 def test_decisions(addon, ip, url, status, short_id):
     f = run_request(addon, get(url, ip))
     if status is None:
@@ -150,7 +158,7 @@ def test_decisions(addon, ip, url, status, short_id):
         assert f.response is not None and f.response.status_code == status
         assert f.response.headers["X-Filterproxy-Reason"] == short_id
         assert f.response.headers["Cache-Control"] == "no-store"
-        assert f"<code id=\"reason-id\">{short_id}</code>" in f.response.text
+        assert f'<code id="reason-id">{short_id}</code>' in f.response.text
         assert ip not in f.response.text
         assert f.metadata[KEY]["action"] == "block"
 
@@ -171,11 +179,14 @@ def test_host_header_and_target_both_decided(addon):
     assert f.response is not None and f.response.status_code == 400
 
 
-@pytest.mark.parametrize("change,status", [
-    (lambda r: setattr(r, "url", "http://blocked.example/"), 403),          # e.g. map_remote before this addon
-    (lambda r: r.headers.__setitem__("Host", "blocked.example"), 400),      # Host ≠ target: refused
-    (lambda r: setattr(r, "path", "/casino/x") or r.headers.__setitem__("Host", "badsite.example"), 400),
-])
+@pytest.mark.parametrize(
+    "change,status",
+    [
+        (lambda r: setattr(r, "url", "http://blocked.example/"), 403),  # e.g. map_remote before this addon
+        (lambda r: r.headers.__setitem__("Host", "blocked.example"), 400),  # Host ≠ target: refused
+        (lambda r: setattr(r, "path", "/casino/x") or r.headers.__setitem__("Host", "badsite.example"), 400),
+    ],
+)
 def test_request_guard_redecides_changed_requests(addon, change, status):
     f = get("http://allowed.example/ok", TEEN)
     addon.requestheaders(f)
@@ -187,15 +198,18 @@ def test_request_guard_redecides_changed_requests(addon, change, status):
     assert f.response is not None and f.response.status_code == status
 
 
-@pytest.mark.parametrize("url,host_header,want_host,want_url", [
-    ("http://a.example/x?y=1", None, "a.example", "http://a.example/x?y=1"),
-    ("http://a.example:8080/x", "a.example:8080", "a.example", "http://a.example:8080/x"),
-    ("https://a.example:443/", "b.example", "b.example", "https://b.example/"),
-    ("http://10.0.0.1/p", "site.example:81", "site.example", "http://site.example:81/p"),
-    ("http://[::1]:8080/p", None, "::1", "http://[::1]:8080/p"),
-    ("http://x.example/p", "[2001:db8::1]:8443", "2001:db8::1", "http://[2001:db8::1]:8443/p"),
-    ("http://x.example/p", "xn--bcher-kva.example", "xn--bcher-kva.example", "http://xn--bcher-kva.example/p"),
-])
+@pytest.mark.parametrize(
+    "url,host_header,want_host,want_url",
+    [
+        ("http://a.example/x?y=1", None, "a.example", "http://a.example/x?y=1"),
+        ("http://a.example:8080/x", "a.example:8080", "a.example", "http://a.example:8080/x"),
+        ("https://a.example:443/", "b.example", "b.example", "https://b.example/"),
+        ("http://10.0.0.1/p", "site.example:81", "site.example", "http://site.example:81/p"),
+        ("http://[::1]:8080/p", None, "::1", "http://[::1]:8080/p"),
+        ("http://x.example/p", "[2001:db8::1]:8443", "2001:db8::1", "http://[2001:db8::1]:8443/p"),
+        ("http://x.example/p", "xn--bcher-kva.example", "xn--bcher-kva.example", "http://xn--bcher-kva.example/p"),
+    ],
+)
 def test_target_matches_pretty_url(url, host_header, want_host, want_url):
     req = http.Request.make("GET", url, b"")
     if host_header:
@@ -209,16 +223,20 @@ def test_target_matches_pretty_url(url, host_header, want_host, want_url):
 
 # ---------------------------------------------------------------- SafeSearch at the HTTP layer
 
-@pytest.mark.parametrize("ip,url,param,value", [
-    (KID, "http://www.google.com/search?q=x&safe=off", "safe", "active"),
-    (TEEN, "http://www.google.com.vn/search?q=x", "safe", "active"),
-    (KID, "http://www.bing.com/search?q=x", "adlt", "strict"),
-    (TEEN, "http://www.bing.com/search?q=x&adlt=off", "adlt", "moderate"),
-    (KID, "http://duckduckgo.com/?q=x", "kp", "1"),
-    (TEEN, "http://duckduckgo.com/?q=x&kp=-2", "kp", "-1"),
-    (GROWN, "http://www.google.com/search?q=x&safe=off", "safe", "off"),
-    (GROWN, "http://www.bing.com/search?q=x", "adlt", None),
-])
+
+@pytest.mark.parametrize(
+    "ip,url,param,value",
+    [
+        (KID, "http://www.google.com/search?q=x&safe=off", "safe", "active"),
+        (TEEN, "http://www.google.com.vn/search?q=x", "safe", "active"),
+        (KID, "http://www.bing.com/search?q=x", "adlt", "strict"),
+        (TEEN, "http://www.bing.com/search?q=x&adlt=off", "adlt", "moderate"),
+        (KID, "http://duckduckgo.com/?q=x", "kp", "1"),
+        (TEEN, "http://duckduckgo.com/?q=x&kp=-2", "kp", "-1"),
+        (GROWN, "http://www.google.com/search?q=x&safe=off", "safe", "off"),
+        (GROWN, "http://www.bing.com/search?q=x", "adlt", None),
+    ],
+)
 def test_safesearch_params(addon, ip, url, param, value):
     f = run_request(addon, get(url, ip))
     assert f.response is None
@@ -243,13 +261,17 @@ def test_safesearch_counted(addon):
 
 # ---------------------------------------------------------------- block page language and tone
 
-@pytest.mark.parametrize("accept,lang,phrase", [
-    (None, "vi", "Trang này"),
-    ("en-US,en;q=0.9", "en", "This page"),
-    ("fr-FR,fr;q=0.9", "vi", "Trang này"),
-    ("en;q=0.4, vi;q=0.8", "vi", "Trang này"),
-    ("vi-VN, en;q=0.5", "vi", "Trang này"),
-])
+
+@pytest.mark.parametrize(
+    "accept,lang,phrase",
+    [
+        (None, "vi", "Trang này"),
+        ("en-US,en;q=0.9", "en", "This page"),
+        ("fr-FR,fr;q=0.9", "vi", "Trang này"),
+        ("en;q=0.4, vi;q=0.8", "vi", "Trang này"),
+        ("vi-VN, en;q=0.5", "vi", "Trang này"),
+    ],
+)
 def test_block_page_language(addon, accept, lang, phrase):
     f = run_request(addon, get("http://blocked.example/", TEEN, {"Accept-Language": accept} if accept else {}))
     assert f.response.headers["Content-Language"] == lang
@@ -266,18 +288,22 @@ def test_block_page_tone(addon, ip, tone, review):
     assert "tel:111" in body and "https://report.example/" in body
 
 
-@pytest.mark.parametrize("ip,url,accept,line", [
-    (TEEN, "http://blocked.example/", None, "Chính sách áp dụng: Thiếu niên (trường)."),
-    (TEEN, "http://blocked.example/", "en", "Policy: Teenagers (school)."),
-    (GROWN, "http://illegal.example/", None, "Chính sách áp dụng: Staff."),  # no names: the default name
-    (GROWN, "http://illegal.example/", "en", "Policy: Staff."),
-])
+@pytest.mark.parametrize(
+    "ip,url,accept,line",
+    [
+        (TEEN, "http://blocked.example/", None, "Chính sách áp dụng: Thiếu niên (trường)."),
+        (TEEN, "http://blocked.example/", "en", "Policy: Teenagers (school)."),
+        (GROWN, "http://illegal.example/", None, "Chính sách áp dụng: Staff."),  # no names: the default name
+        (GROWN, "http://illegal.example/", "en", "Policy: Staff."),
+    ],
+)
 def test_block_page_policy_name(addon, ip, url, accept, line):
     f = run_request(addon, get(url, ip, {"Accept-Language": accept} if accept else {}))
     assert f"<p>{line}</p>" in f.response.text
 
 
 # ---------------------------------------------------------------- the proxy itself: PAC file
+
 
 def test_pac_served_by_proxy(addon):
     conn = client(TEEN, sockname=("127.0.0.1", 8080))
@@ -291,9 +317,18 @@ def test_pac_served_by_proxy(addon):
 
 # ---------------------------------------------------------------- CONNECT, TLS ClientHello, pass-through
 
+
 def connect(host: str, ip: str = TEEN, conn=None, headers=None) -> http.HTTPFlow:
-    req = tutils.treq(method=b"CONNECT", scheme=b"", host=host, port=443, authority=f"{host}:443".encode(),
-                      path=b"", headers=http.Headers(**(headers or {})), content=b"")
+    req = tutils.treq(
+        method=b"CONNECT",
+        scheme=b"",
+        host=host,
+        port=443,
+        authority=f"{host}:443".encode(),
+        path=b"",
+        headers=http.Headers(**(headers or {})),
+        content=b"",
+    )
     return tflow.tflow(client_conn=conn or client(ip), req=req)
 
 
@@ -309,16 +344,19 @@ def server_connect(a: FilterAddon, conn: connection.Client, addr=("1.2.3.4", 443
     return server
 
 
-@pytest.mark.parametrize("host,ip,ignore,kill,connect_status", [
-    ("allowed.example", TEEN, False, False, None),       # intercepted, decided per request
-    ("bank.example", TEEN, True, False, None),           # global pass-through
-    ("www.bank.example", TEEN, True, False, None),       # suffix match
-    ("kidbank.example", KID, True, False, None),         # the kid policy's own pass-through
-    ("kidbank.example", TEEN, False, False, None),       # ... not the teen's
-    ("blocked.example", TEEN, False, False, 200),        # blocked: tunnel accepted without upstream, page inside
-    ("pinned-bad.example", TEEN, True, True, 403),       # blocked pass-through: refused / closed
-    ("www.google.com", KID, False, False, None),         # SafeSearch needs interception
-])
+@pytest.mark.parametrize(
+    "host,ip,ignore,kill,connect_status",
+    [
+        ("allowed.example", TEEN, False, False, None),  # intercepted, decided per request
+        ("bank.example", TEEN, True, False, None),  # global pass-through
+        ("www.bank.example", TEEN, True, False, None),  # suffix match
+        ("kidbank.example", KID, True, False, None),  # the kid policy's own pass-through
+        ("kidbank.example", TEEN, False, False, None),  # ... not the teen's
+        ("blocked.example", TEEN, False, False, 200),  # blocked: tunnel accepted without upstream, page inside
+        ("pinned-bad.example", TEEN, True, True, 403),  # blocked pass-through: refused / closed
+        ("www.google.com", KID, False, False, None),  # SafeSearch needs interception
+    ],
+)
 def test_connect_and_clienthello(addon, host, ip, ignore, kill, connect_status):
     # explicit proxy: CONNECT first
     conn = client(ip)
@@ -371,6 +409,7 @@ def test_sni_blocked_behind_allowed_connect(addon):
 
 # ---------------------------------------------------------------- proxy authentication
 
+
 def basic(user: str, pw: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
 
@@ -379,8 +418,10 @@ def basic(user: str, pw: str) -> str:
 def auth_config(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http-auth")
     salt = b"0123456789abcdef"
-    users = (f"# lab users\nlab1:kid:{hash_password('kid-pass', salt=salt)}\n"
-             f"teacher:grown:{hash_password('staff pass:with colon', salt=salt)}\n")
+    users = (
+        f"# lab users\nlab1:kid:{hash_password('kid-pass', salt=salt)}\n"
+        f"teacher:grown:{hash_password('staff pass:with colon', salt=salt)}\n"
+    )
     return str(make_config(tmp, users=users))
 
 
@@ -402,16 +443,19 @@ async def _auth_case(config: str, ip: str, header: str | None, url: str, mode: s
         return f, f2
 
 
-@pytest.mark.parametrize("ip,header,url,status,group", [
-    ("127.0.0.1", None, "http://allowed.example/", 407, None),               # not mapped by IP: log in
-    ("127.0.0.1", basic("lab1", "wrong"), "http://allowed.example/", 407, None),
-    ("127.0.0.1", "Bearer abc", "http://allowed.example/", 407, None),
-    ("127.0.0.1", basic("lab1", "kid-pass"), "http://allowed.example/", None, "kid"),
-    ("127.0.0.1", basic("LAB1", "kid-pass"), "http://social.example/", 403, "kid"),
-    ("127.0.0.1", basic("teacher", "staff pass:with colon"), "http://social.example/", None, "grown"),
-    (TEEN, None, "http://allowed.example/", None, "teen"),                   # mapped by CIDR: no login needed
-    (TEEN, basic("teacher", "staff pass:with colon"), "http://social.example/", None, "grown"),  # login wins
-])
+@pytest.mark.parametrize(
+    "ip,header,url,status,group",
+    [
+        ("127.0.0.1", None, "http://allowed.example/", 407, None),  # not mapped by IP: log in
+        ("127.0.0.1", basic("lab1", "wrong"), "http://allowed.example/", 407, None),
+        ("127.0.0.1", "Bearer abc", "http://allowed.example/", 407, None),
+        ("127.0.0.1", basic("lab1", "kid-pass"), "http://allowed.example/", None, "kid"),
+        ("127.0.0.1", basic("LAB1", "kid-pass"), "http://social.example/", 403, "kid"),
+        ("127.0.0.1", basic("teacher", "staff pass:with colon"), "http://social.example/", None, "grown"),
+        (TEEN, None, "http://allowed.example/", None, "teen"),  # mapped by CIDR: no login needed
+        (TEEN, basic("teacher", "staff pass:with colon"), "http://social.example/", None, "grown"),  # login wins
+    ],
+)
 def test_proxy_auth(auth_config, ip, header, url, status, group):
     f, f2 = asyncio.run(_auth_case(auth_config, ip, header, url))
     if status is None:
@@ -435,18 +479,22 @@ def test_proxy_auth_not_in_transparent_mode(tmp_path):
 
 
 def test_config_user_rule_beats_users_file_group(tmp_path):
-    cfg = str(make_config(tmp_path, users=f"lab1:kid:{hash_password('pw')}\n",
-                          clients="  - {user: lab1, group: grown}\n"))
+    cfg = str(
+        make_config(tmp_path, users=f"lab1:kid:{hash_password('pw')}\n", clients="  - {user: lab1, group: grown}\n")
+    )
     f, _ = asyncio.run(_auth_case(cfg, "127.0.0.1", basic("lab1", "pw"), "http://social.example/"))
     assert f.response is None and f.metadata[KEY]["group"] == "grown"
 
 
-@pytest.mark.parametrize("host,ip,ignore,refused", [
-    ("allowed.example", TEEN, True, False),       # allowed: passed through untouched
-    ("www.google.com", KID, True, False),         # even SafeSearch hosts (no CA: DNS does the CNAME)
-    ("blocked.example", TEEN, False, True),       # blocked: intercepted (page with CA, else closed)
-    ("pinned-bad.example", TEEN, True, True),     # blocked pass-through: closed
-])
+@pytest.mark.parametrize(
+    "host,ip,ignore,refused",
+    [
+        ("allowed.example", TEEN, True, False),  # allowed: passed through untouched
+        ("www.google.com", KID, True, False),  # even SafeSearch hosts (no CA: DNS does the CNAME)
+        ("blocked.example", TEEN, False, True),  # blocked: intercepted (page with CA, else closed)
+        ("pinned-bad.example", TEEN, True, True),  # blocked pass-through: closed
+    ],
+)
 def test_inspect_https_off(config_path, host, ip, ignore, refused):
     a = FilterAddon()
     with taddons.context(a) as tctx:
@@ -458,8 +506,9 @@ def test_inspect_https_off(config_path, host, ip, ignore, refused):
         assert (server_connect(a, conn).error is not None) is refused
 
 
-@pytest.mark.parametrize("mode,group", [("wireguard@51821", "kid"), ("wireguard@51822", "grown"),
-                                        ("wireguard@51823", "teen")])  # not mapped: the address (10.2/16)
+@pytest.mark.parametrize(
+    "mode,group", [("wireguard@51821", "kid"), ("wireguard@51822", "grown"), ("wireguard@51823", "teen")]
+)  # not mapped: the address (10.2/16)
 def test_listener_group(config_path, mode, group):
     a = FilterAddon()
     with taddons.context(a) as tctx:
@@ -493,6 +542,7 @@ def test_users_file_unknown_group_is_options_error(tmp_path):
 
 
 # ---------------------------------------------------------------- fail closed
+
 
 class _Broken:
     def __init__(self, engine):
@@ -538,6 +588,7 @@ def test_no_state_fails_closed():
 
 
 # ---------------------------------------------------------------- response hook point, hot swap
+
 
 class _ImageCheck:
     def __init__(self):
@@ -591,7 +642,9 @@ def test_options_are_validated(tmp_path):
         with pytest.raises(exceptions.OptionsError, match="filterproxy: .*missing.yaml: cannot read"):
             tctx.configure(a, filterproxy_config=str(tmp_path / "missing.yaml"))
         with pytest.raises(exceptions.OptionsError, match="--client-group"):
-            tctx.configure(a, filterproxy_config=str(make_config(tmp_path)), filterproxy_client_group=["10.0.0.0/8=nope"])
+            tctx.configure(
+                a, filterproxy_config=str(make_config(tmp_path)), filterproxy_client_group=["10.0.0.0/8=nope"]
+            )
 
 
 def test_metrics_labels_are_bounded(addon):
@@ -615,22 +668,27 @@ def test_decision_is_cheap(addon):
 
 # ---------------------------------------------------------------- ambiguous Host: refused before any decision
 
+
 def with_hosts(url: str, *hosts: bytes, conn=None, version: str = "HTTP/1.1") -> http.HTTPFlow:
     f = get(url, conn=conn)
     f.request.http_version = version
     f.request.headers.fields = tuple(kv for kv in f.request.headers.fields if kv[0].lower() != b"host") + tuple(
-        (name, value) for name, value in (h.split(b": ", 1) for h in hosts))
+        (name, value) for name, value in (h.split(b": ", 1) for h in hosts)
+    )
     return f
 
 
-@pytest.mark.parametrize("url,hosts", [
-    ("http://allowed.example/", [b"Host: allowed.example", b"Host: blocked.example"]),
-    ("http://allowed.example/", [b"Host: blocked.example", b"Host: allowed.example"]),
-    ("http://allowed.example/", [b"Host: allowed.example", b"host: blocked.example"]),
-    ("http://allowed.example/", [b"HOST: allowed.example", b"Host: allowed.example"]),  # even the same name twice
-    ("http://10.9.9.9:8000/", [b"Host: allowed.example"]),  # absolute-form target ≠ Host
-    ("http://allowed.example/", [b"Host: blocked.example"]),
-])
+@pytest.mark.parametrize(
+    "url,hosts",
+    [
+        ("http://allowed.example/", [b"Host: allowed.example", b"Host: blocked.example"]),
+        ("http://allowed.example/", [b"Host: blocked.example", b"Host: allowed.example"]),
+        ("http://allowed.example/", [b"Host: allowed.example", b"host: blocked.example"]),
+        ("http://allowed.example/", [b"HOST: allowed.example", b"Host: allowed.example"]),  # even the same name twice
+        ("http://10.9.9.9:8000/", [b"Host: allowed.example"]),  # absolute-form target ≠ Host
+        ("http://allowed.example/", [b"Host: blocked.example"]),
+    ],
+)
 def test_ambiguous_host_is_refused(addon, url, hosts):
     f = run_request(addon, with_hosts(url, *hosts))
     assert f.response is not None and f.response.status_code == 400
@@ -659,7 +717,9 @@ def test_host_must_match_connect_target_and_sni(addon):
     inner = run_request(addon, with_hosts("https://allowed.example/", b"Host: blocked.example", conn=conn))
     assert inner.response.status_code == 400  # Host ≠ CONNECT target
     conn.tls, conn.sni = True, "allowed.example"
-    assert run_request(addon, with_hosts("https://allowed.example/", b"Host: allowed.example", conn=conn)).response is None
+    assert (
+        run_request(addon, with_hosts("https://allowed.example/", b"Host: allowed.example", conn=conn)).response is None
+    )
     conn.sni = "other.example"
     inner = run_request(addon, with_hosts("https://allowed.example/", b"Host: allowed.example", conn=conn))
     assert inner.response.status_code == 400 and b"SNI" in inner.response.content

@@ -34,23 +34,35 @@ def test_pbkdf2_entries_accepted():
     assert verify_password("pw", h) and not verify_password("px", h)
 
 
-@pytest.mark.parametrize("header,want", [
-    (basic("a", "b"), ("a", "b")), (basic("a", "b:c"), ("a", "b:c")), ("basic " + base64.b64encode(b"x:y").decode(), ("x", "y")),
-    ("Bearer xyz", None), ("Basic !!!", None), (basic("", "x"), None), ("Basic " + base64.b64encode(b"nocolon").decode(), None),
-    (None, None), ("", None),
-])
+@pytest.mark.parametrize(
+    "header,want",
+    [
+        (basic("a", "b"), ("a", "b")),
+        (basic("a", "b:c"), ("a", "b:c")),
+        ("basic " + base64.b64encode(b"x:y").decode(), ("x", "y")),
+        ("Bearer xyz", None),
+        ("Basic !!!", None),
+        (basic("", "x"), None),
+        ("Basic " + base64.b64encode(b"nocolon").decode(), None),
+        (None, None),
+        ("", None),
+    ],
+)
 def test_parse_basic(header, want):
     assert parse_basic(header) == want
 
 
-@pytest.mark.parametrize("text,error", [
-    ("alice:kid\n", r"users.txt:1: expected user:group:salt\$hash"),
-    ("# c\n\nbad user:kid:00$00\n", r"users.txt:3: invalid user name"),
-    ("alice:k!d:aa$bb\n", r"users.txt:1: invalid group"),
-    ("alice:kid:nothex$zz\n", r"users.txt:1: user 'alice': salt must be"),
-    ("alice:kid:{h}\nALICE:kid:{h}\n", r"users.txt:2: user 'ALICE' already defined on line 1"),
-    ("alice:kid:pbkdf2_sha256$10$aaaaaaaaaaaaaaaa$" + "bb" * 32 + "\n", r"at least 10000 iterations"),
-])
+@pytest.mark.parametrize(
+    "text,error",
+    [
+        ("alice:kid\n", r"users.txt:1: expected user:group:salt\$hash"),
+        ("# c\n\nbad user:kid:00$00\n", r"users.txt:3: invalid user name"),
+        ("alice:k!d:aa$bb\n", r"users.txt:1: invalid group"),
+        ("alice:kid:nothex$zz\n", r"users.txt:1: user 'alice': salt must be"),
+        ("alice:kid:{h}\nALICE:kid:{h}\n", r"users.txt:2: user 'ALICE' already defined on line 1"),
+        ("alice:kid:pbkdf2_sha256$10$aaaaaaaaaaaaaaaa$" + "bb" * 32 + "\n", r"at least 10000 iterations"),
+    ],
+)
 def test_users_file_errors(tmp_path, text, error):
     p = tmp_path / "users.txt"
     p.write_text(text.replace("{h}", hash_password("x")))
@@ -86,8 +98,15 @@ def test_authenticate_caches(tmp_path):
 
 def _cli(*args, stdin: str = "") -> subprocess.CompletedProcess:
     # the helper must run without the rest of filterproxy: load the module file on its own
-    return subprocess.run([sys.executable, auth.__file__, *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, cwd="/", env={**os.environ, "PYTHONPATH": ""})
+    return subprocess.run(
+        [sys.executable, auth.__file__, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": ""},
+    )
 
 
 def test_cli_add_check_remove(tmp_path):

@@ -13,7 +13,6 @@ import datetime as dt
 import html
 import http.server
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -27,20 +26,29 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import LISTS, REPO, write_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import LISTS, REPO, write_config
 from filterproxy.http.auth import hash_password
 from filterproxy.match.urlhash import expression_hash
 
 MITMDUMP = shutil.which("mitmdump", path=os.path.dirname(sys.executable)) or shutil.which("mitmdump")
 UT1_GAMBLING_URLS = LISTS / "ut1" / "gambling" / "urls"
 UT1_URL = "astrolabio.net/casino/"  # a line of ut1/gambling/urls
-TEST_NAMES = ["localhost", "allowed.example", "bank.example", "www.google.com", "www.youtube.com", "www.bing.com",
-              "duckduckgo.com", "blocked.example", "astrolabio.net"]
+TEST_NAMES = [
+    "localhost",
+    "allowed.example",
+    "bank.example",
+    "www.google.com",
+    "www.youtube.com",
+    "www.bing.com",
+    "duckduckgo.com",
+    "blocked.example",
+    "astrolabio.net",
+]
 
 POLICIES = {
     "pupil": """
@@ -101,21 +109,29 @@ def stop(proc: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------- local upstream servers
 
+
 def make_cert(d: Path) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "filterproxy test upstream")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     sans = [x509.DNSName(n) for n in TEST_NAMES] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = d / "upstream.pem", d / "upstream.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return str(cert_path), str(key_path)
 
 
@@ -130,8 +146,13 @@ class Upstream:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
-                upstream.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                      "tls": isinstance(self.connection, ssl.SSLSocket)})
+                upstream.seen.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "tls": isinstance(self.connection, ssl.SSLSocket),
+                    }
+                )
                 body = f"upstream ok {self.path}".encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
@@ -205,8 +226,12 @@ def env(tmp_path_factory):
     (tmp / "adult.txt").write_text("blocked.example\npinned-bad.example\nnewly-bad.example.invalid\n")
     (tmp / "social.txt").write_text("social.example\n")
     (tmp / "legal.txt").write_text("illegal.example\n")
-    (tmp / "hashes.txt").write_text("# Safe Browsing style expressions\n" + expression_hash("evil-hash.example/bad/").hex() + "\n")
-    cfg = write_config(tmp, """
+    (tmp / "hashes.txt").write_text(
+        "# Safe Browsing style expressions\n" + expression_hash("evil-hash.example/bad/").hex() + "\n"
+    )
+    cfg = write_config(
+        tmp,
+        """
         timezone: Asia/Ho_Chi_Minh
         http:
           passthrough: [bank.example, pinned-bad.example]
@@ -215,21 +240,41 @@ def env(tmp_path_factory):
           - {id: adult, category: adult, format: domains, match: subdomains, path: adult.txt}
           - {id: social, category: social, format: domains, match: subdomains, path: social.txt}
           - {id: national, category: illegal, format: domains, legal: true, path: legal.txt}
-    """, POLICIES)
+    """,
+        POLICIES,
+    )
     (tmp / "route.py").write_text(ROUTE_ADDON.format(http=up.http.server_address[1], https=up.https.server_address[1]))
     (tmp / "break.py").write_text(BREAK_ADDON)
     yield {"tmp": tmp, "cfg": cfg, "up": up, "cert": cert}
     up.close()
 
 
-def start_mitmdump(env, name: str, *opts: str, client_group: str | None = "127.0.0.0/8=pupil",
-                   config: Path | None = None) -> tuple[subprocess.Popen, int, str]:
+def start_mitmdump(
+    env, name: str, *opts: str, client_group: str | None = "127.0.0.0/8=pupil", config: Path | None = None
+) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     confdir = env["tmp"] / f"conf-{name}"
-    cmd = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", str(port), "--set", f"confdir={confdir}",
-           "--set", "ssl_insecure=true", "--set", "connection_strategy=eager",
-           "-s", str(REPO / "addons" / "filterproxy_addon.py"), "-s", str(env["tmp"] / "route.py"),
-           "--set", f"filterproxy_config={config or env['cfg']}", *opts]
+    cmd = [
+        MITMDUMP,
+        "-q",
+        "--listen-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--set",
+        f"confdir={confdir}",
+        "--set",
+        "ssl_insecure=true",
+        "--set",
+        "connection_strategy=eager",
+        "-s",
+        str(REPO / "addons" / "filterproxy_addon.py"),
+        "-s",
+        str(env["tmp"] / "route.py"),
+        "--set",
+        f"filterproxy_config={config or env['cfg']}",
+        *opts,
+    ]
     if client_group:
         cmd += ["--set", f"filterproxy_client_group={client_group}"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -245,9 +290,15 @@ def start_mitmdump(env, name: str, *opts: str, client_group: str | None = "127.0
 @pytest.fixture(scope="module")
 def proxy(env):
     p, port, ca = start_mitmdump(
-        env, "main", "-s", str(env["tmp"] / "break.py"),
-        "--set", f"filterproxy_extra_list=urls:gambling:{UT1_GAMBLING_URLS}",
-        "--set", f"filterproxy_extra_list=urlhash:adult:{env['tmp'] / 'hashes.txt'}")
+        env,
+        "main",
+        "-s",
+        str(env["tmp"] / "break.py"),
+        "--set",
+        f"filterproxy_extra_list=urls:gambling:{UT1_GAMBLING_URLS}",
+        "--set",
+        f"filterproxy_extra_list=urlhash:adult:{env['tmp'] / 'hashes.txt'}",
+    )
     yield {"port": port, "ca": ca, "url": f"http://127.0.0.1:{port}"}
     stop(p)
 
@@ -261,11 +312,13 @@ def session(proxy_url: str, verify) -> requests.Session:
 
 
 def fetch(proxy, url, *, verify=None, headers=None, timeout=10) -> requests.Response:
-    return session(proxy["url"], proxy["ca"] if verify is None else verify).get(url, headers=headers or {},
-                                                                                 timeout=timeout)
+    return session(proxy["url"], proxy["ca"] if verify is None else verify).get(
+        url, headers=headers or {}, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------- allowed, blocked by host / URL / hash
+
 
 def test_ut1_line_is_in_the_list():
     assert UT1_URL in UT1_GAMBLING_URLS.read_text().splitlines()
@@ -282,15 +335,18 @@ def test_allowed(proxy, env, url):
     assert "alt-svc" not in {k.lower() for k in r.headers}  # HTTP/3 would bypass the proxy
 
 
-@pytest.mark.parametrize("url,status,reason", [
-    ("http://blocked.example/", 403, "category/adult/adult"),
-    ("https://blocked.example/path?q=1", 403, "category/adult/adult"),
-    ("http://www.blocked.example/", 403, "category/adult/adult"),
-    ("http://illegal.example/", 451, "legal/illegal/national"),
-    (f"http://{UT1_URL}index.html", 403, "category/gambling/extra-gambling-urls"),
-    ("https://evil-hash.example/bad/page.html?id=7", 403, "category/adult"),
-    ("http://social.example/", 403, "category/social/social"),
-])
+@pytest.mark.parametrize(
+    "url,status,reason",
+    [
+        ("http://blocked.example/", 403, "category/adult/adult"),
+        ("https://blocked.example/path?q=1", 403, "category/adult/adult"),
+        ("http://www.blocked.example/", 403, "category/adult/adult"),
+        ("http://illegal.example/", 451, "legal/illegal/national"),
+        (f"http://{UT1_URL}index.html", 403, "category/gambling/extra-gambling-urls"),
+        ("https://evil-hash.example/bad/page.html?id=7", 403, "category/adult"),
+        ("http://social.example/", 403, "category/social/social"),
+    ],
+)
 def test_blocked(proxy, url, status, reason):
     r = fetch(proxy, url)
     assert r.status_code == status
@@ -315,11 +371,15 @@ def test_blocked_https_without_ca_closes_quickly(proxy):
 
 # ---------------------------------------------------------------- block page language and legal status
 
-@pytest.mark.parametrize("accept,lang,phrase", [
-    (None, "vi", "Ôi! Trang này không dành cho em"),
-    ("en-US,en;q=0.9", "en", "Oops! This page isn't for you"),
-    ("fr,vi;q=0.5", "vi", "Ôi! Trang này không dành cho em"),
-])
+
+@pytest.mark.parametrize(
+    "accept,lang,phrase",
+    [
+        (None, "vi", "Ôi! Trang này không dành cho em"),
+        ("en-US,en;q=0.9", "en", "Oops! This page isn't for you"),
+        ("fr,vi;q=0.5", "vi", "Ôi! Trang này không dành cho em"),
+    ],
+)
 def test_block_page_language(proxy, accept, lang, phrase):
     r = fetch(proxy, "http://blocked.example/", headers={"Accept-Language": accept} if accept else {})
     assert r.headers["Content-Language"] == lang
@@ -334,13 +394,20 @@ def test_legal_page_in_english(proxy):
 
 # ---------------------------------------------------------------- SafeSearch rewrites reach the upstream
 
-@pytest.mark.parametrize("url,check", [
-    ("http://www.google.com/search?q=kittens&safe=off", lambda s: "safe=active" in s["path"] and "safe=off" not in s["path"]),
-    ("https://www.google.com/search?q=kittens", lambda s: "safe=active" in s["path"]),
-    ("https://www.youtube.com/watch?v=abc", lambda s: s["headers"].get("youtube-restrict") == "Strict"),
-    ("https://www.bing.com/search?q=kittens", lambda s: "adlt=strict" in s["path"]),
-    ("https://duckduckgo.com/?q=kittens", lambda s: "kp=1" in s["path"]),
-])
+
+@pytest.mark.parametrize(
+    "url,check",
+    [
+        (
+            "http://www.google.com/search?q=kittens&safe=off",
+            lambda s: "safe=active" in s["path"] and "safe=off" not in s["path"],
+        ),
+        ("https://www.google.com/search?q=kittens", lambda s: "safe=active" in s["path"]),
+        ("https://www.youtube.com/watch?v=abc", lambda s: s["headers"].get("youtube-restrict") == "Strict"),
+        ("https://www.bing.com/search?q=kittens", lambda s: "adlt=strict" in s["path"]),
+        ("https://duckduckgo.com/?q=kittens", lambda s: "kp=1" in s["path"]),
+    ],
+)
 def test_safesearch(proxy, env, url, check):
     r = fetch(proxy, url)
     assert r.status_code == 200
@@ -351,6 +418,7 @@ def test_safesearch(proxy, env, url, check):
 
 
 # ---------------------------------------------------------------- pass-through
+
 
 def test_passthrough_is_not_intercepted(proxy, env):
     # the client sees the upstream's own certificate: only possible if the proxy did not intercept
@@ -369,6 +437,7 @@ def test_blocked_passthrough_is_closed(proxy, env):
 
 # ---------------------------------------------------------------- fail closed, PAC
 
+
 def test_exception_in_hook_fails_closed(proxy):
     r = fetch(proxy, "http://boom.example/")
     assert r.status_code == 403 and r.headers["X-Filterproxy-Reason"] == "error"
@@ -383,11 +452,14 @@ def test_pac_file(proxy):
 
 # ---------------------------------------------------------------- proxy authentication → groups
 
+
 @pytest.fixture(scope="module")
 def auth_proxy(env):
     tmp = env["tmp"] / "auth"
     tmp.mkdir()
-    (tmp / "users.txt").write_text(f"lab1:pupil:{hash_password('pupil-pw')}\nteacher:staff:{hash_password('staff-pw')}\n")
+    (tmp / "users.txt").write_text(
+        f"lab1:pupil:{hash_password('pupil-pw')}\nteacher:staff:{hash_password('staff-pw')}\n"
+    )
     cfg_text = env["cfg"].read_text().replace("http:\n", f"http:\n  users_file: {tmp / 'users.txt'}\n", 1)
     cfg_text = cfg_text.replace("path: ", f"path: {env['tmp']}/")
     cfg = tmp / "filterproxy.yaml"
@@ -397,16 +469,19 @@ def auth_proxy(env):
     stop(p)
 
 
-@pytest.mark.parametrize("creds,url,status", [
-    (None, "http://allowed.example/", 407),
-    (None, "https://allowed.example/", "proxyerror"),
-    ("lab1:wrong", "http://allowed.example/", 407),
-    ("lab1:pupil-pw", "http://allowed.example/", 200),
-    ("lab1:pupil-pw", "http://social.example/", 403),
-    ("lab1:pupil-pw", "https://social.example/", 403),
-    ("teacher:staff-pw", "http://social.example/", 200),
-    ("teacher:staff-pw", "https://social.example/", 200),
-])
+@pytest.mark.parametrize(
+    "creds,url,status",
+    [
+        (None, "http://allowed.example/", 407),
+        (None, "https://allowed.example/", "proxyerror"),
+        ("lab1:wrong", "http://allowed.example/", 407),
+        ("lab1:pupil-pw", "http://allowed.example/", 200),
+        ("lab1:pupil-pw", "http://social.example/", 403),
+        ("lab1:pupil-pw", "https://social.example/", 403),
+        ("teacher:staff-pw", "http://social.example/", 200),
+        ("teacher:staff-pw", "https://social.example/", 200),
+    ],
+)
 def test_proxy_auth_groups(auth_proxy, creds, url, status):
     purl = f"http://{creds + '@' if creds else ''}127.0.0.1:{auth_proxy['port']}"
     s = session(purl, auth_proxy["ca"])
@@ -424,14 +499,33 @@ def test_proxy_auth_groups(auth_proxy, creds, url, status):
 
 # ---------------------------------------------------------------- filterproxy run (runner + proxy workers)
 
+
 @pytest.fixture(scope="module")
 def runner(env):
     port, mport = free_port(), free_port()
     state = env["tmp"] / "run-state"
-    cmd = [sys.executable, "-m", "filterproxy", "run", "--config", str(env["cfg"]), "--proxy-listen",
-           f"127.0.0.1:{port}", "--dns-listen", "off", "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir",
-           str(state), "--proxy-workers", "2", "--client-group", "127.0.0.0/8=older",
-           "--extra-list", f"urls:gambling:{UT1_GAMBLING_URLS}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "filterproxy",
+        "run",
+        "--config",
+        str(env["cfg"]),
+        "--proxy-listen",
+        f"127.0.0.1:{port}",
+        "--dns-listen",
+        "off",
+        "--metrics-listen",
+        f"127.0.0.1:{mport}",
+        "--state-dir",
+        str(state),
+        "--proxy-workers",
+        "2",
+        "--client-group",
+        "127.0.0.0/8=older",
+        "--extra-list",
+        f"urls:gambling:{UT1_GAMBLING_URLS}",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(env["tmp"]))
     out: list[str] = []
     ready = threading.Event()
@@ -444,8 +538,14 @@ def runner(env):
 
     threading.Thread(target=pump, daemon=True).start()
     assert ready.wait(90), "".join(out)
-    yield {"port": port, "mport": mport, "ca": str(state / "mitmproxy" / "mitmproxy-ca-cert.pem"),
-           "url": f"http://127.0.0.1:{port}", "proc": p, "out": out}
+    yield {
+        "port": port,
+        "mport": mport,
+        "ca": str(state / "mitmproxy" / "mitmproxy-ca-cert.pem"),
+        "url": f"http://127.0.0.1:{port}",
+        "proc": p,
+        "out": out,
+    }
     stop(p)
 
 
@@ -505,17 +605,34 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def chromium(proxy_port: int, tmp: Path, lang: str, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"chromium-{lang}-{len(args)}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--proxy-server=http://127.0.0.1:{proxy_port}",
-           f"--lang={lang}", f"--accept-lang={lang}", "--hide-scrollbars", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        f"--proxy-server=http://127.0.0.1:{proxy_port}",
+        f"--lang={lang}",
+        f"--accept-lang={lang}",
+        "--hide-scrollbars",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "LANGUAGE": lang})
 
 
-@pytest.mark.parametrize("lang,words", [
-    ("vi", ["Trang này đã bị chặn", "Nội dung người lớn", "111", "yêu cầu xem xét lại"]),
-    ("en", ["This page is blocked", "Adult content", "111", "request a review"]),
-])
+@pytest.mark.parametrize(
+    "lang,words",
+    [
+        ("vi", ["Trang này đã bị chặn", "Nội dung người lớn", "111", "yêu cầu xem xét lại"]),
+        ("en", ["This page is blocked", "Adult content", "111", "request a review"]),
+    ],
+)
 def test_chromium_renders_block_page(runner, env, lang, words):
     assert CHROMIUM, "chromium not installed (test.sh installs the Debian package)"
     r = chromium(runner["port"], env["tmp"], lang, "--dump-dom", "http://blocked.example/")
@@ -524,8 +641,14 @@ def test_chromium_renders_block_page(runner, env, lang, words):
     shot = REPO / "docs" / f"blockpage-{lang}.png"
     shot.parent.mkdir(exist_ok=True)
     tmp_shot = env["tmp"] / shot.name
-    r = chromium(runner["port"], env["tmp"], lang, f"--screenshot={tmp_shot}", "--window-size=1024,900",
-                 "http://blocked.example/")
+    r = chromium(
+        runner["port"],
+        env["tmp"],
+        lang,
+        f"--screenshot={tmp_shot}",
+        "--window-size=1024,900",
+        "http://blocked.example/",
+    )
     assert tmp_shot.exists() and tmp_shot.stat().st_size > 10_000, r.stderr[-2000:]
     if not shot.exists() or os.environ.get("FILTERPROXY_UPDATE_SCREENSHOTS"):  # docs/ only when asked or missing
         shutil.copyfile(tmp_shot, shot)

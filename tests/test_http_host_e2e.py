@@ -70,16 +70,35 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http-host")
     backend = Backend()
     (tmp / "adult.txt").write_text("blocked.test\n")
-    cfg = write_config(tmp, """
+    cfg = write_config(
+        tmp,
+        """
         timezone: Asia/Ho_Chi_Minh
         lists:
           - {id: adult, category: adult, format: domains, match: subdomains, path: adult.txt}
-    """, {"pupil": "name: Pupil\ntone: child\nblock_categories: [adult]\n"})
+    """,
+        {"pupil": "name: Pupil\ntone: child\nblock_categories: [adult]\n"},
+    )
     (tmp / "route.py").write_text(ROUTE.format(port=backend.port))
     port = free_port()
-    cmd = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", str(port), "--set", f"confdir={tmp / 'conf'}",
-           "-s", str(REPO / "addons" / "filterproxy_addon.py"), "-s", str(tmp / "route.py"),
-           "--set", f"filterproxy_config={cfg}", "--set", "filterproxy_client_group=127.0.0.0/8=pupil"]
+    cmd = [
+        MITMDUMP,
+        "-q",
+        "--listen-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--set",
+        f"confdir={tmp / 'conf'}",
+        "-s",
+        str(REPO / "addons" / "filterproxy_addon.py"),
+        "-s",
+        str(tmp / "route.py"),
+        "--set",
+        f"filterproxy_config={cfg}",
+        "--set",
+        "filterproxy_client_group=127.0.0.0/8=pupil",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_port(port, p)
     yield {"port": port, "backend": backend, "proc": p}
@@ -126,7 +145,9 @@ def variants(bp: int) -> list[bytes]:
 
 
 def test_allowed_request_reaches_backend(setup):
-    answer = send(setup["port"], b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+    answer = send(
+        setup["port"], b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"
+    )
     assert status(answer) == 200 and answer.endswith(b"ok")
     assert setup["backend"].hosts[-1] == b"allowed.test"
 
@@ -145,13 +166,17 @@ def test_conflicting_host_is_refused(setup, i):
 def test_request_with_trailers_gets_400_not_a_crash(setup):
     backend = setup["backend"]
     before = backend.requests
-    raw = (f"POST http://127.0.0.1:{backend.port}/ HTTP/1.1\r\nHost: 127.0.0.1:{backend.port}\r\n"
-           "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n").encode()
+    raw = (
+        f"POST http://127.0.0.1:{backend.port}/ HTTP/1.1\r\nHost: 127.0.0.1:{backend.port}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    ).encode()
     answer = send(setup["port"], raw)
     assert status(answer) == 400 and b"HTTP trailers are not supported" in answer
     assert backend.requests == before
     # the proxy still serves
-    answer = send(setup["port"], b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+    answer = send(
+        setup["port"], b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"
+    )
     assert status(answer) == 200
 
 

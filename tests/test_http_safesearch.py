@@ -8,19 +8,22 @@ from mitmproxy import http
 from filterproxy.http.safesearch import apply, engine_of
 
 
-@pytest.mark.parametrize("url,level,yt,changed,param,value", [
-    ("https://www.google.com/search?q=cats", "strict", "strict", True, "safe", "active"),
-    ("https://www.google.com/search?q=cats&safe=off&safe=images", "moderate", "off", True, "safe", "active"),
-    ("https://www.google.com/webhp", "strict", "strict", True, "safe", "active"),
-    ("https://www.google.com/images/branding/logo.png", "strict", "strict", True, "safe", "active"),
-    ("https://www.google.com/maps/place/x", "strict", "strict", False, "safe", None),
-    ("https://www.google.com/search?q=x&safe=off", "off", "strict", False, "safe", "off"),
-    ("https://www.bing.com/search?q=x", "strict", "off", True, "adlt", "strict"),
-    ("https://www.bing.com/images/search?q=x&adlt=off", "moderate", "off", True, "adlt", "moderate"),
-    ("https://duckduckgo.com/?q=x", "strict", "off", True, "kp", "1"),
-    ("https://duckduckgo.com/html/?q=x&kp=-2", "moderate", "off", True, "kp", "-1"),
-    ("https://duckduckgo.com/about", "strict", "off", False, "kp", None),
-])
+@pytest.mark.parametrize(
+    "url,level,yt,changed,param,value",
+    [
+        ("https://www.google.com/search?q=cats", "strict", "strict", True, "safe", "active"),
+        ("https://www.google.com/search?q=cats&safe=off&safe=images", "moderate", "off", True, "safe", "active"),
+        ("https://www.google.com/webhp", "strict", "strict", True, "safe", "active"),
+        ("https://www.google.com/images/branding/logo.png", "strict", "strict", True, "safe", "active"),
+        ("https://www.google.com/maps/place/x", "strict", "strict", False, "safe", None),
+        ("https://www.google.com/search?q=x&safe=off", "off", "strict", False, "safe", "off"),
+        ("https://www.bing.com/search?q=x", "strict", "off", True, "adlt", "strict"),
+        ("https://www.bing.com/images/search?q=x&adlt=off", "moderate", "off", True, "adlt", "moderate"),
+        ("https://duckduckgo.com/?q=x", "strict", "off", True, "kp", "1"),
+        ("https://duckduckgo.com/html/?q=x&kp=-2", "moderate", "off", True, "kp", "-1"),
+        ("https://duckduckgo.com/about", "strict", "off", False, "kp", None),
+    ],
+)
 def test_query_parameters(url, level, yt, changed, param, value):
     req = http.Request.make("GET", url)
     eng = engine_of(req.host)
@@ -31,10 +34,15 @@ def test_query_parameters(url, level, yt, changed, param, value):
     assert req.host == http.Request.make("GET", url).host  # same host: the DNS path does the CNAME
 
 
-@pytest.mark.parametrize("host,yt,want", [
-    ("www.youtube.com", "strict", "Strict"), ("m.youtube.com", "moderate", "Moderate"),
-    ("youtubei.googleapis.com", "strict", "Strict"), ("www.youtube.com", "off", None),
-])
+@pytest.mark.parametrize(
+    "host,yt,want",
+    [
+        ("www.youtube.com", "strict", "Strict"),
+        ("m.youtube.com", "moderate", "Moderate"),
+        ("youtubei.googleapis.com", "strict", "Strict"),
+        ("www.youtube.com", "off", None),
+    ],
+)
 def test_youtube_header(host, yt, want):
     req = http.Request.make("GET", f"https://{host}/watch?v=x")
     assert apply(req, "youtube", "strict", yt) is (want is not None)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import requests
-
 from conftest import write_config
+
 from filterproxy.config import load_config
 from filterproxy.http.server import ProxyWorkers, _enable_reuse_port
 
@@ -44,12 +44,16 @@ def blocked(port: int, host: str) -> bool:
 @pytest.fixture
 def setup(tmp_path):
     (tmp_path / "adult.txt").write_text("blocked.example\n")
-    cfg = write_config(tmp_path, """
+    cfg = write_config(
+        tmp_path,
+        """
         timezone: Asia/Ho_Chi_Minh
         default_group: kid
         lists:
           - {id: adult, category: adult, format: domains, match: subdomains, path: adult.txt}
-    """, POLICY)
+    """,
+        POLICY,
+    )
     args = argparse.Namespace(config=str(cfg), extra_list=[], client_group=[], state_dir=str(tmp_path / "state"))
     return args, load_config(str(cfg)), tmp_path
 
@@ -146,8 +150,13 @@ def test_transparent_and_wireguard_listeners(setup):
     """regular on the main address, transparent on its own port in every worker, WireGuard in worker 0 only."""
     args, cfg, tmp = setup
     tport, wport = free_port(), free_port(socket.SOCK_DGRAM)
-    pw = ProxyWorkers(args, cfg, ("127.0.0.1", 0), 2,
-                      mode=["regular", f"transparent@127.0.0.1:{tport}", f"wireguard@127.0.0.1:{wport}"])
+    pw = ProxyWorkers(
+        args,
+        cfg,
+        ("127.0.0.1", 0),
+        2,
+        mode=["regular", f"transparent@127.0.0.1:{tport}", f"wireguard@127.0.0.1:{wport}"],
+    )
     with pw:
         assert listening_sockets(pw.port) == 2 and listening_sockets(tport) == 2
         assert udp_sockets(wport) == 1
@@ -163,7 +172,8 @@ def test_workers_exit_when_parent_is_killed(setup, tmp_path):
 
     args, cfg, _ = setup
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import argparse, sys, time
         from filterproxy.config import load_config
         from filterproxy.http.server import ProxyWorkers
@@ -171,7 +181,8 @@ def test_workers_exit_when_parent_is_killed(setup, tmp_path):
         pw = ProxyWorkers(a, load_config(a.config), ("127.0.0.1", 0), 2).start()
         print(" ".join(map(str, pw.pids)), flush=True)
         time.sleep(600)
-    """))
+    """)
+    )
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pids = [int(x) for x in p.stdout.readline().split()]
     assert len(pids) == 2

@@ -41,8 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------- synthetic pictures
 
-WORDS = ("an toàn trẻ em mạng internet trường học gia đình bảo vệ tổng đài sách vở bút thước cửa sổ "
-         "mặt trời con mèo quả táo xe đạp bầu trời").split()
+WORDS = (
+    "an toàn trẻ em mạng internet trường học gia đình bảo vệ tổng đài sách vở bút thước cửa sổ "
+    "mặt trời con mèo quả táo xe đạp bầu trời"
+).split()
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -112,8 +114,12 @@ def text_page(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     while y < h:
         size = int(rng.integers(12, 40))
         words = " ".join(rng.choice(WORDS, int(rng.integers(2, 8))))
-        d.text((int(rng.integers(0, w // 4)), y), words, fill=tuple(int(c) for c in rng.integers(0, 120, 3)),
-               font=_font(size))
+        d.text(
+            (int(rng.integers(0, w // 4)), y),
+            words,
+            fill=tuple(int(c) for c in rng.integers(0, 120, 3)),
+            font=_font(size),
+        )
         y += size + int(rng.integers(2, 30))
     _shapes(rng, im, int(rng.integers(0, 3)))
     return im
@@ -129,8 +135,11 @@ def texture(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         gy, gx = np.mgrid[0:h, 0:w]
         f = rng.uniform(0.02, 0.2, 2)
         ph = rng.uniform(0, 6, 2)
-        img = (0.5 + 0.25 * np.sin(gx * f[0] + ph[0])[..., None] * rng.uniform(0, 1, 3)
-               + 0.25 * np.sin(gy * f[1] + ph[1] + gx * f[0] * rng.uniform(-1, 1))[..., None] * rng.uniform(0, 1, 3))
+        img = (
+            0.5
+            + 0.25 * np.sin(gx * f[0] + ph[0])[..., None] * rng.uniform(0, 1, 3)
+            + 0.25 * np.sin(gy * f[1] + ph[1] + gx * f[0] * rng.uniform(-1, 1))[..., None] * rng.uniform(0, 1, 3)
+        )
         img = img + rng.normal(0, 0.05, img.shape)
     else:  # blurry mosaic + grain
         cells = rng.uniform(0, 1, (int(rng.integers(4, 20)), int(rng.integers(4, 20)), 3))
@@ -163,8 +172,9 @@ def webp(im: Image.Image, quality: int = 60) -> bytes:
 def watermark(im: Image.Image) -> Image.Image:
     w, h = im.size
     overlay = Image.new("RGBA", im.size, (0, 0, 0, 0))
-    ImageDraw.Draw(overlay).text((w // 20, h - h // 6), "© truong-hoc.vn 2024", fill=(255, 255, 255, 170),
-                                 font=_font(max(12, h // 14)))
+    ImageDraw.Draw(overlay).text(
+        (w // 20, h - h // 6), "© truong-hoc.vn 2024", fill=(255, 255, 255, 170), font=_font(max(12, h // 14))
+    )
     return Image.alpha_composite(im.convert("RGBA"), overlay).convert("RGB")
 
 
@@ -209,14 +219,20 @@ TRANSFORMS: dict[str, Callable[[Image.Image], bytes]] = {
 # Real pictures that ship with Debian/pip/toolchain packages, if this machine has them (deduplicated).
 _REAL_GLOBS = (
     "/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/*.jp*g",
-    "/usr/share/doc/**/*.jpg", "/usr/share/doc/**/*.jpeg", "/usr/share/doc/**/*.png",
-    "/usr/share/icons/Adwaita/512x512/*/*.png", "/usr/share/pixmaps/*.png",
-    "/usr/share/backgrounds/**/*.jpg", "/usr/share/wallpapers/**/*.jpg",
+    "/usr/share/doc/**/*.jpg",
+    "/usr/share/doc/**/*.jpeg",
+    "/usr/share/doc/**/*.png",
+    "/usr/share/icons/Adwaita/512x512/*/*.png",
+    "/usr/share/pixmaps/*.png",
+    "/usr/share/backgrounds/**/*.jpg",
+    "/usr/share/wallpapers/**/*.jpg",
     "/root/.rustup/toolchains/*/share/doc/rust/html/**/*.png",
     sys.prefix + "/lib/python3*/site-packages/**/*.png",
 )
-REAL_PHOTOS = ("/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/f3.jpg",
-               "/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/verify.jpeg")
+REAL_PHOTOS = (
+    "/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/f3.jpg",
+    "/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/verify.jpeg",
+)
 
 
 def _real_files(patterns: tuple[str, ...], limit: int, min_size: int = 20_000) -> list[str]:
@@ -271,8 +287,11 @@ PLANTED = planted_pictures()
 def test_exact_hashes_are_of_the_bytes() -> None:
     data = jpeg(natural(np.random.default_rng(1), 200, 150))
     h = hash_image_bytes(data)
-    assert (h.md5, h.sha1, h.sha256) == (hashlib.md5(data).hexdigest(), hashlib.sha1(data).hexdigest(),
-                                         hashlib.sha256(data).hexdigest())
+    assert (h.md5, h.sha1, h.sha256) == (
+        hashlib.md5(data).hexdigest(),
+        hashlib.sha1(data).hexdigest(),
+        hashlib.sha256(data).hexdigest(),
+    )
     assert h.pdq is not None and len(h.pdq) == 64 and int(h.pdq, 16) >= 0
     assert h.quality == 100 and h.pdq_error is None
     assert len(h.pdq_dihedral) == 8 and h.pdq_dihedral[0] == h.pdq
@@ -299,18 +318,22 @@ def _png_with_size(width: int, height: int) -> bytes:
     """A tiny valid PNG whose header claims width x height (a decompression bomb's calling card)."""
     data = bytearray(png(Image.new("L", (4, 4))))
     ihdr = 8 + 8  # signature, then length + "IHDR"
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
     return bytes(data)
 
 
-@pytest.mark.parametrize("name,data,error", [
-    ("empty", b"", "undecodable"),
-    ("not an image", b"<html><body>hello</body></html>", "undecodable"),
-    ("truncated jpeg", jpeg(natural(np.random.default_rng(4), 300, 200))[:1500], "undecodable"),
-    ("jpeg header only", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "undecodable"),
-    ("8000x8000 png header", _png_with_size(8000, 8000), "too large"),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
+@pytest.mark.parametrize(
+    "name,data,error",
+    [
+        ("empty", b"", "undecodable"),
+        ("not an image", b"<html><body>hello</body></html>", "undecodable"),
+        ("truncated jpeg", jpeg(natural(np.random.default_rng(4), 300, 200))[:1500], "undecodable"),
+        ("jpeg header only", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "undecodable"),
+        ("8000x8000 png header", _png_with_size(8000, 8000), "too large"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
+)
 def test_undecodable_images_get_no_pdq(name: str, data: bytes, error: str) -> None:
     h = hash_image_bytes(data)
     assert h.pdq is None and h.quality is None and h.pdq_dihedral == ()
@@ -371,8 +394,13 @@ def test_imagehash_file_json_and_module_cli(tmp_path: Path) -> None:
     assert ih.imagehash_file_json(str(junk))["pdq"] is None
     with pytest.raises(OSError):
         ih.imagehash_file_json(str(tmp_path / "missing.jpg"))
-    out = subprocess.run([sys.executable, "-m", "filterproxy.match.imagehash", str(pic), str(tmp_path / "missing")],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "filterproxy.match.imagehash", str(pic), str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert out.returncode == 1 and lines[0] == doc and "error" in lines[1]
 
@@ -391,13 +419,16 @@ def test_transformed_copies_of_a_planted_picture_match(name: str, picture: Image
     for tname, transform in TRANSFORMS.items():
         h = hash_image_bytes(transform(picture))
         m = index.match(h)
-        rows.append(f"{tname:24} distance={m.distance if m else '-':>3} variant={m.variant if m else '-'}"
-                    f" quality={h.quality}")
+        rows.append(
+            f"{tname:24} distance={m.distance if m else '-':>3} variant={m.variant if m else '-'} quality={h.quality}"
+        )
         if m is None or m.record != 42 or m.kind != "pdq":
             best = min(pdq_distance(v, planted.pdq) for v in h.pdq_dihedral) if h.pdq_dihedral else None
             misses.append(f"{tname} (closest variant {best})")
-    print(f"\n{name}: {len(TRANSFORMS) - len(misses)}/{len(TRANSFORMS)} transformed copies matched\n  "
-          + "\n  ".join(rows))
+    print(
+        f"\n{name}: {len(TRANSFORMS) - len(misses)}/{len(TRANSFORMS)} transformed copies matched\n  "
+        + "\n  ".join(rows)
+    )
     assert not misses, f"false negatives for {name}: {misses}"
 
 
@@ -417,8 +448,10 @@ def test_unrelated_pictures_do_not_match_the_planted_ones(unrelated: list[tuple[
         if m is not None:
             false_positives.append((name, m))
         closest = min(closest, *(index.nearest(v, 255)[0] for v in h.pdq_dihedral))
-    print(f"\n{len(unrelated)} unrelated pictures vs {len(planted)} planted: "
-          f"{len(false_positives)} false positives, closest distance {closest}")
+    print(
+        f"\n{len(unrelated)} unrelated pictures vs {len(planted)} planted: "
+        f"{len(false_positives)} false positives, closest distance {closest}"
+    )
     for fp in false_positives:
         print("  FALSE POSITIVE", fp)
     assert not false_positives
@@ -447,24 +480,27 @@ SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 PDQ = "f8f8f0cee0f4a84f06370a32038f67f0b36e2ed596623e1d33e6339c4e9c9b22"
 
 
-@pytest.mark.parametrize("line,declared,expected", [
-    (f"md5:{MD5}", None, ("md5", MD5, None)),
-    (f"MD5:{MD5.upper()}", None, ("md5", MD5, None)),
-    (f"sha1:{SHA1},item-7", None, ("sha1", SHA1, "item-7")),
-    (f"sha256:{SHA256}, case 2024/17 ", None, ("sha256", SHA256, "case 2024/17")),
-    (f'pdq:{PDQ},"id, with comma"', None, ("pdq", PDQ, "id, with comma")),
-    (f"pdq: {PDQ}", None, ("pdq", PDQ, None)),
-    (MD5, None, ("md5", MD5, None)),
-    (SHA1, None, ("sha1", SHA1, None)),
-    (SHA256, None, ("sha256", SHA256, None)),  # bare 64 digits: sha256 unless declared
-    (PDQ, "pdq", ("pdq", PDQ, None)),
-    (f"{PDQ},x1", "pdq", ("pdq", PDQ, "x1")),
-    (f"md5:{MD5}", "pdq", ("md5", MD5, None)),  # an explicit kind beats the declaration
-    (f"{PDQ},pdq,iwf,4711", None, ("pdq", PDQ, "4711")),  # CSV
-    (f"{MD5},md5,,", None, ("md5", MD5, None)),
-    (f"{SHA1},SHA1", None, ("sha1", SHA1, None)),
-    (f"  {SHA256} , sha256 , ncmec , a b ", None, ("sha256", SHA256, "a b")),
-])
+@pytest.mark.parametrize(
+    "line,declared,expected",
+    [
+        (f"md5:{MD5}", None, ("md5", MD5, None)),
+        (f"MD5:{MD5.upper()}", None, ("md5", MD5, None)),
+        (f"sha1:{SHA1},item-7", None, ("sha1", SHA1, "item-7")),
+        (f"sha256:{SHA256}, case 2024/17 ", None, ("sha256", SHA256, "case 2024/17")),
+        (f'pdq:{PDQ},"id, with comma"', None, ("pdq", PDQ, "id, with comma")),
+        (f"pdq: {PDQ}", None, ("pdq", PDQ, None)),
+        (MD5, None, ("md5", MD5, None)),
+        (SHA1, None, ("sha1", SHA1, None)),
+        (SHA256, None, ("sha256", SHA256, None)),  # bare 64 digits: sha256 unless declared
+        (PDQ, "pdq", ("pdq", PDQ, None)),
+        (f"{PDQ},x1", "pdq", ("pdq", PDQ, "x1")),
+        (f"md5:{MD5}", "pdq", ("md5", MD5, None)),  # an explicit kind beats the declaration
+        (f"{PDQ},pdq,iwf,4711", None, ("pdq", PDQ, "4711")),  # CSV
+        (f"{MD5},md5,,", None, ("md5", MD5, None)),
+        (f"{SHA1},SHA1", None, ("sha1", SHA1, None)),
+        (f"  {SHA256} , sha256 , ncmec , a b ", None, ("sha256", SHA256, "a b")),
+    ],
+)
 def test_list_line_forms(tmp_path: Path, line: str, declared: str | None, expected: tuple) -> None:
     p = tmp_path / "list.txt"
     p.write_text(f"# a comment\n\n{line}\n")
@@ -476,31 +512,36 @@ def test_csv_with_header_keeps_list_ids(tmp_path: Path) -> None:
     p.write_text(f"hash,kind,list_id,item_id\r\n{PDQ},pdq,iwf,1\r\n{MD5},md5,ncmec,\r\n{SHA1},sha1\r\n")
     entries = list(parse_imagehash_entries(str(p)))
     assert [(e.kind, e.item_id, e.list_id, e.line) for e in entries] == [
-        ("pdq", "1", "iwf", 2), ("md5", None, "ncmec", 3), ("sha1", None, None, 4)]
+        ("pdq", "1", "iwf", 2),
+        ("md5", None, "ncmec", 3),
+        ("sha1", None, None, 4),
+    ]
 
 
 def test_declaration_comment_and_bom(tmp_path: Path) -> None:
     p = tmp_path / "pdq.txt"
-    p.write_bytes(f"\ufeff# exported 2024-05-01\n# kind: pdq\n{PDQ}\n{PDQ.upper()},x\n# kind: md5\n{SHA256}\n"
-                  .encode())
+    p.write_bytes(f"\ufeff# exported 2024-05-01\n# kind: pdq\n{PDQ}\n{PDQ.upper()},x\n# kind: md5\n{SHA256}\n".encode())
     assert [e[0] for e in parse_imagehash_list(str(p))] == ["pdq", "pdq", "pdq"]  # late declarations ignored
     p.write_bytes(f"\ufeff{MD5}\n".encode())
     assert list(parse_imagehash_list(str(p))) == [("md5", MD5, None, 1)]
 
 
-@pytest.mark.parametrize("line,declared,why", [
-    ("hello world", None, "not a hash"),
-    ("abc123", None, "bare hash of 6 hex digits"),
-    (f"md4:{MD5}", None, "unknown hash kind 'md4'"),
-    (f"md5:{MD5}0", None, "expected 32 hex digits for md5, got 33"),
-    (f"sha1:{SHA1[:-1]}z", None, "non-hex character 'z'"),
-    (f"pdq:{PDQ[:60]}", None, "expected 64 hex digits for pdq, got 60"),
-    (MD5, "pdq", "expected 64 hex digits for pdq, got 32"),
-    (f"{MD5},md5,l,i,extra", None, "CSV row has 5 fields"),
-    (f"md5:{MD5},a,b", None, "3 comma-separated fields"),
-    (f"{PDQ[:63]}g,pdq,l,i", None, "non-hex character 'g'"),
-    ('"unterminated', None, "not a hash"),
-])
+@pytest.mark.parametrize(
+    "line,declared,why",
+    [
+        ("hello world", None, "not a hash"),
+        ("abc123", None, "bare hash of 6 hex digits"),
+        (f"md4:{MD5}", None, "unknown hash kind 'md4'"),
+        (f"md5:{MD5}0", None, "expected 32 hex digits for md5, got 33"),
+        (f"sha1:{SHA1[:-1]}z", None, "non-hex character 'z'"),
+        (f"pdq:{PDQ[:60]}", None, "expected 64 hex digits for pdq, got 60"),
+        (MD5, "pdq", "expected 64 hex digits for pdq, got 32"),
+        (f"{MD5},md5,l,i,extra", None, "CSV row has 5 fields"),
+        (f"md5:{MD5},a,b", None, "3 comma-separated fields"),
+        (f"{PDQ[:63]}g,pdq,l,i", None, "non-hex character 'g'"),
+        ('"unterminated', None, "not a hash"),
+    ],
+)
 def test_bad_lines_name_file_line_and_expectation(tmp_path: Path, line: str, declared: str | None, why: str) -> None:
     p = tmp_path / "bad.txt"
     p.write_text(f"md5:{MD5}\n{line}\n")
@@ -512,19 +553,33 @@ def test_bad_lines_name_file_line_and_expectation(tmp_path: Path, line: str, dec
 
 def test_skip_errors_yields_messages_and_goes_on(tmp_path: Path) -> None:
     p = tmp_path / "mixed.txt"
-    p.write_bytes(b"\n".join([f"md5:{MD5}".encode(), b"junk", b"\xff\xfe not utf-8", f"hash,kind\n{SHA1}".encode(),
-                              f"pdq:{PDQ}".encode()]) + b"\n")
+    p.write_bytes(
+        b"\n".join(
+            [
+                f"md5:{MD5}".encode(),
+                b"junk",
+                b"\xff\xfe not utf-8",
+                f"hash,kind\n{SHA1}".encode(),
+                f"pdq:{PDQ}".encode(),
+            ]
+        )
+        + b"\n"
+    )
     items = list(parse_imagehash_list(str(p), skip_errors=True))
     errors = [i for i in items if isinstance(i, str)]
     entries = [i for i in items if not isinstance(i, str)]
     assert [e[:2] for e in entries] == [("md5", MD5), ("sha1", SHA1), ("pdq", PDQ)]
-    assert errors == [f"{p}:2: not a hash: 'junk'; {ih._EXPECTED}", f"{p}:3: line is not UTF-8 text",
-                      f"{p}:4: CSV header row after the first entry"]
+    assert errors == [
+        f"{p}:2: not a hash: 'junk'; {ih._EXPECTED}",
+        f"{p}:3: line is not UTF-8 text",
+        f"{p}:4: CSV header row after the first entry",
+    ]
 
 
 def test_lists_loader_reads_image_hash_lists(tmp_path: Path) -> None:
     """The list store's imagehash parser (lists/parsers.py) consumes this module's output."""
     from filterproxy.lists import parsers
+
     p = tmp_path / "img.txt"
     p.write_text(f"md5:{MD5},i1\nnot-a-hash\npdq:{PDQ}\n")
     stats = parsers.ParseStats(str(p))

@@ -11,7 +11,6 @@ the proxy to a local image server, an `imagehash` extra list, and a local hotlin
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import re
 import subprocess
@@ -88,8 +87,10 @@ def setup(tmp_path_factory):
     h = hash_image_bytes(files["/planted.jpg"][1])
     assert h.quality >= 50
     listed = tmp / "csam.txt"
-    listed.write_text(f"# national hash list (test)\npdq:{h.pdq},item-0042\n"
-                      f"sha256:{hash_image_bytes(files['/exact.png'][1]).sha256},item-0043\n")
+    listed.write_text(
+        f"# national hash list (test)\npdq:{h.pdq},item-0042\n"
+        f"sha256:{hash_image_bytes(files['/exact.png'][1]).sha256},item-0043\n"
+    )
     endpoint = Endpoint().start()
     yield {"tmp": tmp, "pics": pics, "list": listed, "endpoint": endpoint, "files": files}
     endpoint.stop()
@@ -103,11 +104,30 @@ def running(setup):
     spool = tmp / "spool"
     log_path = tmp / "run.log"
     log = open(log_path, "wb")
-    cmd = [sys.executable, "-m", "filterproxy", "run", "--dns-listen", "off",
-           "--proxy-listen", f"127.0.0.1:{port}", "--proxy-workers", "2", "--metrics-listen", f"127.0.0.1:{mport}",
-           "--state-dir", str(tmp / "state"), "--client-group", "127.0.0.0/8=primary",
-           "--extra-list", f"imagehash:illegal:{setup['list']}",
-           "--report-endpoint", setup["endpoint"].url, "--spool", str(spool)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "filterproxy",
+        "run",
+        "--dns-listen",
+        "off",
+        "--proxy-listen",
+        f"127.0.0.1:{port}",
+        "--proxy-workers",
+        "2",
+        "--metrics-listen",
+        f"127.0.0.1:{mport}",
+        "--state-dir",
+        str(tmp / "state"),
+        "--client-group",
+        "127.0.0.0/8=primary",
+        "--extra-list",
+        f"imagehash:illegal:{setup['list']}",
+        "--report-endpoint",
+        setup["endpoint"].url,
+        "--spool",
+        str(spool),
+    ]
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp), start_new_session=True)
     deadline = time.monotonic() + 120
     while "proxy listening on" not in log_path.read_text(errors="replace"):
@@ -141,19 +161,25 @@ def test_listed_picture_and_rotated_copy_are_blocked_and_reported_once(setup, ru
         time.sleep(0.2)
     reports = sorted(endpoint.accepted.values(), key=lambda b: b["item_id"])
     assert [(b["item_id"], b["match_kind"]) for b in reports] == [
-        ("item-0042", "pdq"), ("item-0042", "pdq"), ("item-0043", "sha256")], reports
+        ("item-0042", "pdq"),
+        ("item-0042", "pdq"),
+        ("item-0043", "sha256"),
+    ], reports
     for b in reports:
         assert b["list_id"] == "extra-illegal-csam.txt", b
         assert b["url"] == "127.0.0.1"  # url_mode "host" by default: no path, no query
         assert b.get("client") is None  # never the child's identity unless an operator enables it
-        assert set(b) <= {"id", "time", "gateway_id", "list_id", "item_id", "match_kind", "distance", "url",
-                          "client"}
+        assert set(b) <= {"id", "time", "gateway_id", "list_id", "item_id", "match_kind", "distance", "url", "client"}
     assert reports[1]["distance"] <= 31 and reports[2]["distance"] == 0
     time.sleep(3)  # another delivery pass or two: nothing is sent twice
     assert all(n == 1 for n in endpoint.posts_per_id().values()), endpoint.posts_per_id()
 
-    out = subprocess.run([sys.executable, "-m", "filterproxy", "reports", "--spool", str(running["spool"]), "--json"],
-                         capture_output=True, text=True, cwd=str(setup["tmp"]))
+    out = subprocess.run(
+        [sys.executable, "-m", "filterproxy", "reports", "--spool", str(running["spool"]), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=str(setup["tmp"]),
+    )
     assert out.returncode == 0, out.stderr
     listing = json.loads(out.stdout)
     assert listing["pending"] == []
@@ -164,23 +190,23 @@ def test_listed_picture_and_rotated_copy_are_blocked_and_reported_once(setup, ru
     text = ""
     while time.monotonic() < deadline:
         text = urllib.request.urlopen(f"http://127.0.0.1:{running['mport']}/metrics", timeout=5).read().decode()
-        m = re.search(r'^filterproxy_reports_delivered_total (\S+)', text, re.M)
+        m = re.search(r"^filterproxy_reports_delivered_total (\S+)", text, re.M)
         pdq = re.search(r'^filterproxy_imagehash_matches_total\{[^}]*kind="pdq"[^}]*\} (\S+)', text, re.M)
         if m and float(m.group(1)) >= 3 and pdq and float(pdq.group(1)) >= 2:
             break
         time.sleep(1)
     assert re.search(r'^filterproxy_imagehash_matches_total\{[^}]*kind="pdq"[^}]*\} 2\.0$', text, re.M), text
     assert re.search(r'^filterproxy_imagehash_matches_total\{[^}]*kind="sha256"[^}]*\} 1\.0$', text, re.M), text
-    assert re.search(r'^filterproxy_reports_delivered_total 3\.0$', text, re.M), text
-    assert re.search(r'^filterproxy_reports_queue_depth 0\.0$', text, re.M), text
-    images = re.search(r'^filterproxy_imagehash_images_total (\S+)', text, re.M)
+    assert re.search(r"^filterproxy_reports_delivered_total 3\.0$", text, re.M), text
+    assert re.search(r"^filterproxy_reports_queue_depth 0\.0$", text, re.M), text
+    images = re.search(r"^filterproxy_imagehash_images_total (\S+)", text, re.M)
     assert images and float(images.group(1)) >= 4  # planted, rotated, exact, other
 
 
 def test_same_picture_again_is_not_hashed_twice_but_still_blocked(setup, running):
     def hashed() -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{running['mport']}/metrics", timeout=5).read().decode()
-        m = re.search(r'^filterproxy_imagehash_images_total (\S+)', text, re.M)
+        m = re.search(r"^filterproxy_imagehash_images_total (\S+)", text, re.M)
         return float(m.group(1)) if m else 0.0
 
     url = setup["pics"].url("/other.jpg")

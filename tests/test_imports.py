@@ -27,7 +27,8 @@ def _modules() -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST, module: str, is_pkg: bool) -> list[tuple[str, list[str]]]:
@@ -138,6 +139,10 @@ def test_no_import_cycles():
 
 
 def test_package_code_never_imports_cli_or_runner():
-    bad = sorted(f"{mod} imports {target}" for mod, targets in import_graph().items() for target in targets
-                 if target in ENTRY_POINTS and mod not in ALLOWED_ENTRY_IMPORTERS)
+    bad = sorted(
+        f"{mod} imports {target}"
+        for mod, targets in import_graph().items()
+        for target in targets
+        if target in ENTRY_POINTS and mod not in ALLOWED_ENTRY_IMPORTERS
+    )
     assert not bad, "\n".join(bad)

@@ -29,14 +29,27 @@ def _setup(tmp_path, upstream: FakeUpstream):
     (tmp_path / "policies" / "kids.yaml").write_text("name: Kids\nblock_categories: [adult]\nblock_mode: nxdomain\n")
     (tmp_path / "adult.txt").write_text("".join(f"blocked{i}.example\n" for i in range(1000)))
     cfg = tmp_path / "filterproxy.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "server": {"state_dir": str(tmp_path / "state")},
-        "upstreams": {"servers": [upstream.address], "timeout": 1.0},
-        "dns": {"allowed_networks": ["127.0.0.0/8"], "rate_limit": 0},
-        "policies_dir": "policies", "groups": ["kids"], "default_group": "kids",
-        "lists": [{"id": "adult", "category": "adult", "format": "domains", "match": "subdomains",
-                   "path": str(tmp_path / "adult.txt")}],
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"state_dir": str(tmp_path / "state")},
+                "upstreams": {"servers": [upstream.address], "timeout": 1.0},
+                "dns": {"allowed_networks": ["127.0.0.0/8"], "rate_limit": 0},
+                "policies_dir": "policies",
+                "groups": ["kids"],
+                "default_group": "kids",
+                "lists": [
+                    {
+                        "id": "adult",
+                        "category": "adult",
+                        "format": "domains",
+                        "match": "subdomains",
+                        "path": str(tmp_path / "adult.txt"),
+                    }
+                ],
+            }
+        )
+    )
     return cfg
 
 
@@ -48,8 +61,19 @@ def _ask(port: int, name: str) -> dns.message.Message:
 def running(tmp_path):
     up = FakeUpstream().start()
     cfg = _setup(tmp_path, up)
-    proc = ServerProcess(["--config", str(cfg), "--dns-listen", "127.0.0.1:0", "--proxy-listen", "off",
-                          "--metrics-listen", "127.0.0.1:0"], log_path=str(tmp_path / "run.log")).start()
+    proc = ServerProcess(
+        [
+            "--config",
+            str(cfg),
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "off",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        log_path=str(tmp_path / "run.log"),
+    ).start()
     yield proc, cfg, tmp_path
     proc.stop()
     up.stop()
@@ -81,8 +105,9 @@ def test_reload_under_load_loses_no_query(running):
     time.sleep(1.0)
     # the list changes (as 'lists update' would) and the reload is requested the way 'lists reload' does it
     (tmp / "adult.txt").write_text("".join(f"blocked{i}.example\n" for i in range(1000)) + "newly-listed.example\n")
-    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "reload", "--config", str(cfg)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "filterproxy", "lists", "reload", "--config", str(cfg)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -123,13 +148,24 @@ def test_prometheus_scrapes_blocked_counters(running, tmp_path):
     port = s.getsockname()[1]
     s.close()
     conf = tmp_path / "prometheus.yml"
-    conf.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "filterproxy", "static_configs": [{"targets": [target]}]}],
-    }))
-    p = subprocess.Popen([prom, f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.STDOUT)
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [{"job_name": "filterproxy", "static_configs": [{"targets": [target]}]}],
+            }
+        )
+    )
+    p = subprocess.Popen(
+        [
+            prom,
+            f"--config.file={conf}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

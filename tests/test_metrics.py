@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +70,7 @@ EXPECTED_METRICS = {
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Exposition text → {(sample name, labels): value}."""
     out = {}
@@ -116,6 +116,7 @@ def _zero_counters():
 
 # ----------------------------------------------------------------------------- exposition
 
+
 def test_counter_exposition_and_enum_labels():
     for _ in range(3):
         metrics.DNS_QUERIES.inc("primary", "A", "block", "udp")
@@ -133,17 +134,20 @@ def test_counter_exposition_and_enum_labels():
     assert metrics.DNS_QUERIES.value("primary", "A", Action.BLOCK, "udp") == 4
 
 
-@pytest.mark.parametrize("labels, expected", [
-    (("primary", 28, "allow", "udp"), ("primary", "AAAA", "allow", "udp")),     # numeric qtype
-    (("primary", "aaaa", "allow", "udp"), ("primary", "AAAA", "allow", "udp")),  # lower case
-    (("primary", "WKS", "allow", "udp"), ("primary", "other", "allow", "udp")),  # rare qtype
-    (("primary", 99, "allow", "udp"), ("primary", "other", "allow", "udp")),
-    (("primary", "A", "allow", "smtp"), ("primary", "A", "allow", "other")),     # closed set
-    (("www.example.com/x?y", "A", "allow", "udp"), ("other", "A", "allow", "udp")),  # never a name as label
-    (("192.168.1.23", "A", "allow", "udp"), ("other", "A", "allow", "udp")),       # nor an address
-    (("2001:db8::1", "A", "allow", "udp"), ("other", "A", "allow", "udp")),
-    (("media.example", "A", "allow", "udp"), ("other", "A", "allow", "udp")),
-])
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (("primary", 28, "allow", "udp"), ("primary", "AAAA", "allow", "udp")),  # numeric qtype
+        (("primary", "aaaa", "allow", "udp"), ("primary", "AAAA", "allow", "udp")),  # lower case
+        (("primary", "WKS", "allow", "udp"), ("primary", "other", "allow", "udp")),  # rare qtype
+        (("primary", 99, "allow", "udp"), ("primary", "other", "allow", "udp")),
+        (("primary", "A", "allow", "smtp"), ("primary", "A", "allow", "other")),  # closed set
+        (("www.example.com/x?y", "A", "allow", "udp"), ("other", "A", "allow", "udp")),  # never a name as label
+        (("192.168.1.23", "A", "allow", "udp"), ("other", "A", "allow", "udp")),  # nor an address
+        (("2001:db8::1", "A", "allow", "udp"), ("other", "A", "allow", "udp")),
+        (("media.example", "A", "allow", "udp"), ("other", "A", "allow", "udp")),
+    ],
+)
 def test_label_values_fold_to_bounded_sets(labels, expected):
     metrics.DNS_QUERIES.inc(*labels)
     metrics.DNS_QUERIES.inc(*labels)
@@ -253,6 +257,7 @@ def test_hot_path_cost_is_a_dict_update():
 
 # ----------------------------------------------------------------------------- serving
 
+
 def test_serve_metrics_healthz_404_gzip():
     metrics.HTTP_BLOCKED.inc("teen", "gambling")
     srv = metrics.serve(":0")  # no host → loopback
@@ -308,25 +313,33 @@ def test_serve_rejects_unknown_hash_format():
 
 
 def test_serve_tls(tmp_path):
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key_ = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key_.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key_, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key_.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key_, hashes.SHA256())
+    )
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
     certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(key_.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    keyfile.write_bytes(
+        key_.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     srv = metrics.serve("127.0.0.1:0", certfile=str(certfile), keyfile=str(keyfile))
     try:
         assert srv.url.startswith("https://")
@@ -342,13 +355,16 @@ def test_serve_tls(tmp_path):
         srv.close()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:9108", ("127.0.0.1", 9108)),
-    (":9108", ("127.0.0.1", 9108)),
-    ("9108", ("127.0.0.1", 9108)),
-    ("0.0.0.0:9108", ("0.0.0.0", 9108)),
-    ("[::1]:9108", ("::1", 9108)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:9108", ("127.0.0.1", 9108)),
+        (":9108", ("127.0.0.1", 9108)),
+        ("9108", ("127.0.0.1", 9108)),
+        ("0.0.0.0:9108", ("0.0.0.0", 9108)),
+        ("[::1]:9108", ("::1", 9108)),
+    ],
+)
 def test_parse_listen(text, expected):
     assert metrics.parse_listen(text) == expected
 
@@ -409,8 +425,13 @@ class Worker:
     """A real process using filterproxy.metrics with a shared directory, driven over stdin."""
 
     def __init__(self, script: Path, directory: Path):
-        self.p = subprocess.Popen([sys.executable, str(script), str(directory)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+        self.p = subprocess.Popen(
+            [sys.executable, str(script), str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(REPO),
+        )
 
     def __call__(self, line: str) -> str:
         assert self.p.stdin and self.p.stdout
@@ -582,9 +603,12 @@ def test_multiprocess_fork_child_starts_from_zero(mp):
 def test_enable_multiprocess_in_this_process(tmp_path):
     """The same path in-process (the pytest process serving its own registry)."""
     d = tmp_path / "m"
-    foreign = {"pid": 999999999, "start": 1, "written": time.time(),
-               "metrics": {"filterproxy_dns_malformed_total": [[[], 41]],
-                           "filterproxy_not_a_metric_any_more": [[[], 1]]}}
+    foreign = {
+        "pid": 999999999,
+        "start": 1,
+        "written": time.time(),
+        "metrics": {"filterproxy_dns_malformed_total": [[[], 41]], "filterproxy_not_a_metric_any_more": [[[], 1]]},
+    }
     d.mkdir()
     (d / "999999999-abcdef.json").write_text(json.dumps(foreign))  # a dead process's state
     metrics.enable_multiprocess(str(d), interval=3600)
@@ -601,6 +625,7 @@ def test_enable_multiprocess_in_this_process(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Pushgateway
+
 
 @pytest.fixture
 def pushgateway(tmp_path):
@@ -627,8 +652,18 @@ def test_pusher_pushes_with_grouping_key(pushgateway):
     s = samples(requests.get(f"{pushgateway}/metrics", timeout=5).text)
     labels = dict(job="filterproxy", instance="", **group)
     got = {k: v for k, v in s.items() if k[0] == "filterproxy_dns_blocked_total"}
-    assert got[key("filterproxy_dns_blocked_total", group="lower-secondary", category="gambling",
-                   reason="category", **labels)] == 3
+    assert (
+        got[
+            key(
+                "filterproxy_dns_blocked_total",
+                group="lower-secondary",
+                category="gambling",
+                reason="category",
+                **labels,
+            )
+        ]
+        == 3
+    )
     assert s[key("push_time_seconds", **labels)] > time.time() - 60
     assert s[key("push_failure_time_seconds", **labels)] == 0
 
@@ -638,8 +673,18 @@ def test_pusher_pushes_with_grouping_key(pushgateway):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         s = samples(requests.get(f"{pushgateway}/metrics", timeout=5).text)
-        if s.get(key("filterproxy_dns_blocked_total", group="lower-secondary", category="gambling",
-                     reason="category", **labels)) == 5:
+        if (
+            s.get(
+                key(
+                    "filterproxy_dns_blocked_total",
+                    group="lower-secondary",
+                    category="gambling",
+                    reason="category",
+                    **labels,
+                )
+            )
+            == 5
+        ):
             break
         time.sleep(0.1)
     else:
@@ -714,8 +759,9 @@ def test_no_other_module_defines_metrics():
         if path.parent == METRICS_PACKAGE:
             continue
         text = path.read_text(errors="replace")
-        if re.search(r"from prometheus_client import|import prometheus_client|\"filterproxy_[a-z_]+_(total|seconds)\"",
-                     text):
+        if re.search(
+            r"from prometheus_client import|import prometheus_client|\"filterproxy_[a-z_]+_(total|seconds)\"", text
+        ):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, offenders
 

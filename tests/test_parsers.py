@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import LISTS
 
 from filterproxy.lists import parsers
 from filterproxy.lists.parsers import ALLOW, BOTH, EXACT, SUBS, ParseStats, iter_entries
-
-from conftest import LISTS
 
 
 def parse_file(fmt: str, path, match=None):
@@ -115,41 +114,50 @@ def test_stevenblack_oddities(data_dir):
     assert all(n == n.strip() for n in names)  # trailing spaces stripped
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("||a.com^", [("domain", "a.com", BOTH)]),
-    ("|a.com^|", [("domain", "a.com", EXACT)]),
-    ("@@||a.com^", [("domain", "a.com", BOTH | ALLOW)]),
-    ("@@|a.com^|", [("domain", "a.com", EXACT | ALLOW)]),
-    ("||A.COM.^", [("domain", "a.com", BOTH)]),
-    ("||bücher.de^", [("domain", "xn--bcher-kva.de", BOTH)]),
-    ("||x.com^$third-party", []),  # not applicable to DNS names: skipped and counted
-    ("||x.com/path^", []),
-    ("! comment", []),
-    ("[Adblock Plus]", []),
-    ("/^ad[0-9]+\\./", [("regex", "^ad[0-9]+\\.", 0)]),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("||a.com^", [("domain", "a.com", BOTH)]),
+        ("|a.com^|", [("domain", "a.com", EXACT)]),
+        ("@@||a.com^", [("domain", "a.com", BOTH | ALLOW)]),
+        ("@@|a.com^|", [("domain", "a.com", EXACT | ALLOW)]),
+        ("||A.COM.^", [("domain", "a.com", BOTH)]),
+        ("||bücher.de^", [("domain", "xn--bcher-kva.de", BOTH)]),
+        ("||x.com^$third-party", []),  # not applicable to DNS names: skipped and counted
+        ("||x.com/path^", []),
+        ("! comment", []),
+        ("[Adblock Plus]", []),
+        ("/^ad[0-9]+\\./", [("regex", "^ad[0-9]+\\.", 0)]),
+    ],
+)
 def test_adblock_rules(text, expected):
     st = ParseStats("t")
     got = [(e.kind, e.value, e.flags) for e in parsers.parse_adblock(io.StringIO(text + "\n"), st)]
     assert got == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("*.a.com", [("domain", "a.com", BOTH)]),
-    ("a.com", [("domain", "a.com", EXACT)]),
-    ("# c", []),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("*.a.com", [("domain", "a.com", BOTH)]),
+        ("a.com", [("domain", "a.com", EXACT)]),
+        ("# c", []),
+    ],
+)
 def test_wildcard_rules(text, expected):
     got = [(e.kind, e.value, e.flags) for e in parsers.parse_wildcard(io.StringIO(text + "\n"), ParseStats("t"))]
     assert got == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("0.0.0.0 a.com b.com # x", [("a.com", EXACT), ("b.com", EXACT)]),
-    ("127.0.0.1\tlocalhost", []),
-    (":: ipv6.example", [("ipv6.example", EXACT)]),
-    ("0.0.0.0 UPPER.Example.COM.", [("upper.example.com", EXACT)]),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("0.0.0.0 a.com b.com # x", [("a.com", EXACT), ("b.com", EXACT)]),
+        ("127.0.0.1\tlocalhost", []),
+        (":: ipv6.example", [("ipv6.example", EXACT)]),
+        ("0.0.0.0 UPPER.Example.COM.", [("upper.example.com", EXACT)]),
+    ],
+)
 def test_hosts_lines(text, expected):
     got = [(e.value, e.flags) for e in parsers.parse_hosts(io.StringIO(text + "\n"), ParseStats("t"))]
     assert got == expected
@@ -164,8 +172,10 @@ def test_hosts_garbage_is_reported_with_file_and_line():
 
 
 def test_rpz_relative_names_and_passthru():
-    text = "$ORIGIN rpz.example.\n@ SOA a. b. 1 2 3 4 5\n  NS a.\nbad.com CNAME .\n*.bad.com CNAME .\nok.bad.com CNAME rpz-passthru.\n" \
-           "abs.net.rpz.example. CNAME .\n32.1.0.0.127.rpz-ip CNAME .\n"
+    text = (
+        "$ORIGIN rpz.example.\n@ SOA a. b. 1 2 3 4 5\n  NS a.\nbad.com CNAME .\n*.bad.com CNAME .\nok.bad.com CNAME rpz-passthru.\n"
+        "abs.net.rpz.example. CNAME .\n32.1.0.0.127.rpz-ip CNAME .\n"
+    )
     st = ParseStats("z")
     got = [(e.value, e.flags) for e in parsers.parse_rpz(io.StringIO(text), st)]
     assert got == [("bad.com", EXACT), ("bad.com", SUBS), ("ok.bad.com", EXACT | ALLOW), ("abs.net", EXACT)]

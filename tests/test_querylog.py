@@ -17,17 +17,20 @@ from filterproxy.verdict import Action
 UTC7 = dt.timezone(dt.timedelta(hours=7))  # Asia/Ho_Chi_Minh has no DST
 
 
-@pytest.mark.parametrize("address, expected", [
-    ("192.168.1.23", "192.168.1.0/24"),
-    ("10.20.30.40", "10.20.30.0/24"),
-    ("2001:db8:abcd:12:1:2:3:4", "2001:db8:abcd::/48"),
-    ("2001:db8:abcd:ffff::1", "2001:db8:abcd::/48"),
-    ("::ffff:203.0.113.9", "203.0.113.0/24"),     # IPv4-mapped: anonymised as IPv4
-    ("[2001:db8:1:2::5]", "2001:db8:1::/48"),     # bracketed
-    ("fe80::1%eth0", "fe80::/48"),                # scope id dropped
-    ("not-an-ip", "invalid"),
-    ("", "invalid"),
-])
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("192.168.1.23", "192.168.1.0/24"),
+        ("10.20.30.40", "10.20.30.0/24"),
+        ("2001:db8:abcd:12:1:2:3:4", "2001:db8:abcd::/48"),
+        ("2001:db8:abcd:ffff::1", "2001:db8:abcd::/48"),
+        ("::ffff:203.0.113.9", "203.0.113.0/24"),  # IPv4-mapped: anonymised as IPv4
+        ("[2001:db8:1:2::5]", "2001:db8:1::/48"),  # bracketed
+        ("fe80::1%eth0", "fe80::/48"),  # scope id dropped
+        ("not-an-ip", "invalid"),
+        ("", "invalid"),
+    ],
+)
 def test_anonymise_ip(address, expected):
     assert anonymise_ip(address) == expected
 
@@ -48,8 +51,15 @@ def test_entries_are_anonymised_by_default(tmp_path):
         ql.log(when, "192.168.1.23", "primary", "example.com", "A", Action.BLOCK, "adult")
         ql.log(when.timestamp(), "2001:db8:abcd:12::99", "teen", "xn--bcher-kva.example", "AAAA", "allow", None)
     rows = read_day(tmp_path, day)
-    assert rows[0] == {"time": f"{day}T09:15:00.000+07:00", "client": "192.168.1.0/24", "group": "primary",
-                       "qname": "example.com", "qtype": "A", "action": "block", "category": "adult"}
+    assert rows[0] == {
+        "time": f"{day}T09:15:00.000+07:00",
+        "client": "192.168.1.0/24",
+        "group": "primary",
+        "qname": "example.com",
+        "qtype": "A",
+        "action": "block",
+        "category": "adult",
+    }
     assert rows[1]["client"] == "2001:db8:abcd::/48"
     assert rows[1]["category"] is None
     text = (tmp_path / f"querylog-{day}.jsonl").read_text()

@@ -273,12 +273,15 @@ def test_crash_right_after_submit_then_restart_delivers_once(tmp_path: Path, end
 
 
 def test_sigkill_while_submitting_loses_no_acknowledged_report(tmp_path: Path, endpoint: Endpoint) -> None:
-    child = run_child(f"""
+    child = run_child(
+        f"""
         s = ReportSpool({str(tmp_path)!r}, None, gateway_id="gw-child")
         for i in range(100000):
             r = s.submit(list_id="vn-csam", item_id=str(i), match_kind="md5", url="https://bad.example/")
             print(r.id, flush=True)
-    """, wait=False)
+    """,
+        wait=False,
+    )
     acknowledged = []
     try:
         assert child.stdout is not None
@@ -327,15 +330,19 @@ def test_crash_between_post_and_move_resends_the_same_id_once(tmp_path: Path, en
 URL = "https://user:secret@Bad.Example:8443/pics/a.jpg?x=1#frag"
 
 
-@pytest.mark.parametrize("url_mode,expected_url", [
-    ("host", "bad.example"),
-    ("full", "https://bad.example:8443/pics/a.jpg?x=1"),
-    ("none", None),
-    ("hashed", "hash"),
-])
+@pytest.mark.parametrize(
+    "url_mode,expected_url",
+    [
+        ("host", "bad.example"),
+        ("full", "https://bad.example:8443/pics/a.jpg?x=1"),
+        ("none", None),
+        ("hashed", "hash"),
+    ],
+)
 @pytest.mark.parametrize("include_client", [False, True])
-def test_what_leaves_the_gateway(tmp_path: Path, endpoint: Endpoint, url_mode: str, expected_url: str | None,
-                                 include_client: bool) -> None:
+def test_what_leaves_the_gateway(
+    tmp_path: Path, endpoint: Endpoint, url_mode: str, expected_url: str | None, include_client: bool
+) -> None:
     from PIL import Image
 
     from filterproxy.match.imagehash import ImageHashIndex, hash_image_bytes
@@ -351,10 +358,16 @@ def test_what_leaves_the_gateway(tmp_path: Path, endpoint: Endpoint, url_mode: s
     assert match is not None
 
     spool = fast_spool(tmp_path, endpoint.url, url_mode=url_mode, include_client=include_client, token="s3cret-token")
-    r = spool.submit(list_id="vn-csam", item_id="case-9", match_kind=match.kind, distance=match.distance,
-                     url=URL, client="192.168.77.23")
+    r = spool.submit(
+        list_id="vn-csam",
+        item_id="case-9",
+        match_kind=match.kind,
+        distance=match.distance,
+        url=URL,
+        client="192.168.77.23",
+    )
     assert spool.deliver_pending() == (1, 0)
-    (headers, body, raw, _), = endpoint.posts
+    ((headers, body, raw, _),) = endpoint.posts
     assert set(body) == REPORT_FIELDS and body == r.__dict__
     assert headers["Authorization"] == "Bearer s3cret-token" and headers["Idempotency-Key"] == r.id
     assert body["match_kind"] == "pdq" and body["list_id"] == "vn-csam" and body["item_id"] == "case-9"
@@ -384,17 +397,20 @@ def test_submit_refuses_picture_data_and_bad_config(tmp_path: Path) -> None:
     assert spool.queue_depth == 0
 
 
-@pytest.mark.parametrize("url,mode,expected", [
-    ("https://Bad.Example/a.jpg", "host", "bad.example"),
-    ("bad.example/a.jpg", "host", "bad.example"),
-    ("http://[2001:db8::1]:8080/x", "host", "2001:db8::1"),
-    ("http://[2001:db8::1]:8080/x#y", "full", "http://[2001:db8::1]:8080/x"),
-    ("HTTP://u@h.example", "full", "http://h.example/"),
-    ("http://bad.example/a.jpg", "hashed", None),  # checked below against the canonical form
-    ("", "host", None),
-    (None, "full", None),
-    ("http://:80/", "host", None),
-])
+@pytest.mark.parametrize(
+    "url,mode,expected",
+    [
+        ("https://Bad.Example/a.jpg", "host", "bad.example"),
+        ("bad.example/a.jpg", "host", "bad.example"),
+        ("http://[2001:db8::1]:8080/x", "host", "2001:db8::1"),
+        ("http://[2001:db8::1]:8080/x#y", "full", "http://[2001:db8::1]:8080/x"),
+        ("HTTP://u@h.example", "full", "http://h.example/"),
+        ("http://bad.example/a.jpg", "hashed", None),  # checked below against the canonical form
+        ("", "host", None),
+        (None, "full", None),
+        ("http://:80/", "host", None),
+    ],
+)
 def test_reduce_url(url: str | None, mode: str, expected: str | None) -> None:
     got = reduce_url(url, mode)
     if mode == "hashed":

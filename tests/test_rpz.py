@@ -14,10 +14,10 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from dnslib import RR, QTYPE, A
+from conftest import DATA, LISTS, write_config
+from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 
-from conftest import DATA, LISTS, REPO, write_config
 from filterproxy.config import load_config
 from filterproxy.lists.rpz import export_rpz
 from filterproxy.lists.store import build_snapshot
@@ -44,21 +44,27 @@ def free_port() -> int:
 def engine(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("rpz")
     (tmp / "national.txt").write_text("forbidden.example\nwikipedia-bad.wikipedia.org\n")
-    cfg = write_config(tmp, f"""
+    cfg = write_config(
+        tmp,
+        f"""
         default_group: kid
         lists:
           - {{id: national, category: illegal, format: domains, match: subdomains, path: national.txt}}
-          - {{id: social, category: social, format: wildcard, path: {LISTS / 'hagezi/wildcard/social.txt'}}}
-          - {{id: doh, category: bypass, format: rpz, path: {LISTS / 'hagezi/rpz/doh.txt'}}}
-          - {{id: gambling, category: gambling, format: hosts, path: {LISTS / 'sinfonietta/gambling-hosts.txt'}}}
-          - {{id: dating, category: dating, format: ut1, path: {LISTS / 'ut1/dating'}}}
-          - {{id: games, category: games, format: ut1, path: {LISTS / 'ut1/games'}}}
-    """, {"kid": """
+          - {{id: social, category: social, format: wildcard, path: {LISTS / "hagezi/wildcard/social.txt"}}}
+          - {{id: doh, category: bypass, format: rpz, path: {LISTS / "hagezi/rpz/doh.txt"}}}
+          - {{id: gambling, category: gambling, format: hosts, path: {LISTS / "sinfonietta/gambling-hosts.txt"}}}
+          - {{id: dating, category: dating, format: ut1, path: {LISTS / "ut1/dating"}}}
+          - {{id: games, category: games, format: ut1, path: {LISTS / "ut1/games"}}}
+    """,
+        {
+            "kid": """
         name: Kid
         block_categories: [social, bypass, gambling, dating]
         allow: [wikipedia.org, instagram.com]
         block: [custom-block.example]
-    """})
+    """
+        },
+    )
     config = load_config(str(cfg))
     return Engine(config, build_snapshot(config.lists))
 
@@ -75,7 +81,9 @@ def test_unbound_with_exported_rpz_agrees_with_filterproxy(engine, tmp_path):
     up_port, ub_port = free_port(), free_port()
     from dnslib.server import DNSLogger
 
-    upstream = DNSServer(AnswerEverything(), port=up_port, address="127.0.0.1", logger=DNSLogger("-request,-reply,-truncated"))
+    upstream = DNSServer(
+        AnswerEverything(), port=up_port, address="127.0.0.1", logger=DNSLogger("-request,-reply,-truncated")
+    )
     upstream.start_thread()
     conf = tmp_path / "unbound.conf"
     conf.write_text(f"""
@@ -125,11 +133,25 @@ forward-zone:
         with gzip.open(DATA / "queries/cloudflare_radar_top100k_2024-01-22_2024-01-29.csv.gz", "rt") as f:
             next(f)
             popular = [line.strip() for line in f if line.strip()]
-        names = (rnd.sample(listed, 1500) + [f"sub.{n}" for n in rnd.sample(listed, 500)] + rnd.sample(popular, 1000)
-                 + rnd.sample(other, 300))
-        names += ["forbidden.example", "x.forbidden.example", "wikipedia.org", "en.wikipedia.org",
-                  "wikipedia-bad.wikipedia.org", "instagram.com", "www.instagram.com", "custom-block.example",
-                  "use-application-dns.net", "facebook.com", "m.facebook.com"]
+        names = (
+            rnd.sample(listed, 1500)
+            + [f"sub.{n}" for n in rnd.sample(listed, 500)]
+            + rnd.sample(popular, 1000)
+            + rnd.sample(other, 300)
+        )
+        names += [
+            "forbidden.example",
+            "x.forbidden.example",
+            "wikipedia.org",
+            "en.wikipedia.org",
+            "wikipedia-bad.wikipedia.org",
+            "instagram.com",
+            "www.instagram.com",
+            "custom-block.example",
+            "use-application-dns.net",
+            "facebook.com",
+            "m.facebook.com",
+        ]
         disagreements = []
         blocked = 0
         for name in names:

@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import REPO, write_config
+
 from filterproxy.config import load_config
 from filterproxy.lists import commands, snapshot_cache
 from filterproxy.lists.parsers import ListError
@@ -50,10 +50,12 @@ def test_save_load_roundtrip_with_every_kind(tmp_path, data_dir):
 
     (tmp_path / "h.txt").write_text("0.0.0.0 a.example\n1.2.3.4\n")
     (tmp_path / "rx.txt").write_text("/^ads[0-9]+\\./\n")
-    sources = [ListSource("h", "adult", "hosts", str(tmp_path / "h.txt")),
-               ListSource("rx", "adult", "adblock", str(tmp_path / "rx.txt")),
-               ListSource("ut1", "dating", "ut1", str(LISTS / "ut1/dating")),
-               ListSource("ips", "bypass", "domains", str(LISTS / "hagezi/ips/doh.txt"))]
+    sources = [
+        ListSource("h", "adult", "hosts", str(tmp_path / "h.txt")),
+        ListSource("rx", "adult", "adblock", str(tmp_path / "rx.txt")),
+        ListSource("ut1", "dating", "ut1", str(LISTS / "ut1/dating")),
+        ListSource("ips", "bypass", "domains", str(LISTS / "hagezi/ips/doh.txt")),
+    ]
     snap = build_snapshot(sources)
     save_snapshot(snap, str(tmp_path / "s"))
     loaded = load_snapshot(str(tmp_path / "s"))
@@ -87,11 +89,19 @@ def test_compile_error_names_the_list(tmp_path):
 
 
 def _config(tmp_path, url):
-    return load_config(str(write_config(tmp_path, f"""
-        server: {{state_dir: {tmp_path / 'state'}}}
+    return load_config(
+        str(
+            write_config(
+                tmp_path,
+                f"""
+        server: {{state_dir: {tmp_path / "state"}}}
         lists:
           - {{id: remote, category: adult, format: domains, url: {url}/list.txt}}
-    """, {"g": "name: G\nblock_categories: [adult]\n"})))
+    """,
+                {"g": "name: G\nblock_categories: [adult]\n"},
+            )
+        )
+    )
 
 
 def test_update_keeps_last_good_on_bad_download_and_shrink(tmp_path, served, capsys):
@@ -131,17 +141,27 @@ def test_update_with_server_down_keeps_serving(tmp_path, served):
 def _local_config(tmp_path):
     """A config with one local domain list and no bundle keys."""
     (tmp_path / "blocked.txt").write_text("".join(f"n{i}.example\n" for i in range(50)))
-    return load_config(str(write_config(tmp_path, f"""
-        server: {{state_dir: {tmp_path / 'state'}}}
+    return load_config(
+        str(
+            write_config(
+                tmp_path,
+                f"""
+        server: {{state_dir: {tmp_path / "state"}}}
         default_group: g
         lists:
-          - {{id: local, category: adult, format: domains, match: subdomains, path: {tmp_path / 'blocked.txt'}}}
-    """, {"g": "name: G\nblock_categories: [adult]\n"})))
+          - {{id: local, category: adult, format: domains, match: subdomains, path: {tmp_path / "blocked.txt"}}}
+    """,
+                {"g": "name: G\nblock_categories: [adult]\n"},
+            )
+        )
+    )
 
 
 def test_records_of_the_wrong_size_make_an_unreadable_snapshot_naming_the_file(tmp_path):
     cfg = _local_config(tmp_path)
-    folder = snapshot_cache.compile_snapshot(snapshot_cache.available_sources(cfg), snapshot_cache.snapshots_dir(cfg.server.state_dir))
+    folder = snapshot_cache.compile_snapshot(
+        snapshot_cache.available_sources(cfg), snapshot_cache.snapshots_dir(cfg.server.state_dir)
+    )
     records = os.path.join(folder, "domains.records")
     assert os.path.getsize(records) == 7 * 50
     with open(records, "ab") as f:
@@ -189,8 +209,13 @@ def test_serving_domain_lists_imports_neither_numpy_nor_cryptography(tmp_path):
     """Without bundle keys the serving process needs neither (~15 MB + ~8 MB of RSS): compiling the
     snapshot (numpy) happens in a child process, bundles (cryptography) only when keys are pinned."""
     _local_config(tmp_path)
-    r = subprocess.run([sys.executable, "-c", _SERVE_IMPORTS, str(tmp_path / "filterproxy.yaml")],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _SERVE_IMPORTS, str(tmp_path / "filterproxy.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "[] True", r.stdout + r.stderr
 
@@ -200,20 +225,34 @@ def test_lists_update_with_state_dir_writes_under_that_folder(tmp_path, served):
     configured state folder (downloaded lists' paths follow the state folder in use)."""
     files, base = served
     files["list.txt"] = "".join(f"n{i}.example\n" for i in range(10)).encode()
-    cfg_path = write_config(tmp_path, f"""
-        server: {{state_dir: {tmp_path / 'configured'}}}
+    cfg_path = write_config(
+        tmp_path,
+        f"""
+        server: {{state_dir: {tmp_path / "configured"}}}
         lists:
           - {{id: remote, category: adult, format: domains, url: {base}/list.txt}}
-    """, {"g": "name: G\nblock_categories: [adult]\n"})
+    """,
+        {"g": "name: G\nblock_categories: [adult]\n"},
+    )
     other = tmp_path / "other"
-    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "update", "--config", str(cfg_path),
-                        "--state-dir", str(other)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "filterproxy", "lists", "update", "--config", str(cfg_path), "--state-dir", str(other)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (other / "lists" / "remote.txt").read_bytes() == files["list.txt"]
     assert not (tmp_path / "configured" / "lists").exists()
     current = other / "snapshots" / "current"
     assert load_snapshot(str(current)).total_entries == 10
-    r = subprocess.run([sys.executable, "-m", "filterproxy", "lists", "show", "--config", str(cfg_path),
-                        "--state-dir", str(other)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "filterproxy", "lists", "show", "--config", str(cfg_path), "--state-dir", str(other)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0 and "remote" in r.stdout, r.stdout + r.stderr
     assert not (tmp_path / "configured").exists()

@@ -52,10 +52,13 @@ def test_functions_are_short() -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (name, line, length): {long}"
 
 
-@pytest.mark.parametrize("src,expected", [
-    ("def f():\n" + "    x = 1\n" * 90, ["f"]),
-    ('def f():\n    """The measured hot loop."""\n' + "    x = 1\n" * 90, []),
-    ("def f():\n" + "    x = 1\n" * 10, []),
-])
+@pytest.mark.parametrize(
+    "src,expected",
+    [
+        ("def f():\n" + "    x = 1\n" * 90, ["f"]),
+        ('def f():\n    """The measured hot loop."""\n' + "    x = 1\n" * 90, []),
+        ("def f():\n" + "    x = 1\n" * 10, []),
+    ],
+)
 def test_the_length_check_itself(src: str, expected: list[str]) -> None:
     assert [name for name, _, _ in _long_functions(ast.parse(src))] == expected

@@ -15,21 +15,30 @@ NORMALIZE = [
     ("020sextoy.com/sk", ("020sextoy.com", "/sk")),
     ("dmoz.org/World/Espa%c3%b1ol/Juegos/", ("dmoz.org", "/world/espa%C3%B1ol/juegos/")),
     ("active.ig-identitylockguard.com/.", ("active.ig-identitylockguard.com", "/")),
-    ("demo.mwebhost.com/application/helpers/./META25SF3/us/",
-     ("demo.mwebhost.com", "/application/helpers/meta25sf3/us/")),
+    (
+        "demo.mwebhost.com/application/helpers/./META25SF3/us/",
+        ("demo.mwebhost.com", "/application/helpers/meta25sf3/us/"),
+    ),
     ("danskporn.dk/#p2", ("danskporn.dk", "/")),  # the fragment never reaches the proxy
-    ("1momentactivate.de/mrno/index.html#tel1%40firstoceanic.com.ph",
-     ("1momentactivate.de", "/mrno/index.html")),
-    ("clouddoc-authorize.firebaseapp.com/...",
-     ("clouddoc-authorize.firebaseapp.com", "/...")),  # "..." is not a dot segment
+    ("1momentactivate.de/mrno/index.html#tel1%40firstoceanic.com.ph", ("1momentactivate.de", "/mrno/index.html")),
+    (
+        "clouddoc-authorize.firebaseapp.com/...",
+        ("clouddoc-authorize.firebaseapp.com", "/..."),
+    ),  # "..." is not a dot segment
     ("45.90.163.37//arm4", ("45.90.163.37", "/arm4")),
     ("gosexy.it/index.php?", ("gosexy.it", "/index.php?")),
-    ("ex9prrrbi.viphoneys-haven.com/p1wr4eh?t=spain_cloaka&cid=ytszzjk0mgzlymq5",
-     ("ex9prrrbi.viphoneys-haven.com", "/p1wr4eh?t=spain_cloaka&cid=ytszzjk0mgzlymq5")),
-    ("shopmania.fr/adultes/hustler-lingerie/type:bondage-et-bdsm",
-     ("shopmania.fr", "/adultes/hustler-lingerie/type:bondage-et-bdsm")),
-    ("archive.transformativeworks.org/users/Mind_Of_Chaos/pseuds/Mind_Of_Chaos",
-     ("archive.transformativeworks.org", "/users/mind_of_chaos/pseuds/mind_of_chaos")),
+    (
+        "ex9prrrbi.viphoneys-haven.com/p1wr4eh?t=spain_cloaka&cid=ytszzjk0mgzlymq5",
+        ("ex9prrrbi.viphoneys-haven.com", "/p1wr4eh?t=spain_cloaka&cid=ytszzjk0mgzlymq5"),
+    ),
+    (
+        "shopmania.fr/adultes/hustler-lingerie/type:bondage-et-bdsm",
+        ("shopmania.fr", "/adultes/hustler-lingerie/type:bondage-et-bdsm"),
+    ),
+    (
+        "archive.transformativeworks.org/users/Mind_Of_Chaos/pseuds/Mind_Of_Chaos",
+        ("archive.transformativeworks.org", "/users/mind_of_chaos/pseuds/mind_of_chaos"),
+    ),
     ("ftp.microsoft.com/deskapps/games/", ("microsoft.com", "/deskapps/games/")),
     ("web.orange.co.uk/p/games/", ("orange.co.uk", "/p/games/")),
     # squidGuard prefix stripping, never down to a suffix
@@ -67,45 +76,51 @@ def test_normalize_url_entry(line: str, expected: tuple[str, str]) -> None:
     assert normalize_url_entry(host + path) == expected  # the display form parses back to itself
 
 
-@pytest.mark.parametrize("line, why", [
-    ("", "empty"),
-    ("   ", "empty"),
-    ("# a comment", "comment"),
-    ("example.com/a b", "white space"),
-    ("localhost/x", "single label"),
-    ("com/x", "single label"),
-    ("example.com:99999/x", "port"),
-    ("example.com:abc/x", "port"),
-    ("exa..mple.com/x", "empty label"),
-    ("/just/a/path", "no host"),
-    ("http:///x", "no host"),
-    ("-bad-.example.com/x", "invalid label"),
-    ("[::zz]/x", "IPv6"),
-    ("[::1/x", "IPv6"),
-    ("ex%ff.com/x", "utf-8"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("# a comment", "comment"),
+        ("example.com/a b", "white space"),
+        ("localhost/x", "single label"),
+        ("com/x", "single label"),
+        ("example.com:99999/x", "port"),
+        ("example.com:abc/x", "port"),
+        ("exa..mple.com/x", "empty label"),
+        ("/just/a/path", "no host"),
+        ("http:///x", "no host"),
+        ("-bad-.example.com/x", "invalid label"),
+        ("[::zz]/x", "IPv6"),
+        ("[::1/x", "IPv6"),
+        ("ex%ff.com/x", "utf-8"),
+    ],
+)
 def test_normalize_url_entry_rejects(line: str, why: str) -> None:
     with pytest.raises(ValueError, match=f"(?i){why}"):
         normalize_url_entry(line)
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("", "/"),
-    ("/", "/"),
-    ("/A/B.html", "/a/b.html"),
-    ("/%7Euser/%7e", "/~user/~"),
-    ("/caf\u00e9", "/caf%C3%A9"),
-    ("/caf%c3%a9", "/caf%C3%A9"),
-    ("/a/./b/../c/", "/a/c/"),
-    ("/a/..", "/"),
-    ("/../../x", "/x"),
-    ("//x//y", "/x/y"),
-    ("/x?Q=A%2b#frag", "/x?q=a%2B"),
-    ("/x#a?b", "/x"),
-    ("/100%/x", "/100%/x"),  # a lone '%' is left alone on both sides
-    ("/a\udcffb", "/a%FFb"),  # raw byte (surrogateescape) → escape
-    ("search?q=1", "/search?q=1"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("", "/"),
+        ("/", "/"),
+        ("/A/B.html", "/a/b.html"),
+        ("/%7Euser/%7e", "/~user/~"),
+        ("/caf\u00e9", "/caf%C3%A9"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/a/./b/../c/", "/a/c/"),
+        ("/a/..", "/"),
+        ("/../../x", "/x"),
+        ("//x//y", "/x/y"),
+        ("/x?Q=A%2b#frag", "/x?q=a%2B"),
+        ("/x#a?b", "/x"),
+        ("/100%/x", "/100%/x"),  # a lone '%' is left alone on both sides
+        ("/a\udcffb", "/a%FFb"),  # raw byte (surrogateescape) → escape
+        ("search?q=1", "/search?q=1"),
+    ],
+)
 def test_normalize_path(path: str, expected: str) -> None:
     assert normalize_path(path) == expected
     assert normalize_path(expected) == expected
@@ -137,17 +152,29 @@ MATCHES = [
     (["example.com/games"], "example.com", "/%67%61mes", ("example.com/games", 0)),
     (["example.com/games"], "example.com", "/x/../games/1", ("example.com/games", 0)),
     (["example.com/games"], "example.com", "//games", ("example.com/games", 0)),
-    (["dmoz.org/World/Espa%c3%b1ol/Juegos/"], "dmoz.org", "/world/espa\u00f1ol/juegos/x",
-     ("dmoz.org/world/espa%C3%B1ol/juegos/", 0)),
-    (["dmoz.org/World/Espa%c3%b1ol/Juegos/"], "dmoz.org", "/World/Espa%C3%B1ol/Juegos/",
-     ("dmoz.org/world/espa%C3%B1ol/juegos/", 0)),
+    (
+        ["dmoz.org/World/Espa%c3%b1ol/Juegos/"],
+        "dmoz.org",
+        "/world/espa\u00f1ol/juegos/x",
+        ("dmoz.org/world/espa%C3%B1ol/juegos/", 0),
+    ),
+    (
+        ["dmoz.org/World/Espa%c3%b1ol/Juegos/"],
+        "dmoz.org",
+        "/World/Espa%C3%B1ol/Juegos/",
+        ("dmoz.org/world/espa%C3%B1ol/juegos/", 0),
+    ),
     # directory rules and whole-site rules
     (["example.com/dir/"], "example.com", "/dir/page", ("example.com/dir/", 0)),
     (["example.com/dir/"], "example.com", "/dir", None),
     (["example.com/dir/"], "example.com", "/directory", None),
     (["danskporn.dk/#p2"], "www.danskporn.dk", "/anything?x=1", ("danskporn.dk/", 0)),
-    (["active.ig-identitylockguard.com/."], "active.ig-identitylockguard.com", "/login",
-     ("active.ig-identitylockguard.com/", 0)),
+    (
+        ["active.ig-identitylockguard.com/."],
+        "active.ig-identitylockguard.com",
+        "/login",
+        ("active.ig-identitylockguard.com/", 0),
+    ),
     # query rules: parameter boundaries inside the query
     (["example.com/?v=abc"], "example.com", "/?v=abc", ("example.com/?v=abc", 0)),
     (["example.com/?v=abc"], "example.com", "/?v=abc&t=1", ("example.com/?v=abc", 0)),
@@ -176,8 +203,7 @@ MATCHES = [
 ]
 
 
-@pytest.mark.parametrize("rules, host, path, expected", MATCHES,
-                         ids=[f"{r[0]}|{h}{p}" for r, h, p, _ in MATCHES])
+@pytest.mark.parametrize("rules, host, path, expected", MATCHES, ids=[f"{r[0]}|{h}{p}" for r, h, p, _ in MATCHES])
 def test_match(rules: list[str], host: str, path: str, expected: tuple[str, int] | None) -> None:
     m = UrlPrefixMatcher()
     for i, rule in enumerate(rules):
@@ -254,8 +280,7 @@ def test_ut1_urls_files(data_dir: Path) -> None:
         m.add(line, n)
         parsed.append((line, host, path))
     m.freeze()
-    print(f"UT1 urls: {len(lines)} lines, {len(parsed)} parsed, {len(skipped)} skipped, "
-          f"{len(m)} distinct rules")
+    print(f"UT1 urls: {len(lines)} lines, {len(parsed)} parsed, {len(skipped)} skipped, {len(m)} distinct rules")
     assert len(lines) > 40_000
     assert len(skipped) <= len(lines) // 1000, skipped[:10]  # ≤ 0.1 %; 0 at the time of writing
 
@@ -269,7 +294,7 @@ def test_ut1_urls_files(data_dir: Path) -> None:
             hit = m.match(request_host, raw_path)
             assert hit is not None, (line, request_host, raw_path)
             rule_host, _, rule_path = hit[0].partition("/")
-            assert (request_host == rule_host or request_host.endswith("." + rule_host)), (line, hit)
+            assert request_host == rule_host or request_host.endswith("." + rule_host), (line, hit)
             assert normalize_path(raw_path).startswith("/" + rule_path), (line, hit)
         unrelated = m.match(host, "/zz-unrelated-7f3a9c/index.html")
         # only a whole-site rule ("host/") may cover an unrelated path

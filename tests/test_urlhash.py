@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from urllib.parse import unquote_to_bytes
 
 import pytest
-
-from urllib.parse import unquote_to_bytes
 
 from filterproxy.match.urlhash import (
     UrlHashSet,
@@ -29,12 +28,18 @@ DOC_CANONICAL = [
     ("http://host/asdf%25%32%35asd", "http://host/asdf%25asd"),
     ("http://host/%%%25%32%35asd%%", "http://host/%25%25%25asd%25%25"),
     ("http://www.google.com/", "http://www.google.com/"),
-    ("http://%31%36%38%2e%31%38%38%2e%39%39%2e%32%36/%2E%73%65%63%75%72%65/%77%77%77%2E%65%62%61%79%2E%63%6F%6D/",
-     "http://168.188.99.26/.secure/www.ebay.com/"),
-    ("http://195.127.0.11/uploads/%20%20%20%20/.verify/.eBaysecure=updateuserdataxplimnbqmn-xplmvalidateinfoswqpcmlx=hgplmcx/",
-     "http://195.127.0.11/uploads/%20%20%20%20/.verify/.eBaysecure=updateuserdataxplimnbqmn-xplmvalidateinfoswqpcmlx=hgplmcx/"),
-    ("http://host%23.com/%257Ea%2521b%2540c%2523d%2524e%25f%255E00%252611%252A22%252833%252944_55%252B",
-     "http://host%23.com/~a!b@c%23d$e%25f^00&11*22(33)44_55+"),
+    (
+        "http://%31%36%38%2e%31%38%38%2e%39%39%2e%32%36/%2E%73%65%63%75%72%65/%77%77%77%2E%65%62%61%79%2E%63%6F%6D/",
+        "http://168.188.99.26/.secure/www.ebay.com/",
+    ),
+    (
+        "http://195.127.0.11/uploads/%20%20%20%20/.verify/.eBaysecure=updateuserdataxplimnbqmn-xplmvalidateinfoswqpcmlx=hgplmcx/",
+        "http://195.127.0.11/uploads/%20%20%20%20/.verify/.eBaysecure=updateuserdataxplimnbqmn-xplmvalidateinfoswqpcmlx=hgplmcx/",
+    ),
+    (
+        "http://host%23.com/%257Ea%2521b%2540c%2523d%2524e%25f%255E00%252611%252A22%252833%252944_55%252B",
+        "http://host%23.com/~a!b@c%23d$e%25f^00&11*22(33)44_55+",
+    ),
     ("http://3279880203/blah", "http://195.127.0.11/blah"),
     ("http://www.google.com/blah/..", "http://www.google.com/"),
     ("www.google.com/", "http://www.google.com/"),
@@ -116,8 +121,9 @@ def test_canonicalize_raw_byte_as_surrogate_escape() -> None:
     assert canonicalize(raw.decode("utf-8", "surrogateescape")) == canonicalize(raw) == expected
 
 
-@pytest.mark.parametrize("url, expected", DOC_CANONICAL + MORE_CANONICAL,
-                         ids=[repr(u)[:60] for u, _ in DOC_CANONICAL + MORE_CANONICAL])
+@pytest.mark.parametrize(
+    "url, expected", DOC_CANONICAL + MORE_CANONICAL, ids=[repr(u)[:60] for u, _ in DOC_CANONICAL + MORE_CANONICAL]
+)
 def test_canonicalize_is_idempotent(url: str | bytes, expected: str) -> None:
     assert canonicalize(expected) == expected
 
@@ -125,6 +131,7 @@ def test_canonicalize_is_idempotent(url: str | bytes, expected: str) -> None:
 def test_unescape_deep_nesting_matches_repeated_passes() -> None:
     """The linear fallback for deeply nested escapes reaches the same fixed point as repeating
     whole-string passes (the definition in the doc)."""
+
     def repeated(data: bytes) -> bytes:
         while (decoded := unquote_to_bytes(data)) != data:
             data = decoded
@@ -136,22 +143,44 @@ def test_unescape_deep_nesting_matches_repeated_passes() -> None:
         assert _unescape_fully(data) == repeated(data), data
 
 
-@pytest.mark.parametrize("url", [
-    "http://a.com/%" + "25" * 30_000,  # 30,000 levels of escaping
-    "http://a.com/" + "%" * 20_000 + "25" * 20_000,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a.com/%" + "25" * 30_000,  # 30,000 levels of escaping
+        "http://a.com/" + "%" * 20_000 + "25" * 20_000,
+    ],
+)
 def test_canonicalize_hostile_escaping_is_linear(url: str) -> None:
     start = time.perf_counter()
     canonicalize(url)
     assert time.perf_counter() - start < 1.0
 
 
-@pytest.mark.parametrize("url", [
-    "", ":", "/blah", "#ref", "/blah#ref", "?query#ref", "/blah?query#ref", "/blah;param",
-    "http://#ref", "http:///blah#ref", "http://?query#ref", "http:///blah?query#ref", "http:///blah;param",
-    "mailto:bryner@google.com", "http:www.google.com:8080/foo.html", "javascript:alert(1)",
-    "http://...", "http://host:port/", "http://[::1/", "http://[not-ipv6]/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        ":",
+        "/blah",
+        "#ref",
+        "/blah#ref",
+        "?query#ref",
+        "/blah?query#ref",
+        "/blah;param",
+        "http://#ref",
+        "http:///blah#ref",
+        "http://?query#ref",
+        "http:///blah?query#ref",
+        "http:///blah;param",
+        "mailto:bryner@google.com",
+        "http:www.google.com:8080/foo.html",
+        "javascript:alert(1)",
+        "http://...",
+        "http://host:port/",
+        "http://[::1/",
+        "http://[not-ipv6]/",
+    ],
+)
 def test_canonicalize_rejects(url: str) -> None:
     with pytest.raises(ValueError):
         canonicalize(url)
@@ -159,31 +188,75 @@ def test_canonicalize_rejects(url: str) -> None:
 
 # The doc's expression examples, in the doc's order, plus more shapes the rules cover.
 EXPRESSIONS = [
-    ("http://a.b.c/1/2.html?param=1", [
-        "a.b.c/1/2.html?param=1", "a.b.c/1/2.html", "a.b.c/", "a.b.c/1/",
-        "b.c/1/2.html?param=1", "b.c/1/2.html", "b.c/", "b.c/1/"]),
-    ("http://a.b.c.d.e.f.g/1.html", [
-        "a.b.c.d.e.f.g/1.html", "a.b.c.d.e.f.g/",
-        # (doc: skip b.c.d.e.f.g — only the last five components, and the full hostname)
-        "c.d.e.f.g/1.html", "c.d.e.f.g/", "d.e.f.g/1.html", "d.e.f.g/",
-        "e.f.g/1.html", "e.f.g/", "f.g/1.html", "f.g/"]),
+    (
+        "http://a.b.c/1/2.html?param=1",
+        [
+            "a.b.c/1/2.html?param=1",
+            "a.b.c/1/2.html",
+            "a.b.c/",
+            "a.b.c/1/",
+            "b.c/1/2.html?param=1",
+            "b.c/1/2.html",
+            "b.c/",
+            "b.c/1/",
+        ],
+    ),
+    (
+        "http://a.b.c.d.e.f.g/1.html",
+        [
+            "a.b.c.d.e.f.g/1.html",
+            "a.b.c.d.e.f.g/",
+            # (doc: skip b.c.d.e.f.g — only the last five components, and the full hostname)
+            "c.d.e.f.g/1.html",
+            "c.d.e.f.g/",
+            "d.e.f.g/1.html",
+            "d.e.f.g/",
+            "e.f.g/1.html",
+            "e.f.g/",
+            "f.g/1.html",
+            "f.g/",
+        ],
+    ),
     ("http://1.2.3.4/1/", ["1.2.3.4/1/", "1.2.3.4/"]),
     ("http://a.b/saw-it", ["a.b/saw-it", "a.b/"]),
     ("http://a.b/", ["a.b/"]),
     ("http://a.b/?", ["a.b/"]),  # an empty query adds no expression
     ("http://b/", ["b/"]),
-    ("http://a.b.c/1/2/3/4/5/", [
-        "a.b.c/1/2/3/4/5/", "a.b.c/", "a.b.c/1/", "a.b.c/1/2/", "a.b.c/1/2/3/",
-        "b.c/1/2/3/4/5/", "b.c/", "b.c/1/", "b.c/1/2/", "b.c/1/2/3/"]),
-    ("http://a.com/a/b/c/d/e.html?123", [
-        "a.com/a/b/c/d/e.html?123", "a.com/a/b/c/d/e.html",
-        "a.com/", "a.com/a/", "a.com/a/b/", "a.com/a/b/c/"]),
+    (
+        "http://a.b.c/1/2/3/4/5/",
+        [
+            "a.b.c/1/2/3/4/5/",
+            "a.b.c/",
+            "a.b.c/1/",
+            "a.b.c/1/2/",
+            "a.b.c/1/2/3/",
+            "b.c/1/2/3/4/5/",
+            "b.c/",
+            "b.c/1/",
+            "b.c/1/2/",
+            "b.c/1/2/3/",
+        ],
+    ),
+    (
+        "http://a.com/a/b/c/d/e.html?123",
+        ["a.com/a/b/c/d/e.html?123", "a.com/a/b/c/d/e.html", "a.com/", "a.com/a/", "a.com/a/b/", "a.com/a/b/c/"],
+    ),
     ("http://a.b.c.d.e.f.g.h.i/", ["a.b.c.d.e.f.g.h.i/", "e.f.g.h.i/", "f.g.h.i/", "g.h.i/", "h.i/"]),
-    ("http://[2001:470:1:18::114]/a/b", [
-        "[2001:470:1:18::114]/a/b", "[2001:470:1:18::114]/", "[2001:470:1:18::114]/a/"]),
-    ("http://www.google.com/q?r?s", [
-        "www.google.com/q?r?s", "www.google.com/q", "www.google.com/",
-        "google.com/q?r?s", "google.com/q", "google.com/"]),
+    (
+        "http://[2001:470:1:18::114]/a/b",
+        ["[2001:470:1:18::114]/a/b", "[2001:470:1:18::114]/", "[2001:470:1:18::114]/a/"],
+    ),
+    (
+        "http://www.google.com/q?r?s",
+        [
+            "www.google.com/q?r?s",
+            "www.google.com/q",
+            "www.google.com/",
+            "google.com/q?r?s",
+            "google.com/q",
+            "google.com/",
+        ],
+    ),
 ]
 
 
@@ -202,11 +275,16 @@ def test_expressions_reject_non_canonical() -> None:
         expressions("a.b.c/1/")
 
 
-@pytest.mark.parametrize("text, digest", [  # FIPS 180-2 examples quoted by the doc
-    ("abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
-    ("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
-     "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
-])
+@pytest.mark.parametrize(
+    "text, digest",
+    [  # FIPS 180-2 examples quoted by the doc
+        ("abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        (
+            "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+        ),
+    ],
+)
 def test_expression_hash(text: str, digest: str) -> None:
     assert expression_hash(text) == bytes.fromhex(digest)
 
@@ -272,9 +350,20 @@ def test_empty_set() -> None:
     assert len(s) == 0 and s.lookup("http://evil.com/") is None
 
 
-@pytest.mark.parametrize("line", [
-    "", "xyz", "0" * 63, "0" * 65, "0" * 9, "0" * 7, "g" * 64, "ba7816bf 8f01cfea", "0x" + "0" * 62,
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "xyz",
+        "0" * 63,
+        "0" * 65,
+        "0" * 9,
+        "0" * 7,
+        "g" * 64,
+        "ba7816bf 8f01cfea",
+        "0x" + "0" * 62,
+    ],
+)
 def test_add_rejects_bad_hex(line: str) -> None:
     with pytest.raises(ValueError):
         UrlHashSet().add(line, 1)

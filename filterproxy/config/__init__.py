@@ -9,12 +9,39 @@ Section), ``model`` (the dataclasses), ``sections`` (one parser per simple secti
 
 from filterproxy.config.load import DEFAULT_CONFIG, REPO_ROOT, load_config
 from filterproxy.config.loader import Section, check_upstream, load_yaml, parse_hostport
-from filterproxy.config.model import (BundleConfig, CacheConfig, ClientRule, Config, DnsConfig, HttpConfig,
-                                      MetricsConfig, QueryLogConfig, ReportsConfig, ServerConfig, UpstreamConfig)
+from filterproxy.config.model import (
+    BundleConfig,
+    CacheConfig,
+    ClientRule,
+    Config,
+    DnsConfig,
+    HttpConfig,
+    MetricsConfig,
+    QueryLogConfig,
+    ReportsConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
 from filterproxy.vocabulary import ConfigError
 
 __all__ = [
-    "DEFAULT_CONFIG", "REPO_ROOT", "BundleConfig", "CacheConfig", "ClientRule", "Config", "ConfigError", "DnsConfig",
-    "HttpConfig", "MetricsConfig", "QueryLogConfig", "ReportsConfig", "Section", "ServerConfig", "UpstreamConfig",
-    "check_upstream", "load_config", "load_yaml", "parse_hostport",
+    "DEFAULT_CONFIG",
+    "REPO_ROOT",
+    "BundleConfig",
+    "CacheConfig",
+    "ClientRule",
+    "Config",
+    "ConfigError",
+    "DnsConfig",
+    "HttpConfig",
+    "MetricsConfig",
+    "QueryLogConfig",
+    "ReportsConfig",
+    "Section",
+    "ServerConfig",
+    "UpstreamConfig",
+    "check_upstream",
+    "load_config",
+    "load_yaml",
+    "parse_hostport",
 ]

@@ -74,8 +74,9 @@ def parse_clients(raw: Any, path: str, groups: dict[str, Policy]) -> list[Client
         sec = Section(item, f"clients[{i}]", where)
         group = sec.get("group", None, types=(str,))
         if group not in groups:
-            raise ConfigError(f"{sec.where('group')}: clients[{i}]: unknown group {group!r} "
-                              f"(groups: {', '.join(groups)})")
+            raise ConfigError(
+                f"{sec.where('group')}: clients[{i}]: unknown group {group!r} (groups: {', '.join(groups)})"
+            )
         kinds = [k for k in CLIENT_KINDS if sec.get(k) is not None]
         if len(kinds) != 1:
             raise ConfigError(f"{where}: clients[{i}] needs exactly one of user, doh, mac, ip, cidr")

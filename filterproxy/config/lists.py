@@ -35,11 +35,12 @@ def _catalogue(sources_file: str | None, where: str) -> dict[str, Source]:
 def _fill_from_catalogue(sec: Section, catalogue: dict[str, Source], sources_file: str | None) -> None:
     ref = sec.get("source", None, types=(str,))
     if ref not in catalogue:
-        raise ConfigError(f"{sec.where('source')}: unknown source {ref!r} in {sources_file} "
-                          f"(known: {', '.join(sorted(catalogue)[:12])}, ...)")
+        raise ConfigError(
+            f"{sec.where('source')}: unknown source {ref!r} in {sources_file} "
+            f"(known: {', '.join(sorted(catalogue)[:12])}, ...)"
+        )
     c = catalogue[ref]
-    for key, val in (("id", c.id), ("url", c.url), ("format", c.format), ("category", c.category),
-                     ("match", c.match)):
+    for key, val in (("id", c.id), ("url", c.url), ("format", c.format), ("category", c.category), ("match", c.match)):
         if val is not None and sec.data.get(key) is None:
             sec.data[key] = val
 
@@ -50,12 +51,14 @@ def _list_source(sec: Section, path: str, where: str) -> ListSource:
         raise ConfigError(f"{sec.where('id')}: list needs an 'id' (letters, digits, '-', '_', '.'), got {lid!r}")
     fmt = sec.get("format", None, types=(str,))
     if fmt not in FORMATS:
-        raise ConfigError(f"{sec.where('format')}: list {lid!r}: 'format' must be one of {', '.join(FORMATS)}, "
-                          f"got {fmt!r}")
+        raise ConfigError(
+            f"{sec.where('format')}: list {lid!r}: 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}"
+        )
     cat = sec.get("category", None, types=(str,))
     if not cat or not _CATEGORY_RE.match(cat):
-        raise ConfigError(f"{sec.where('category')}: list {lid!r}: 'category' must be a lower-case id like 'adult', "
-                          f"got {cat!r}")
+        raise ConfigError(
+            f"{sec.where('category')}: list {lid!r}: 'category' must be a lower-case id like 'adult', got {cat!r}"
+        )
     p = sec.get("path", None, types=(str,))
     url = sec.get("url", None, types=(str,))
     if not p and not url:
@@ -65,7 +68,11 @@ def _list_source(sec: Section, path: str, where: str) -> ListSource:
         if not os.path.exists(p):
             raise ConfigError(f"{sec.where('path')}: list {lid!r}: file not found: {p}")
     src = ListSource(
-        id=lid, category=cat, format=fmt, path=p or None, url=url,
+        id=lid,
+        category=cat,
+        format=fmt,
+        path=p or None,
+        url=url,
         match=sec.get("match", None, choices=("exact", "subdomains")),
         allow=sec.get("allow", False, types=(bool,)),
         legal=sec.get("legal", False, types=(bool,)),

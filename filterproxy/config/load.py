@@ -35,12 +35,29 @@ def load_config(path: str | None = None) -> Config:
     clients = parse_clients(top.get("clients", [], types=(list,)), path, groups)
     default_group = top.get("default_group", None, types=(str,))
     if default_group is not None and default_group not in groups:
-        raise ConfigError(f"{top.where('default_group')}: default_group {default_group!r} is not a defined group "
-                          f"(groups: {', '.join(groups)})")
+        raise ConfigError(
+            f"{top.where('default_group')}: default_group {default_group!r} is not a defined group "
+            f"(groups: {', '.join(groups)})"
+        )
     categories = {li.category for li in lists}
     for g in groups.values():
         check_categories(g, categories)
     top.done()
-    return Config(path, sections["server"], sections["upstreams"], sections["cache"], sections["dns"],
-                  sections["http"], sections["reports"], sections["metrics"], sections["querylog"], lists, groups,
-                  clients, default_group, timezone, sources_file, sections["bundle"])
+    return Config(
+        path,
+        sections["server"],
+        sections["upstreams"],
+        sections["cache"],
+        sections["dns"],
+        sections["http"],
+        sections["reports"],
+        sections["metrics"],
+        sections["querylog"],
+        lists,
+        groups,
+        clients,
+        default_group,
+        timezone,
+        sources_file,
+        sections["bundle"],
+    )

@@ -119,8 +119,9 @@ class Section:
             names = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{self.where(key)}: '{self.name}.{key}' must be {names}, got {v!r}")
         if choices and v not in choices:
-            raise ConfigError(f"{self.where(key)}: '{self.name}.{key}' must be one of {', '.join(map(str, choices))}, "
-                              f"got {v!r}")
+            raise ConfigError(
+                f"{self.where(key)}: '{self.name}.{key}' must be one of {', '.join(map(str, choices))}, got {v!r}"
+            )
         return v
 
     def section(self, key: str) -> Section:
@@ -131,8 +132,9 @@ class Section:
         unknown = [k for k in self.data if k not in self.used]
         if unknown:
             k = unknown[0]
-            raise ConfigError(f"{self.where(k)}: unknown key '{self.name}.{k}' "
-                              f"(expected one of: {', '.join(sorted(self.used))})")
+            raise ConfigError(
+                f"{self.where(k)}: unknown key '{self.name}.{k}' (expected one of: {', '.join(sorted(self.used))})"
+            )
 
 
 def parse_hostport(text: str, where: str, default_port: int) -> tuple[str, int]:
@@ -161,7 +163,7 @@ def check_upstream(addr: str, where: str) -> None:
         return
     for prefix in ("tls://", "tcp://", "udp://"):
         if a.startswith(prefix):
-            a = a[len(prefix):]
+            a = a[len(prefix) :]
             break
     a = a.split("#", 1)[0]
     host, _port = parse_hostport(a, where, 53)

@@ -49,9 +49,18 @@ class CacheConfig:
 
 @dataclass
 class DnsConfig:
-    allowed_networks: list[str] = field(default_factory=lambda: [
-        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-        "fc00::/7", "fe80::/10"])
+    allowed_networks: list[str] = field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "fc00::/7",
+            "fe80::/10",
+        ]
+    )
     rate_limit: int = 300  # queries per second per client address; 0 = off
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256

@@ -17,8 +17,10 @@ def check_categories(policy: Policy, list_categories: set[str]) -> None:
     """Categories must be known ids or provided by a configured list (typos must not pass)."""
     for cat in policy.block_categories | {c for s in policy.schedules for c in s.block}:
         if cat not in KNOWN_CATEGORIES and cat not in list_categories:
-            raise ConfigError(f"{policy.file}: policy {policy.id!r} names unknown category {cat!r} "
-                              f"(known: {', '.join(sorted(KNOWN_CATEGORIES | list_categories))})")
+            raise ConfigError(
+                f"{policy.file}: policy {policy.id!r} names unknown category {cat!r} "
+                f"(known: {', '.join(sorted(KNOWN_CATEGORIES | list_categories))})"
+            )
 
 
 def _names(sec: Section, key: str) -> dict[str, tuple[bool, int]]:
@@ -45,8 +47,10 @@ def _localized_names(sec: Section, gid: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for lang, text in raw.items():
         if lang not in LANGUAGES:
-            raise ConfigError(f"{where(lang)}: 'policy {gid}.names' has unknown language {lang!r} "
-                              f"(expected keys: {', '.join(LANGUAGES)})")
+            raise ConfigError(
+                f"{where(lang)}: 'policy {gid}.names' has unknown language {lang!r} "
+                f"(expected keys: {', '.join(LANGUAGES)})"
+            )
         if not isinstance(text, str) or not text.strip():
             raise ConfigError(f"{where(lang)}: 'policy {gid}.names.{lang}' must be a non-empty string, got {text!r}")
         out[lang] = text.strip()
@@ -63,7 +67,7 @@ def _time(text: Any, where: str) -> int:
 def _days(s: Section) -> frozenset[int]:
     days_raw = s.get("days", "all", types=(str, list))
     days: set[int] = set()
-    for d in ([days_raw] if isinstance(days_raw, str) else days_raw):
+    for d in [days_raw] if isinstance(days_raw, str) else days_raw:
         d = str(d).lower()[:3] if str(d).lower() not in _DAY_SETS else str(d).lower()
         if d in _DAY_SETS:
             days |= {DAYS.index(x) for x in _DAY_SETS[d]}

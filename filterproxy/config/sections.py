@@ -11,8 +11,17 @@ import os
 import socket
 
 from filterproxy.config.loader import Section, check_upstream, parse_hostport
-from filterproxy.config.model import (BundleConfig, CacheConfig, DnsConfig, HttpConfig, MetricsConfig, QueryLogConfig,
-                                      ReportsConfig, ServerConfig, UpstreamConfig)
+from filterproxy.config.model import (
+    BundleConfig,
+    CacheConfig,
+    DnsConfig,
+    HttpConfig,
+    MetricsConfig,
+    QueryLogConfig,
+    ReportsConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
 from filterproxy.vocabulary import LANGUAGES, ConfigError
 
 
@@ -64,8 +73,9 @@ def parse_upstreams(u: Section, path: str) -> UpstreamConfig:
         servers=[str(x) for x in servers] if servers is not None else UpstreamConfig().servers,
         strategy=u.get("strategy", "failover", choices=("failover", "parallel")),
         timeout=float(u.get("timeout", 2.0, types=(int, float))),
-        conditional={str(k).lower().rstrip("."): [str(x) for x in (v if isinstance(v, list) else [v])]
-                     for k, v in cond.items()},
+        conditional={
+            str(k).lower().rstrip("."): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in cond.items()
+        },
     )
     u.done()
     for addr in upstreams.servers + [a for v in upstreams.conditional.values() for a in v]:
@@ -74,11 +84,17 @@ def parse_upstreams(u: Section, path: str) -> UpstreamConfig:
 
 
 def parse_cache(c: Section, path: str) -> CacheConfig:
-    cache = CacheConfig(**{k: c.get(k, getattr(CacheConfig(), k), types=(int,)) for k in
-                           ("size", "min_ttl", "max_ttl", "negative_ttl", "blocked_ttl", "sweep_interval")})
+    cache = CacheConfig(
+        **{
+            k: c.get(k, getattr(CacheConfig(), k), types=(int,))
+            for k in ("size", "min_ttl", "max_ttl", "negative_ttl", "blocked_ttl", "sweep_interval")
+        }
+    )
     if cache.sweep_interval < 1:
-        raise ConfigError(f"{c.where('sweep_interval')}: 'cache.sweep_interval' must be at least 1 (seconds), "
-                          f"got {cache.sweep_interval}")
+        raise ConfigError(
+            f"{c.where('sweep_interval')}: 'cache.sweep_interval' must be at least 1 (seconds), "
+            f"got {cache.sweep_interval}"
+        )
     c.done()
     return cache
 
@@ -95,14 +111,17 @@ def parse_dns(d: Section, path: str) -> DnsConfig:
         strip_h3=d.get("strip_h3", False, types=(bool,)),
     )
     if dns.tcp_max_per_client < 1:
-        raise ConfigError(f"{d.where('tcp_max_per_client')}: 'dns.tcp_max_per_client' must be at least 1 "
-                          f"(connections), got {dns.tcp_max_per_client}")
+        raise ConfigError(
+            f"{d.where('tcp_max_per_client')}: 'dns.tcp_max_per_client' must be at least 1 "
+            f"(connections), got {dns.tcp_max_per_client}"
+        )
     for net in dns.allowed_networks:
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
-            raise ConfigError(f"{d.where('allowed_networks')}: invalid network {net!r} "
-                              "(expected CIDR like 10.0.0.0/8)") from None
+            raise ConfigError(
+                f"{d.where('allowed_networks')}: invalid network {net!r} (expected CIDR like 10.0.0.0/8)"
+            ) from None
     d.done()
     return dns
 
@@ -164,8 +183,9 @@ def parse_querylog(q: Section, path: str) -> QueryLogConfig:
 
 
 def parse_bundle(b: Section, path: str) -> BundleConfig:
-    bundle_cfg = BundleConfig(keys=[resolve_path(path, k) for k in b.get("keys", [], types=(list,))],
-                              url=b.get("url", None, types=(str,)))
+    bundle_cfg = BundleConfig(
+        keys=[resolve_path(path, k) for k in b.get("keys", [], types=(list,))], url=b.get("url", None, types=(str,))
+    )
     for k in bundle_cfg.keys:
         if not os.path.exists(k):
             raise ConfigError(f"{b.where('keys')}: pinned bundle key not found: {k}")
@@ -180,15 +200,22 @@ def parse_timezone(top: Section) -> str:
 
         zoneinfo.ZoneInfo(timezone)
     except Exception:
-        raise ConfigError(f"{top.where('timezone')}: unknown time zone {timezone!r} "
-                          "(expected e.g. Asia/Ho_Chi_Minh)") from None
+        raise ConfigError(
+            f"{top.where('timezone')}: unknown time zone {timezone!r} (expected e.g. Asia/Ho_Chi_Minh)"
+        ) from None
     return timezone
 
 
 # The simple sections, in the order they are read: key → parser (Config field names match the keys, but
 # ``upstreams``).
 SECTIONS = {
-    "server": parse_server, "upstreams": parse_upstreams, "cache": parse_cache, "dns": parse_dns,
-    "http": parse_http, "reports": parse_reports, "metrics": parse_metrics, "querylog": parse_querylog,
+    "server": parse_server,
+    "upstreams": parse_upstreams,
+    "cache": parse_cache,
+    "dns": parse_dns,
+    "http": parse_http,
+    "reports": parse_reports,
+    "metrics": parse_metrics,
+    "querylog": parse_querylog,
     "bundle": parse_bundle,
 }

@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 from urllib.parse import urlsplit
 
 import yaml
@@ -290,5 +290,3 @@ def _load_item(
     except ValueError as exc:
         err(item, f"source {values['id']!r}: {exc}")
         return None
-
-

@@ -91,17 +91,22 @@ def pack(q: wire.Query, r: Reply, now: float, max_size: int) -> tuple[bytes, lis
     if not r.fixed:
         el = int(now - r.stored)
         if el > 0:
-            ttls = ([rr.ttl - el for rr in r.answer], [rr.ttl - el for rr in r.authority],
-                    [rr.ttl - el for rr in r.additional])
-    return wire.pack_reply(q, r.rcode, r.answer, r.authority, r.additional, ttls=ttls, ede=r.ede, ad=ad,
-                           max_size=max_size)
+            ttls = (
+                [rr.ttl - el for rr in r.answer],
+                [rr.ttl - el for rr in r.authority],
+                [rr.ttl - el for rr in r.additional],
+            )
+    return wire.pack_reply(
+        q, r.rcode, r.answer, r.authority, r.additional, ttls=ttls, ede=r.ede, ad=ad, max_size=max_size
+    )
 
 
 def handle(chain: Chain, q: wire.Query, st: ClientState, protocol: str, reactor: object, now: float) -> Result:
     """An admitted query through the chain: a Reply, or a Deferred of one; SERVFAIL if the chain fails."""
     try:
-        return chain.handle(Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd,
-                                    st.group, protocol, now, reactor))
+        return chain.handle(
+            Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd, st.group, protocol, now, reactor)
+        )
     except Exception:
         metrics.DNS_ERRORS.inc("exception")
         log.exception("dns: chain failed for %s/%s; answered SERVFAIL", q.name, q.qtype_name)

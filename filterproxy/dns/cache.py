@@ -70,19 +70,29 @@ def to_reply(msg: wire.Message, pol: TtlPolicy, now: float, upstream: str | None
     """An upstream message as a cacheable reply: TTLs clamped, negative SOA TTL set to its lifetime."""
     life = lifetime(msg, pol)
     lo, hi = pol.min_ttl, pol.max_ttl
-    answer = [rr if lo <= rr.ttl <= hi else RR(rr.name, rr.type, rr.cls, pol.clamp(rr.ttl), rr.rdata)
-              for rr in msg.answer]
+    answer = [
+        rr if lo <= rr.ttl <= hi else RR(rr.name, rr.type, rr.cls, pol.clamp(rr.ttl), rr.rdata) for rr in msg.answer
+    ]
     if msg.answer or not life:
         authority = msg.authority
     else:  # negative answer: its SOA tells downstream caches the same lifetime
         authority = [RR(rr.name, rr.type, rr.cls, life, rr.rdata) if rr.type == SOA else rr for rr in msg.authority]
     additional = [rr for rr in msg.additional if rr.type != wire.OPT]
-    return Reply(msg.rcode, answer, authority, additional, stored=now, expires=now + life if life > 0 else 0.0,
-                 ad=bool(msg.flags & 0x0020), upstream=upstream)
+    return Reply(
+        msg.rcode,
+        answer,
+        authority,
+        additional,
+        stored=now,
+        expires=now + life if life > 0 else 0.0,
+        ad=bool(msg.flags & 0x0020),
+        upstream=upstream,
+    )
 
 
-def from_upstream(buf: bytes, qname: bytes, qtype: int, pol: TtlPolicy, now: float,
-                  upstream: str | None = None) -> Reply | None:
+def from_upstream(
+    buf: bytes, qname: bytes, qtype: int, pol: TtlPolicy, now: float, upstream: str | None = None
+) -> Reply | None:
     """An upstream reply to (qname, qtype) as a cacheable reply; None when it answers another question.
 
     The usual reply is only walked (:func:`wire.scan_reply`) and kept as bytes; unusual ones are parsed.
@@ -91,8 +101,17 @@ def from_upstream(buf: bytes, qname: bytes, qtype: int, pol: TtlPolicy, now: flo
     res = wire.scan_reply(buf, qname, qtype, pol.min_ttl, pol.max_ttl, pol.negative_ttl)
     if res is not None:
         rcode, flags, raw = res
-        return Reply(rcode, (), (), (), stored=now, expires=now + raw.life if raw.life > 0 else 0.0,
-                     ad=bool(flags & 0x0020), upstream=upstream, raw=raw)
+        return Reply(
+            rcode,
+            (),
+            (),
+            (),
+            stored=now,
+            expires=now + raw.life if raw.life > 0 else 0.0,
+            ad=bool(flags & 0x0020),
+            upstream=upstream,
+            raw=raw,
+        )
     msg = wire.parse_message(buf)
     if msg.question is None or msg.question[0] != qname or msg.question[1] != qtype or msg.tc:
         return None
@@ -124,7 +143,9 @@ class AnswerCache:
             if r[2] <= now:
                 self._d.pop(key, None)
                 return None
-            return Reply(r[0], (), (), (), stored=r[1], expires=r[2], ad=r[3], upstream=r[4], raw=_TUPLE_NEW(_RAW, r[5:]))
+            return Reply(
+                r[0], (), (), (), stored=r[1], expires=r[2], ad=r[3], upstream=r[4], raw=_TUPLE_NEW(_RAW, r[5:])
+            )
         if r.expires <= now:
             self._d.pop(key, None)
             return None
@@ -262,8 +283,7 @@ class PackedCache:
             self.d.clear()
 
 
-def make_entry(msg: bytes, offsets: list[tuple[int, int]], expires: float, now: float, fixed: bool,
-               slot: int) -> tuple:
+def make_entry(msg: bytes, offsets: list[tuple[int, int]], expires: float, now: float, fixed: bool, slot: int) -> tuple:
     """A packed-cache entry for ``msg`` (a full reply; its ID is cut off here)."""
     sec = int(now)
     if fixed or not offsets:
@@ -304,8 +324,7 @@ class PackedCaches:
 
     def __init__(self, groups, size: int, sweep_interval: float = 30.0):
         self._lock = threading.Lock()
-        self.by_group: dict[str, PackedCache] = {g: PackedCache(g, size, self._lock, sweep_interval)
-                                                 for g in groups}
+        self.by_group: dict[str, PackedCache] = {g: PackedCache(g, size, self._lock, sweep_interval) for g in groups}
 
     def for_group(self, group: str | None) -> PackedCache | None:
         return self.by_group.get(group) if group is not None else None

@@ -88,6 +88,7 @@ class Link:
 
 # ---------------------------------------------------------------- edge links (run by the servers)
 
+
 class EdgeLink(Link):
     """A link the servers run per packet before the packed-reply lookup (see server.py)."""
 
@@ -100,6 +101,7 @@ class EdgeLink(Link):
 
 
 # ---------------------------------------------------------------- decisions
+
 
 class Decisions:
     """``engine.decide`` with a memo per group: the same names come back all the time (short-TTL names,
@@ -134,6 +136,7 @@ class Decisions:
 
 
 # ---------------------------------------------------------------- links
+
 
 class SanityLink(Link):
     """Questions we do not serve: non-IN classes, zone transfers, ANY (RFC 8482), unfilterable names."""
@@ -247,7 +250,7 @@ def _answer_hosts(r: Reply, check_ips: bool):
             yield wire.policy_name(wire.read_name(raw.msg, off)[0])
         if check_ips:
             for t, off, ln in raw.addr_items():
-                yield wire.RR(b"", t, 1, 0, raw.msg[off:off + ln]).address()
+                yield wire.RR(b"", t, 1, 0, raw.msg[off : off + ln]).address()
         return
     for rr in r.answer:
         t = rr.type
@@ -277,8 +280,12 @@ class SvcbLink(Link):
         if not any(rr.type in (wire.SVCB, wire.HTTPS) for rr in r.answer):
             return r
         ech, h3 = self.ech, self.h3
-        ans = [wire.RR(rr.name, rr.type, rr.cls, rr.ttl, wire.strip_svcb(rr.rdata, ech=ech, h3=h3))
-               if rr.type in (wire.SVCB, wire.HTTPS) else rr for rr in r.answer]
+        ans = [
+            wire.RR(rr.name, rr.type, rr.cls, rr.ttl, wire.strip_svcb(rr.rdata, ech=ech, h3=h3))
+            if rr.type in (wire.SVCB, wire.HTTPS)
+            else rr
+            for rr in r.answer
+        ]
         return dataclasses.replace(r, answer=ans, raw=None)
 
 
@@ -293,13 +300,16 @@ class CacheLink(Link):
 
     def describe(self) -> str:
         t = self.ttl
-        return (f"{self.cache.describe()}, TTL {t.min_ttl}..{t.max_ttl}s, negative ≤ {t.negative_ttl}s "
-                f"(SOA minimum, RFC 2308)")
+        return (
+            f"{self.cache.describe()}, TTL {t.min_ttl}..{t.max_ttl}s, negative ≤ {t.negative_ttl}s "
+            f"(SOA minimum, RFC 2308)"
+        )
 
     def pre(self, req: Request) -> Result | None:
         # bytes, not a tuple: an atom the garbage collector never tracks
-        key = req.key = req.qname + bytes((req.qtype >> 8, req.qtype & 0xFF, req.qclass >> 8, req.qclass & 0xFF,
-                                           req.do << 1 | req.cd))
+        key = req.key = req.qname + bytes(
+            (req.qtype >> 8, req.qtype & 0xFF, req.qclass >> 8, req.qclass & 0xFF, req.do << 1 | req.cd)
+        )
         r = self.cache.get(key, req.now)
         if r is not None:
             metrics.DNS_CACHE_HITS.inc()
@@ -356,8 +366,11 @@ class _Lookup(Deferred):
     def failed(self, exc: BaseException) -> None:
         now = time.monotonic()
         if isinstance(exc, AllUpstreamsFailed):
-            ede = (wire.EDE_NO_REACHABLE_AUTHORITY, "upstreams-down") if exc.down else (
-                wire.EDE_NETWORK_ERROR, "upstreams-failed")
+            ede = (
+                (wire.EDE_NO_REACHABLE_AUTHORITY, "upstreams-down")
+                if exc.down
+                else (wire.EDE_NETWORK_ERROR, "upstreams-failed")
+            )
         else:
             if not isinstance(exc, UpstreamError):
                 metrics.DNS_ERRORS.inc("upstream")
@@ -425,12 +438,23 @@ class UpstreamLink(Link):
 
 # ---------------------------------------------------------------- the chain
 
+
 class Chain:
     """The links in order; :meth:`handle` runs links 5.. for an admitted request."""
 
-    def __init__(self, edge: list[Link], links: list[Link], *, clients: ClientTable, packed: PackedCaches,
-                 answer_cache: AnswerCache, groups: list[UpstreamGroup], answers: BlockAnswers, blocked_ttl: int,
-                 decisions: Decisions):
+    def __init__(
+        self,
+        edge: list[Link],
+        links: list[Link],
+        *,
+        clients: ClientTable,
+        packed: PackedCaches,
+        answer_cache: AnswerCache,
+        groups: list[UpstreamGroup],
+        answers: BlockAnswers,
+        blocked_ttl: int,
+        decisions: Decisions,
+    ):
         self.decisions = decisions
         self.edge = edge
         self.links = links
@@ -446,8 +470,13 @@ class Chain:
         for i, link in enumerate(links):
             if link.pre is not None:
                 above = links[:i]
-                self._pres.append((link.pre, tuple(k.post for k in reversed(above) if k.post is not None),
-                                   tuple(k.waiting for k in above if k.waiting is not None)))
+                self._pres.append(
+                    (
+                        link.pre,
+                        tuple(k.post for k in reversed(above) if k.post is not None),
+                        tuple(k.waiting for k in above if k.waiting is not None),
+                    )
+                )
         self._no_answer = tuple(k.post for k in reversed(links) if k.post is not None)
 
     def handle(self, req: Request) -> Result:
@@ -525,8 +554,10 @@ def build_chain(cfg, engine, *, upstreams: list[str] | None = None) -> Chain:
     clients = ClientTable(engine, cfg.dns.allowed_networks, cfg.dns.rate_limit, packed)
     servers = upstreams or cfg.upstreams.servers
     main = UpstreamGroup([parse_upstream(a) for a in servers], cfg.upstreams.strategy, cfg.upstreams.timeout)
-    zones = {z: UpstreamGroup([parse_upstream(a) for a in addrs], "failover", cfg.upstreams.timeout)
-             for z, addrs in cfg.upstreams.conditional.items()}
+    zones = {
+        z: UpstreamGroup([parse_upstream(a) for a in addrs], "failover", cfg.upstreams.timeout)
+        for z, addrs in cfg.upstreams.conditional.items()
+    }
     answer_cache = AnswerCache(cfg.cache.size, cfg.cache.sweep_interval)
     decisions = Decisions(engine)
 
@@ -538,8 +569,13 @@ def build_chain(cfg, engine, *, upstreams: list[str] | None = None) -> Chain:
         # 3. ratelimit: queries/s per address above dns.rate_limit are REFUSED, then dropped
         EdgeLink("ratelimit", clients.describe_ratelimit),
         # 4. packed: final replies per (group, request bytes), ID patched; UDP only (the hot path)
-        EdgeLink("packed", lambda: f"per group, {cfg.cache.size} entries each, TTLs aged per second; "
-                                   f"cleared on list reload and schedule changes"),
+        EdgeLink(
+            "packed",
+            lambda: (
+                f"per group, {cfg.cache.size} entries each, TTLs aged per second; "
+                f"cleared on list reload and schedule changes"
+            ),
+        ),
     ]
     links: list[Link] = [
         # 5. sanity: REFUSED for non-IN classes, zone transfers, ANY, unfilterable names
@@ -557,6 +593,14 @@ def build_chain(cfg, engine, *, upstreams: list[str] | None = None) -> Chain:
         # 11. upstream: the configured servers, failover or parallel, health-tracked
         UpstreamLink(main, ttl),
     ]
-    return Chain(edge, links, clients=clients, packed=packed, answer_cache=answer_cache,
-                 groups=[main, *zones.values()], answers=answers, blocked_ttl=cfg.cache.blocked_ttl,
-                 decisions=decisions)
+    return Chain(
+        edge,
+        links,
+        clients=clients,
+        packed=packed,
+        answer_cache=answer_cache,
+        groups=[main, *zones.values()],
+        answers=answers,
+        blocked_ttl=cfg.cache.blocked_ttl,
+        decisions=decisions,
+    )

@@ -46,8 +46,16 @@ class ClientState:
 class ClientTable:
     """Source address → :class:`ClientState` (bounded; rebuilt every ``refresh`` seconds)."""
 
-    def __init__(self, engine, allowed_networks: list[str], rate_limit: int, caches, *, refresh: float = 30.0,
-                 max_clients: int = 65536):
+    def __init__(
+        self,
+        engine,
+        allowed_networks: list[str],
+        rate_limit: int,
+        caches,
+        *,
+        refresh: float = 30.0,
+        max_clients: int = 65536,
+    ):
         self.engine = engine
         self.nets = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
         self.rate_limit = rate_limit
@@ -59,7 +67,11 @@ class ClientTable:
         self._lock = threading.Lock()
 
     def describe_acl(self) -> str:
-        return "allowed networks " + ", ".join(str(n) for n in self.nets) if self.nets else "no allowed networks (all REFUSED)"
+        return (
+            "allowed networks " + ", ".join(str(n) for n in self.nets)
+            if self.nets
+            else "no allowed networks (all REFUSED)"
+        )
 
     def describe_groups(self) -> str:
         how = "IP/CIDR" + (" and MAC (neighbour table)" if self.engine.clients.uses_mac else "")

@@ -99,4 +99,3 @@ class LoopReactor:
                 cb(task.result(), None)
 
         t.add_done_callback(done)
-

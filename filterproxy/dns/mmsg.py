@@ -33,9 +33,15 @@ class _IoVec(ctypes.Structure):
 
 
 class _MsgHdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
-                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
 
 
 class _MMsgHdr(ctypes.Structure):
@@ -160,20 +166,20 @@ class BatchSocket:
 
     def data(self, i: int) -> bytes:
         off = i * SLOT
-        return bytes(self.rbuf[off:off + self.length(i)])
+        return bytes(self.rbuf[off : off + self.length(i)])
 
     def addr_key(self, i: int) -> bytes:
         """The source address bytes (no port): a dict key for the client table."""
         off = i * NAME
         if self.family == socket.AF_INET6:
-            return bytes(self.names[off + 8:off + 24])
-        return bytes(self.names[off + 4:off + 8])
+            return bytes(self.names[off + 8 : off + 24])
+        return bytes(self.names[off + 4 : off + 8])
 
     def ip(self, i: int) -> str:
         off = i * NAME
         if self.family == socket.AF_INET6:
-            return socket.inet_ntop(socket.AF_INET6, bytes(self.names[off + 8:off + 24]))
-        return socket.inet_ntop(socket.AF_INET, bytes(self.names[off + 4:off + 8]))
+            return socket.inet_ntop(socket.AF_INET6, bytes(self.names[off + 8 : off + 24]))
+        return socket.inet_ntop(socket.AF_INET, bytes(self.names[off + 4 : off + 8]))
 
     def addr(self, i: int, ip: str | None = None) -> tuple:
         """The source address as ``socket.recvfrom`` returns it (``ip``: its text form, when known)."""
@@ -181,7 +187,7 @@ class BatchSocket:
         nm = self.names
         port = nm[off + 2] << 8 | nm[off + 3]
         if self.family == socket.AF_INET6:
-            flow = int.from_bytes(nm[off + 4:off + 8], "big")
+            flow = int.from_bytes(nm[off + 4 : off + 8], "big")
             scope = self._u32.unpack_from(nm, off + 24)[0]
             return ip or self.ip(i), port, flow, scope
         return ip or self.ip(i), port
@@ -195,8 +201,8 @@ class BatchSocket:
         j = self.pending
         off = j * SLOT
         sb = self.sbuf
-        sb[off:off + 2] = qid
-        sb[off + 2:off + size] = body
+        sb[off : off + 2] = qid
+        sb[off + 2 : off + size] = body
         self._size.pack_into(self.siv, j * self._iov_size + self._iov_len_off, size)
         self._ptr.pack_into(self.smv, j * self.msize, self._naddr + i * NAME)
         self.pending = j + 1

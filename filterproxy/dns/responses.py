@@ -45,7 +45,7 @@ class Reply:
     upstream: str | None = None  # which upstream answered (debug logging)
     raw: wire.RawAnswer | None = None  # an upstream reply kept as bytes (copied into client replies)
 
-    def materialize(self) -> "Reply":
+    def materialize(self) -> Reply:
         """Fill ``answer``/``authority`` from ``raw`` (parsed once, for links that edit records)."""
         raw = self.raw
         if raw is not None and not self.answer and not self.authority and (raw.an or raw.ns):
@@ -54,7 +54,7 @@ class Reply:
             ttls = list(raw.ttl_items())
             if len(rrs) == len(ttls):
                 rrs = [rr._replace(ttl=t) for rr, (_off, t) in zip(rrs, ttls)]
-            self.answer, self.authority = rrs[:raw.an], rrs[raw.an:]
+            self.answer, self.authority = rrs[: raw.an], rrs[raw.an :]
             if not self.additional:
                 self.additional = []
         return self
@@ -88,8 +88,10 @@ class BlockAnswers:
         self.ttl = max(1, int(blocked_ttl))
 
     def describe(self) -> str:
-        return (f"block page {ipaddress.IPv4Address(self.v4)} / {ipaddress.IPv6Address(self.v6)}, "
-                f"blocked answers TTL {self.ttl}s, EDE 15/16/17")
+        return (
+            f"block page {ipaddress.IPv4Address(self.v4)} / {ipaddress.IPv6Address(self.v6)}, "
+            f"blocked answers TTL {self.ttl}s, EDE 15/16/17"
+        )
 
     def mode_for(self, v: Verdict, name: str, block_mode: str) -> str:
         """nxdomain | nodata | null | blockpage. A bypass canary keeps its own negative answer whichever rule
@@ -122,16 +124,29 @@ class BlockAnswers:
         elapsed = int(now - t.stored) if t.stored else 0
         answer = [RR(qname, CNAME, CLASS_IN, self.ttl, target)]
         # the target's records keep their own (aged) TTLs
-        answer += [RR(rr.name, rr.type, rr.cls, max(0, rr.ttl - elapsed), rr.rdata) for rr in t.answer
-                   if not (t.fixed and rr.type == CNAME and rr.name == qname)]
+        answer += [
+            RR(rr.name, rr.type, rr.cls, max(0, rr.ttl - elapsed), rr.rdata)
+            for rr in t.answer
+            if not (t.fixed and rr.type == CNAME and rr.name == qname)
+        ]
         authority = [RR(rr.name, rr.type, rr.cls, max(0, rr.ttl - elapsed), rr.rdata) for rr in t.authority]
         exp = now + self.ttl
         if t.expires:
             exp = min(exp, t.expires)
         else:
             exp = 0.0
-        return Reply(t.rcode, answer, authority, [], stored=now, expires=exp, verdict=v, action="rewrite",
-                     ad=False, upstream=t.upstream)
+        return Reply(
+            t.rcode,
+            answer,
+            authority,
+            [],
+            stored=now,
+            expires=exp,
+            verdict=v,
+            action="rewrite",
+            ad=False,
+            upstream=t.upstream,
+        )
 
 
 def servfail(now: float, ede: tuple[int, str] | None = None, action: str = "error") -> Reply:

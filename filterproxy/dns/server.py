@@ -25,9 +25,18 @@ __all__ = ["DnsServer", "Tally", "pack"]
 class DnsServer:
     """The UDP and TCP listeners of one address, sharing one chain."""
 
-    def __init__(self, chain: Chain, host: str, port: int, *, tcp_idle_timeout: float = 10.0,
-                 tcp_max_connections: int = 256, tcp_max_per_client: int = 16, reuse_port: bool = False,
-                 deadline: float = 8.0) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        host: str,
+        port: int,
+        *,
+        tcp_idle_timeout: float = 10.0,
+        tcp_max_connections: int = 256,
+        tcp_max_per_client: int = 16,
+        reuse_port: bool = False,
+        deadline: float = 8.0,
+    ) -> None:
         self.chain = chain
         self.host, self.port = host, port
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -36,9 +45,14 @@ class DnsServer:
         self.tally = Tally()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.udp = UdpListener(chain, self.tally)
-        self.tcp = TcpListener(chain, self.tally, idle_timeout=tcp_idle_timeout,
-                               max_connections=tcp_max_connections, max_per_client=tcp_max_per_client,
-                               deadline=deadline)
+        self.tcp = TcpListener(
+            chain,
+            self.tally,
+            idle_timeout=tcp_idle_timeout,
+            max_connections=tcp_max_connections,
+            max_per_client=tcp_max_per_client,
+            deadline=deadline,
+        )
 
     def _bind_any_port(self) -> tuple[socket.socket, socket.socket]:
         """A UDP and a TCP socket bound to the same free port (the kernel picks the UDP one; retried
@@ -74,4 +88,3 @@ class DnsServer:
         self.tcp.close()
         await self.udp.stop()
         self.tally.flush()
-

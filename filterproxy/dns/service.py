@@ -29,8 +29,15 @@ MAC_REFRESH_EVERY = 30  # ticks between two rebuilds of the client states when M
 class DnsService:
     """The DNS side of ``filterproxy run``: chain + listeners + periodic housekeeping."""
 
-    def __init__(self, cfg: Config, engine: Engine, *, listen: tuple[str, int], upstreams: list[str] | None = None,
-                 reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        engine: Engine,
+        *,
+        listen: tuple[str, int],
+        upstreams: list[str] | None = None,
+        reuse_port: bool = False,
+    ) -> None:
         from filterproxy.dns.chain import build_chain
 
         self.cfg = cfg
@@ -38,10 +45,16 @@ class DnsService:
         self.chain = build_chain(cfg, engine, upstreams=upstreams)
         timeout = cfg.upstreams.timeout
         deadline = min(15.0, timeout * (len(upstreams or cfg.upstreams.servers) + 1) + 0.5)
-        self.server = DnsServer(self.chain, listen[0], listen[1], tcp_idle_timeout=cfg.dns.tcp_idle_timeout,
-                                tcp_max_connections=cfg.dns.tcp_max_connections,
-                                tcp_max_per_client=cfg.dns.tcp_max_per_client, reuse_port=reuse_port,
-                                deadline=deadline)
+        self.server = DnsServer(
+            self.chain,
+            listen[0],
+            listen[1],
+            tcp_idle_timeout=cfg.dns.tcp_idle_timeout,
+            tcp_max_connections=cfg.dns.tcp_max_connections,
+            tcp_max_per_client=cfg.dns.tcp_max_per_client,
+            reuse_port=reuse_port,
+            deadline=deadline,
+        )
         self._timer: asyncio.Task | None = None
         self._schedules: dict[str, tuple[bool, ...]] = {}
 
@@ -67,8 +80,9 @@ class DnsService:
 
     def _active_schedules(self) -> dict[str, tuple[bool, ...]]:
         now = self.engine.now()
-        return {g: tuple(s.active(now) for s in p.schedules) for g, p in self.engine.config.groups.items()
-                if p.schedules}
+        return {
+            g: tuple(s.active(now) for s in p.schedules) for g, p in self.engine.config.groups.items() if p.schedules
+        }
 
     async def _housekeeping(self) -> None:
         ticks = 0

@@ -116,8 +116,16 @@ class Connections:
 class TcpListener:
     """The TCP side of one address."""
 
-    def __init__(self, chain: Chain, tally: Tally, *, idle_timeout: float = 10.0, max_connections: int = 256,
-                 max_per_client: int = 16, deadline: float = 8.0) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        tally: Tally,
+        *,
+        idle_timeout: float = 10.0,
+        max_connections: int = 256,
+        max_per_client: int = 16,
+        deadline: float = 8.0,
+    ) -> None:
         self.chain = chain
         self.tally = tally
         self.conns = Connections(max_connections, max_per_client, idle_timeout)
@@ -133,8 +141,9 @@ class TcpListener:
         if sock is not None:
             self._server = await asyncio.start_server(self._client, sock=sock, backlog=256)
         else:
-            self._server = await asyncio.start_server(self._client, host, port, reuse_address=True,
-                                                      reuse_port=reuse_port or None, backlog=256)
+            self._server = await asyncio.start_server(
+                self._client, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=256
+            )
 
     def close(self) -> None:
         if self._server is not None:
@@ -164,8 +173,9 @@ class TcpListener:
             except Exception:
                 pass
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str,
-                     inflight: set[asyncio.Task]) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str, inflight: set[asyncio.Task]
+    ) -> None:
         """Read queries until the client goes or idles out; answer each as soon as it is ready."""
         clients = self.chain.clients
         conns = self.conns
@@ -215,8 +225,9 @@ class TcpListener:
         self.tally.count(st.group, q.qtype, r, "tcp")
         return msg
 
-    async def _finish(self, pending: tuple[wire.Query, Deferred], writer: asyncio.StreamWriter,
-                      st: ClientState) -> None:
+    async def _finish(
+        self, pending: tuple[wire.Query, Deferred], writer: asyncio.StreamWriter, st: ClientState
+    ) -> None:
         q, d = pending
         try:
             r = await asyncio.wait_for(to_future(d, self.loop), self.deadline)

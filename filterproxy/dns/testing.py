@@ -53,10 +53,21 @@ class FakeUpstream:
     ``truncate`` get TC=1 over UDP; ``servfail`` names SERVFAIL; ``ttl`` is the default TTL.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, zone: dict | None = None, ttl: int = 300,
-                 nxdomain: set[str] | None = None, truncate: set[str] | None = None,
-                 servfail: set[str] | None = None, negative_ttl: int = 60, delay: float = 0.0,
-                 short_ttl_suffix: str | None = None, tcp: bool = True):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        zone: dict | None = None,
+        ttl: int = 300,
+        nxdomain: set[str] | None = None,
+        truncate: set[str] | None = None,
+        servfail: set[str] | None = None,
+        negative_ttl: int = 60,
+        delay: float = 0.0,
+        short_ttl_suffix: str | None = None,
+        tcp: bool = True,
+    ):
         self.host, self.port = host, port
         self.zone = {k.lower().rstrip("."): v for k, v in (zone or {}).items()}
         self.ttl = ttl
@@ -84,7 +95,7 @@ class FakeUpstream:
                 end += 1 + request[end]
         except IndexError:
             return None
-        key = (request[12:end + 5].lower(), proto)
+        key = (request[12 : end + 5].lower(), proto)
         built = self._built.get(key)
         if built is None and self._plain and end + 5 <= len(request) and not self.delay:
             fast = self._synth(request, end, proto)
@@ -103,9 +114,9 @@ class FakeUpstream:
             if not self.delay:
                 self._built[key] = built
         else:
-            name = _name_from(request[12:end + 1])
+            name = _name_from(request[12 : end + 1])
             self.queries[(name, QTYPE.get(struct.unpack_from(">H", request, end + 1)[0]), proto)] += 1
-        return request[:2] + built[2:12] + request[12:end + 5] + built[end + 5:]
+        return request[:2] + built[2:12] + request[12 : end + 5] + built[end + 5 :]
 
     @property
     def _plain(self) -> bool:
@@ -116,7 +127,7 @@ class FakeUpstream:
         qtype, qclass = struct.unpack_from(">HH", request, end + 1)
         if qtype not in (1, 28) or qclass != 1 or request[2] & 0x80:
             return None
-        name = _name_from(request[12:end + 1])
+        name = _name_from(request[12 : end + 1])
         if name.endswith("nx.test"):
             return None
         ttl = 1 if self.short_ttl_suffix and name.endswith(self.short_ttl_suffix) else self.ttl
@@ -126,8 +137,14 @@ class FakeUpstream:
             rdata = socket.inet_pton(socket.AF_INET6, synth_aaaa(name))
         has_opt = struct.unpack_from(">H", request, 10)[0] > 0
         flags = 0x8000 | 0x0400 | (request[2] << 8 & 0x0100) | 0x0080
-        out = (request[:2] + struct.pack(">HHHHH", flags, 1, 1, 0, 1 if has_opt else 0) + request[12:end + 5]
-               + b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, ttl, len(rdata)) + rdata)
+        out = (
+            request[:2]
+            + struct.pack(">HHHHH", flags, 1, 1, 0, 1 if has_opt else 0)
+            + request[12 : end + 5]
+            + b"\xc0\x0c"
+            + struct.pack(">HHIH", qtype, 1, ttl, len(rdata))
+            + rdata
+        )
         if has_opt:
             out += b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
         self.queries[(name, "A" if qtype == 1 else "AAAA", proto)] += 1
@@ -189,11 +206,15 @@ class FakeUpstream:
 
     def _soa(self, name: str) -> RR:
         zone = name.split(".", 1)[-1] if "." in name else name
-        return RR(zone, QTYPE.SOA, ttl=3600, rdata=SOA("ns.fake.test", "admin.fake.test",
-                                                          (1, 3600, 600, 86400, self.negative_ttl)))
+        return RR(
+            zone,
+            QTYPE.SOA,
+            ttl=3600,
+            rdata=SOA("ns.fake.test", "admin.fake.test", (1, 3600, 600, 86400, self.negative_ttl)),
+        )
 
     # ------------------------------------------------------------------ serving
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         want = self.port
         for _attempt in range(50):  # port 0: UDP picks one, TCP must get the same (retry if it is taken)
@@ -303,7 +324,7 @@ def _name_from(wire_name: bytes) -> str:
     labels, i = [], 0
     while i < len(wire_name) and wire_name[i]:
         ln = wire_name[i]
-        labels.append(wire_name[i + 1:i + 1 + ln].decode("ascii", "replace").lower())
+        labels.append(wire_name[i + 1 : i + 1 + ln].decode("ascii", "replace").lower())
         i += 1 + ln
     return ".".join(labels)
 
@@ -337,13 +358,18 @@ class ServerProcess:
         self.port = 0
         self.metrics_url: str | None = None
 
-    def start(self, timeout: float = 60.0) -> "ServerProcess":
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.python, "-m", "filterproxy", "run", *self.args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "filterproxy", "run", *self.args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.output()

@@ -249,7 +249,7 @@ class UdpListener:
                     end = off + lens[i * len_step + len_at]
                     noff = i * NAME
                     # the client's address as a dict key: an int for IPv4 (no allocation), bytes for IPv6
-                    raw = bytes(names[noff + 8:noff + 24]) if v6 else ipv4[i * name_words + 1]
+                    raw = bytes(names[noff + 8 : noff + 24]) if v6 else ipv4[i * name_words + 1]
                     ip = ips.get(raw)
                     if ip is None:
                         if len(ips) >= 65536:
@@ -268,7 +268,7 @@ class UdpListener:
                             self._limited(st, bytes(rbuf[off:end]), bs.addr(i, ip))
                             continue
                     # the packed reply of this group for exactly these bytes (the ID is not in the key)
-                    key = bytes(rbuf[off + 2:end])
+                    key = bytes(rbuf[off + 2 : end])
                     e = st.cache.get(key)
                     if e is not None and e[0] > now:
                         if e[1] < sec:
@@ -279,12 +279,12 @@ class UdpListener:
                         if size <= SLOT:  # into slot j of the send batch, to the query's own address
                             so = j * SLOT
                             sids[j * slot_words] = rids[i * slot_words]  # the query's ID
-                            sbuf[so + 2:so + size] = body
+                            sbuf[so + 2 : so + size] = body
                             iov_lens[j * iov_step + iov_at] = size
                             msg_names[j * msg_step] = name_base + noff
                             j += 1
                         else:
-                            sendto(bytes(rbuf[off:off + 2]) + body, bs.addr(i, ip))
+                            sendto(bytes(rbuf[off : off + 2]) + body, bs.addr(i, ip))
                         hits[e[3]] += 1
                         continue
                     data = bytes(rbuf[off:end])
@@ -349,8 +349,9 @@ class UdpListener:
         else:
             r.add(lambda value, error: self._udp_later(q, value, error, addr, st))
 
-    def _udp_later(self, q: wire.Query, r: Reply | None, error: BaseException | None, addr: tuple,
-                   st: ClientState) -> None:
+    def _udp_later(
+        self, q: wire.Query, r: Reply | None, error: BaseException | None, addr: tuple, st: ClientState
+    ) -> None:
         """A Deferred reply arrived (on this thread)."""
         now = self.clock()
         if error is not None or type(r) is not Reply:

@@ -42,12 +42,33 @@ _RRFIX = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 # labels the policy engine accepts (filterproxy.names.normalize_host); anything else cannot be checked → refused
 _HOSTNAME_RE = re.compile(rb"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 # a whole host name in text form: labels as above, joined by dots (\Z: no trailing newline slips through)
-_POLICY_NAME_RE = re.compile(rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\Z")
+_POLICY_NAME_RE = re.compile(
+    rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\Z"
+)
 _LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
-QTYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", MX: "MX", TXT: "TXT", AAAA: "AAAA",
-               SRV: "SRV", NAPTR: "NAPTR", DNAME: "DNAME", OPT: "OPT", SVCB: "SVCB", HTTPS: "HTTPS", ANY: "ANY",
-               43: "DS", 48: "DNSKEY", 46: "RRSIG", 47: "NSEC", 257: "CAA"}
+QTYPE_NAMES = {
+    A: "A",
+    NS: "NS",
+    CNAME: "CNAME",
+    SOA: "SOA",
+    PTR: "PTR",
+    MX: "MX",
+    TXT: "TXT",
+    AAAA: "AAAA",
+    SRV: "SRV",
+    NAPTR: "NAPTR",
+    DNAME: "DNAME",
+    OPT: "OPT",
+    SVCB: "SVCB",
+    HTTPS: "HTTPS",
+    ANY: "ANY",
+    43: "DS",
+    48: "DNSKEY",
+    46: "RRSIG",
+    47: "NSEC",
+    257: "CAA",
+}
 
 
 class WireError(ValueError):
@@ -64,6 +85,7 @@ def lower(b: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- names
+
 
 def read_name(buf: bytes, off: int, *, allow_pointers: bool = True) -> tuple[bytes, int]:
     """Read a possibly compressed name at ``off`` → (uncompressed wire name, offset after it)."""
@@ -96,7 +118,7 @@ def read_name(buf: bytes, off: int, *, allow_pointers: bool = True) -> tuple[byt
             raise WireError(f"unsupported label type 0x{ln:02x}")
         if off + 1 + ln > n:
             raise WireError("label runs past the end of the message")
-        out += buf[off:off + 1 + ln]
+        out += buf[off : off + 1 + ln]
         off += 1 + ln
         if len(out) > 255:
             raise WireError("name longer than 255 octets")
@@ -132,7 +154,7 @@ def name_to_text(wire: bytes) -> str:
     i = 0
     while i < len(wire) and wire[i]:
         ln = wire[i]
-        lab = wire[i + 1:i + 1 + ln]
+        lab = wire[i + 1 : i + 1 + ln]
         if all(33 <= c < 127 and c not in (0x2E, 0x5C) for c in lab):
             labels.append(lab.decode("ascii"))
         else:
@@ -189,6 +211,7 @@ def policy_name(wire: bytes) -> str | None:
 
 
 # ---------------------------------------------------------------- queries
+
 
 @dataclass(slots=True)
 class Query:
@@ -318,9 +341,12 @@ def header_reply(data: bytes, rcode: int) -> bytes | None:
     if qd == 1:
         try:
             off = skip_name(data, 12)
-            if off + 4 <= len(data) and off - 12 <= 255 and not any(
-                    data[i] & 0xC0 for i in _label_starts(data, 12, off)):
-                question = data[12:off + 4]
+            if (
+                off + 4 <= len(data)
+                and off - 12 <= 255
+                and not any(data[i] & 0xC0 for i in _label_starts(data, 12, off))
+            ):
+                question = data[12 : off + 4]
         except WireError:
             pass
     flags = 0x8000 | (data[2] << 8 & 0x7900) | 0x0080 | (rcode & 0xF)  # QR, opcode, RD echoed, RA
@@ -334,6 +360,7 @@ def _label_starts(data: bytes, off: int, end: int):
 
 
 # ---------------------------------------------------------------- records and messages
+
 
 class RR(NamedTuple):
     """One resource record with an uncompressed owner name (wire, lower case) and uncompressed rdata.
@@ -363,9 +390,22 @@ class RR(NamedTuple):
 
 # rdata layouts with names that may be compressed (RFC 3597 §4: only these "well-known" types)
 _NAME_FIELDS: dict[int, tuple[int, int]] = {
-    NS: (0, 1), CNAME: (0, 1), PTR: (0, 1), DNAME: (0, 1),  # (bytes before the first name, number of names)
-    MX: (2, 1), SOA: (0, 2), SRV: (6, 1), 7: (0, 1), 8: (0, 1), 9: (0, 1),  # MB, MG, MR
-    14: (0, 2), 17: (0, 2), 18: (2, 1), 21: (2, 1), 36: (2, 1)}  # MINFO, RP, AFSDB, RT, KX
+    NS: (0, 1),
+    CNAME: (0, 1),
+    PTR: (0, 1),
+    DNAME: (0, 1),  # (bytes before the first name, number of names)
+    MX: (2, 1),
+    SOA: (0, 2),
+    SRV: (6, 1),
+    7: (0, 1),
+    8: (0, 1),
+    9: (0, 1),  # MB, MG, MR
+    14: (0, 2),
+    17: (0, 2),
+    18: (2, 1),
+    21: (2, 1),
+    36: (2, 1),
+}  # MINFO, RP, AFSDB, RT, KX
 
 
 def _expand_rdata(buf: bytes, rtype: int, off: int, rdlen: int) -> bytes:
@@ -376,7 +416,7 @@ def _expand_rdata(buf: bytes, rtype: int, off: int, rdlen: int) -> bytes:
     pre, count = spec
     if pre > rdlen:
         raise WireError("rdata too short")
-    out = bytearray(buf[off:off + pre])
+    out = bytearray(buf[off : off + pre])
     o = off + pre
     for _ in range(count):
         name, o = read_name(buf, o)
@@ -449,7 +489,7 @@ def parse_message(buf: bytes) -> Message:
             else:
                 if ttl & 0x80000000:  # RFC 2181 §8: treat as zero
                     ttl = 0
-                rdata = buf[off:off + rdlen] if rtype not in _NAME_FIELDS else _expand_rdata(buf, rtype, off, rdlen)
+                rdata = buf[off : off + rdlen] if rtype not in _NAME_FIELDS else _expand_rdata(buf, rtype, off, rdlen)
                 section.append(RR(name, rtype, rclass, ttl, rdata))
             off += rdlen
     return msg
@@ -490,8 +530,9 @@ _TUPLE_NEW = tuple.__new__
 _ADDRREC = struct.Struct(">HHH")
 
 
-def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
-               negative_ttl: int) -> tuple[int, int, RawAnswer] | None:
+def scan_reply(
+    buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int, negative_ttl: int
+) -> tuple[int, int, RawAnswer] | None:
     """Walk an upstream reply to our question: (rcode, flags, RawAnswer), or None when it is unusual
     (compressed or different question, forward pointers, EDNS extended rcode, truncation...) and must
     take the general path (:func:`parse_message`). Raises WireError when it is malformed.
@@ -503,8 +544,13 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
         raise WireError("shorter than a DNS header")
     _id, flags, qd, an, ns, ar = _HDR.unpack_from(buf)
     qend = 12 + len(qname) + 4
-    if qd != 1 or qend > n or not (buf.startswith(qname, 12) or lower(buf[12:12 + len(qname)]) == qname) or \
-            _U16.unpack_from(buf, qend - 4)[0] != qtype or flags & 0x0200:
+    if (
+        qd != 1
+        or qend > n
+        or not (buf.startswith(qname, 12) or lower(buf[12 : 12 + len(qname)]) == qname)
+        or _U16.unpack_from(buf, qend - 4)[0] != qtype
+        or flags & 0x0200
+    ):
         return None
     rcode = flags & 0xF
     off = qend
@@ -547,7 +593,7 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
             elif rtype == A or rtype == AAAA:
                 addrs += _ADDRREC.pack(rtype, rd, rdlen)
         elif rtype == SOA and rdlen >= 22 and soa_neg is None:
-            soa_neg = (len(ttls), min(ttl, int.from_bytes(buf[off - 4:off], "big")))
+            soa_neg = (len(ttls), min(ttl, int.from_bytes(buf[off - 4 : off], "big")))
         ttls += _TTLREC.pack(ttl_off, ttl if min_ttl <= ttl <= max_ttl else max(min_ttl, min(ttl, max_ttl)))
     end = off
     for _ in range(ar):  # additional records are dropped; an OPT with an extended rcode takes the slow path
@@ -575,17 +621,17 @@ def scan_reply(buf: bytes, qname: bytes, qtype: int, min_ttl: int, max_ttl: int,
     else:
         life = 0
     # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python frame more
-    return rcode, flags, _TUPLE_NEW(RawAnswer, (buf, qend, end, an, ns, bytes(ttls), bytes(cnames), bytes(addrs),
-                                                life))
+    return rcode, flags, _TUPLE_NEW(RawAnswer, (buf, qend, end, an, ns, bytes(ttls), bytes(cnames), bytes(addrs), life))
 
 
-def pack_raw(q: Query, rcode: int, raw: RawAnswer, elapsed: int, *, ad: bool = False,
-             max_size: int = 65535) -> tuple[bytes, list[tuple[int, int]]]:
+def pack_raw(
+    q: Query, rcode: int, raw: RawAnswer, elapsed: int, *, ad: bool = False, max_size: int = 65535
+) -> tuple[bytes, list[tuple[int, int]]]:
     """A reply to ``q`` with ``raw``'s sections copied in, TTLs aged by ``elapsed`` (see RawAnswer)."""
     flags = 0x8000 | (q.flags & 0x0110) | 0x0080 | (rcode & 0xF) | (0x0020 if ad else 0)
     buf = bytearray(_HDR.pack(q.id, flags, 1, raw.an, raw.ns, 1 if q.edns else 0))
-    buf += q.data[12:q.qend]
-    buf += raw.msg[raw.qend:raw.end]
+    buf += q.data[12 : q.qend]
+    buf += raw.msg[raw.qend : raw.end]
     pack = _U32.pack_into
     offsets = []
     for off, ttl in raw.ttl_items():
@@ -601,8 +647,17 @@ def pack_raw(q: Query, rcode: int, raw: RawAnswer, elapsed: int, *, ad: bool = F
     return bytes(buf), offsets
 
 
-def build_query(qname: bytes, qtype: int, qclass: int = CLASS_IN, *, qid: int = 0, rd: bool = True,
-                cd: bool = False, do: bool = False, edns: bool = True) -> bytes:
+def build_query(
+    qname: bytes,
+    qtype: int,
+    qclass: int = CLASS_IN,
+    *,
+    qid: int = 0,
+    rd: bool = True,
+    cd: bool = False,
+    do: bool = False,
+    edns: bool = True,
+) -> bytes:
     """A query message (for upstreams): EDNS with a 1232-byte UDP size."""
     flags = (0x0100 if rd else 0) | (0x0010 if cd else 0)
     msg = _HDR.pack(qid, flags, 1, 0, 0, 1 if edns else 0) + qname + struct.pack(">HH", qtype, qclass)
@@ -612,6 +667,7 @@ def build_query(qname: bytes, qtype: int, qclass: int = CLASS_IN, *, qid: int = 
 
 
 # ---------------------------------------------------------------- packing replies
+
 
 class Packer:
     """Appends records to a reply with name compression; remembers where each TTL is (for ageing)."""
@@ -683,9 +739,19 @@ def ede_option(code: int, text: str = "") -> bytes:
     return _U16.pack(OPT_EDE) + _U16.pack(2 + len(t)) + _U16.pack(code) + t
 
 
-def pack_reply(q: Query, rcode: int, answer: list[RR] = (), authority: list[RR] = (), additional: list[RR] = (), *,
-               ttls: tuple[list[int], list[int], list[int]] | None = None, ede: tuple[int, str] | None = None,
-               aa: bool = False, ad: bool = False, max_size: int = 65535) -> tuple[bytes, list[tuple[int, int]]]:
+def pack_reply(
+    q: Query,
+    rcode: int,
+    answer: list[RR] = (),
+    authority: list[RR] = (),
+    additional: list[RR] = (),
+    *,
+    ttls: tuple[list[int], list[int], list[int]] | None = None,
+    ede: tuple[int, str] | None = None,
+    aa: bool = False,
+    ad: bool = False,
+    max_size: int = 65535,
+) -> tuple[bytes, list[tuple[int, int]]]:
     """A complete reply to ``q`` (its ID, its question bytes as sent, OPT if it had EDNS).
 
     ``ttls`` gives the TTL to write for each record (default: each record's own). Returns the message and
@@ -697,7 +763,7 @@ def pack_reply(q: Query, rcode: int, answer: list[RR] = (), authority: list[RR] 
     sections = (answer, authority, additional)
     while True:
         nar = len(sections[2]) + (1 if q.edns else 0)
-        head = _HDR.pack(q.id, flags, 1, len(sections[0]), len(sections[1]), nar) + q.data[12:q.qend]
+        head = _HDR.pack(q.id, flags, 1, len(sections[0]), len(sections[1]), nar) + q.data[12 : q.qend]
         p = Packer(head, q.qname)
         for i, section in enumerate(sections):
             t = ttls[i] if ttls is not None else None
@@ -715,7 +781,7 @@ def pack_reply(q: Query, rcode: int, answer: list[RR] = (), authority: list[RR] 
 def truncated_reply(q: Query, rcode: int = NOERROR) -> bytes:
     """TC=1 and no records: "ask again over TCP"."""
     flags = 0x8000 | (q.flags & 0x0110) | 0x0080 | 0x0200 | (rcode & 0xF)
-    out = _HDR.pack(q.id, flags, 1, 0, 0, 1 if q.edns else 0) + q.data[12:q.qend]
+    out = _HDR.pack(q.id, flags, 1, 0, 0, 1 if q.edns else 0) + q.data[12 : q.qend]
     if q.edns:
         out += opt_record(q.do, rcode >> 4)
     return out
@@ -757,7 +823,7 @@ def parse_svcb(rdata: bytes) -> tuple[int, bytes, list[tuple[int, bytes]]]:
         if key <= last:
             raise WireError("SVCB keys out of order")
         last = key
-        params.append((key, rdata[off:off + ln]))
+        params.append((key, rdata[off : off + ln]))
         off += ln
     return prio, target, params
 
@@ -786,7 +852,7 @@ def strip_svcb(rdata: bytes, *, ech: bool = True, h3: bool = False) -> bytes:
             ids, o = [], 0
             while o < len(val):
                 ln = val[o]
-                ids.append(val[o + 1:o + 1 + ln])
+                ids.append(val[o + 1 : o + 1 + ln])
                 o += 1 + ln
             kept = [i for i in ids if not (i == b"h3" or i.startswith(b"h3-"))]
             if len(kept) != len(ids):

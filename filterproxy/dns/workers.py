@@ -33,8 +33,15 @@ READY_TIMEOUT = 120.0
 class DnsWorkers:
     """``count`` worker processes serving DNS on ``listen`` next to the main process."""
 
-    def __init__(self, args: argparse.Namespace, listen: tuple[str, int], count: int, *, state_dir: str,
-                 ready_timeout: float = READY_TIMEOUT):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        listen: tuple[str, int],
+        count: int,
+        *,
+        state_dir: str,
+        ready_timeout: float = READY_TIMEOUT,
+    ):
         self.args = args
         self.host, self.port = listen
         self.count = count
@@ -51,14 +58,34 @@ class DnsWorkers:
     def command(self, ready_fd: int) -> list[str]:
         a = self.args
         host = f"[{self.host}]" if ":" in self.host else self.host
-        cmd = [sys.executable, "-m", "filterproxy"] + (["--verbose"] if getattr(a, "verbose", False) else []) + [
-            "run", "--dns-listen", f"{host}:{self.port}", "--proxy-listen", "off", "--metrics-listen", "off",
-            "--dns-workers", "1", "--state-dir", self.state_dir,
-            "--worker-of", str(os.getpid()), "--ready-fd", str(ready_fd)]
+        cmd = (
+            [sys.executable, "-m", "filterproxy"]
+            + (["--verbose"] if getattr(a, "verbose", False) else [])
+            + [
+                "run",
+                "--dns-listen",
+                f"{host}:{self.port}",
+                "--proxy-listen",
+                "off",
+                "--metrics-listen",
+                "off",
+                "--dns-workers",
+                "1",
+                "--state-dir",
+                self.state_dir,
+                "--worker-of",
+                str(os.getpid()),
+                "--ready-fd",
+                str(ready_fd),
+            ]
+        )
         if getattr(a, "config", None):
             cmd += ["--config", os.path.abspath(a.config)]
-        for flag, values in (("--extra-list", a.extra_list), ("--client-group", a.client_group),
-                             ("--upstream", getattr(a, "upstream", None))):
+        for flag, values in (
+            ("--extra-list", a.extra_list),
+            ("--client-group", a.client_group),
+            ("--upstream", getattr(a, "upstream", None)),
+        ):
             for v in values or ():
                 cmd += [flag, v]
         return cmd
@@ -75,7 +102,7 @@ class DnsWorkers:
     def _wait_ready(self, spawned: list[tuple[int, subprocess.Popen, int]]) -> None:
         wait_ready({r: (f"worker {i + 1}", p) for i, p, r in spawned}, self.ready_timeout, "dns")
 
-    def start(self) -> "DnsWorkers":
+    def start(self) -> DnsWorkers:
         spawned = []
         try:
             for i in range(self.count):
@@ -95,8 +122,13 @@ class DnsWorkers:
             for i, p in enumerate(self.procs):
                 if p is None or p.poll() is None or self._stopping.is_set():
                     continue
-                log.error("dns: worker %d (pid %d) exited with status %s; restarting in %.0fs", i + 1, p.pid,
-                          p.returncode, backoff[i])
+                log.error(
+                    "dns: worker %d (pid %d) exited with status %s; restarting in %.0fs",
+                    i + 1,
+                    p.pid,
+                    p.returncode,
+                    backoff[i],
+                )
                 if self._stopping.wait(backoff[i]):
                     return
                 backoff[i] = min(60.0, backoff[i] * 2)

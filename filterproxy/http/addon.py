@@ -106,8 +106,9 @@ class FilterAddon:
         """Register a response inspector (the image-hashing hook point)."""
         self.response_checks.append(check)
 
-    def _identify(self, flow: http.HTTPFlow, st: HttpState, conn: Conn | None
-                  ) -> tuple[Client, str | None] | str | Awaitable[None]:
+    def _identify(
+        self, flow: http.HTTPFlow, st: HttpState, conn: Conn | None
+    ) -> tuple[Client, str | None] | str | Awaitable[None]:
         return self.identity.identify(flow, st, conn, self.keeper.listener_groups)
 
     def _loaded(self) -> HttpState:
@@ -180,11 +181,18 @@ class FilterAddon:
             responses.respond_block(flow, v, host.lower(), st)
         else:
             if v.action is Action.REWRITE and (
-                    eng := safesearch.rewrite(req, host, st.levels.get(v.group or "", ("strict", "strict")))):
+                eng := safesearch.rewrite(req, host, st.levels.get(v.group or "", ("strict", "strict")))
+            ):
                 metrics.HTTP_SAFESEARCH_REWRITES.inc(v.group or "unknown", eng)
                 url = _target(req)[1]
-            flow.metadata[KEY] = {"group": v.group, "action": v.action.value, "reason": v.reason.value,
-                                  "category": v.category, "short_id": v.short_id, "url": url}
+            flow.metadata[KEY] = {
+                "group": v.group,
+                "action": v.action.value,
+                "reason": v.reason.value,
+                "category": v.category,
+                "short_id": v.short_id,
+                "url": url,
+            }
             flow._filterproxy_seen = fingerprint(req)  # type: ignore[attr-defined]  # for the request() guard
         responses.count(v)
         return None

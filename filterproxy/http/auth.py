@@ -59,8 +59,15 @@ class UserEntry:
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
     """``salt$hash`` (hex) with scrypt, as written to the users file."""
     salt = salt if salt is not None else os.urandom(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=64 * 1024 * 1024, dklen=SCRYPT_LEN)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=64 * 1024 * 1024,
+        dklen=SCRYPT_LEN,
+    )
     return f"{salt.hex()}${digest.hex()}"
 
 
@@ -85,8 +92,15 @@ def verify_password(password: str, hashed: str) -> bool:
     try:
         if len(parts) == 2:
             salt, want = bytes.fromhex(parts[0]), bytes.fromhex(parts[1])
-            got = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                                 maxmem=64 * 1024 * 1024, dklen=len(want))
+            got = hashlib.scrypt(
+                password.encode("utf-8"),
+                salt=salt,
+                n=SCRYPT_N,
+                r=SCRYPT_R,
+                p=SCRYPT_P,
+                maxmem=64 * 1024 * 1024,
+                dklen=len(want),
+            )
         elif len(parts) == 4 and parts[0] == "pbkdf2_sha256":
             salt, want = bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
             got = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, int(parts[1]), len(want))
@@ -160,14 +174,16 @@ class UsersFile:
         self._bad: dict[bytes, None] = {}  # sha256(header) of recent failures (no hash on replay)
 
     @classmethod
-    def load(cls, path: str, groups: "set[str] | None" = None) -> "UsersFile":
+    def load(cls, path: str, groups: set[str] | None = None) -> UsersFile:
         """Read and check ``path``; with ``groups``, every entry's group must be one of them."""
         entries = _read_entries(path)
         if groups is not None:
             for e in entries:
                 if e.group not in groups:
-                    raise UsersFileError(f"{path}:{e.line}: user {e.user!r}: unknown group {e.group!r} "
-                                         f"(groups: {', '.join(sorted(groups))})")
+                    raise UsersFileError(
+                        f"{path}:{e.line}: user {e.user!r}: unknown group {e.group!r} "
+                        f"(groups: {', '.join(sorted(groups))})"
+                    )
         return cls(path, entries)
 
     def __len__(self) -> int:
@@ -209,6 +225,7 @@ def _tag(header: str) -> bytes:
 
 # ---------------------------------------------------------------- command line helper
 
+
 def _write_atomic(path: str, lines: list[str]) -> None:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".users-", dir=d)
@@ -240,8 +257,10 @@ def _read_password(confirm: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m filterproxy.http.auth",
-                                description="Manage the filterproxy proxy users file (user:group:salt$hash).")
+    p = argparse.ArgumentParser(
+        prog="python -m filterproxy.http.auth",
+        description="Manage the filterproxy proxy users file (user:group:salt$hash).",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("add", help="add or replace a user; the password is read from stdin")
     a.add_argument("file")
@@ -290,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     out = [entry if is_user(line) else line for line in lines]
     if entry not in out:
         if not lines:
-            out = ["# filterproxy proxy users: user:group:salt$hash (scrypt); manage with python -m filterproxy.http.auth"]
+            out = [
+                "# filterproxy proxy users: user:group:salt$hash (scrypt); manage with python -m filterproxy.http.auth"
+            ]
         out.append(entry)
     _write_atomic(args.file, out)
     return 0

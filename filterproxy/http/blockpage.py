@@ -118,10 +118,12 @@ _TEXT: dict[str, dict[str, str]] = {
     },
 }
 
-_ICON = ('<svg class="icon" viewBox="0 0 84 84" role="img" aria-label="{label}">'
-         '<circle cx="42" cy="42" r="38" fill="{fill}"/>'
-         '<circle cx="42" cy="42" r="26" fill="none" stroke="#fff" stroke-width="8"/>'
-         '<line x1="24" y1="60" x2="60" y2="24" stroke="#fff" stroke-width="8" stroke-linecap="round"/></svg>')
+_ICON = (
+    '<svg class="icon" viewBox="0 0 84 84" role="img" aria-label="{label}">'
+    '<circle cx="42" cy="42" r="38" fill="{fill}"/>'
+    '<circle cx="42" cy="42" r="26" fill="none" stroke="#fff" stroke-width="8"/>'
+    '<line x1="24" y1="60" x2="60" y2="24" stroke="#fff" stroke-width="8" stroke-linecap="round"/></svg>'
+)
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,14 @@ class BlockPageSettings:
             object.__setattr__(self, "default_language", "vi")
 
     @classmethod
-    def from_config(cls, http_cfg) -> "BlockPageSettings":
-        return cls(hotline=str(http_cfg.hotline), report_url=http_cfg.report_url, review_url=http_cfg.review_url,
-                   ca_help_url=http_cfg.ca_help_url, default_language=http_cfg.default_language)
+    def from_config(cls, http_cfg) -> BlockPageSettings:
+        return cls(
+            hotline=str(http_cfg.hotline),
+            report_url=http_cfg.report_url,
+            review_url=http_cfg.review_url,
+            ca_help_url=http_cfg.ca_help_url,
+            default_language=http_cfg.default_language,
+        )
 
 
 def _safe_url(url: str | None) -> str | None:
@@ -201,9 +208,16 @@ def status_for(verdict: Verdict) -> int:
     return 451 if verdict.legal or verdict.reason is Reason.LEGAL else 403
 
 
-def render(verdict: Verdict, host: str, *, lang: str, tone: str, settings: BlockPageSettings,
-           policy_name: str | None = None,
-           policy_names: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def render(
+    verdict: Verdict,
+    host: str,
+    *,
+    lang: str,
+    tone: str,
+    settings: BlockPageSettings,
+    policy_name: str | None = None,
+    policy_names: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of the block page for ``verdict`` on ``host``.
 
     The policy is shown as ``policy_names[lang]`` (a policy's localized ``names``) when present, else
@@ -254,12 +268,18 @@ def render(verdict: Verdict, host: str, *, lang: str, tone: str, settings: Block
         links.append(f'<li><a id="ca-help" href="{_e(settings.ca_help_url)}" rel="noreferrer">{t["ca_help"]}</a></li>')
 
     body = _TEMPLATE.substitute(
-        lang=lang, title=_e(t["title"]), tone=_e(tone if tone in ("child", "teen", "adult") else "teen"),
+        lang=lang,
+        title=_e(t["title"]),
+        tone=_e(tone if tone in ("child", "teen", "adult") else "teen"),
         legal_class="legal" if legal else "",
         icon=_ICON.format(label=_e(t["icon_label"]), fill="#b42318" if legal else ("#e8590c" if child else "#1f6feb")),
-        heading=_e(heading), lead=lead, detail="\n".join(detail),
+        heading=_e(heading),
+        lead=lead,
+        detail="\n".join(detail),
         help=(t["help_child"] if child else t["help"]).format(hotline=hotline_html),
-        links="\n".join(links), reason_label=_e(t["reason"]), reason_id=_e(verdict.short_id),
+        links="\n".join(links),
+        reason_label=_e(t["reason"]),
+        reason_id=_e(verdict.short_id),
     ).encode("utf-8")
     headers = {
         "Content-Type": "text/html; charset=utf-8",
@@ -270,7 +290,7 @@ def render(verdict: Verdict, host: str, *, lang: str, tone: str, settings: Block
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-                                   "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+        "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
         "X-Filterproxy-Reason": verdict.short_id.encode("ascii", "replace").decode("ascii"),
     }
     return status_for(verdict), headers, body

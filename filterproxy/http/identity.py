@@ -67,8 +67,9 @@ class Identity:
     def forget(self, client: connection.Client) -> None:
         self.conns.pop(client.id, None)
 
-    def identify(self, flow: http.HTTPFlow, st: HttpState, conn: Conn | None, listener_groups: dict[int, str]
-                 ) -> tuple[Client, str | None] | str | Awaitable[None]:
+    def identify(
+        self, flow: http.HTTPFlow, st: HttpState, conn: Conn | None, listener_groups: dict[int, str]
+    ) -> tuple[Client, str | None] | str | Awaitable[None]:
         """(client, group); :data:`AUTH_REQUIRED` when a login is required; an awaitable when a new
         credential must be checked first (slow hash in a thread; call again afterwards)."""
         ip = peer_ip(flow.client_conn)
@@ -104,8 +105,9 @@ class Identity:
                 return AUTH_REQUIRED
         return client, group
 
-    def tls_client(self, client_conn: connection.Client, conn: Conn | None, st: HttpState,
-                   listener_groups: dict[int, str]) -> tuple[Client, str | None]:
+    def tls_client(
+        self, client_conn: connection.Client, conn: Conn | None, st: HttpState, listener_groups: dict[int, str]
+    ) -> tuple[Client, str | None]:
         """(client, group) at a TLS ClientHello: the CONNECT's login if there was one, else the address rules."""
         if conn is not None and conn.group is not None:
             return Client(ip=peer_ip(client_conn), user=conn.user), conn.group

@@ -32,8 +32,9 @@ MARK = "filterproxy_image"  # flow.metadata key: this response is an image to ha
 class ImageCheck:
     """Hash image responses and block those on a hash list; one per proxy worker."""
 
-    def __init__(self, state: Callable[[], object], spool=None, *, executor: Executor | None = None,
-                 cache_size: int = 4096):
+    def __init__(
+        self, state: Callable[[], object], spool=None, *, executor: Executor | None = None, cache_size: int = 4096
+    ):
         self._state = state  # returns the addon's current HttpState (hot-swapped)
         self.spool = spool  # filterproxy.reports.ReportSpool (set by the addon once configured)
         self._executor = executor
@@ -99,12 +100,29 @@ class ImageCheck:
         metrics.IMAGEHASH_MATCHES.inc(lst.id, m.kind)
         if self.spool is not None:
             try:
-                self.spool.submit(list_id=lst.id, item_id=snap.image_items.get(m.record), match_kind=m.kind,
-                                   distance=m.distance, url=flow.request.pretty_url,
-                                   client=flow.client_conn.peername[0] if flow.client_conn.peername else None)
+                self.spool.submit(
+                    list_id=lst.id,
+                    item_id=snap.image_items.get(m.record),
+                    match_kind=m.kind,
+                    distance=m.distance,
+                    url=flow.request.pretty_url,
+                    client=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+                )
             except OSError:
                 log.exception("image match on list %s: report could not be spooled", lst.id)
-        log.warning("image on hash list %s blocked (%s, distance %d)%s", lst.id, m.kind, m.distance,
-                    " (cached result)" if cached else "")
-        return Verdict(Action.BLOCK, Reason.LEGAL if lst.source.is_legal else Reason.CATEGORY, group,
-                       category=lst.category, list_id=lst.id, legal=lst.source.is_legal, hashed=True)
+        log.warning(
+            "image on hash list %s blocked (%s, distance %d)%s",
+            lst.id,
+            m.kind,
+            m.distance,
+            " (cached result)" if cached else "",
+        )
+        return Verdict(
+            Action.BLOCK,
+            Reason.LEGAL if lst.source.is_legal else Reason.CATEGORY,
+            group,
+            category=lst.category,
+            list_id=lst.id,
+            legal=lst.source.is_legal,
+            hashed=True,
+        )

@@ -48,8 +48,14 @@ class ResponseCheck(Protocol):
 
 
 def _mark(flow: http.HTTPFlow, action: str) -> None:
-    flow.metadata[KEY] = {"group": None, "action": action, "reason": action, "category": None,
-                          "short_id": action, "url": None}
+    flow.metadata[KEY] = {
+        "group": None,
+        "action": action,
+        "reason": action,
+        "category": None,
+        "short_id": action,
+        "url": None,
+    }
 
 
 def count(v: Verdict) -> None:
@@ -69,41 +75,64 @@ def respond_block(flow: http.HTTPFlow, v: Verdict, host: str, st: HttpState | No
         tone = st.tones.get(v.group, "child")
         policy_name, policy_names = st.policy_names.get(v.group, (None, None))
     lang = blockpage.pick_language(flow.request.headers.get("accept-language"), page.default_language)
-    status, headers, body = blockpage.render(v, host, lang=lang, tone=tone, settings=page, policy_name=policy_name,
-                                             policy_names=policy_names)
+    status, headers, body = blockpage.render(
+        v, host, lang=lang, tone=tone, settings=page, policy_name=policy_name, policy_names=policy_names
+    )
     flow.response = http.Response.make(status, body, headers)
-    flow.metadata[KEY] = {"group": v.group, "action": "block", "reason": v.reason.value, "category": v.category,
-                          "short_id": v.short_id, "url": None}
+    flow.metadata[KEY] = {
+        "group": v.group,
+        "action": "block",
+        "reason": v.reason.value,
+        "category": v.category,
+        "short_id": v.short_id,
+        "url": None,
+    }
 
 
 def bad_request(flow: http.HTTPFlow, problem: str) -> None:
     """400 with a short plain reason; nothing is forwarded."""
-    flow.response = http.Response.make(400, f"filterproxy: bad request: {problem}\n".encode(),
-                                       {"Content-Type": "text/plain; charset=utf-8", **NO_STORE,
-                                        "Connection": "close"})
+    flow.response = http.Response.make(
+        400,
+        f"filterproxy: bad request: {problem}\n".encode(),
+        {"Content-Type": "text/plain; charset=utf-8", **NO_STORE, "Connection": "close"},
+    )
     _mark(flow, "invalid")
 
 
 def challenge(flow: http.HTTPFlow) -> None:
     """407: a proxy login is required."""
     flow.response = http.Response.make(
-        407, "Cần đăng nhập vào bộ lọc / Proxy login required\n".encode(),
-        {"Proxy-Authenticate": f'Basic realm="{AUTH_REALM}", charset="UTF-8"',
-         "Content-Type": "text/plain; charset=utf-8", **NO_STORE})
+        407,
+        "Cần đăng nhập vào bộ lọc / Proxy login required\n".encode(),
+        {
+            "Proxy-Authenticate": f'Basic realm="{AUTH_REALM}", charset="UTF-8"',
+            "Content-Type": "text/plain; charset=utf-8",
+            **NO_STORE,
+        },
+    )
     _mark(flow, "auth")
 
 
 def refuse_connect(flow: http.HTTPFlow, short_id: str) -> None:
     """403 to a CONNECT: the tunnel is refused, nothing reaches the server."""
-    flow.response = http.Response.make(403, f"filterproxy: blocked ({short_id})\n".encode(),
-                                       {**NO_STORE, "X-Filterproxy-Reason": short_id})
+    flow.response = http.Response.make(
+        403, f"filterproxy: blocked ({short_id})\n".encode(), {**NO_STORE, "X-Filterproxy-Reason": short_id}
+    )
 
 
 def accept_tunnel(flow: http.HTTPFlow) -> None:
     """200 to a CONNECT without contacting the server: the client then gets the block page if it trusts the
     CA, or fails its TLS handshake at once if it does not (no hang)."""
-    flow.response = http.Response(flow.request.data.http_version, 200, b"Connection established",
-                                  http.Headers(), b"", None, time.time(), time.time())
+    flow.response = http.Response(
+        flow.request.data.http_version,
+        200,
+        b"Connection established",
+        http.Headers(),
+        b"",
+        None,
+        time.time(),
+        time.time(),
+    )
 
 
 def is_self(flow: http.HTTPFlow, proxy_names: frozenset[str]) -> bool:
@@ -122,12 +151,17 @@ def serve_self(flow: http.HTTPFlow) -> None:
     if path in PAC_PATHS:
         sock = flow.client_conn.sockname
         fallback = f"{sock[0]}:{sock[1]}" if ":" not in str(sock[0]) else f"[{sock[0]}]:{sock[1]}"
-        flow.response = http.Response.make(200, render_pac(req.headers.get("host"), fallback),
-                                           {"Content-Type": PAC_CONTENT_TYPE, "Cache-Control": "max-age=300"})
+        flow.response = http.Response.make(
+            200,
+            render_pac(req.headers.get("host"), fallback),
+            {"Content-Type": PAC_CONTENT_TYPE, "Cache-Control": "max-age=300"},
+        )
     else:
         flow.response = http.Response.make(
-            404, b"filterproxy: this is a filtering proxy; the proxy configuration file is at /proxy.pac\n",
-            {"Content-Type": "text/plain; charset=utf-8", **NO_STORE})
+            404,
+            b"filterproxy: this is a filtering proxy; the proxy configuration file is at /proxy.pac\n",
+            {"Content-Type": "text/plain; charset=utf-8", **NO_STORE},
+        )
     _mark(flow, "internal")
 
 

@@ -85,9 +85,18 @@ class ProxyWorkers:
     multi-process metrics folder (default ``<state_dir>/metrics``; ``""`` = off).
     """
 
-    def __init__(self, args: argparse.Namespace | None, cfg, listen: tuple[str, int], workers: int, *,
-                 mode: str | None = None, options: Mapping[str, str] | None = None,
-                 metrics_dir: str | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace | None,
+        cfg,
+        listen: tuple[str, int],
+        workers: int,
+        *,
+        mode: str | None = None,
+        options: Mapping[str, str] | None = None,
+        metrics_dir: str | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
         if workers < 1:
             raise ValueError("proxy workers must be at least 1")
         self.args = args
@@ -101,15 +110,20 @@ class ProxyWorkers:
             if kind not in _MODE_KINDS:
                 raise ValueError(f"proxy mode {m!r}: expected one of {', '.join(_MODE_KINDS)}")
             if kind in _UDP_MODES and m is self.modes[0] and workers != 1:
-                raise ValueError(f"{kind} mode on the main listen address runs in one proxy worker "
-                                 f"(a UDP server cannot be shared); add it as a second mode, e.g. {kind}@51820")
+                raise ValueError(
+                    f"{kind} mode on the main listen address runs in one proxy worker "
+                    f"(a UDP server cannot be shared); add it as a second mode, e.g. {kind}@51820"
+                )
         self.options = dict(options or {})
         state_dir = getattr(args, "state_dir", None) or (cfg.server.state_dir if cfg is not None else "")
         self.state_dir = os.path.abspath(state_dir) if state_dir else ""
         if "confdir" not in self.options and self.state_dir:
             self.options["confdir"] = os.path.join(self.state_dir, "mitmproxy")
-        self.metrics_dir = metrics_dir if metrics_dir is not None else (
-            os.path.join(self.state_dir, "metrics") if self.state_dir else "")
+        self.metrics_dir = (
+            metrics_dir
+            if metrics_dir is not None
+            else (os.path.join(self.state_dir, "metrics") if self.state_dir else "")
+        )
         self.ready_timeout = ready_timeout
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -125,7 +139,7 @@ class ProxyWorkers:
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.poll() is None]
 
-    def start(self) -> "ProxyWorkers":
+    def start(self) -> ProxyWorkers:
         """Spawn the workers; return when every one listens, raise RuntimeError (all stopped) otherwise."""
         if _mode_kind(self.modes[0]) not in _UDP_MODES:
             self.port = _bind_check(self.host, self.port)
@@ -141,8 +155,14 @@ class ProxyWorkers:
             raise
         self._monitor = threading.Thread(target=self._watch, name="filterproxy-proxy-workers", daemon=True)
         self._monitor.start()
-        log.info("proxy: %d worker(s) listening on %s:%d (%s mode), pids %s", self.count, self.host, self.port,
-                 " + ".join(self.modes), " ".join(map(str, self.pids)))
+        log.info(
+            "proxy: %d worker(s) listening on %s:%d (%s mode), pids %s",
+            self.count,
+            self.host,
+            self.port,
+            " + ".join(self.modes),
+            " ".join(map(str, self.pids)),
+        )
         return self
 
     def reload(self) -> None:
@@ -165,7 +185,7 @@ class ProxyWorkers:
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout=2)
 
-    def __enter__(self) -> "ProxyWorkers":
+    def __enter__(self) -> ProxyWorkers:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -184,17 +204,29 @@ class ProxyWorkers:
 
     def _command(self, w: _Worker, ready_fd: int) -> list[str]:
         a = self.args
-        cmd = [sys.executable, "-m", "filterproxy.http.server", "--listen", f"{self.host}:{self.port}",
-               "--ready-fd", str(ready_fd), "--index", str(w.index), "--reuse-port", "--parent", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "filterproxy.http.server",
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--ready-fd",
+            str(ready_fd),
+            "--index",
+            str(w.index),
+            "--reuse-port",
+            "--parent",
+            str(os.getpid()),
+        ]
         for m in self.modes:
             # UDP modes (WireGuard) cannot share a port between processes: worker 0 serves them alone
             if w.index == 0 or _mode_kind(m) not in _UDP_MODES or m is self.modes[0]:
                 cmd += ["--mode", m]
         if a is not None and getattr(a, "config", None):
             cmd += ["--config", os.path.abspath(a.config)]
-        for spec in (getattr(a, "extra_list", None) or []):
+        for spec in getattr(a, "extra_list", None) or []:
             cmd += ["--extra-list", spec]
-        for spec in (getattr(a, "client_group", None) or []):
+        for spec in getattr(a, "client_group", None) or []:
             cmd += ["--client-group", spec]
         if self.state_dir:
             cmd += ["--state-dir", self.state_dir]
@@ -214,8 +246,9 @@ class ProxyWorkers:
     def _spawn(self, w: _Worker) -> None:
         r, wfd = os.pipe()
         try:
-            w.proc = subprocess.Popen(self._command(w, wfd), pass_fds=(wfd,), stdin=subprocess.DEVNULL,
-                                      start_new_session=False)
+            w.proc = subprocess.Popen(
+                self._command(w, wfd), pass_fds=(wfd,), stdin=subprocess.DEVNULL, start_new_session=False
+            )
         except BaseException:
             os.close(r)
             raise
@@ -252,8 +285,13 @@ class ProxyWorkers:
                 uptime = time.monotonic() - w.started
                 w.restarts = 0 if uptime > 60 else w.restarts + 1
                 delay = min(30.0, 2.0 ** min(w.restarts, 5) / 2)
-                log.error("proxy: worker %d (pid %d) exited with status %s; restarting in %.0f s",
-                          w.index, p.pid, p.returncode, delay)
+                log.error(
+                    "proxy: worker %d (pid %d) exited with status %s; restarting in %.0f s",
+                    w.index,
+                    p.pid,
+                    p.returncode,
+                    delay,
+                )
                 if self._stopping.wait(delay):
                     return
                 try:
@@ -273,6 +311,7 @@ class ProxyWorkers:
 
 # ---------------------------------------------------------------- the worker process
 
+
 def _enable_reuse_port() -> None:
     """Make mitmproxy's TCP listeners join a SO_REUSEPORT group (this process only)."""
     import inspect
@@ -285,8 +324,9 @@ def _enable_reuse_port() -> None:
         return
     src = inspect.getsource(original)
     if "asyncio.start_server(self.handle_stream, host, port)" not in src:
-        raise RuntimeError("this mitmproxy version listens differently; SO_REUSEPORT workers are not supported "
-                           "(run one proxy worker)")
+        raise RuntimeError(
+            "this mitmproxy version listens differently; SO_REUSEPORT workers are not supported (run one proxy worker)"
+        )
 
     async def listen(self, host: str, port: int):
         if self.mode.transport_protocol != "tcp" or port == 0:
@@ -321,11 +361,17 @@ class _ReadySignal:
 
 
 def _parse_worker_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m filterproxy.http.server",
-                                description="One filterproxy HTTP(S) proxy worker (mitmproxy + FilterAddon).")
+    p = argparse.ArgumentParser(
+        prog="python -m filterproxy.http.server",
+        description="One filterproxy HTTP(S) proxy worker (mitmproxy + FilterAddon).",
+    )
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
-    p.add_argument("--mode", action="append", default=[],
-                   help="mitmproxy mode (repeatable): regular (default), transparent[@PORT], wireguard[@PORT], ...")
+    p.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        help="mitmproxy mode (repeatable): regular (default), transparent[@PORT], wireguard[@PORT], ...",
+    )
     p.add_argument("--config", "-c", metavar="FILE")
     p.add_argument("--extra-list", action="append", default=[], metavar="FORMAT:CATEGORY:PATH")
     p.add_argument("--client-group", action="append", default=[], metavar="CIDR=GROUP")

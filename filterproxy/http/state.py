@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("filterproxy.http")
 
-LOAD_KEYS = frozenset({"filterproxy_config", "filterproxy_extra_list", "filterproxy_client_group",
-                       "filterproxy_state_dir"})
+LOAD_KEYS = frozenset(
+    {"filterproxy_config", "filterproxy_extra_list", "filterproxy_client_group", "filterproxy_state_dir"}
+)
 SPOOL_KEYS = frozenset({"filterproxy_spool", "filterproxy_report_endpoint", "filterproxy_deliver_reports"})
 
 
@@ -77,8 +78,14 @@ def _passthrough_names(cfg: Config) -> set[str]:
     return names
 
 
-def load_state(config_path: str | None, extra_lists: Sequence[str] = (), client_groups: Sequence[str] = (),
-               *, state_dir: str | None = None, generation: int = 0) -> HttpState:
+def load_state(
+    config_path: str | None,
+    extra_lists: Sequence[str] = (),
+    client_groups: Sequence[str] = (),
+    *,
+    state_dir: str | None = None,
+    generation: int = 0,
+) -> HttpState:
     """Load configuration, lists, engine and users file (slow: run it off the event loop).
 
     Raises ``ConfigError``, ``ListError``, ``SetupError`` or ``UsersFileError`` with a file:line message.
@@ -89,48 +96,85 @@ def load_state(config_path: str | None, extra_lists: Sequence[str] = (), client_
     users = UsersFile.load(cfg.http.users_file, set(cfg.groups)) if cfg.http.users_file else None
     glob = _passthrough_names(cfg)
     try:
-        metrics.configure_labels(groups=list(cfg.groups) + ["unknown"],
-                                 lists=[li.id for li in engine.snapshot.lists],
-                                 categories=sorted({li.category for li in engine.snapshot.lists}))
+        metrics.configure_labels(
+            groups=list(cfg.groups) + ["unknown"],
+            lists=[li.id for li in engine.snapshot.lists],
+            categories=sorted({li.category for li in engine.snapshot.lists}),
+        )
     except Exception:  # labels are cosmetic; never fail a load on them
         log.debug("metrics labels not configured", exc_info=True)
     return HttpState(
-        engine=engine, users=users, page=blockpage.BlockPageSettings.from_config(cfg.http),
+        engine=engine,
+        users=users,
+        page=blockpage.BlockPageSettings.from_config(cfg.http),
         passthrough={g: frozenset(glob | set(p.passthrough)) for g, p in cfg.groups.items()},
         passthrough_any=frozenset(glob),
         tones={g: p.tone for g, p in cfg.groups.items()},
         policy_names={g: (p.name, p.names) for g, p in cfg.groups.items()},
         levels={g: (p.safesearch, p.youtube) for g, p in cfg.groups.items()},
-        generation=generation)
+        generation=generation,
+    )
 
 
 def declare_options(loader: Any) -> None:
     """The addon's mitmproxy options (``mitmdump --options`` lists them)."""
     add = loader.add_option
     add("filterproxy_config", Optional[str], None, "filterproxy configuration file (default: the embedded one).")
-    add("filterproxy_extra_list", Sequence[str], [],
-        "Extra list for this run, FORMAT:CATEGORY:PATH (repeatable), as 'filterproxy run --extra-list'.")
-    add("filterproxy_client_group", Sequence[str], [],
-        "Map a client network to a group, CIDR=GROUP (repeatable), as 'filterproxy run --client-group'.")
+    add(
+        "filterproxy_extra_list",
+        Sequence[str],
+        [],
+        "Extra list for this run, FORMAT:CATEGORY:PATH (repeatable), as 'filterproxy run --extra-list'.",
+    )
+    add(
+        "filterproxy_client_group",
+        Sequence[str],
+        [],
+        "Map a client network to a group, CIDR=GROUP (repeatable), as 'filterproxy run --client-group'.",
+    )
     add("filterproxy_state_dir", Optional[str], None, "State folder (overrides server.state_dir).")
-    add("filterproxy_proxy_names", Sequence[str], [],
+    add(
+        "filterproxy_proxy_names",
+        Sequence[str],
+        [],
         "Extra names of this proxy: requests to NAME:listen-port are answered by the proxy "
-        "itself (/proxy.pac, /wpad.dat), never forwarded.")
-    add("filterproxy_listener_group", Sequence[str], [],
+        "itself (/proxy.pac, /wpad.dat), never forwarded.",
+    )
+    add(
+        "filterproxy_listener_group",
+        Sequence[str],
+        [],
         "Map a listener to a group, PORT=GROUP (repeatable): every client of the mode listening "
-        "on PORT (e.g. wireguard@51821, one tunnel per child) gets GROUP, after proxy login.")
-    add("filterproxy_inspect_https", bool, True,
+        "on PORT (e.g. wireguard@51821, one tunnel per child) gets GROUP, after proxy login.",
+    )
+    add(
+        "filterproxy_inspect_https",
+        bool,
+        True,
         "Open allowed HTTPS connections (URL rules, URL hashes, SafeSearch parameters, images). "
         "Off: only the host (CONNECT/SNI) is decided, allowed connections pass through untouched "
-        "and blocked ones get the page if the CA is trusted, else are closed - for devices without the CA.")
+        "and blocked ones get the page if the CA is trusted, else are closed - for devices without the CA.",
+    )
     add("filterproxy_reload_signal", bool, True, "Reload configuration, lists and users file on SIGHUP.")
-    add("filterproxy_spool", Optional[str], None,
-        "Folder of the durable image-match report spool (default: reports.spool, else <state_dir>/reports).")
-    add("filterproxy_report_endpoint", Optional[str], None,
-        "HTTPS endpoint that receives image-match reports (default: reports.endpoint).")
-    add("filterproxy_deliver_reports", bool, True,
+    add(
+        "filterproxy_spool",
+        Optional[str],
+        None,
+        "Folder of the durable image-match report spool (default: reports.spool, else <state_dir>/reports).",
+    )
+    add(
+        "filterproxy_report_endpoint",
+        Optional[str],
+        None,
+        "HTTPS endpoint that receives image-match reports (default: reports.endpoint).",
+    )
+    add(
+        "filterproxy_deliver_reports",
+        bool,
+        True,
         "Deliver spooled reports from this process. 'filterproxy run' turns it off in its "
-        "proxy workers: the main process delivers.")
+        "proxy workers: the main process delivers.",
+    )
 
 
 def parse_listener_groups(specs: Sequence[str], groups: set[str] | None) -> dict[int, str]:
@@ -141,16 +185,21 @@ def parse_listener_groups(specs: Sequence[str], groups: set[str] | None) -> dict
         if not sep or not port.strip().isdigit() or not 0 < int(port) < 65536:
             raise exceptions.OptionsError(f"filterproxy_listener_group {spec!r}: expected PORT=GROUP")
         if groups is not None and group not in groups:
-            raise exceptions.OptionsError(f"filterproxy_listener_group {spec!r}: unknown group {group!r} "
-                                          f"(groups: {', '.join(sorted(groups))})")
+            raise exceptions.OptionsError(
+                f"filterproxy_listener_group {spec!r}: unknown group {group!r} (groups: {', '.join(sorted(groups))})"
+            )
         out[int(port)] = group
     return out
 
 
 def _option_values() -> tuple:
     o = ctx.options
-    return (o.filterproxy_config or None, tuple(o.filterproxy_extra_list), tuple(o.filterproxy_client_group),
-            o.filterproxy_state_dir or None)
+    return (
+        o.filterproxy_config or None,
+        tuple(o.filterproxy_extra_list),
+        tuple(o.filterproxy_client_group),
+        o.filterproxy_state_dir or None,
+    )
 
 
 _KEEPERS: weakref.WeakSet[StateKeeper] = weakref.WeakSet()
@@ -203,17 +252,24 @@ class StateKeeper:
             return
         t0 = time.monotonic()
         try:
-            state = load_state(*opts[:3], state_dir=opts[3],
-                               generation=(self.state.generation + 1) if self.state else 1)
+            state = load_state(
+                *opts[:3], state_dir=opts[3], generation=(self.state.generation + 1) if self.state else 1
+            )
         except Exception as exc:
             raise exceptions.OptionsError(f"filterproxy: {exc}") from None
         self.state = state
         self._loaded_options = opts
         gcpolicy.freeze_loaded()
         snap = state.engine.snapshot
-        log.info("filterproxy http: %s loaded in %.1f s — %d groups, %d lists, %d entries%s",
-                 state.config.path, time.monotonic() - t0, len(state.config.groups), len(snap.lists),
-                 snap.total_entries, f", {len(state.users)} proxy users" if state.users is not None else "")
+        log.info(
+            "filterproxy http: %s loaded in %.1f s — %d groups, %d lists, %d entries%s",
+            state.config.path,
+            time.monotonic() - t0,
+            len(state.config.groups),
+            len(snap.lists),
+            snap.total_entries,
+            f", {len(state.users)} proxy users" if state.users is not None else "",
+        )
 
     # ------------------------------------------------------------ report spool
     def _setup_spool(self) -> None:
@@ -229,8 +285,9 @@ class StateKeeper:
         try:
             spool = ReportSpool.from_config(cfg, endpoint, o.filterproxy_spool)
         except (OSError, ValueError) as exc:  # pictures on a hash list are still blocked; reports are lost
-            log.error("filterproxy: cannot use the report spool: %s (image matches will be blocked but not "
-                      "reported)", exc)
+            log.error(
+                "filterproxy: cannot use the report spool: %s (image matches will be blocked but not reported)", exc
+            )
             return
         self._stop_delivery()
         self.spool = self.images.spool = spool
@@ -297,6 +354,10 @@ class StateKeeper:
         self.last_reload_error = None
         del old
         gcpolicy.freeze_loaded()
-        log.info("filterproxy http: reloaded in %.1f s (generation %d, %d entries)", time.monotonic() - t0,
-                 state.generation, state.engine.snapshot.total_entries)
+        log.info(
+            "filterproxy http: reloaded in %.1f s (generation %d, %d entries)",
+            time.monotonic() - t0,
+            state.generation,
+            state.engine.snapshot.total_entries,
+        )
         fut.set_result(True)

@@ -98,8 +98,11 @@ def host_problem(req: http.Request, client: connection.Client, tunnel_host: str 
     if tunnel_host is not None:
         if name != tunnel_host:
             return "the Host header disagrees with the CONNECT target"
-    elif (target := d.host.lower().rstrip(".")) != name and not isinstance(mode, mode_specs.ReverseMode) and (
-            isinstance(mode, _NAMED_TARGET) or not _is_address(target)):
+    elif (
+        (target := d.host.lower().rstrip(".")) != name
+        and not isinstance(mode, mode_specs.ReverseMode)
+        and (isinstance(mode, _NAMED_TARGET) or not _is_address(target))
+    ):
         return "the Host header disagrees with the request target"
     if client.tls and client.sni and client.sni.lower().rstrip(".") != name:
         return "the Host header disagrees with the TLS server name (SNI)"

@@ -51,8 +51,10 @@ def _build(args: argparse.Namespace) -> int:
             return 2
         lists.append(tuple(parts))
     manifest = bundle.build(args.out, args.serial, lists, publisher=args.publisher, expires=_expires(args.expires))
-    print(f"{args.out}: serial {manifest['serial']}, {len(manifest['lists'])} lists, expires "
-          f"{manifest['expires']} (unsigned: run 'filterproxy bundle sign')")
+    print(
+        f"{args.out}: serial {manifest['serial']}, {len(manifest['lists'])} lists, expires "
+        f"{manifest['expires']} (unsigned: run 'filterproxy bundle sign')"
+    )
     return 0
 
 
@@ -65,8 +67,10 @@ def _sign(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     vb = bundle.verify(args.file, args.key, min_serial=args.min_serial)
     m = vb.manifest
-    print(f"{args.file}: valid — publisher {m['publisher']}, serial {m['serial']}, key {vb.key_id}, "
-          f"expires {m['expires']}, {len(m['lists'])} lists")
+    print(
+        f"{args.file}: valid — publisher {m['publisher']}, serial {m['serial']}, key {vb.key_id}, "
+        f"expires {m['expires']}, {len(m['lists'])} lists"
+    )
     for fmt, cat, path, lid in vb.list_files():
         print(f"  {lid:<28} {cat:<10} {fmt:<9} {path}")
     return 0
@@ -88,8 +92,11 @@ def cli(args: argparse.Namespace) -> int:
     try:
         return handler(args)
     except bundle.BundleError as exc:
-        print(f"filterproxy bundle {cmd}: {args.__dict__.get('file') or args.__dict__.get('out')}: "
-              f"{getattr(exc, 'reason', 'error')}: {exc}", file=sys.stderr)
+        print(
+            f"filterproxy bundle {cmd}: {args.__dict__.get('file') or args.__dict__.get('out')}: "
+            f"{getattr(exc, 'reason', 'error')}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     except (OSError, ValueError) as exc:
         print(f"filterproxy bundle {cmd}: {exc}", file=sys.stderr)
@@ -102,8 +109,10 @@ def install_bundle(cfg: Config, path: str, keys: list[str]) -> int:
 
     keys = keys or cfg.bundle.keys
     if not keys:
-        print("filterproxy lists update: no pinned bundle key (--key PUBLIC or bundle.keys in the config)",
-              file=sys.stderr)
+        print(
+            "filterproxy lists update: no pinned bundle key (--key PUBLIC or bundle.keys in the config)",
+            file=sys.stderr,
+        )
         return 2
     try:
         vb = bundle.install(path, keys, cfg.server.state_dir)
@@ -111,8 +120,9 @@ def install_bundle(cfg: Config, path: str, keys: list[str]) -> int:
         reason = getattr(exc, "reason", "signature")
         label = "signature" if reason in ("bad_signature", "unknown_key") else "other"
         metrics.LISTS_UPDATE_FAILURES.inc("bundle", label)
-        print(f"filterproxy lists update: bundle refused ({reason}): {exc}; keeping the last good bundle",
-              file=sys.stderr)
+        print(
+            f"filterproxy lists update: bundle refused ({reason}): {exc}; keeping the last good bundle", file=sys.stderr
+        )
         return 1
     print(f"bundle serial {vb.serial} from {vb.manifest['publisher']} installed ({len(vb.manifest['lists'])} lists)")
     return 0
@@ -132,9 +142,18 @@ def bundle_sources(cfg: Config) -> list[ListSource]:
     if vb is None:
         return []
     pub = vb.manifest.get("publisher", "")
-    return [ListSource(id=f"bundle-{lid}", category=cat, format=fmt, path=path, hashed=fmt in ("urlhash", "imagehash"),
-                       where=f"bundle serial {vb.serial} ({pub})", version=f"serial-{vb.serial}")
-            for fmt, cat, path, lid in vb.list_files()]
+    return [
+        ListSource(
+            id=f"bundle-{lid}",
+            category=cat,
+            format=fmt,
+            path=path,
+            hashed=fmt in ("urlhash", "imagehash"),
+            where=f"bundle serial {vb.serial} ({pub})",
+            version=f"serial-{vb.serial}",
+        )
+        for fmt, cat, path, lid in vb.list_files()
+    ]
 
 
 def installed_info(cfg: Config) -> tuple[str, int] | None:

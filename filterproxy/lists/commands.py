@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING
 
 from filterproxy.lists.parsers import ListError, ParseStats, iter_entries
 from filterproxy.lists.snapshot import ListSource, load_snapshot
-from filterproxy.lists.snapshot_cache import (available_sources, compile_snapshot, current_snapshot, load_or_build,
-                                              mark_current, snapshots_dir)
+from filterproxy.lists.snapshot_cache import (
+    available_sources,
+    compile_snapshot,
+    current_snapshot,
+    load_or_build,
+    mark_current,
+    snapshots_dir,
+)
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
@@ -36,8 +42,20 @@ DEFAULT_MIN_RATIO = 0.5
 def _fetch_sources(cfg: Config) -> list[tuple[ListSource, Source]]:
     from filterproxy.lists import fetch as fetchmod
 
-    return [(s, fetchmod.Source(id=s.id, url=s.url, format=s.format if s.format != "ut1" else "domains",
-                                category=s.category, match=s.match)) for s in cfg.lists if s.url]
+    return [
+        (
+            s,
+            fetchmod.Source(
+                id=s.id,
+                url=s.url,
+                format=s.format if s.format != "ut1" else "domains",
+                category=s.category,
+                match=s.match,
+            ),
+        )
+        for s in cfg.lists
+        if s.url
+    ]
 
 
 def _update_bundle(cfg: Config, cache: str) -> int:
@@ -45,8 +63,9 @@ def _update_bundle(cfg: Config, cache: str) -> int:
     from filterproxy import metrics
     from filterproxy.lists import fetch as fetchmod
 
-    bsrc = fetchmod.Source(id="bundle", url=cfg.bundle.url, format="bundle",
-                           signing_key=cfg.bundle.keys[0] if cfg.bundle.keys else None)
+    bsrc = fetchmod.Source(
+        id="bundle", url=cfg.bundle.url, format="bundle", signing_key=cfg.bundle.keys[0] if cfg.bundle.keys else None
+    )
     res = fetchmod.fetch(bsrc, cache)
     if res.status == "failed":
         metrics.LISTS_UPDATE_FAILURES.inc("bundle", "download")
@@ -108,8 +127,11 @@ def _swap_snapshot(cfg: Config, min_ratio: float) -> bool:
         return False
     snap = load_snapshot(folder)
     if prev and prev_entries and snap.total_entries < min_ratio * prev_entries:
-        print(f"filterproxy lists update: new snapshot has {snap.total_entries:,} entries, fewer than "
-              f"{min_ratio:.0%} of the current {prev_entries:,}: refused, keeping the last good one", file=sys.stderr)
+        print(
+            f"filterproxy lists update: new snapshot has {snap.total_entries:,} entries, fewer than "
+            f"{min_ratio:.0%} of the current {prev_entries:,}: refused, keeping the last good one",
+            file=sys.stderr,
+        )
         shutil.rmtree(folder, ignore_errors=True)
         return False
     mark_current(root, folder)
@@ -153,11 +175,15 @@ def show(cfg: Config) -> int:
     if snap is None:
         snap = load_or_build(cfg)
         folder = current_snapshot(cfg.server.state_dir)
-    print(f"snapshot {os.path.basename(folder) if folder else '(in memory)'} built "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(snap.built_at))}")
+    print(
+        f"snapshot {os.path.basename(folder) if folder else '(in memory)'} built "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(snap.built_at))}"
+    )
     for li in snap.lists:
-        print(f"  {li.id:<30} {li.category:<10} {li.source.format:<9} {li.entries:>9,} entries"
-              + (f"  ({li.skipped} skipped)" if li.skipped else ""))
+        print(
+            f"  {li.id:<30} {li.category:<10} {li.source.format:<9} {li.entries:>9,} entries"
+            + (f"  ({li.skipped} skipped)" if li.skipped else "")
+        )
     return 0
 
 

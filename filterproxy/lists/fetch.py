@@ -27,17 +27,27 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import IO, Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import IO
 from urllib.parse import urlsplit
 
 import requests
 
 from filterproxy import __version__
 from filterproxy.config.sources import (  # noqa: F401  (re-exported: callers and tests use fetch.Source etc.)
-    DEFAULT_MAX_BYTES, DEFAULT_REFRESH, MATCH_MODES, MIN_REFRESH, SOURCE_FORMATS, Source, SourcesError, load_sources,
-    parse_duration, parse_size)
+    DEFAULT_MAX_BYTES,
+    DEFAULT_REFRESH,
+    MATCH_MODES,
+    MIN_REFRESH,
+    SOURCE_FORMATS,
+    Source,
+    SourcesError,
+    load_sources,
+    parse_duration,
+    parse_size,
+)
 from filterproxy.fsutil import atomic_write, fsync_dir
 from filterproxy.lists.parsers import FOLDER_FORMATS
 
@@ -251,9 +261,7 @@ def fetch(
                 if source.path:
                     status, new_meta = _copy_local(source, data_path, meta, validate)
                 else:
-                    status, new_meta = _download(
-                        source, sess, data_path, meta, timeout, progress, validate
-                    )
+                    status, new_meta = _download(source, sess, data_path, meta, timeout, progress, validate)
             except _Retry as exc:
                 last_error = str(exc)
                 continue
@@ -391,9 +399,7 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-def _copy_local(
-    source: Source, data_path: str, meta: dict, validate: Callable[[str], None] | None
-) -> tuple[str, dict]:
+def _copy_local(source: Source, data_path: str, meta: dict, validate: Callable[[str], None] | None) -> tuple[str, dict]:
     assert source.path is not None
     try:
         size = os.path.getsize(source.path)
@@ -407,7 +413,7 @@ def _copy_local(
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _store(

@@ -99,8 +99,20 @@ def open_text(path: str) -> io.TextIOBase:
 
 _HEADER_COUNT = re.compile(r"(?:number of (?:entries|unique domains)|blocked domains|entries)\s*:\s*([\d,]+)", re.I)
 _HOSTS_SKIP = frozenset(
-    {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback",
-     "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters", "ip6-allhosts", "0.0.0.0"}
+    {
+        "localhost",
+        "localhost.localdomain",
+        "local",
+        "broadcasthost",
+        "ip6-localhost",
+        "ip6-loopback",
+        "ip6-localnet",
+        "ip6-mcastprefix",
+        "ip6-allnodes",
+        "ip6-allrouters",
+        "ip6-allhosts",
+        "0.0.0.0",
+    }
 )
 
 
@@ -394,9 +406,12 @@ def parse_ut1(path: str, stats_for: Callable[[str], ParseStats]) -> Iterator[tup
     ``stats_for(file)`` returns the ParseStats for each member file. Yields (member, entry).
     """
     found = False
-    for member, parser in (("domains", lambda f, st: parse_domains(f, st, BOTH)),
-                           ("urls", parse_urls), ("expressions", parse_regex),
-                           ("very_restrictive_expression", None)):
+    for member, parser in (
+        ("domains", lambda f, st: parse_domains(f, st, BOTH)),
+        ("urls", parse_urls),
+        ("expressions", parse_regex),
+        ("very_restrictive_expression", None),
+    ):
         p = os.path.join(path, member)
         for candidate in (p, p + ".gz"):
             if os.path.exists(candidate):
@@ -414,8 +429,9 @@ def parse_ut1(path: str, stats_for: Callable[[str], ParseStats]) -> Iterator[tup
         raise ListError(f"{path}: not a UT1 category folder (expected 'domains' and/or 'urls' files)")
 
 
-def iter_entries(fmt: str, path: str, stats_for: Callable[[str], ParseStats],
-                 match: str | None = None) -> Iterator[tuple[str, Entry]]:
+def iter_entries(
+    fmt: str, path: str, stats_for: Callable[[str], ParseStats], match: str | None = None
+) -> Iterator[tuple[str, Entry]]:
     """Parse ``path`` in format ``fmt``; yields (file, entry). ``match`` overrides domain semantics."""
     if fmt not in FORMATS:
         raise ListError(f"{path}: unknown list format {fmt!r} (expected one of: {', '.join(FORMATS)})")
@@ -431,14 +447,22 @@ def iter_entries(fmt: str, path: str, stats_for: Callable[[str], ParseStats],
         if os.path.isdir(path):
             raise ListError(f"{path}: is a folder; format {fmt} expects a file")
         st = stats_for(path)
-        parser = {"hosts": parse_hosts, "domains": parse_domains, "adblock": parse_adblock,
-                  "wildcard": parse_wildcard, "rpz": parse_rpz, "regex": parse_regex,
-                  "urls": parse_urls, "urlhash": parse_urlhash}[fmt]
+        parser = {
+            "hosts": parse_hosts,
+            "domains": parse_domains,
+            "adblock": parse_adblock,
+            "wildcard": parse_wildcard,
+            "rpz": parse_rpz,
+            "regex": parse_regex,
+            "urls": parse_urls,
+            "urlhash": parse_urlhash,
+        }[fmt]
 
         def gen() -> Iterator[tuple[str, Entry]]:
             with open_text(path) as f:
                 for e in parser(f, st):
                     yield path, e
+
         it = gen()
     for file, e in it:
         if override is not None and e.kind == "domain":

@@ -54,7 +54,7 @@ def export_rpz(engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, 
             return True
         i = name.find(".")
         while i >= 0:
-            if allow.get(name[i + 1:], 0) & SUBS:
+            if allow.get(name[i + 1 :], 0) & SUBS:
                 return True
             i = name.find(".", i + 1)
         return False
@@ -63,9 +63,11 @@ def export_rpz(engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, 
     out.write(f"$TTL {ttl}\n@ SOA localhost. root.localhost. {serial} 3600 600 86400 {ttl}\n  NS localhost.\n")
     out.write(f"; filterproxy RPZ export for group {group!r} ({pol.name})\n")
     out.write(f"; lists: {', '.join(snap.lists[i].id for i in sorted(active))}\n")
-    out.write("; not expressible in RPZ and left out: schedules"
-              f" ({', '.join(s.name for s in pol.schedules) or 'none'}), {skipped_regex} regex rules,"
-              " URL/URL-hash/image rules (HTTP proxy only), SafeSearch rewrites\n")
+    out.write(
+        "; not expressible in RPZ and left out: schedules"
+        f" ({', '.join(s.name for s in pol.schedules) or 'none'}), {skipped_regex} regex rules,"
+        " URL/URL-hash/image rules (HTTP proxy only), SafeSearch rewrites\n"
+    )
     n_pass = 0
     for name in sorted(allow):
         # no allowlist overrides the legal list: leave out passthru where a legal rule applies

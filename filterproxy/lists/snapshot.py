@@ -21,6 +21,7 @@ from filterproxy.match.domain import DomainMatch, DomainMatcher
 
 log = logging.getLogger("filterproxy.lists")
 
+
 @dataclass
 class ListInfo:
     """A loaded list: its source, counts and parse report."""
@@ -120,7 +121,9 @@ def _check_source(src: ListSource, seen_ids: set[str]) -> None:
     if src.format not in FORMATS:
         raise ListError(f"{src.where or src.id}: unknown format {src.format!r} (expected one of {', '.join(FORMATS)})")
     if not src.path:
-        raise ListError(f"{src.where or src.id}: list {src.id!r} has no local file yet (run 'filterproxy lists update')")
+        raise ListError(
+            f"{src.where or src.id}: list {src.id!r} has no local file yet (run 'filterproxy lists update')"
+        )
 
 
 def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
@@ -135,8 +138,10 @@ def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
         n += 1
     if not n:
         detail = "; ".join(e for st in stats.values() for e in st.errors[:3])
-        raise ListError(f"{src.path}: list {src.id!r} ({src.format}) yielded zero entries"
-                        + (f" — first problems: {detail}" if detail else ""))
+        raise ListError(
+            f"{src.path}: list {src.id!r} ({src.format}) yielded zero entries"
+            + (f" — first problems: {detail}" if detail else "")
+        )
     info.entries = n
     info.files = sorted(stats)
     for st in stats.values():
@@ -177,7 +182,9 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Sna
     return snap
 
 
-def _attach_url_and_image_matchers(snap: Snapshot, url_entries: list, urlhash_entries: list, image_entries: list) -> None:
+def _attach_url_and_image_matchers(
+    snap: Snapshot, url_entries: list, urlhash_entries: list, image_entries: list
+) -> None:
     """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
     snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}
     if url_entries:
@@ -243,12 +250,34 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) ->
     meta = {
         "format": SNAPSHOT_FORMAT,
         "built_at": snap.built_at,
-        "lists": [{
-            "source": {k: getattr(li.source, k) for k in ("id", "category", "format", "path", "url", "match", "allow",
-                                                         "legal", "hashed", "where", "version")},
-            "entries": li.entries, "skipped": li.skipped, "ips": li.ips, "errors": li.errors,
-            "header_counts": li.header_counts, "files": li.files, "version": li.version,
-        } for li in snap.lists],
+        "lists": [
+            {
+                "source": {
+                    k: getattr(li.source, k)
+                    for k in (
+                        "id",
+                        "category",
+                        "format",
+                        "path",
+                        "url",
+                        "match",
+                        "allow",
+                        "legal",
+                        "hashed",
+                        "where",
+                        "version",
+                    )
+                },
+                "entries": li.entries,
+                "skipped": li.skipped,
+                "ips": li.ips,
+                "errors": li.errors,
+                "header_counts": li.header_counts,
+                "files": li.files,
+                "version": li.version,
+            }
+            for li in snap.lists
+        ],
     }
     atomic_write(os.path.join(directory, "meta.json"), json.dumps(meta))
 
@@ -272,8 +301,17 @@ def load_snapshot(directory: str) -> Snapshot:
         raise ListError(f"{directory}: unreadable snapshot: {exc}") from None
     lists = []
     for i, d in enumerate(meta["lists"]):
-        info = ListInfo(ListSource(**d["source"]), i, d["entries"], d["skipped"], d["ips"], d["errors"],
-                        d["header_counts"], d["files"], d.get("version", ""))
+        info = ListInfo(
+            ListSource(**d["source"]),
+            i,
+            d["entries"],
+            d["skipped"],
+            d["ips"],
+            d["errors"],
+            d["header_counts"],
+            d["files"],
+            d.get("version", ""),
+        )
         lists.append(info)
     regexes = {int(i): [(re.compile(p), line, flags) for p, line, flags in v] for i, v in extra["regexes"].items()}
     snap = Snapshot(lists, domains, regexes, extra["ips"], built_at=meta["built_at"])

@@ -22,8 +22,15 @@ from typing import TYPE_CHECKING
 
 from filterproxy.fsutil import fsync_dir
 from filterproxy.lists.parsers import ListError
-from filterproxy.lists.snapshot import (SNAPSHOT_FORMAT, ListInfo, ListSource, Snapshot, build_snapshot, load_snapshot,
-                                        save_snapshot)
+from filterproxy.lists.snapshot import (
+    SNAPSHOT_FORMAT,
+    ListInfo,
+    ListSource,
+    Snapshot,
+    build_snapshot,
+    load_snapshot,
+    save_snapshot,
+)
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
@@ -35,8 +42,11 @@ KEEP_SNAPSHOTS = 3
 
 def _file_stamps(path: str) -> list:
     if os.path.isdir(path):
-        return [(n, *_stat(os.path.join(path, n))) for n in sorted(os.listdir(path))
-                if os.path.isfile(os.path.join(path, n))]
+        return [
+            (n, *_stat(os.path.join(path, n)))
+            for n in sorted(os.listdir(path))
+            if os.path.isfile(os.path.join(path, n))
+        ]
     return [_stat(path)]
 
 
@@ -50,8 +60,22 @@ def fingerprint(sources: list[ListSource]) -> str:
     format change compiles a new folder instead of failing on the old one)."""
     h = hashlib.sha256(f"format {SNAPSHOT_FORMAT}".encode())
     for s in sources:
-        h.update(json.dumps([s.id, s.category, s.format, os.path.abspath(s.path or ""), s.match, s.allow, s.legal,
-                             s.hashed, _file_stamps(s.path)], sort_keys=True).encode())
+        h.update(
+            json.dumps(
+                [
+                    s.id,
+                    s.category,
+                    s.format,
+                    os.path.abspath(s.path or ""),
+                    s.match,
+                    s.allow,
+                    s.legal,
+                    s.hashed,
+                    _file_stamps(s.path),
+                ],
+                sort_keys=True,
+            ).encode()
+        )
     return h.hexdigest()[:24]
 
 
@@ -72,8 +96,12 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
             save_snapshot(build_snapshot(sources, strict=True), tmp)
         else:
             spec = json.dumps([s.__dict__ for s in sources])
-            r = subprocess.run([sys.executable, "-m", "filterproxy.lists.snapshot_cache", tmp], input=spec, text=True,
-                               capture_output=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "filterproxy.lists.snapshot_cache", tmp],
+                input=spec,
+                text=True,
+                capture_output=True,
+            )
             if r.returncode != 0:
                 msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
                 raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
@@ -91,8 +119,11 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
 def _prune(root: str, keep_also: str, limit: int = 8) -> None:
     """Keep ``current``, ``keep_also`` and the newest few snapshots (``--extra-list`` runs make more)."""
     cur = os.path.realpath(os.path.join(root, "current"))
-    dirs = sorted((e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
-                  key=lambda e: e.stat().st_mtime, reverse=True)
+    dirs = sorted(
+        (e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
+        key=lambda e: e.stat().st_mtime,
+        reverse=True,
+    )
     for e in dirs[limit:]:
         if os.path.realpath(e.path) not in (cur, os.path.realpath(keep_also)):
             shutil.rmtree(e.path, ignore_errors=True)
@@ -138,8 +169,11 @@ def mark_current(root: str, folder: str) -> None:
     os.replace(tmp, link)
     fsync_dir(root)
     keep = {os.path.basename(folder)}
-    entries = sorted((e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
-                     key=lambda e: e.stat().st_mtime, reverse=True)
+    entries = sorted(
+        (e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
+        key=lambda e: e.stat().st_mtime,
+        reverse=True,
+    )
     for e in entries:
         if e.name in keep:
             continue

@@ -61,5 +61,6 @@ def parse_extra_list(spec: str, *, where: str = "--extra-list") -> ListSource:
     if fmt not in FORMATS:
         raise ListError(f"{where}: unknown format {fmt!r} in {spec!r} (expected one of {', '.join(FORMATS)})")
     list_id = f"extra-{category}-{os.path.basename(path.rstrip('/'))}"
-    return ListSource(id=list_id, category=category, format=fmt, path=path, where=where,
-                      hashed=fmt in ("urlhash", "imagehash"))
+    return ListSource(
+        id=list_id, category=category, format=fmt, path=path, where=where, hashed=fmt in ("urlhash", "imagehash")
+    )

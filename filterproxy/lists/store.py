@@ -1,5 +1,15 @@
 """Old import path of the in-memory snapshot (:mod:`filterproxy.lists.snapshot`), kept for callers."""
 
 from filterproxy.lists.snapshot import (  # noqa: F401
-    SNAPSHOT_FORMAT, ListInfo, ListSource, Snapshot, build_snapshot, describe, load_snapshot, parse_extra_list,
-    record, save_snapshot, unpack)
+    SNAPSHOT_FORMAT,
+    ListInfo,
+    ListSource,
+    Snapshot,
+    build_snapshot,
+    describe,
+    load_snapshot,
+    parse_extra_list,
+    record,
+    save_snapshot,
+    unpack,
+)

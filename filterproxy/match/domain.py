@@ -93,12 +93,14 @@ class DomainMatcher:
         self._iter = trie.iter_prefixes_with_ids
         self._buf = memoryview(records).cast("B")  # for _UNPACK(buf, 7 * key id); keeps ``records`` alive
         if self._buf.nbytes != _RECORD_SIZE * len(trie):
-            raise ValueError(f"{self._buf.nbytes} bytes of domain records for {len(trie)} names "
-                             f"(expected {_RECORD_SIZE * len(trie)})")
+            raise ValueError(
+                f"{self._buf.nbytes} bytes of domain records for {len(trie)} names "
+                f"(expected {_RECORD_SIZE * len(trie)})"
+            )
         self._overflow = overflow
 
     @classmethod
-    def build(cls, records: Iterable[tuple[str, int, int, int]]) -> "DomainMatcher":
+    def build(cls, records: Iterable[tuple[str, int, int, int]]) -> DomainMatcher:
         """Build from (canonical name, list index, line, flags) records."""
         import numpy as np  # only here: scattering 1M records in C; serving a saved index needs no numpy
 
@@ -142,11 +144,11 @@ class DomainMatcher:
             exact = n == qlen
             need = EXACT if exact else SUBS
             if fl & _OVERFLOW:  # rare: the name is in several lists
-                group = self._group(kid, li, ln, fl & 0x7F, need, name[qlen - n:], exact)
+                group = self._group(kid, li, ln, fl & 0x7F, need, name[qlen - n :], exact)
                 if group:
                     out = group + out
             elif fl & need:
-                m = _new_match(DomainMatch, (li, ln, fl, name[qlen - n:], exact))
+                m = _new_match(DomainMatch, (li, ln, fl, name[qlen - n :], exact))
                 if out is _NONE:
                     out = [m]
                 else:
@@ -156,8 +158,9 @@ class DomainMatcher:
     def _group(self, kid: int, li: int, ln: int, fl: int, need: int, stored: str, exact: bool) -> list[DomainMatch]:
         """Matches of one stored name listed several times: its first record, then the overflow ones."""
         group = [DomainMatch(li, ln, fl, stored, exact)] if fl & need else []
-        group.extend(DomainMatch(o_li, o_ln, o_fl, stored, exact) for o_li, o_ln, o_fl in self._overflow[kid]
-                     if o_fl & need)
+        group.extend(
+            DomainMatch(o_li, o_ln, o_fl, stored, exact) for o_li, o_ln, o_fl in self._overflow[kid] if o_fl & need
+        )
         return group
 
     def contains_any(self, name: str) -> bool:
@@ -198,7 +201,7 @@ class DomainMatcher:
             json.dump({str(k): v for k, v in self._overflow.items()}, f)
 
     @classmethod
-    def load(cls, directory: str) -> "DomainMatcher":
+    def load(cls, directory: str) -> DomainMatcher:
         """Memory-map a saved index (trie and ``domains.records``, read-only): ready in milliseconds
         whatever its size, and its pages are shared between processes.
 
@@ -212,8 +215,10 @@ class DomainMatcher:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size != _RECORD_SIZE * len(trie):
-                raise ValueError(f"{path}: {size} bytes of domain records, expected {_RECORD_SIZE * len(trie)} "
-                                 f"({_RECORD_SIZE} bytes for each of {len(trie)} names)")
+                raise ValueError(
+                    f"{path}: {size} bytes of domain records, expected {_RECORD_SIZE * len(trie)} "
+                    f"({_RECORD_SIZE} bytes for each of {len(trie)} names)"
+                )
             # an empty file cannot be mapped (no names: nothing to read anyway); the map outlives the fd
             records = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         with open(os.path.join(directory, "domains.overflow.json")) as f:

@@ -107,7 +107,7 @@ def _entry_host(authority: str, line: str) -> str:
     authority = authority.rpartition("@")[2]
     if authority.startswith("["):
         end = authority.find("]")
-        port = authority[end + 1:]
+        port = authority[end + 1 :]
         if end < 0 or (port and not (port[0] == ":" and _PORT.fullmatch(port[1:]))):
             raise ValueError(f"invalid IPv6 host in URL entry {line!r}")
         try:
@@ -133,8 +133,8 @@ def _entry_host(authority: str, line: str) -> str:
         raise ValueError(f"bad host in URL entry {line!r}: {exc}") from None
     if "." not in host:
         raise ValueError(f"host {host!r} in URL entry {line!r} has a single label (it would cover a TLD)")
-    while (m := _SQUID_HOST_PREFIX.match(host)) and not _looks_like_public_suffix(host[m.end():]):
-        host = host[m.end():]
+    while (m := _SQUID_HOST_PREFIX.match(host)) and not _looks_like_public_suffix(host[m.end() :]):
+        host = host[m.end() :]
     return host
 
 
@@ -160,10 +160,10 @@ def normalize_url_entry(line: str) -> tuple[str, str]:
     if any(ch.isspace() for ch in text):
         raise ValueError(f"white space inside URL entry {text[:70]!r}")
     if m := _SCHEME.match(text):
-        text = text[m.end():]
+        text = text[m.end() :]
     text = text.split("#", 1)[0]
     cut = _AUTHORITY_END.search(text)
-    authority, rest = (text[: cut.start()], text[cut.start():]) if cut else (text, "")
+    authority, rest = (text[: cut.start()], text[cut.start() :]) if cut else (text, "")
     return _entry_host(authority, line.strip()), normalize_path(rest)
 
 
@@ -231,7 +231,7 @@ class UrlPrefixMatcher:
             if is_ip:
                 return None
             dot = candidate.find(".")
-            candidate = candidate[dot + 1:]
+            candidate = candidate[dot + 1 :]
             if dot < 0 or "." not in candidate:  # never a bare TLD
                 return None
 

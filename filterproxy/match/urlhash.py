@@ -147,7 +147,7 @@ def _canonical_host(host: bytes) -> str:
     if host.startswith(b"["):
         try:
             address = ipaddress.IPv6Address(host[1:-1].decode("ascii")).compressed
-            return _escape(f"[{address}]".encode("ascii"))  # a zone id may hold '%' 
+            return _escape(f"[{address}]".encode("ascii"))  # a zone id may hold '%'
         except (ValueError, UnicodeDecodeError):
             raise ValueError(f"invalid IPv6 literal {host!r}") from None
     host = _DOTS.sub(b".", host).strip(b".")
@@ -192,7 +192,7 @@ def canonicalize(url: str | bytes) -> str:
     m = _SCHEME.match(raw)
     if m and not _PORT_AFTER_COLON.match(raw, m.end() - 1):
         scheme = m.group(1).decode("ascii").lower()
-        rest = raw[m.end():]
+        rest = raw[m.end() :]
         if not rest.startswith(b"//"):
             raise ValueError(f"not a hierarchical URL: {url!r}")
         rest = rest[2:]
@@ -209,7 +209,7 @@ def canonicalize(url: str | bytes) -> str:
     authority = authority.rpartition(b"@")[2]
     if authority.startswith(b"["):
         end = authority.find(b"]")
-        if end < 0 or not _IPV6_PORT.fullmatch(authority[end + 1:]):
+        if end < 0 or not _IPV6_PORT.fullmatch(authority[end + 1 :]):
             raise ValueError(f"invalid IPv6 authority in {url!r}")
         host = authority[: end + 1]
     else:
@@ -386,7 +386,7 @@ class UrlHashSet:
             if n_full:
                 j = bisect_left(full_pfx, p)
                 while j < n_full and full_pfx[j] == p:  # several full hashes can share 4 bytes
-                    if rows[32 * j: 32 * j + 32] == digest:
+                    if rows[32 * j : 32 * j + 32] == digest:
                         return expr, int(self._full_rec[j]), True
                     j += 1
             if n_pfx:

@@ -35,26 +35,56 @@ QTYPE = LabelSet("qtype", QTYPES, aliases={**QTYPE_NAMES, **{q.lower(): q for q 
 ACTION = LabelSet("action", ACTIONS, extra=4)
 PROTOCOL = LabelSet("protocol", ("udp", "tcp", "dot", "doh", "doq"))
 REASON = LabelSet("reason", REASONS, extra=4)
-REFUSED_REASON = LabelSet("reason", ("acl", "unknown-client", "ratelimit", "qtype", "opcode", "any", "name",
-                           "tcp-limit", "tcp-client-limit"), extra=4)
-LIST_FAILURE_REASON = LabelSet("reason", ("download", "http", "timeout", "parse", "empty", "signature",
-                                          "expired", "too-large", "io", "config"), extra=4)
+REFUSED_REASON = LabelSet(
+    "reason",
+    ("acl", "unknown-client", "ratelimit", "qtype", "opcode", "any", "name", "tcp-limit", "tcp-client-limit"),
+    extra=4,
+)
+LIST_FAILURE_REASON = LabelSet(
+    "reason",
+    ("download", "http", "timeout", "parse", "empty", "signature", "expired", "too-large", "io", "config"),
+    extra=4,
+)
 RELOAD_RESULT = LabelSet("result", ("success", "failure", "unchanged"))
-UPSTREAM_ERROR_KIND = LabelSet("kind", ("timeout", "refused", "servfail", "network", "tls", "protocol", "http",
-                                        "truncated"), extra=4)
-DNS_ERROR_KIND = LabelSet("kind", ("exception", "timeout", "policy", "cache", "upstream", "encode", "decode"),
-                          extra=16)
-HTTP_HOOK = LabelSet("hook", ("requestheaders", "request", "responseheaders", "response", "error", "http_connect",
-                              "tls_clienthello", "tls_start_client", "tls_start_server", "websocket_message",
-                              "client_connected", "server_connect", "configure"), extra=8)
-ENGINE = LabelSet("engine", ("google", "youtube", "bing", "duckduckgo", "yandex", "yahoo", "ecosia", "brave",
-                             "qwant", "coccoc"), extra=8)
+UPSTREAM_ERROR_KIND = LabelSet(
+    "kind", ("timeout", "refused", "servfail", "network", "tls", "protocol", "http", "truncated"), extra=4
+)
+DNS_ERROR_KIND = LabelSet("kind", ("exception", "timeout", "policy", "cache", "upstream", "encode", "decode"), extra=16)
+HTTP_HOOK = LabelSet(
+    "hook",
+    (
+        "requestheaders",
+        "request",
+        "responseheaders",
+        "response",
+        "error",
+        "http_connect",
+        "tls_clienthello",
+        "tls_start_client",
+        "tls_start_server",
+        "websocket_message",
+        "client_connected",
+        "server_connect",
+        "configure",
+    ),
+    extra=8,
+)
+ENGINE = LabelSet(
+    "engine",
+    ("google", "youtube", "bing", "duckduckgo", "yandex", "yahoo", "ecosia", "brave", "qwant", "coccoc"),
+    extra=8,
+)
 DNS_CACHE_KIND = LabelSet("cache", ("answers", "packed"))
 IMAGE_MATCH_KIND = LabelSet("kind", ("exact", "pdq", "md5", "sha1", "sha256"), extra=4)
 
 
-def configure_labels(*, groups: Iterable[str] = (), lists: Iterable[str] = (), upstreams: Iterable[str] = (),
-                     categories: Iterable[str] = ()) -> None:
+def configure_labels(
+    *,
+    groups: Iterable[str] = (),
+    lists: Iterable[str] = (),
+    upstreams: Iterable[str] = (),
+    categories: Iterable[str] = (),
+) -> None:
     """Declare the configured group ids, list ids, upstream names and categories as label values.
 
     Call it after loading the configuration. Values not declared are still learned (bounded); this
@@ -73,86 +103,129 @@ _IMAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 # ---- build
 BUILD_INFO = Info(
-    "filterproxy_build_info", "filterproxy version and Python version (value is always 1).",
-    keys=(), infos=("version", "python"))
+    "filterproxy_build_info",
+    "filterproxy version and Python version (value is always 1).",
+    keys=(),
+    infos=("version", "python"),
+)
 
 # ---- dns
 DNS_QUERIES = Counter(
-    "filterproxy_dns_queries_total", "DNS queries answered, by age group, query type, action and transport.",
-    (("group", GROUP), ("qtype", QTYPE), ("action", ACTION), ("protocol", PROTOCOL)))
+    "filterproxy_dns_queries_total",
+    "DNS queries answered, by age group, query type, action and transport.",
+    (("group", GROUP), ("qtype", QTYPE), ("action", ACTION), ("protocol", PROTOCOL)),
+)
 DNS_BLOCKED = Counter(
-    "filterproxy_dns_blocked_total", "DNS queries blocked, by age group, category and reason.",
-    (("group", GROUP), ("category", CATEGORY), ("reason", REASON)))
+    "filterproxy_dns_blocked_total",
+    "DNS queries blocked, by age group, category and reason.",
+    (("group", GROUP), ("category", CATEGORY), ("reason", REASON)),
+)
 DNS_CACHE_HITS = Counter("filterproxy_dns_cache_hits_total", "DNS answers served from the cache.")
 DNS_CACHE_MISSES = Counter("filterproxy_dns_cache_misses_total", "DNS lookups not found in the cache.")
 DNS_CACHE_ENTRIES = Gauge(
-    "filterproxy_dns_cache_entries", "Live entries in the DNS caches: upstream answers (shared by all groups) and "
-    "packed replies (all groups); expired ones are swept within seconds.", (("cache", DNS_CACHE_KIND),),
-    multiprocess_mode="sum")
+    "filterproxy_dns_cache_entries",
+    "Live entries in the DNS caches: upstream answers (shared by all groups) and "
+    "packed replies (all groups); expired ones are swept within seconds.",
+    (("cache", DNS_CACHE_KIND),),
+    multiprocess_mode="sum",
+)
 DNS_UPSTREAM_DURATION = Histogram(
     "filterproxy_dns_upstream_duration_seconds",
     "Time of each exchange with an upstream resolver, failures included (until the error).",
-    (("upstream", UPSTREAM),), buckets=_DNS_BUCKETS)
+    (("upstream", UPSTREAM),),
+    buckets=_DNS_BUCKETS,
+)
 DNS_UPSTREAM_ERRORS = Counter(
-    "filterproxy_dns_upstream_errors_total", "Failed exchanges with an upstream resolver, by kind.",
-    (("upstream", UPSTREAM), ("kind", UPSTREAM_ERROR_KIND)))
+    "filterproxy_dns_upstream_errors_total",
+    "Failed exchanges with an upstream resolver, by kind.",
+    (("upstream", UPSTREAM), ("kind", UPSTREAM_ERROR_KIND)),
+)
 DNS_RATELIMITED = Counter(
-    "filterproxy_dns_ratelimited_total", "DNS queries dropped by the per-client rate limit.", (("group", GROUP),))
+    "filterproxy_dns_ratelimited_total", "DNS queries dropped by the per-client rate limit.", (("group", GROUP),)
+)
 DNS_REFUSED = Counter(
-    "filterproxy_dns_refused_total", "DNS queries answered REFUSED, by reason.", (("reason", REFUSED_REASON),))
+    "filterproxy_dns_refused_total", "DNS queries answered REFUSED, by reason.", (("reason", REFUSED_REASON),)
+)
 DNS_MALFORMED = Counter("filterproxy_dns_malformed_total", "DNS messages that could not be parsed.")
 DNS_ERRORS = Counter(
-    "filterproxy_dns_errors_total", "Internal errors in the DNS path, answered SERVFAIL (fail closed).",
-    (("kind", DNS_ERROR_KIND),))
+    "filterproxy_dns_errors_total",
+    "Internal errors in the DNS path, answered SERVFAIL (fail closed).",
+    (("kind", DNS_ERROR_KIND),),
+)
 
 # ---- http
 HTTP_REQUESTS = Counter(
-    "filterproxy_http_requests_total", "HTTP(S) requests seen by the proxy, by age group, action and reason.",
-    (("group", GROUP), ("action", ACTION), ("reason", REASON)))
+    "filterproxy_http_requests_total",
+    "HTTP(S) requests seen by the proxy, by age group, action and reason.",
+    (("group", GROUP), ("action", ACTION), ("reason", REASON)),
+)
 HTTP_BLOCKED = Counter(
-    "filterproxy_http_blocked_total", "HTTP(S) requests blocked, by age group and category.",
-    (("group", GROUP), ("category", CATEGORY)))
+    "filterproxy_http_blocked_total",
+    "HTTP(S) requests blocked, by age group and category.",
+    (("group", GROUP), ("category", CATEGORY)),
+)
 HTTP_ERRORS = Counter(
-    "filterproxy_http_errors_total", "Exceptions in a proxy hook that blocked the flow (fail closed), by hook.",
-    (("hook", HTTP_HOOK),))
+    "filterproxy_http_errors_total",
+    "Exceptions in a proxy hook that blocked the flow (fail closed), by hook.",
+    (("hook", HTTP_HOOK),),
+)
 HTTP_SAFESEARCH_REWRITES = Counter(
-    "filterproxy_http_safesearch_rewrites_total", "Search requests rewritten to SafeSearch, by group and engine.",
-    (("group", GROUP), ("engine", ENGINE)))
+    "filterproxy_http_safesearch_rewrites_total",
+    "Search requests rewritten to SafeSearch, by group and engine.",
+    (("group", GROUP), ("engine", ENGINE)),
+)
 
 # ---- lists
 LISTS_ENTRIES = Gauge(
-    "filterproxy_lists_entries", "Entries in the loaded snapshot, by list and category.",
-    (("list", LIST), ("category", CATEGORY)))
+    "filterproxy_lists_entries",
+    "Entries in the loaded snapshot, by list and category.",
+    (("list", LIST), ("category", CATEGORY)),
+)
 LISTS_INFO = Info(
-    "filterproxy_lists_info", "Version of each loaded list (value is always 1).",
-    keys=(("list", LIST),), infos=("version",))
+    "filterproxy_lists_info",
+    "Version of each loaded list (value is always 1).",
+    keys=(("list", LIST),),
+    infos=("version",),
+)
 LISTS_LAST_SUCCESS = Gauge(
-    "filterproxy_lists_last_success_timestamp_seconds", "When each list was last fetched and verified (Unix time).",
-    (("list", LIST),), multiprocess_mode="max")
+    "filterproxy_lists_last_success_timestamp_seconds",
+    "When each list was last fetched and verified (Unix time).",
+    (("list", LIST),),
+    multiprocess_mode="max",
+)
 LISTS_AGE = Derived(
-    "filterproxy_lists_age_seconds", "Seconds since each list was last fetched and verified (computed at scrape).",
-    LISTS_LAST_SUCCESS, lambda ts, now: max(0.0, now - ts))
+    "filterproxy_lists_age_seconds",
+    "Seconds since each list was last fetched and verified (computed at scrape).",
+    LISTS_LAST_SUCCESS,
+    lambda ts, now: max(0.0, now - ts),
+)
 LISTS_UPDATE_FAILURES = Counter(
-    "filterproxy_lists_update_failures_total", "Failed list updates (the last good copy stays in use), by reason.",
-    (("list", LIST), ("reason", LIST_FAILURE_REASON)))
-LISTS_RELOADS = Counter(
-    "filterproxy_lists_reloads_total", "Snapshot reloads, by result.", (("result", RELOAD_RESULT),))
+    "filterproxy_lists_update_failures_total",
+    "Failed list updates (the last good copy stays in use), by reason.",
+    (("list", LIST), ("reason", LIST_FAILURE_REASON)),
+)
+LISTS_RELOADS = Counter("filterproxy_lists_reloads_total", "Snapshot reloads, by result.", (("result", RELOAD_RESULT),))
 BUNDLE_INFO = Info(
-    "filterproxy_bundle_info", "Publisher and serial of the signed list bundle in use (value is always 1).",
-    keys=(), infos=("publisher", "serial"))
+    "filterproxy_bundle_info",
+    "Publisher and serial of the signed list bundle in use (value is always 1).",
+    keys=(),
+    infos=("publisher", "serial"),
+)
 BUNDLE_SERIAL = Gauge("filterproxy_bundle_serial", "Serial number of the signed list bundle in use.")
 
 # ---- imagehash
 IMAGEHASH_IMAGES = Counter("filterproxy_imagehash_images_total", "Images hashed by the proxy.")
 IMAGEHASH_MATCHES = Counter(
-    "filterproxy_imagehash_matches_total", "Images matching a hash list (blocked and reported), by list and kind.",
-    (("list", LIST), ("kind", IMAGE_MATCH_KIND)))
+    "filterproxy_imagehash_matches_total",
+    "Images matching a hash list (blocked and reported), by list and kind.",
+    (("list", LIST), ("kind", IMAGE_MATCH_KIND)),
+)
 IMAGEHASH_DURATION = Histogram(
-    "filterproxy_imagehash_duration_seconds", "Time to decode and hash one image.", buckets=_IMAGE_BUCKETS)
+    "filterproxy_imagehash_duration_seconds", "Time to decode and hash one image.", buckets=_IMAGE_BUCKETS
+)
 
 # ---- reports
-REPORTS_QUEUE_DEPTH = Gauge(
-    "filterproxy_reports_queue_depth", "Reports waiting for delivery.", multiprocess_mode="sum")
+REPORTS_QUEUE_DEPTH = Gauge("filterproxy_reports_queue_depth", "Reports waiting for delivery.", multiprocess_mode="sum")
 REPORTS_DELIVERED = Counter("filterproxy_reports_delivered_total", "Reports delivered.")
 REPORTS_DELIVERY_FAILURES = Counter("filterproxy_reports_delivery_failures_total", "Failed report deliveries.")
 

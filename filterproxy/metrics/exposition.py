@@ -33,6 +33,7 @@ DEFAULT_LISTEN = "127.0.0.1:9108"
 
 # --------------------------------------------------------------------------- serving
 
+
 def parse_listen(listen: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``"HOST:PORT"``, ``"[V6]:PORT"``, ``":PORT"`` or ``"PORT"`` → (host, port); host defaults to loopback."""
     text = listen.strip()
@@ -127,8 +128,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # no access log: it would hold client IPs
         pass
 
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              extra: Mapping[str, str] | None = None, head: bool = False) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        ctype: str = "text/plain; charset=utf-8",
+        extra: Mapping[str, str] | None = None,
+        head: bool = False,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -158,8 +165,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _metrics(self, head: bool) -> None:
         check = self.server.check
         if check is not None and not check.check_header(self.headers.get("Authorization")):
-            self._send(401, b"authentication required\n",
-                       extra={"WWW-Authenticate": 'Basic realm="filterproxy metrics"'}, head=head)
+            self._send(
+                401,
+                b"authentication required\n",
+                extra={"WWW-Authenticate": 'Basic realm="filterproxy metrics"'},
+                head=head,
+            )
             return
         encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
         try:
@@ -176,7 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _PAGES: dict[str, Callable[[_Handler, bool], None]] = {
-    "/healthz": _Handler._healthz, "/metrics": _Handler._metrics, "/": _Handler._index}
+    "/healthz": _Handler._healthz,
+    "/metrics": _Handler._metrics,
+    "/": _Handler._index,
+}
 
 
 class _Server(ThreadingHTTPServer):
@@ -185,8 +199,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, check: _PasswordCheck | None,
-                 ctx: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        check: _PasswordCheck | None,
+        ctx: ssl.SSLContext | None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.registry = registry
         self.check = check
@@ -232,9 +251,14 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def serve(listen: str = DEFAULT_LISTEN, *, basic_auth: tuple[str, str] | None = None,
-          certfile: str | None = None, keyfile: str | None = None,
-          registry: CollectorRegistry | None = None) -> MetricsServer:
+def serve(
+    listen: str = DEFAULT_LISTEN,
+    *,
+    basic_auth: tuple[str, str] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    registry: CollectorRegistry | None = None,
+) -> MetricsServer:
     """Serve ``/metrics`` (Prometheus text or OpenMetrics, gzip when asked) and ``/healthz``.
 
     ``listen`` is ``"HOST:PORT"``; without a host it binds 127.0.0.1. ``basic_auth`` is
@@ -257,6 +281,7 @@ def serve(listen: str = DEFAULT_LISTEN, *, basic_auth: tuple[str, str] | None = 
 
 # --------------------------------------------------------------------------- pushing
 
+
 class Pusher:
     """Push the registry to a Pushgateway every ``interval`` seconds (gateways that cannot be scraped).
 
@@ -264,9 +289,17 @@ class Pusher:
     aggregate counters only, never anything about a child. Uses PUT, so each push replaces the group.
     """
 
-    def __init__(self, gateway_url: str, job: str = "filterproxy", grouping_key: Mapping[str, str] | None = None,
-                 interval: float = 60, *, auth: tuple[str, str] | None = None, timeout: float = 10,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        gateway_url: str,
+        job: str = "filterproxy",
+        grouping_key: Mapping[str, str] | None = None,
+        interval: float = 60,
+        *,
+        auth: tuple[str, str] | None = None,
+        timeout: float = 10,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         if not gateway_url:
             raise ValueError("Pusher needs a gateway URL")
         for k, v in (grouping_key or {}).items():
@@ -295,8 +328,14 @@ class Pusher:
     def push_once(self) -> bool:
         """Push now; True on success (failures are logged, not raised)."""
         try:
-            push_to_gateway(self.gateway_url, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
-                            timeout=self.timeout, handler=self._handler)
+            push_to_gateway(
+                self.gateway_url,
+                job=self.job,
+                registry=self.registry,
+                grouping_key=self.grouping_key,
+                timeout=self.timeout,
+                handler=self._handler,
+            )
         except Exception as exc:
             self.failures += 1
             if self.last_error != str(exc):

@@ -111,8 +111,12 @@ class Multiprocess:
         if os.getpid() != self.pid:  # forked without the at-fork hook (should not happen)
             return
         state = self.collector.local_state()
-        doc = {"pid": self.pid, "start": self.start_ticks, "written": time.time(),
-               "metrics": _encode(state, self.collector.metrics)}
+        doc = {
+            "pid": self.pid,
+            "start": self.start_ticks,
+            "written": time.time(),
+            "metrics": _encode(state, self.collector.metrics),
+        }
         with self._write_lock:
             # rewritten every few seconds, so not fsynced: a power cut loses those seconds either way
             _write_json(os.path.join(self.directory, self.filename), doc, durable=False)
@@ -165,8 +169,9 @@ class Multiprocess:
                 dead.append((name, doc))
         return live, dead
 
-    def _compact(self, archive: dict, archived: dict[str, dict], dead: list[tuple[str, dict]],
-                 metrics: Mapping[str, _Metric]) -> None:
+    def _compact(
+        self, archive: dict, archived: dict[str, dict], dead: list[tuple[str, dict]], metrics: Mapping[str, _Metric]
+    ) -> None:
         """Fold exited processes' counters into the archive, then delete their files (crash-safe:
         the archive names the files it already contains, so a crash in between never counts twice)."""
         for _, doc in dead:
@@ -216,6 +221,7 @@ def _at_least(prev: Any, val: Any, *, histogram: bool) -> Any:
 
 # ---------------------------------------------------------------- merging, one function per kind
 
+
 def _merge_counters(acc: dict, series: Mapping, mode: str) -> None:
     for key, n in series.items():
         acc[key] = acc.get(key, 0) + n
@@ -252,8 +258,7 @@ _MERGE: dict[str, tuple[Callable[[dict, Mapping, str], None], bool]] = {
 }
 
 
-def _merge(into: dict[str, dict], state: Mapping[str, Mapping], metrics: Mapping[str, _Metric], *,
-           live: bool) -> None:
+def _merge(into: dict[str, dict], state: Mapping[str, Mapping], metrics: Mapping[str, _Metric], *, live: bool) -> None:
     for name, series in state.items():
         m = metrics.get(name)
         if m is None or m.kind not in _MERGE:  # derived values are computed after the merge
@@ -265,6 +270,7 @@ def _merge(into: dict[str, dict], state: Mapping[str, Mapping], metrics: Mapping
 
 
 # ---------------------------------------------------------------- the JSON form of a state
+
 
 def _encode(state: Mapping[str, Mapping], metrics: Mapping[str, _Metric]) -> dict:
     out: dict[str, list] = {}

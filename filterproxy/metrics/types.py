@@ -47,6 +47,7 @@ _CONFIGURED_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
 
 # --------------------------------------------------------------------------- label sets
 
+
 class LabelSet:
     """A bounded set of values for one label.
 
@@ -55,8 +56,9 @@ class LabelSet:
     ``"none"`` and enum members their value, so callers may pass ``Verdict`` fields as they are.
     """
 
-    def __init__(self, name: str, known: Iterable[str] = (), *, extra: int = 0,
-                 aliases: Mapping[Any, str] | None = None) -> None:
+    def __init__(
+        self, name: str, known: Iterable[str] = (), *, extra: int = 0, aliases: Mapping[Any, str] | None = None
+    ) -> None:
         self.name = name
         self._known: set[str] = set(known)
         self._extra = extra
@@ -115,13 +117,20 @@ def _clean_info(value: Any, limit: int = 64) -> str:
 
 # --------------------------------------------------------------------------- metric classes
 
+
 class _Metric:
     """Common part: name, help text, label names and their bounded sets."""
 
     kind = ""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[tuple[str, LabelSet]] = (), *,
-                 collector: MetricsCollector | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[tuple[str, LabelSet]] = (),
+        *,
+        collector: MetricsCollector | None = None,
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames: tuple[str, ...] = tuple(n for n, _ in labels)
@@ -147,8 +156,14 @@ class Counter(_Metric):
 
     kind = "counter"
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[tuple[str, LabelSet]] = (), *,
-                 collector: MetricsCollector | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[tuple[str, LabelSet]] = (),
+        *,
+        collector: MetricsCollector | None = None,
+    ) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"counter {name} must end with _total")
         super().__init__(name, documentation, labels, collector=collector)
@@ -212,8 +227,15 @@ class Histogram(_Metric):
 
     kind = "histogram"
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[tuple[str, LabelSet]] = (), *,
-                 buckets: Sequence[float], collector: MetricsCollector | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[tuple[str, LabelSet]] = (),
+        *,
+        buckets: Sequence[float],
+        collector: MetricsCollector | None = None,
+    ) -> None:
         if list(buckets) != sorted(buckets) or not buckets:
             raise ValueError(f"{name}: buckets must be sorted and non-empty")
         super().__init__(name, documentation, labels, collector=collector)
@@ -284,8 +306,15 @@ class Gauge(_Metric):
     kind = "gauge"
     MODES = ("mostrecent", "sum", "max")
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[tuple[str, LabelSet]] = (), *,
-                 multiprocess_mode: str = "mostrecent", collector: MetricsCollector | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[tuple[str, LabelSet]] = (),
+        *,
+        multiprocess_mode: str = "mostrecent",
+        collector: MetricsCollector | None = None,
+    ) -> None:
         if name.endswith("_total"):
             raise ValueError(f"gauge {name} must not end with _total")
         if multiprocess_mode not in self.MODES:
@@ -364,8 +393,15 @@ class Info(Gauge):
 
     kind = "info"
 
-    def __init__(self, name: str, documentation: str, keys: Sequence[tuple[str, LabelSet]],
-                 infos: Sequence[str], *, collector: MetricsCollector | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        keys: Sequence[tuple[str, LabelSet]],
+        infos: Sequence[str],
+        *,
+        collector: MetricsCollector | None = None,
+    ) -> None:
         super().__init__(name, documentation, keys, collector=collector)
         self.infonames: tuple[str, ...] = tuple(infos)
 
@@ -395,8 +431,15 @@ class Derived(_Metric):
 
     kind = "derived"
 
-    def __init__(self, name: str, documentation: str, source: Gauge,
-                 fn: Callable[[float, float], float], *, collector: MetricsCollector | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        source: Gauge,
+        fn: Callable[[float, float], float],
+        *,
+        collector: MetricsCollector | None = None,
+    ) -> None:
         super().__init__(name, documentation, tuple(zip(source.labelnames, source._sets)), collector=collector)
         self.source = source
         self.fn = fn

@@ -21,8 +21,8 @@ import logging
 import os
 import threading
 import zoneinfo
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from filterproxy.clients import Client, ClientMap
@@ -81,10 +81,12 @@ class Engine:
         groups: dict[str, _GroupTables] = {}
         for gid, pol in self.config.groups.items():
             cats = pol.block_categories | {c for s in pol.schedules for c in s.block}
-            blk = frozenset(li.index for li in snapshot.lists
-                            if li.category in pol.block_categories and not li.source.allow)
-            rx = tuple(i for i in snapshot.regexes
-                       if i in legal or i in allow_src or snapshot.lists[i].category in cats)
+            blk = frozenset(
+                li.index for li in snapshot.lists if li.category in pol.block_categories and not li.source.allow
+            )
+            rx = tuple(
+                i for i in snapshot.regexes if i in legal or i in allow_src or snapshot.lists[i].category in cats
+            )
             groups[gid] = _GroupTables(pol, blk, rx, Verdict(Action.ALLOW, Reason.DEFAULT, gid))
         with self._lock:
             self._state = (snapshot, groups, legal, allow_src)
@@ -115,8 +117,17 @@ class Engine:
         return at.astimezone(self.tz)
 
     # ------------------------------------------------------------------ decide
-    def decide(self, client: Client | str | None, host: str, url: str | None = None, at: dt.datetime | None = None,
-               *, group: str | None = None, explain: bool = False, canonical: bool = False) -> Verdict:
+    def decide(
+        self,
+        client: Client | str | None,
+        host: str,
+        url: str | None = None,
+        at: dt.datetime | None = None,
+        *,
+        group: str | None = None,
+        explain: bool = False,
+        canonical: bool = False,
+    ) -> Verdict:
         """The verdict for ``client`` asking for ``host`` (and ``url`` on the HTTP path) at time ``at``.
 
         ``host`` should be canonical (the data paths normalise at the edge); anything else is normalised
@@ -130,8 +141,16 @@ class Engine:
             log.exception("decision failed for %r; blocking", host)
             return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
 
-    def _decide(self, client: Client | str | None, host: str, url: str | None, at: dt.datetime | None,
-                group: str | None, explain: bool, canonical: bool = False) -> Verdict:
+    def _decide(
+        self,
+        client: Client | str | None,
+        host: str,
+        url: str | None,
+        at: dt.datetime | None,
+        group: str | None,
+        explain: bool,
+        canonical: bool = False,
+    ) -> Verdict:
         snap, tables, legal, allow_src = self._state
         if group is None:
             group = self.group_for(client)
@@ -165,8 +184,15 @@ class Engine:
             for m in matches:
                 if m[0] in allow_src or (m[2] & ALLOW and snap.lists[m[0]].source.allow):
                     info = snap.lists[m[0]]
-                    allowed = Verdict(Action.ALLOW, Reason.ALLOWLIST, group, category=info.category, list_id=info.id,
-                                      rule=m[3], source=f"{self._file_for(info, m)}:{m[1]}")
+                    allowed = Verdict(
+                        Action.ALLOW,
+                        Reason.ALLOWLIST,
+                        group,
+                        category=info.category,
+                        list_id=info.id,
+                        rule=m[3],
+                        source=f"{self._file_for(info, m)}:{m[1]}",
+                    )
                     break
         if allowed is not None:
             return self._safesearch(pol, host, group) or allowed
@@ -184,8 +210,9 @@ class Engine:
                 if cat in s.block and not m[2] & ALLOW and cat not in excepted and m[0] not in allow_src:
                     return verdict(Reason.SCHEDULE, m, schedule=s.name)
             if s.allow_only:
-                return Verdict(Action.BLOCK, Reason.SCHEDULE, group, category="schedule", schedule=s.name,
-                               rule="allow_only")
+                return Verdict(
+                    Action.BLOCK, Reason.SCHEDULE, group, category="schedule", schedule=s.name, rule="allow_only"
+                )
 
         # 4. categories, then the group's own block additions, then bypass canaries
         for m in matches:
@@ -194,18 +221,32 @@ class Engine:
         blocked = self._policy_block(pol, host)
         if blocked is not None:
             name, line = blocked
-            return Verdict(Action.BLOCK, Reason.BLOCKLIST, group, category="custom", list_id=f"policy:{pol.id}",
-                           rule=name, source=f"{pol.file}:{line}")
+            return Verdict(
+                Action.BLOCK,
+                Reason.BLOCKLIST,
+                group,
+                category="custom",
+                list_id=f"policy:{pol.id}",
+                rule=name,
+                source=f"{pol.file}:{line}",
+            )
         if pol.bypass_defences and host in safesearch.BYPASS_CANARIES:
-            return Verdict(Action.BLOCK, Reason.BYPASS, group, category="bypass", list_id="builtin:bypass",
-                           rule=f"{host} → {safesearch.BYPASS_CANARIES[host]}")
+            return Verdict(
+                Action.BLOCK,
+                Reason.BYPASS,
+                group,
+                category="bypass",
+                list_id="builtin:bypass",
+                rule=f"{host} → {safesearch.BYPASS_CANARIES[host]}",
+            )
 
         # 5. SafeSearch, 6. default
         return self._safesearch(pol, host, group) or t.default
 
     # ------------------------------------------------------------------ helpers
-    def _evidence(self, snap: Snapshot, t: _GroupTables, host: str,
-                  url: str | None) -> list[tuple[int, int, int, str, bool]]:
+    def _evidence(
+        self, snap: Snapshot, t: _GroupTables, host: str, url: str | None
+    ) -> list[tuple[int, int, int, str, bool]]:
         """Every rule that matches, gathered once: domain rules, regexes, IP literal, URL rules.
         Each is (list index, line, flags, rule text, hashed)."""
         matches: list[tuple[int, int, int, str, bool]] = []
@@ -224,8 +265,9 @@ class Engine:
             matches.extend(self._url_matches(snap, host, url))
         return matches
 
-    def _block_verdict(self, snap: Snapshot, group: str, reason: Reason, m: tuple, explain: bool,
-                       **kw: object) -> Verdict:
+    def _block_verdict(
+        self, snap: Snapshot, group: str, reason: Reason, m: tuple, explain: bool, **kw: object
+    ) -> Verdict:
         """A block verdict naming the list, rule and source line of match ``m``."""
         info = snap.lists[m[0]]
         src = info.source
@@ -234,17 +276,32 @@ class Engine:
         if explain and file and not src.hashed:
             text = linecache.getline(file, m[1]).strip() if not file.endswith(".gz") else ""
             rule = text or rule
-        return Verdict(Action.BLOCK, reason, group, category=info.category, list_id=info.id,
-                       rule=None if src.hashed else rule, source=f"{file}:{m[1]}" if file else None,
-                       legal=src.is_legal, hashed=src.hashed, **kw)
+        return Verdict(
+            Action.BLOCK,
+            reason,
+            group,
+            category=info.category,
+            list_id=info.id,
+            rule=None if src.hashed else rule,
+            source=f"{file}:{m[1]}" if file else None,
+            legal=src.is_legal,
+            hashed=src.hashed,
+            **kw,
+        )
 
     @staticmethod
     def _allowlisted(pol: Policy, host: str) -> Verdict | None:
         name = _covering(pol.allow, host, lambda sub: sub)
         if name is None:
             return None
-        return Verdict(Action.ALLOW, Reason.ALLOWLIST, pol.id, list_id=f"policy:{pol.id}", rule=name,
-                       source=f"{pol.file}:{pol.allow_lines.get(name, 0)}")
+        return Verdict(
+            Action.ALLOW,
+            Reason.ALLOWLIST,
+            pol.id,
+            list_id=f"policy:{pol.id}",
+            rule=name,
+            source=f"{pol.file}:{pol.allow_lines.get(name, 0)}",
+        )
 
     @staticmethod
     def _policy_block(pol: Policy, host: str) -> tuple[str, int] | None:
@@ -258,8 +315,15 @@ class Engine:
             return None
         engine, target = t
         level = pol.youtube if engine == "youtube" else pol.safesearch
-        return Verdict(Action.REWRITE, Reason.SAFESEARCH, group, category="search", list_id=f"safesearch:{engine}",
-                       rule=f"{host} → {target} ({level})", rewrite=target)
+        return Verdict(
+            Action.REWRITE,
+            Reason.SAFESEARCH,
+            group,
+            category="search",
+            list_id=f"safesearch:{engine}",
+            rule=f"{host} → {target} ({level})",
+            rewrite=target,
+        )
 
     @staticmethod
     def _url_matches(snap: Snapshot, host: str, url: str) -> list[tuple[int, int, int, str, bool]]:
@@ -292,5 +356,9 @@ class Engine:
         if len(files) == 1:
             return files[0]
         # UT1 folders: domains / urls / expressions
-        want = "urls" if "/" in m[3] and not m[3].startswith("^") else ("expressions" if m[3].startswith("^") or "\\" in m[3] else "domains")
+        want = (
+            "urls"
+            if "/" in m[3] and not m[3].startswith("^")
+            else ("expressions" if m[3].startswith("^") or "\\" in m[3] else "domains")
+        )
         return next((f for f in files if os.path.basename(f).startswith(want)), files[0])

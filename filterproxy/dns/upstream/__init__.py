@@ -20,6 +20,17 @@ from filterproxy.dns.upstream.stream import TcpUpstream
 from filterproxy.dns.upstream.udp import UdpUpstream
 
 __all__ = [
-    "BACKOFF_MAX", "BACKOFF_START", "AllUpstreamsFailed", "HttpsUpstream", "PairSink", "TcpUpstream",
-    "ThreadReactor", "UdpUpstream", "Upstream", "UpstreamError", "UpstreamGroup", "parse_upstream", "tls_context",
+    "BACKOFF_MAX",
+    "BACKOFF_START",
+    "AllUpstreamsFailed",
+    "HttpsUpstream",
+    "PairSink",
+    "TcpUpstream",
+    "ThreadReactor",
+    "UdpUpstream",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamGroup",
+    "parse_upstream",
+    "tls_context",
 ]

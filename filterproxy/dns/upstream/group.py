@@ -38,8 +38,7 @@ class _Failover:
 
     __slots__ = ("group", "cands", "i", "query", "reactor", "sink", "u", "t0", "last")
 
-    def __init__(self, group: "UpstreamGroup", cands: list[Upstream], query: bytes, reactor: Reactor,
-                 sink: Sink):
+    def __init__(self, group: UpstreamGroup, cands: list[Upstream], query: bytes, reactor: Reactor, sink: Sink):
         self.group, self.cands, self.query, self.reactor, self.sink = group, cands, query, reactor, sink
         self.i = 0
         self.u: Upstream | None = None
@@ -118,8 +117,9 @@ class UpstreamGroup:
         self.exchange_into(query, reactor, d)
         return d
 
-    def _parallel(self, first: list[Upstream], rest: list[Upstream], query: bytes, reactor: Reactor,
-                  sink: Sink) -> None:
+    def _parallel(
+        self, first: list[Upstream], rest: list[Upstream], query: bytes, reactor: Reactor, sink: Sink
+    ) -> None:
         left = [len(first)]
         done = [False]
 
@@ -141,6 +141,7 @@ class UpstreamGroup:
                         _Failover(self, rest, query, reactor, sink).next()
                     else:
                         sink.failed(AllUpstreamsFailed(False, f"{u.name}: {error}"))
+
             return cb
 
         for u in first:

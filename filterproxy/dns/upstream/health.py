@@ -67,8 +67,13 @@ class Upstream:
         the upstream down (:meth:`failed`)."""
         if now - self.win_start >= RATE_WINDOW:
             if error_question is not None and self.error_rate_sustained():
-                log.warning("upstream %s answered SERVFAIL/REFUSED to %d of its last %d queries in %.0fs",
-                            self.name, self.win_errors, self.win_answers, now - self.win_start)
+                log.warning(
+                    "upstream %s answered SERVFAIL/REFUSED to %d of its last %d queries in %.0fs",
+                    self.name,
+                    self.win_errors,
+                    self.win_answers,
+                    now - self.win_start,
+                )
                 self.failed(now)
             self.win_start, self.win_answers, self.win_errors = now, 0, 0
             self.win_questions.clear()
@@ -81,8 +86,11 @@ class Upstream:
     def error_rate_sustained(self) -> bool:
         """The current window's answers were (nearly) all errors, for enough answers and questions."""
         n = self.win_answers
-        return (n >= RATE_MIN_ANSWERS and self.win_errors > RATE_ERROR_SHARE * n
-                and len(self.win_questions) >= RATE_MIN_QUESTIONS)
+        return (
+            n >= RATE_MIN_ANSWERS
+            and self.win_errors > RATE_ERROR_SHARE * n
+            and len(self.win_questions) >= RATE_MIN_QUESTIONS
+        )
 
     async def exchange(self, query: bytes, timeout: float) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -96,7 +104,7 @@ def question_of(reply: bytes) -> bytes:
     end, n = 12, len(reply)
     while end < n and reply[end] and not reply[end] & 0xC0:
         end += 1 + reply[end]
-    return reply[12:end + 5] if end < n and not reply[end] else b""
+    return reply[12 : end + 5] if end < n and not reply[end] else b""
 
 
 def judge(u: Upstream, t0: float, reply: bytes | None, exc: BaseException | None) -> UpstreamError | None:

@@ -37,8 +37,9 @@ class HttpsUpstream(Upstream):
                 dns = base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
                 r = self._session.get(self.url, params={"dns": dns}, timeout=timeout)
             else:
-                r = self._session.post(self.url, data=body, timeout=timeout,
-                                       headers={"Content-Type": "application/dns-message"})
+                r = self._session.post(
+                    self.url, data=body, timeout=timeout, headers={"Content-Type": "application/dns-message"}
+                )
         except requests.exceptions.SSLError as exc:
             raise UpstreamError("tls", str(exc)) from None
         except requests.exceptions.Timeout:
@@ -59,9 +60,10 @@ class HttpsUpstream(Upstream):
         body = b"\x00\x00" + query[2:]
         loop = asyncio.get_running_loop()
         try:
-            reply = await asyncio.wait_for(loop.run_in_executor(self._executor, self._post, body, timeout),
-                                           timeout + 0.5)
-        except asyncio.TimeoutError:
+            reply = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._post, body, timeout), timeout + 0.5
+            )
+        except TimeoutError:
             raise UpstreamError("timeout", f"no reply within {timeout:.1f}s") from None
         if len(reply) < 12 or not reply[2] & 0x80 or not question_matches(body, reply):
             raise UpstreamError("protocol", "not a reply to our question")

@@ -58,8 +58,7 @@ class ThreadReactor:
     REUSE = 2000
     LINGER = 1.0  # seconds the thread keeps polling after the last reply (avoids toggling per query)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None],
-                 set_polling: Callable[[bool], None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None], set_polling: Callable[[bool], None]):
         self.loop = loop
         self.inflight: dict[bytes, Deferred] = {}
         self.pending = 0
@@ -176,7 +175,8 @@ class ThreadReactor:
             u, query, timeout = token[2], token[3], token[4]
             metrics.DNS_UPSTREAM_ERRORS.inc(u.name, "truncated")
             self.on_loop(u.tcp.exchange(query, timeout)).add(
-                lambda r, e: cb(None, e) if e is not None else cb(query[:2] + r[2:], None))
+                lambda r, e: cb(None, e) if e is not None else cb(query[:2] + r[2:], None)
+            )
         else:
             cb(token[3][:2] + value[2:], None)
 

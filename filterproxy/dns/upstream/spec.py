@@ -1,9 +1,9 @@
 """Upstream addresses (``upstreams.servers``, ``upstreams.conditional``, ``--upstream``) → upstreams::
 
-    9.9.9.9            9.9.9.9:53          udp://[2620:fe::fe]:53     plain DNS (UDP, TCP on truncation)
-    tcp://10.0.0.1:53                                                  TCP only
-    tls://dns.quad9.net         tls://dns.quad9.net:853#9.9.9.9        DNS-over-TLS (#IP: where to connect)
-    https://dns.quad9.net/dns-query     https://host/dns-query{?dns}   DNS-over-HTTPS (POST; GET with {?dns})
+9.9.9.9            9.9.9.9:53          udp://[2620:fe::fe]:53     plain DNS (UDP, TCP on truncation)
+tcp://10.0.0.1:53                                                  TCP only
+tls://dns.quad9.net         tls://dns.quad9.net:853#9.9.9.9        DNS-over-TLS (#IP: where to connect)
+https://dns.quad9.net/dns-query     https://host/dns-query{?dns}   DNS-over-HTTPS (POST; GET with {?dns})
 """
 
 from __future__ import annotations
@@ -40,13 +40,12 @@ def parse_upstream(addr: str) -> Upstream:
     scheme = "udp"
     for prefix in ("udp://", "tcp://", "tls://"):
         if a.startswith(prefix):
-            scheme, a = prefix[:3], a[len(prefix):]
+            scheme, a = prefix[:3], a[len(prefix) :]
             break
     a, _, ip = a.partition("#")
     host, port = parse_hostport(a, f"upstream {addr!r}", 853 if scheme == "tls" else 53)
     if scheme == "tls":
-        return TcpUpstream(ip or host, port, tls=tls_context(), server_name=host,
-                           name=f"tls://{host}:{port}")
+        return TcpUpstream(ip or host, port, tls=tls_context(), server_name=host, name=f"tls://{host}:{port}")
     if scheme == "tcp":
         return TcpUpstream(ip or host, port)
     return UdpUpstream(ip or host, port)

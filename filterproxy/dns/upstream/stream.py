@@ -55,8 +55,15 @@ class TcpUpstream(Upstream):
 
     proto = "tcp"
 
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None, server_name: str | None = None,
-                 name: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+        name: str | None = None,
+    ):
         super().__init__(name or f"{'tls' if tls else 'tcp'}://{host}:{port}")
         self.host, self.port = host, port
         self.tls = tls
@@ -73,10 +80,13 @@ class TcpUpstream(Upstream):
             if c is not None and not c.closed:
                 return c
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    self.host, self.port, ssl=self.tls, server_hostname=self.server_name if self.tls else None),
-                    timeout)
-            except asyncio.TimeoutError:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        self.host, self.port, ssl=self.tls, server_hostname=self.server_name if self.tls else None
+                    ),
+                    timeout,
+                )
+            except TimeoutError:
                 raise UpstreamError("timeout", "connect timed out") from None
             except ssl.SSLError as exc:
                 raise UpstreamError("tls", str(exc)) from None
@@ -101,7 +111,7 @@ class TcpUpstream(Upstream):
             try:
                 c.writer.write(U16.pack(len(q)) + q)
                 reply = await asyncio.wait_for(fut, max(0.05, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 c.pending.pop(qid, None)
                 raise UpstreamError("timeout", f"no reply within {timeout:.1f}s") from None
             except (UpstreamError, OSError) as exc:

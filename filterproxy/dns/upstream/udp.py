@@ -21,8 +21,9 @@ class _UdpSocket:
 
     __slots__ = ("sock", "pending", "uses", "loop")
 
-    def __init__(self, family: int, addr: tuple, loop: asyncio.AbstractEventLoop,
-                 on_readable: Callable[[_UdpSocket], None]):
+    def __init__(
+        self, family: int, addr: tuple, loop: asyncio.AbstractEventLoop, on_readable: Callable[[_UdpSocket], None]
+    ):
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.sock.connect(addr)
@@ -83,8 +84,9 @@ class UdpUpstream(Upstream):
             except OSError as exc:  # ICMP port unreachable → ECONNREFUSED on a connected socket
                 for _q, fut in list(s.pending.values()):
                     if not fut.done():
-                        fut.set_exception(UpstreamError("refused" if isinstance(exc, ConnectionRefusedError)
-                                                        else "network", str(exc)))
+                        fut.set_exception(
+                            UpstreamError("refused" if isinstance(exc, ConnectionRefusedError) else "network", str(exc))
+                        )
                 s.pending.clear()
                 return
             if len(data) < 12:
@@ -111,7 +113,7 @@ class UdpUpstream(Upstream):
         try:
             s.sock.send(q)
             reply = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError("timeout", f"no reply within {timeout:.1f}s") from None
         except ConnectionRefusedError as exc:
             raise UpstreamError("refused", str(exc)) from None

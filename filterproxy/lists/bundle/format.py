@@ -108,8 +108,7 @@ class Rollback(BundleError):
 
     def __init__(self, serial: int, installed: int) -> None:
         super().__init__(
-            f"bundle serial {serial} is not newer than installed serial {installed} "
-            "(rollback or replay refused)"
+            f"bundle serial {serial} is not newer than installed serial {installed} (rollback or replay refused)"
         )
         self.serial = serial
         self.installed = installed
@@ -543,8 +542,14 @@ def _check_lists(reader: BundleReader, manifest: dict, extract_to: str | None) -
         raise Tampered(missing[0], "listed in the signed manifest but missing from the bundle")
 
 
-def verify_archive(bundle_path: str, public_keys: list[str], *, now: datetime | None, min_serial: int | None,
-                   extract_to: str | None = None) -> VerifiedBundle:
+def verify_archive(
+    bundle_path: str,
+    public_keys: list[str],
+    *,
+    now: datetime | None,
+    min_serial: int | None,
+    extract_to: str | None = None,
+) -> VerifiedBundle:
     """:func:`verify`, optionally extracting into the (empty) folder ``extract_to`` on the same pass."""
     pinned = load_public_keys(public_keys)
     with BundleReader(bundle_path) as reader:
@@ -572,8 +577,9 @@ def verify_archive(bundle_path: str, public_keys: list[str], *, now: datetime | 
     return VerifiedBundle(manifest=manifest, key_id=kid, directory=extract_to)
 
 
-def verify(bundle_path: str, public_keys: list[str], *, now: datetime | None = None,
-           min_serial: int | None = None) -> VerifiedBundle:
+def verify(
+    bundle_path: str, public_keys: list[str], *, now: datetime | None = None, min_serial: int | None = None
+) -> VerifiedBundle:
     """Check signature -> manifest -> every list file, then expiry and serial; extract nothing.
 
     Accepts the bundle if it is signed by ANY of ``public_keys`` (paths or PEM text).  Raises a

@@ -126,8 +126,9 @@ def _prune(bundles_dir: str, keep: int) -> None:
             shutil.rmtree(os.path.join(bundles_dir, str(s)), ignore_errors=True)
 
 
-def _extract(bundle_path: str, public_keys: list[str], bundles_dir: str, *, now: datetime | None,
-             min_serial: int | None) -> tuple[VerifiedBundle, str]:
+def _extract(
+    bundle_path: str, public_keys: list[str], bundles_dir: str, *, now: datetime | None, min_serial: int | None
+) -> tuple[VerifiedBundle, str]:
     """Verify and extract into ``bundles/<serial>`` (not yet current); return the bundle and that folder."""
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=bundles_dir)
     try:

@@ -19,8 +19,14 @@ def imagehash_file_json(path: str) -> dict[str, object]:
     with open(path, "rb") as f:
         data = f.read()
     h = hash_image_bytes(data)
-    out: dict[str, object] = {"file": path, "md5": h.md5, "sha1": h.sha1, "sha256": h.sha256, "pdq": h.pdq,
-                              "quality": h.quality}
+    out: dict[str, object] = {
+        "file": path,
+        "md5": h.md5,
+        "sha1": h.sha1,
+        "sha256": h.sha256,
+        "pdq": h.pdq,
+        "quality": h.quality,
+    }
     if h.pdq_error:
         out["pdq_error"] = h.pdq_error
     return out

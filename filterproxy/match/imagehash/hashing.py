@@ -38,9 +38,15 @@ MAX_DECODE_PIXELS = 40_000_000  # after JPEG draft scaling; ~120 MB of RGB on a 
 _EXIF_ORIENTATION = 0x0112
 _OBJECT_REPR = re.compile(r"<[^<>]*>")
 # EXIF orientation → the transpose that shows the picture upright (what ImageOps.exif_transpose does).
-_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def pdq_available() -> bool:
@@ -104,8 +110,9 @@ def _vectors_to_hex(vectors: Sequence[np.ndarray]) -> tuple[str, ...]:
     return tuple(row.tobytes().hex() for row in packed)
 
 
-def hash_image_bytes(data: bytes, *, max_side: int = DEFAULT_MAX_SIDE,
-                     max_pixels: int = MAX_DECODE_PIXELS) -> ImageHashes:
+def hash_image_bytes(
+    data: bytes, *, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = MAX_DECODE_PIXELS
+) -> ImageHashes:
     """Exact hashes of ``data`` plus the PDQ hash (and its 8 dihedral variants) of the decoded picture.
 
     Never raises for bad image data (``pdq`` is then None and ``pdq_error`` says why); raises
@@ -131,8 +138,9 @@ def hash_image_bytes(data: bytes, *, max_side: int = DEFAULT_MAX_SIDE,
     return ImageHashes(md5, sha1, sha256, variants[0], int(quality), variants)
 
 
-async def hash_image_bytes_async(data: bytes, *, max_side: int = DEFAULT_MAX_SIDE,
-                                 executor: Executor | None = None) -> ImageHashes:
+async def hash_image_bytes_async(
+    data: bytes, *, max_side: int = DEFAULT_MAX_SIDE, executor: Executor | None = None
+) -> ImageHashes:
     """:func:`hash_image_bytes` in ``executor`` (the loop's default thread pool if None).
 
     A ``ProcessPoolExecutor`` keeps PDQ (which holds the GIL) from stalling the event loop at all.

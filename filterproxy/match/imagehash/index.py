@@ -173,7 +173,7 @@ class _PdqIndex:
         block = 1 << 18  # bound the temporaries on big indexes
         for qi, q in enumerate(queries.view(np.uint64)):
             for start in range(0, self.n, block):
-                d = _popcount(self.words[start:start + block] ^ q).sum(axis=1, dtype=np.int32)
+                d = _popcount(self.words[start : start + block] ^ q).sum(axis=1, dtype=np.int32)
                 k = int(np.argmin(d))
                 cand = (int(d[k]), start + k, qi)
                 if cand[0] <= max_distance and (best is None or cand < best):
@@ -273,8 +273,9 @@ class ImageHashIndex:
         raw, recs = self._pending[kind]
         if recs:
             width = HEX_LENGTHS[kind] // 2
-            self._chunks[kind].append((np.frombuffer(bytes(raw), dtype=np.uint8).reshape(-1, width).copy(),
-                                       np.array(recs, dtype=np.int64)))
+            self._chunks[kind].append(
+                (np.frombuffer(bytes(raw), dtype=np.uint8).reshape(-1, width).copy(), np.array(recs, dtype=np.int64))
+            )
             self._pending[kind] = (bytearray(), array("q"))
 
     def freeze(self) -> None:
@@ -296,8 +297,9 @@ class ImageHashIndex:
 
     # ---- queries
 
-    def match(self, h: ImageHashes, *, max_distance: int = DEFAULT_MAX_DISTANCE,
-              min_quality: int = DEFAULT_MIN_QUALITY) -> ImageMatch | None:
+    def match(
+        self, h: ImageHashes, *, max_distance: int = DEFAULT_MAX_DISTANCE, min_quality: int = DEFAULT_MIN_QUALITY
+    ) -> ImageMatch | None:
         """Exact hashes first, then PDQ over all 8 dihedral variants (only if quality >= ``min_quality``)."""
         self._check_frozen()
         for kind in EXACT_KINDS:
@@ -319,8 +321,9 @@ class ImageHashIndex:
         name = DIHEDRAL_NAMES[row] if len(variants) == len(DIHEDRAL_NAMES) else None
         return ImageMatch("pdq", dist, int(self._pdq.records[pos]), name)
 
-    def nearest(self, pdq_hex_or_bytes: str | bytes, max_distance: int = DEFAULT_MAX_DISTANCE
-                ) -> tuple[int, int] | None:
+    def nearest(
+        self, pdq_hex_or_bytes: str | bytes, max_distance: int = DEFAULT_MAX_DISTANCE
+    ) -> tuple[int, int] | None:
         """(distance, record) of the closest PDQ hash within ``max_distance`` of one hash, or None."""
         self._check_frozen()
         if self._pdq is None:

@@ -14,8 +14,16 @@ KINDS = ("md5", "sha1", "sha256", "pdq")
 EXACT_KINDS = ("sha256", "sha1", "md5")  # match() tries them in this order
 HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "pdq": 64}
 # Order of pdqhash.compute_dihedral's hashes (index = ImageHashes.pdq_dihedral position).
-DIHEDRAL_NAMES = ("original", "rotate90", "rotate180", "rotate270", "flip_vertical", "flip_horizontal",
-                  "flip_plus1", "flip_minus1")
+DIHEDRAL_NAMES = (
+    "original",
+    "rotate90",
+    "rotate180",
+    "rotate270",
+    "flip_vertical",
+    "flip_horizontal",
+    "flip_plus1",
+    "flip_minus1",
+)
 HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 
 

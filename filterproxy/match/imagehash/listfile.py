@@ -34,8 +34,10 @@ class ImageHashEntry(NamedTuple):
     list_id: str | None = None
 
 
-_EXPECTED = ("expected 'kind:hex[,item id]' (kind md5, sha1, sha256 or pdq), bare hex of 32/40/64 digits, "
-             "or CSV 'hash,kind,list_id,item_id'")
+_EXPECTED = (
+    "expected 'kind:hex[,item id]' (kind md5, sha1, sha256 or pdq), bare hex of 32/40/64 digits, "
+    "or CSV 'hash,kind,list_id,item_id'"
+)
 _DECLARE_PREFIXES = ("kind:", "format:")
 
 
@@ -79,8 +81,9 @@ def _parse_line(text: str, declared: str | None, header_ok: bool) -> ImageHashEn
     return problem or ImageHashEntry(kind, value.lower(), item_id, 0)
 
 
-def parse_imagehash_entries(path: str, *, kind: str | None = None,
-                            skip_errors: bool = False) -> Iterator[ImageHashEntry | str]:
+def parse_imagehash_entries(
+    path: str, *, kind: str | None = None, skip_errors: bool = False
+) -> Iterator[ImageHashEntry | str]:
     """Parse an image-hash list, yielding :class:`ImageHashEntry` (with ``list_id`` for CSV rows).
 
     Accepted, one per line (``#`` lines and blank lines ignored, UTF-8, optional BOM):
@@ -134,8 +137,9 @@ def parse_imagehash_entries(path: str, *, kind: str | None = None,
             yield str(exc)
 
 
-def parse_imagehash_list(path: str, *, kind: str | None = None,
-                         skip_errors: bool = False) -> Iterator[tuple[str, str, str | None, int] | str]:
+def parse_imagehash_list(
+    path: str, *, kind: str | None = None, skip_errors: bool = False
+) -> Iterator[tuple[str, str, str | None, int] | str]:
     """``(kind, hex, item_id, line)`` for each entry of an image-hash list (see :func:`parse_imagehash_entries`).
 
     Hex is lower case. With ``skip_errors`` bad lines come through as ``"file:line: why"`` strings
