@@ -15,9 +15,9 @@ What it does:
    dnsmasq. All three answer NXDOMAIN for a listed name and its subdomains.
 2. Upstream: a fast fake upstream (filterproxy.dns.testing, hand-built answers) on 127.0.0.1; names
    under ``miss.bench`` get TTL 1 so they keep missing the caches; everything else TTL 3600.
-3. Query mix (dnsperf file, EDNS on, up to 500 queries outstanding): 20% blocked names, 10% subdomains of blocked names, 64% allowed
-   names (Cloudflare Radar/Alexa, Zipf-weighted: answered from cache after the warm-up), 5% cache
-   misses (``*.miss.bench``), 1% conditional-forwarding zone (``*.school.lan``).
+3. Query mix (dnsperf file, EDNS on, up to 500 queries outstanding): 20% blocked names, 10% subdomains
+   of blocked names, 64% allowed names (Cloudflare Radar/Alexa, Zipf-weighted: answered from cache after
+   the warm-up), 5% cache misses (``*.miss.bench``), 1% conditional-forwarding zone (``*.school.lan``).
 4. Per server (pinned to core 0; dnsperf and the fake upstream on core 1): load time (start → first
    answer), a warm-up pass, a peak run (``dnsperf -c 4 -q 500 -l D``), then two runs at 80% of that
    peak (lost queries, average latency), one with up to 500 queries outstanding and one with up to 50,
@@ -526,8 +526,8 @@ def bench_one(kind: str, work: Path, data: dict, args, up_port: int) -> dict:
         # whatever the server), and with up to 50 (steadier load, many clients with a few queries each).
         for tag, outstanding in (("", 500), ("_q50", 50)):
             holder: dict = {}
-            th = threading.Thread(
-                target=lambda: holder.update(
+            th = threading.Thread(  # the defaults bind this iteration's values (joined before the next one)
+                target=lambda holder=holder, outstanding=outstanding: holder.update(
                     zip(
                         ("st", "lat"),
                         dnsperf(port, qfile, args.load_core, duration=args.duration, qps=rate, outstanding=outstanding),
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         up.wait(5)
     # other jobs on the machine only ever slow a run down: keep each server's best round
     results = []
-    for kind, rs in rounds.items():
+    for rs in rounds.values():
         best = dict(max(rs, key=lambda r: r["qps"]))
         best["all_qps"] = [r["qps"] for r in rs]
         best["load_cold_s"] = rs[0]["load_s"]
@@ -629,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nDNS benchmark: {args.domains:,} blocked names, {args.queries:,} query lines "
         f"({data['distinct']:,} distinct, {args.miss_pct:g}% cache misses), {args.duration:g} s per phase, "
-        f"best of {args.rounds} rounds, server on core {args.server_core}, dnsperf + upstream on core {args.load_core}\n"
+        f"best of {args.rounds} rounds, server on core {args.server_core}, "
+        f"dnsperf + upstream on core {args.load_core}\n"
     )
     hdr = (
         f"{'server':<12} {'QPS':>9} {'CPU µs/q':>8} {'avg ms':>7} {'lost':>5} | {'@80%: lost':>10} {'avg ms':>7} "
@@ -642,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['server']:<12} {r['qps']:>9,.0f} {r['cpu_us']:>8.1f} {r['avg_ms']:>7.2f} {r['lost']:>5} | "
             f"{r['q80_lost']:>10} {r['q80_avg_ms']:>7.2f} {r['p50_hit_ms']:>8.3f} {r['p99_hit_ms']:>8.3f} | "
-            f"{r['p50_hit_q50_ms']:>10.3f} {r['p99_hit_q50_ms']:>6.3f} | {r['rss_mb']:>7.0f} {r['rss_loaded_mb']:>8.0f} {r['load_s']:>7.1f} {r['load_cold_s']:>7.1f}"
+            f"{r['p50_hit_q50_ms']:>10.3f} {r['p99_hit_q50_ms']:>6.3f} | "
+            f"{r['rss_mb']:>7.0f} {r['rss_loaded_mb']:>8.0f} {r['load_s']:>7.1f} {r['load_cold_s']:>7.1f}"
         )
     print(
         "QPS of every round: "
@@ -661,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
             ml = fp["rss_loaded_mb"] / o["rss_loaded_mb"]
             c = o["cpu_us"] / fp["cpu_us"]
             print(
-                f"filterproxy / {other:<8} QPS {q:5.2f}x (target >= {qps_target}x: {'OK' if q >= qps_target else 'MISSED'})"
+                f"filterproxy / {other:<8} QPS {q:5.2f}x "
+                f"(target >= {qps_target}x: {'OK' if q >= qps_target else 'MISSED'})"
                 f"   queries per CPU-second {c:5.2f}x"
                 f"   RSS {ml:5.2f}x loaded"
                 + (f" (target <= 0.5x: {'OK' if ml <= 0.5 else 'MISSED'})" if other == "dnsmasq" else "")

@@ -82,9 +82,10 @@ def generate(d: str, n_domains: int, n_urls: int, n_hashes: int, n_hosts: int, s
                 host = hosts[rnd.randrange(n_hosts)]
                 f.write(f"{host}/blocked/{i}/\n")
             else:
-                f.write(
-                    f"{''.join(rnd.choices(ALPHABET, k=10))}.{rnd.choice(TLDS)}/{''.join(rnd.choices(ALPHABET, k=8))}/\n"
-                )
+                label = "".join(rnd.choices(ALPHABET, k=10))  # drawn in this order: the lists stay seed-identical
+                tld = rnd.choice(TLDS)
+                path = "".join(rnd.choices(ALPHABET, k=8))
+                f.write(f"{label}.{tld}/{path}/\n")
     with open(os.path.join(d, "urlhash.txt"), "w") as f:
         f.write("# random SHA-256 URL-expression hashes\n")
         for i in range(n_hashes):
@@ -396,7 +397,7 @@ def mitmdump_cmd(port: int, d: str, extra: list[str]) -> list[str]:
     return [exe, "-q", "--listen-host", "127.0.0.1", "-p", str(port), "--set", f"confdir={d}/mitmproxy"] + extra
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--domains", type=int, default=1_000_000)
     ap.add_argument("--urls", type=int, default=100_000)
@@ -412,7 +413,169 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-workers", action="store_true", help="skip the 1 vs 2 worker scaling runs")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _matchers() -> tuple[bool, bool]:
+    """(URL matcher, URL-hash matcher) present in this checkout."""
+    from filterproxy.lists.parsers import FORMATS  # noqa: F401  (the package must be importable)
+
+    try:
+        import filterproxy.match.url  # noqa: F401
+
+        with_urls = True
+    except ImportError:
+        with_urls = False
+    try:
+        import filterproxy.match.urlhash  # noqa: F401
+
+        with_hashes = True
+    except ImportError:
+        with_hashes = False
+    return with_urls, with_hashes
+
+
+def _start_filterproxy(d: str, addon: str, cfg_path: str, procs: list[subprocess.Popen]) -> tuple:
+    """(b) the filterproxy addon in mitmdump, lists loaded: ((name, port, pids, note), process, timer output)."""
+    port = free_port()
+    t0 = time.monotonic()
+    timer = os.path.join(d, "hooktimer.py")
+    timer_out = os.path.join(d, "hooktimer.json")
+    with open(timer, "w") as f:
+        f.write(HOOKTIMER_ADDON.format(out=timer_out))
+    filt = subprocess.Popen(
+        mitmdump_cmd(
+            port,
+            d,
+            [
+                "-s",
+                os.path.join(REPO, "addons", "filterproxy_addon.py"),
+                "-s",
+                addon,
+                "-s",
+                timer,
+                "--set",
+                f"filterproxy_config={cfg_path}",
+            ],
+        )
+    )
+    procs.append(filt)
+    wait_port(port, 600, filt)
+    target = (
+        "filterproxy (mitmdump -s addon)",
+        port,
+        lambda: [filt.pid],
+        f"start-up with lists {time.monotonic() - t0:.0f} s",
+    )
+    return target, filt, timer_out
+
+
+def _start_workers(d: str, addon: str, cfg_path: str, workers: list) -> list[tuple[str, int, object, str]]:
+    """(d, e) filterproxy proxy workers: 1 and 2 processes on one SO_REUSEPORT address."""
+    from filterproxy.config import load_config
+    from filterproxy.http.server import ProxyWorkers
+
+    targets: list[tuple[str, int, object, str]] = []
+    ns = argparse.Namespace(config=cfg_path, extra_list=[], client_group=[], state_dir=f"{d}/state", verbose=False)
+    cfg = load_config(cfg_path)
+    for n in (1, 2):
+        port = free_port()
+        t0 = time.monotonic()
+        # the bench addon is loaded through mitmproxy's own 'scripts' option
+        pw = ProxyWorkers(
+            ns,
+            cfg,
+            ("127.0.0.1", port),
+            n,
+            options={"confdir": f"{d}/mitmproxy", "scripts": addon},
+            metrics_dir="",
+        )
+        pw.start()
+        workers.append(pw)
+        targets.append(
+            (
+                f"filterproxy ProxyWorkers x{n}",
+                port,
+                (lambda pw=pw: pw.pids),
+                f"start-up {time.monotonic() - t0:.0f} s",
+            )
+        )
+    return targets
+
+
+def _measure_all(targets: list[tuple[str, int, object, str]], script: str, a: argparse.Namespace) -> list[Result]:
+    """Warm every proxy up, then measure them in turn for ``a.rounds`` rounds; each keeps its best round."""
+    for _name, port, _pids, _note in targets:  # warm-up: connections, caches
+        run_wrk(port, script, a.warmup, a.connections, a.threads)
+    best: dict[str, Result] = {}
+    cpu: dict[str, list[float]] = {}
+    for rnd in range(1, a.rounds + 1):
+        print(f"round {rnd}/{a.rounds}", flush=True)
+        for name, port, pids, note in targets:
+            r = measure(name, port, pids, script, a, note)
+            cpu.setdefault(name, []).append(r.cpu_us)
+            if name not in best or r.rps > best[name].rps:
+                best[name] = r
+    results = [best[name] for name, *_ in targets]
+    for r in results:
+        r.cpu_us = statistics.median(cpu[r.name])
+    return results
+
+
+def _print_hooktime(hooktime: dict) -> None:
+    hooks = hooktime["hooks"]
+    ours = sum(v[0] for v in hooks.values()) / 1e9
+    n = hooks.get("requestheaders", [0, 1])[1]
+    share = ours / hooktime["process_cpu"]
+    print(
+        f"  inside filterproxy's hooks (thread CPU, same process): {ours / max(n, 1) * 1e6:.0f} µs per request of "
+        f"{hooktime['process_cpu'] / max(n, 1) * 1e6:.0f} µs = {share * 100:.1f} % of mitmdump's CPU "
+        f"(target <= 10 %: {'OK' if share <= 0.10 else 'MISSED'}); per hook: "
+        + ", ".join(f"{k} {v[0] / max(v[1], 1) / 1e3:.0f} µs" for k, v in hooks.items())
+    )
+
+
+def _print_report(results: list[Result], hooktime: dict | None, a: argparse.Namespace) -> None:
+    by = {r.name: r for r in results}
+    print(f"\nresults (best of {a.rounds} rounds of {a.duration} s each)")
+    print(f"  {'proxy':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>10} {'RSS MB':>8}  note")
+    for r in results:
+        print(f"  {r.name:<34} {r.rps:8.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:10.0f} {r.rss_mb:8.1f}  {r.note}")
+    print("\nratios")
+    bare, filt = by.get("bare mitmdump"), by.get("filterproxy (mitmdump -s addon)")
+    if bare and filt:
+        cost = 1 - filt.rps / bare.rps
+        print(
+            f"  filterproxy / bare mitmdump throughput: {filt.rps / bare.rps:.3f} (filtering costs {cost * 100:.1f} %; "
+            f"target <= 10 %: {'OK' if cost <= 0.10 else 'MISSED'})"
+        )
+        print(f"  filterproxy / bare mitmdump p50 latency: {filt.p50_ms / bare.p50_ms:.3f}")
+        ccost = filt.cpu_us / bare.cpu_us - 1
+        print(
+            f"  CPU per request (median of rounds): bare {bare.cpu_us:.0f} µs, "
+            f"filterproxy {filt.cpu_us:.0f} µs → filtering costs {ccost * 100:.1f} % of the CPU budget, i.e. "
+            f"{(1 - bare.cpu_us / filt.cpu_us) * 100:.1f} % of the CPU-bound throughput "
+            f"(target <= 10 %: {'OK' if 1 - bare.cpu_us / filt.cpu_us <= 0.10 else 'MISSED'})"
+        )
+    if hooktime:
+        _print_hooktime(hooktime)
+    squid = by.get("squid (dstdomain deny)")
+    if squid and filt:
+        print(
+            f"  squid / filterproxy throughput: {squid.rps / filt.rps:.1f}x; RSS squid {squid.rss_mb:.0f} MB vs "
+            f"filterproxy {filt.rss_mb:.0f} MB"
+        )
+    w1, w2 = by.get("filterproxy ProxyWorkers x1"), by.get("filterproxy ProxyWorkers x2")
+    if w1 and w2:
+        s = w2.rps / w1.rps
+        print(
+            f"  2 workers / 1 worker: {s:.2f}x (target >= 1.8x on two cores: {'OK' if s >= 1.8 else 'MISSED'}; "
+            f"{os.cpu_count()} CPUs here)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse_args(argv)
     for tool in ("wrk", "nginx") + (() if a.skip_squid else ("squid",)):
         if not shutil.which(tool):
             print(f"bench: {tool} not found (apt-get install wrk nginx-light squid)", file=sys.stderr)
@@ -425,20 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     hooktime = None
     results: list[Result] = []
     try:
-        from filterproxy.lists.parsers import FORMATS  # noqa: F401  (the package must be importable)
-
-        try:
-            import filterproxy.match.url  # noqa: F401
-
-            with_urls = True
-        except ImportError:
-            with_urls = False
-        try:
-            import filterproxy.match.urlhash  # noqa: F401
-
-            with_hashes = True
-        except ImportError:
-            with_hashes = False
+        with_urls, with_hashes = _matchers()
         data = generate(d, a.domains, a.urls, a.hashes, a.hosts)
         cfg_path = write_config(d, with_urls, with_hashes)
         lists_note = (
@@ -470,38 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(("bare mitmdump", port, lambda: [bare.pid], ""))
 
         # (b) filterproxy addon in mitmdump, lists loaded
-        port = free_port()
-        t0 = time.monotonic()
-        timer = os.path.join(d, "hooktimer.py")
-        timer_out = os.path.join(d, "hooktimer.json")
-        with open(timer, "w") as f:
-            f.write(HOOKTIMER_ADDON.format(out=timer_out))
-        filt = subprocess.Popen(
-            mitmdump_cmd(
-                port,
-                d,
-                [
-                    "-s",
-                    os.path.join(REPO, "addons", "filterproxy_addon.py"),
-                    "-s",
-                    addon,
-                    "-s",
-                    timer,
-                    "--set",
-                    f"filterproxy_config={cfg_path}",
-                ],
-            )
-        )
-        procs.append(filt)
-        wait_port(port, 600, filt)
-        targets.append(
-            (
-                "filterproxy (mitmdump -s addon)",
-                port,
-                lambda: [filt.pid],
-                f"start-up with lists {time.monotonic() - t0:.0f} s",
-            )
-        )
+        target, filt, timer_out = _start_filterproxy(d, addon, cfg_path, procs)
+        targets.append(target)
 
         # (c) squid, same domains as dstdomain deny list
         if not a.skip_squid:
@@ -520,50 +640,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # (d, e) filterproxy proxy workers: 1 and 2 processes on one SO_REUSEPORT address
         if not a.skip_workers:
-            from filterproxy.config import load_config
-            from filterproxy.http.server import ProxyWorkers
+            targets += _start_workers(d, addon, cfg_path, workers)
 
-            ns = argparse.Namespace(
-                config=cfg_path, extra_list=[], client_group=[], state_dir=f"{d}/state", verbose=False
-            )
-            cfg = load_config(cfg_path)
-            for n in (1, 2):
-                port = free_port()
-                t0 = time.monotonic()
-                # the bench addon is loaded through mitmproxy's own 'scripts' option
-                pw = ProxyWorkers(
-                    ns,
-                    cfg,
-                    ("127.0.0.1", port),
-                    n,
-                    options={"confdir": f"{d}/mitmproxy", "scripts": addon},
-                    metrics_dir="",
-                )
-                pw.start()
-                workers.append(pw)
-                targets.append(
-                    (
-                        f"filterproxy ProxyWorkers x{n}",
-                        port,
-                        (lambda pw=pw: pw.pids),
-                        f"start-up {time.monotonic() - t0:.0f} s",
-                    )
-                )
-
-        for name, port, pids, note in targets:  # warm-up: connections, caches
-            run_wrk(port, script, a.warmup, a.connections, a.threads)
-        best: dict[str, Result] = {}
-        cpu: dict[str, list[float]] = {}
-        for rnd in range(1, a.rounds + 1):
-            print(f"round {rnd}/{a.rounds}", flush=True)
-            for name, port, pids, note in targets:
-                r = measure(name, port, pids, script, a, note)
-                cpu.setdefault(name, []).append(r.cpu_us)
-                if name not in best or r.rps > best[name].rps:
-                    best[name] = r
-        results = [best[name] for name, *_ in targets]
-        for r in results:
-            r.cpu_us = statistics.median(cpu[r.name])
+        results = _measure_all(targets, script, a)
         stop(filt)  # writes the hook timer's totals
         try:
             with open(timer_out) as f:
@@ -580,51 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(d, ignore_errors=True)
 
-    by = {r.name: r for r in results}
-    print(f"\nresults (best of {a.rounds} rounds of {a.duration} s each)")
-    print(f"  {'proxy':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>10} {'RSS MB':>8}  note")
-    for r in results:
-        print(f"  {r.name:<34} {r.rps:8.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:10.0f} {r.rss_mb:8.1f}  {r.note}")
-    print("\nratios")
-    bare, filt = by.get("bare mitmdump"), by.get("filterproxy (mitmdump -s addon)")
-    if bare and filt:
-        cost = 1 - filt.rps / bare.rps
-        print(
-            f"  filterproxy / bare mitmdump throughput: {filt.rps / bare.rps:.3f} (filtering costs {cost * 100:.1f} %; "
-            f"target <= 10 %: {'OK' if cost <= 0.10 else 'MISSED'})"
-        )
-        print(f"  filterproxy / bare mitmdump p50 latency: {filt.p50_ms / bare.p50_ms:.3f}")
-        ccost = filt.cpu_us / bare.cpu_us - 1
-        print(
-            f"  CPU per request (median of rounds): bare {bare.cpu_us:.0f} µs, "
-            f"filterproxy {filt.cpu_us:.0f} µs → filtering costs {ccost * 100:.1f} % of the CPU budget, i.e. "
-            f"{(1 - bare.cpu_us / filt.cpu_us) * 100:.1f} % of the CPU-bound throughput "
-            f"(target <= 10 %: {'OK' if 1 - bare.cpu_us / filt.cpu_us <= 0.10 else 'MISSED'})"
-        )
-    if hooktime:
-        hooks = hooktime["hooks"]
-        ours = sum(v[0] for v in hooks.values()) / 1e9
-        n = hooks.get("requestheaders", [0, 1])[1]
-        share = ours / hooktime["process_cpu"]
-        print(
-            f"  inside filterproxy's hooks (thread CPU, same process): {ours / max(n, 1) * 1e6:.0f} µs per request of "
-            f"{hooktime['process_cpu'] / max(n, 1) * 1e6:.0f} µs = {share * 100:.1f} % of mitmdump's CPU "
-            f"(target <= 10 %: {'OK' if share <= 0.10 else 'MISSED'}); per hook: "
-            + ", ".join(f"{k} {v[0] / max(v[1], 1) / 1e3:.0f} µs" for k, v in hooks.items())
-        )
-    squid = by.get("squid (dstdomain deny)")
-    if squid and filt:
-        print(
-            f"  squid / filterproxy throughput: {squid.rps / filt.rps:.1f}x; RSS squid {squid.rss_mb:.0f} MB vs "
-            f"filterproxy {filt.rss_mb:.0f} MB"
-        )
-    w1, w2 = by.get("filterproxy ProxyWorkers x1"), by.get("filterproxy ProxyWorkers x2")
-    if w1 and w2:
-        s = w2.rps / w1.rps
-        print(
-            f"  2 workers / 1 worker: {s:.2f}x (target >= 1.8x on two cores: {'OK' if s >= 1.8 else 'MISSED'}; "
-            f"{os.cpu_count()} CPUs here)"
-        )
+    _print_report(results, hooktime, a)
     if a.json:
         with open(a.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=1)

@@ -35,6 +35,7 @@ def load_config_with(
         cfg.server.state_dir = os.path.abspath(state_dir)
     for spec in extra_lists:
         src = parse_extra_list(spec)
+        assert src.path is not None  # an extra list is always a local file (FORMAT:CATEGORY:PATH)
         if not os.path.exists(src.path):
             raise SetupError(f"--extra-list {spec}: file not found: {src.path}")
         cfg.lists.append(src)

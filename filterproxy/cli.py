@@ -82,6 +82,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     group = args.group
     how = "--group"
     if group is None:
+        assert client is not None  # argparse requires --client or --group
         group, how = engine.clients.group_for(client)
         if group is None:
             raise CliError(f"--client {args.client}: matches no client rule and there is no default_group")
@@ -151,7 +152,7 @@ def cmd_urlhash(args: argparse.Namespace) -> int:
 
 
 def cmd_imagehash(args: argparse.Namespace) -> int:
-    from filterproxy.match.imagehash import main
+    from filterproxy.match.imagehash.cli import main
 
     return main(args.files)
 

@@ -192,7 +192,7 @@ class QueryLog:
             today = (dt.datetime.now(self.tz) if self.tz else dt.datetime.now()).date()
         oldest_kept = today - dt.timedelta(days=self.retention_days - 1)
         self._oldest_kept = oldest_kept
-        removed = []
+        removed: list[str] = []
         try:
             names = os.listdir(self.path)
         except OSError:

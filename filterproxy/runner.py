@@ -229,6 +229,7 @@ class Runner:
             log.error("proxy: the HTTP(S) proxy is not available in this installation (%s); serving DNS only", exc)
             return
         listen = self.cfg.server.proxy_listen
+        assert listen is not None  # start() calls this only when the proxy is on
         workers = self.cfg.server.proxy_workers
         try:
             self.proxy = ProxyWorkers(self.args, self.cfg, listen, workers)

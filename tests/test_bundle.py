@@ -426,9 +426,9 @@ def test_install_switches_current_and_keeps_last_good_after_each_failure(keys, t
     assert social.read_bytes() == (DATA / "hagezi/adblock/social.txt").read_bytes()
     assert json.loads((state / "bundle-state.json").read_text())["serial"] == 1
 
-    for fmt, category, path, list_id in vb.list_files():  # what the gateway's loader will do
+    for fmt, _category, path, list_id in vb.list_files():  # what the gateway's loader will do
         stats: dict = {}
-        parsed = list(iter_entries(fmt, path, lambda p: stats.setdefault(p, ParseStats(p))))
+        parsed = list(iter_entries(fmt, path, lambda p, stats=stats: stats.setdefault(p, ParseStats(p))))
         assert parsed, list_id
     assert os.path.isdir(dict((i, p) for _, _, p, i in vb.list_files())["chat"])
 

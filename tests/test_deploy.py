@@ -378,7 +378,8 @@ NS_SERVER = textwrap.dedent("""
         while True:
             data, addr = s.recvfrom(2048); s.sendto(reply.encode(), addr)
     def tcp(port, reply):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port)); s.listen()
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port)); s.listen()
         while True:
             c, _ = s.accept(); c.sendall(reply.encode()); c.close()
     for spec in sys.argv[1:]:
@@ -597,7 +598,7 @@ def test_guide_config_examples_load(tmp_path):
 
 
 def test_guide_yaml_blocks_parse():
-    for guide, block in _code_blocks("yaml"):
+    for _guide, block in _code_blocks("yaml"):
         yaml.safe_load(block)
 
 
@@ -737,12 +738,13 @@ def test_real_prometheus_scrapes_and_evaluates(prometheus):
         assert age and 3590 < float(age[0]["value"][1]) < 3700
 
         # every dashboard expression evaluates on real data
-        for title, expr in dashboard_exprs():
+        for _title, expr in dashboard_exprs():
             _query(base, grafana_to_promql(expr))
         version = _query(
             base,
             grafana_to_promql(
-                'max by (province, school, gateway, instance, list, version) (filterproxy_lists_info{province=~"$province"})'
+                "max by (province, school, gateway, instance, list, version) "
+                '(filterproxy_lists_info{province=~"$province"})'
             ),
         )
         assert version["result"][0]["metric"]["version"] == "2026-11-01"

@@ -295,7 +295,7 @@ def test_validate_callback_can_refuse(server, session, tmp_path):
     s = src(server.url("/v"))
 
     def validate(path: str) -> None:
-        if not any(l.strip() and not l.startswith("#") for l in open(path)):
+        if not any(line.strip() and not line.startswith("#") for line in open(path)):
             raise ValueError("list has no entries")
 
     assert fetch(s, str(tmp_path), session=session, validate=validate, **quick()).status == "updated"

@@ -302,7 +302,8 @@ def test_pdq_hex_uses_threatexchange_bit_order() -> None:
     im = natural(np.random.default_rng(2), 300, 300)
     rgb = np.asarray(im)
     vector, quality = pdqhash.compute(rgb)
-    expected = "%064x" % int("".join(str(int(b)) for b in vector), 2)
+    bits = "".join(str(int(b)) for b in vector)
+    expected = f"{int(bits, 2):064x}"
     assert hash_image_bytes(png(im)).pdq == expected
     assert hash_image_bytes(png(im)).quality == quality
 

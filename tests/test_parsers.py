@@ -173,7 +173,8 @@ def test_hosts_garbage_is_reported_with_file_and_line():
 
 def test_rpz_relative_names_and_passthru():
     text = (
-        "$ORIGIN rpz.example.\n@ SOA a. b. 1 2 3 4 5\n  NS a.\nbad.com CNAME .\n*.bad.com CNAME .\nok.bad.com CNAME rpz-passthru.\n"
+        "$ORIGIN rpz.example.\n@ SOA a. b. 1 2 3 4 5\n  NS a.\n"
+        "bad.com CNAME .\n*.bad.com CNAME .\nok.bad.com CNAME rpz-passthru.\n"
         "abs.net.rpz.example. CNAME .\n32.1.0.0.127.rpz-ip CNAME .\n"
     )
     st = ParseStats("z")

@@ -248,7 +248,7 @@ def test_stale_temp_files_from_crashed_writers_are_removed(tmp_path: Path) -> No
 
 
 def run_child(body: str, *, wait: bool = True, timeout: float = 60) -> subprocess.Popen | subprocess.CompletedProcess:
-    code = "import os, sys, time\nsys.path.insert(0, %r)\nfrom filterproxy.reports import ReportSpool\n" % str(REPO)
+    code = f"import os, sys, time\nsys.path.insert(0, {str(REPO)!r})\nfrom filterproxy.reports import ReportSpool\n"
     code += textwrap.dedent(body)
     cmd = [sys.executable, "-c", code]
     if wait:

@@ -284,7 +284,7 @@ def test_ut1_urls_files(data_dir: Path) -> None:
     assert len(lines) > 40_000
     assert len(skipped) <= len(lines) // 1000, skipped[:10]  # ≤ 0.1 %; 0 at the time of writing
 
-    for line, host, path in parsed:
+    for line, host, _path in parsed:
         raw = line.strip()
         if "://" in raw:
             raw = raw.split("://", 1)[1]

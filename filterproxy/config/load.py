@@ -13,7 +13,19 @@ from filterproxy.config.lists import parse_lists
 from filterproxy.config.loader import Section, load_yaml
 from filterproxy.config.model import Config
 from filterproxy.config.policy import check_categories
-from filterproxy.config.sections import SECTIONS, parse_timezone, resolve_path
+from filterproxy.config.sections import (
+    parse_bundle,
+    parse_cache,
+    parse_dns,
+    parse_http,
+    parse_metrics,
+    parse_querylog,
+    parse_reports,
+    parse_server,
+    parse_timezone,
+    parse_upstreams,
+    resolve_path,
+)
 from filterproxy.vocabulary import ConfigError
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +37,16 @@ def load_config(path: str | None = None) -> Config:
     """Load and validate a configuration file (default: the embedded one)."""
     path = os.path.abspath(path or DEFAULT_CONFIG)
     top = Section(load_yaml(path), "config", f"{path}:1")
-    sections = {key: parse(top.section(key), path) for key, parse in SECTIONS.items()}
+    # the simple sections first, in this order (the first error found is the one reported)
+    server = parse_server(top.section("server"), path)
+    upstreams = parse_upstreams(top.section("upstreams"), path)
+    cache = parse_cache(top.section("cache"), path)
+    dns = parse_dns(top.section("dns"), path)
+    http = parse_http(top.section("http"), path)
+    reports = parse_reports(top.section("reports"), path)
+    metrics = parse_metrics(top.section("metrics"), path)
+    querylog = parse_querylog(top.section("querylog"), path)
+    bundle = parse_bundle(top.section("bundle"), path)
     timezone = parse_timezone(top)
     sources_file = top.get("sources", None, types=(str,))
     if sources_file:
@@ -45,19 +66,19 @@ def load_config(path: str | None = None) -> Config:
     top.done()
     return Config(
         path,
-        sections["server"],
-        sections["upstreams"],
-        sections["cache"],
-        sections["dns"],
-        sections["http"],
-        sections["reports"],
-        sections["metrics"],
-        sections["querylog"],
+        server,
+        upstreams,
+        cache,
+        dns,
+        http,
+        reports,
+        metrics,
+        querylog,
         lists,
         groups,
         clients,
         default_group,
         timezone,
         sources_file,
-        sections["bundle"],
+        bundle,
     )

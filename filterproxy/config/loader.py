@@ -14,22 +14,22 @@ import yaml
 from filterproxy.vocabulary import ConfigError
 
 
-class _Map(dict):
+class _Map(dict[Any, Any]):
     """A YAML mapping that remembers the line of every key (1-based)."""
 
     line: int = 0
     file: str = ""
-    key_lines: dict
+    key_lines: dict[Any, int]
 
     def where(self, key: str | None = None) -> str:
         line = self.key_lines.get(key, self.line) if key is not None else self.line
         return f"{self.file}:{line}"
 
 
-class _List(list):
+class _List(list[Any]):
     line: int = 0
     file: str = ""
-    item_lines: list
+    item_lines: list[int]
 
     def where(self, i: int | None = None) -> str:
         line = self.item_lines[i] if i is not None and i < len(self.item_lines) else self.line
@@ -110,7 +110,7 @@ class Section:
     def where(self, key: str | None = None) -> str:
         return self.data.where(key) if isinstance(self.data, _Map) else self.where_default
 
-    def get(self, key: str, default: Any = None, *, types: tuple = (), choices: tuple = ()) -> Any:
+    def get(self, key: str, default: Any = None, *, types: tuple[type, ...] = (), choices: tuple[Any, ...] = ()) -> Any:
         self.used.add(key)
         if key not in self.data or self.data[key] is None:
             return default

@@ -194,7 +194,7 @@ def parse_bundle(b: Section, path: str) -> BundleConfig:
 
 
 def parse_timezone(top: Section) -> str:
-    timezone = top.get("timezone", "Asia/Ho_Chi_Minh", types=(str,))
+    timezone: str = top.get("timezone", "Asia/Ho_Chi_Minh", types=(str,))
     try:
         import zoneinfo
 
@@ -204,18 +204,3 @@ def parse_timezone(top: Section) -> str:
             f"{top.where('timezone')}: unknown time zone {timezone!r} (expected e.g. Asia/Ho_Chi_Minh)"
         ) from None
     return timezone
-
-
-# The simple sections, in the order they are read: key → parser (Config field names match the keys, but
-# ``upstreams``).
-SECTIONS = {
-    "server": parse_server,
-    "upstreams": parse_upstreams,
-    "cache": parse_cache,
-    "dns": parse_dns,
-    "http": parse_http,
-    "reports": parse_reports,
-    "metrics": parse_metrics,
-    "querylog": parse_querylog,
-    "bundle": parse_bundle,
-}

@@ -104,8 +104,10 @@ def pack(q: wire.Query, r: Reply, now: float, max_size: int) -> tuple[bytes, lis
 def handle(chain: Chain, q: wire.Query, st: ClientState, protocol: str, reactor: object, now: float) -> Result:
     """An admitted query through the chain: a Reply, or a Deferred of one; SERVFAIL if the chain fails."""
     try:
+        group = st.group
+        assert group is not None  # admission.admit refuses clients without a group
         return chain.handle(
-            Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd, st.group, protocol, now, reactor)
+            Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd, group, protocol, now, reactor)
         )
     except Exception:
         metrics.DNS_ERRORS.inc("exception")

@@ -139,7 +139,7 @@ class AnswerCache:
         r = self._d.get(key)
         if r is None:
             return None
-        if type(r) is tuple:  # a raw reply, stored as atoms (see put)
+        if type(r) is not Reply:  # a raw reply, stored as atoms (see put); Reply is final, so this narrows r
             if r[2] <= now:
                 self._d.pop(key, None)
                 return None
@@ -161,7 +161,7 @@ class AnswerCache:
             # the outer tuple is looked at before the inner one is untracked, and stays tracked until an
             # older-generation collection (4k such entries made those take ~3 ms). Nor a NamedTuple:
             # subclasses are never untracked.
-            entry = (reply.rcode, reply.stored, reply.expires, reply.ad, reply.upstream, *raw)
+            entry: Reply | tuple = (reply.rcode, reply.stored, reply.expires, reply.ad, reply.upstream, *raw)
         else:
             entry = reply
         with self._lock:

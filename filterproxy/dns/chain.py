@@ -43,12 +43,13 @@ from filterproxy import metrics
 from filterproxy.dns import responses, wire
 from filterproxy.dns.cache import AnswerCache, PackedCaches, Sweep, TtlPolicy, from_upstream
 from filterproxy.dns.clients import ClientTable
+from filterproxy.dns.decisions import Decisions
 from filterproxy.dns.deferred import Deferred
 from filterproxy.dns.responses import BlockAnswers, Reply
 from filterproxy.dns.upstream import AllUpstreamsFailed, UpstreamError, UpstreamGroup, parse_upstream
 from filterproxy.dns.wire import ANY, CLASS_IN, CNAME, SERVFAIL
 from filterproxy.names import self_and_parents
-from filterproxy.verdict import Action, Reason, Verdict
+from filterproxy.verdict import Action, Reason
 
 log = logging.getLogger("filterproxy.dns")
 
@@ -98,41 +99,6 @@ class EdgeLink(Link):
 
     def describe(self) -> str:
         return self._describe()
-
-
-# ---------------------------------------------------------------- decisions
-
-
-class Decisions:
-    """``engine.decide`` with a memo per group: the same names come back all the time (short-TTL names,
-    blocked names whose answers expired, CNAME targets shared by many names) and a decision costs
-    10-40 µs. Dropped with the packed replies — on a snapshot swap and when a group's schedules change —
-    so a memoised verdict is never staler than a packed reply."""
-
-    def __init__(self, engine, size: int = 65536):
-        self.engine = engine
-        self.size = size
-        self.memo: dict[str, dict[str, Verdict]] = {}
-
-    def decide(self, name: str, group: str) -> Verdict:
-        m = self.memo.get(group)
-        if m is None:
-            m = self.memo.setdefault(group, {})
-        v = m.get(name)
-        if v is None:
-            # names from wire.policy_name (questions, CNAME targets) and addresses in their text form
-            v = self.engine.decide(None, name, group=group, canonical=True)
-            if v.reason is not Reason.ERROR:  # errors are never remembered
-                if len(m) >= self.size:
-                    m.clear()
-                m[name] = v
-        return v
-
-    def clear(self, group: str | None = None) -> None:
-        if group is None:
-            self.memo = {}
-        else:
-            self.memo.pop(group, None)
 
 
 # ---------------------------------------------------------------- links
@@ -481,9 +447,10 @@ class Chain:
 
     def handle(self, req: Request) -> Result:
         """Links 5.. for an admitted request: a Reply, or a Deferred of one."""
-        for pre, posts, waits in self._pres:
-            r = pre(req)
+        for entry in self._pres:
+            r = entry[0](req)
             if r is not None:
+                _pre, posts, waits = entry
                 break
         else:  # pragma: no cover - the upstream link always answers
             r, posts, waits = responses.servfail(req.now, (wire.EDE_OTHER, "no-upstream")), self._no_answer, ()

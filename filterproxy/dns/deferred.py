@@ -38,10 +38,11 @@ class Deferred:
 
     def add(self, cb: Callable[[Any, BaseException | None], None]) -> None:
         """``cb(value, error)`` once the result is known (at once if it already is)."""
-        if self._done:
+        cbs = self._cbs
+        if cbs is None:  # done (the list goes when the result comes)
             cb(self._value, self._error)
         else:
-            self._cbs.append(cb)
+            cbs.append(cb)
 
     def resolve(self, value: Any) -> None:
         self._finish(value, None)
@@ -50,10 +51,10 @@ class Deferred:
         self._finish(None, error)
 
     def _finish(self, value: Any, error: BaseException | None) -> None:
-        if self._done:
+        cbs = self._cbs
+        if cbs is None:  # done already
             return
-        self._done, self._value, self._error = True, value, error
-        cbs, self._cbs = self._cbs, None
+        self._done, self._value, self._error, self._cbs = True, value, error, None
         for cb in cbs:
             cb(value, error)
 

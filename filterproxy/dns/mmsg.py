@@ -144,7 +144,9 @@ class BatchSocket:
             raise OSError("unexpected mmsghdr/iovec layout")  # the server falls back to its plain loop
         self.lens, self.len_step, self.len_at = self.rmv.cast("I"), self.msize // w, self.len_off // w
         self.ipv4 = self.names.cast("I")
-        self.iov_lens, self.iov_step, self.iov_at = self.siv.cast("N"), iov_size // n, self.iov_len_off // n
+        # typeshed lists no overload for "N" (size_t), a native format memoryview.cast accepts
+        self.iov_lens = self.siv.cast("N")  # type: ignore[call-overload]
+        self.iov_step, self.iov_at = iov_size // n, self.iov_len_off // n
         self.msg_names, self.msg_step = self.smv.cast("P"), self.msize // p
         self.rids, self.sids = self.rbuf.cast("H"), self.sbuf.cast("H")
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import final
 
 from filterproxy.dns import wire
 from filterproxy.dns.wire import AAAA, CLASS_IN, CNAME, NOERROR, NXDOMAIN, RR, SERVFAIL, SOA, A
@@ -22,19 +24,20 @@ from filterproxy.policy.safesearch import BYPASS_CANARIES
 from filterproxy.verdict import Action, Reason, Verdict
 
 
+@final  # never subclassed: the hot paths tell it apart with ``type(r) is Reply``, which mypy then narrows
 @dataclass(slots=True)
 class Reply:
     """What the chain answers for one question, before it is packed for one client.
 
     Record TTLs are as of ``stored`` (monotonic seconds); packing ages them. ``expires`` is when the
     reply stops being valid for the answer cache (0: never cache it). ``fixed`` replies are made here:
-    their TTLs do not age.
+    their TTLs do not age. The record sections are ``()`` while the records are still in ``raw``.
     """
 
     rcode: int = NOERROR
-    answer: list[RR] = field(default_factory=list)
-    authority: list[RR] = field(default_factory=list)
-    additional: list[RR] = field(default_factory=list)
+    answer: Sequence[RR] = field(default_factory=list)
+    authority: Sequence[RR] = field(default_factory=list)
+    additional: Sequence[RR] = field(default_factory=list)
     stored: float = 0.0
     expires: float = 0.0
     ede: tuple[int, str] | None = None
@@ -104,7 +107,18 @@ class BlockAnswers:
         return block_mode
 
     def block(self, qname: bytes, qtype: int, v: Verdict, mode: str, now: float) -> Reply:
-        r = Reply(stored=now, expires=now + self.ttl, ede=ede_for(v), verdict=v, action="block", fixed=True)
+        answer: list[RR] = []
+        authority: list[RR] = []
+        r = Reply(
+            answer=answer,
+            authority=authority,
+            stored=now,
+            expires=now + self.ttl,
+            ede=ede_for(v),
+            verdict=v,
+            action="block",
+            fixed=True,
+        )
         if mode == "nxdomain":
             r.rcode = NXDOMAIN
         elif mode in ("null", "blockpage") and qtype in (A, AAAA):
@@ -112,10 +126,10 @@ class BlockAnswers:
                 addr = b"\x00\x00\x00\x00" if mode == "null" else self.v4
             else:
                 addr = bytes(16) if mode == "null" else self.v6
-            r.answer.append(RR(qname, qtype, CLASS_IN, self.ttl, addr))
+            answer.append(RR(qname, qtype, CLASS_IN, self.ttl, addr))
         # other types under null/blockpage, and "nodata": NOERROR without records
-        if not r.answer:
-            r.authority.append(soa_record(qname, self.ttl))
+        if not answer:
+            authority.append(soa_record(qname, self.ttl))
         return r
 
     def rewrite(self, qname: bytes, target: bytes, target_reply: Reply, v: Verdict, now: float) -> Reply:

@@ -188,6 +188,7 @@ class TcpListener:
                 break
             now = time.monotonic()
             st = clients.table.get(ip) or clients.state(ip, now)
+            out: bytes | tuple[wire.Query, Deferred] | None
             if over_limit(st, int(now)):
                 out = limited(st, data, always_answer=True)
             else:
@@ -222,15 +223,19 @@ class TcpListener:
 
     def _answer(self, q: wire.Query, r: Reply, st: ClientState, now: float) -> bytes:
         msg, _ = pack(q, r, now, 65535)
-        self.tally.count(st.group, q.qtype, r, "tcp")
+        group = st.group
+        assert group is not None  # admission.admit refuses clients without a group
+        self.tally.count(group, q.qtype, r, "tcp")
         return msg
 
     async def _finish(
         self, pending: tuple[wire.Query, Deferred], writer: asyncio.StreamWriter, st: ClientState
     ) -> None:
         q, d = pending
+        loop = self.loop
+        assert loop is not None  # start() set it before serving
         try:
-            r = await asyncio.wait_for(to_future(d, self.loop), self.deadline)
+            r = await asyncio.wait_for(to_future(d, loop), self.deadline)
         except TimeoutError:
             metrics.DNS_ERRORS.inc("timeout")
             r = servfail(time.monotonic(), (wire.EDE_NETWORK_ERROR, "timeout"))
@@ -241,6 +246,8 @@ class TcpListener:
         except Exception:
             metrics.DNS_ERRORS.inc("exception")
             log.exception("dns: error packing a tcp reply; answered SERVFAIL")
-            msg = wire.header_reply(q.data, wire.SERVFAIL)
+            fallback = wire.header_reply(q.data, wire.SERVFAIL)
+            assert fallback is not None  # q was parsed: its header is usable
+            msg = fallback
         if not writer.is_closing():
             writer.write(_U16.pack(len(msg)) + msg)

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RD, RR, SOA, A, DNSRecord
 
@@ -166,6 +167,17 @@ class FakeUpstream:
             r.header.rcode = RCODE.NXDOMAIN
             r.add_auth(self._soa(name))
             return r.pack()
+        self._resolve(r, name, qt, ttl)
+        data = r.pack()
+        if proto == "udp" and len(data) > 512 and not q.ar:
+            r2 = q.reply()
+            r2.header.tc = 1
+            return r2.pack()
+        return data
+
+    def _resolve(self, r: DNSRecord, name: str, qt: str, ttl: int) -> None:
+        """Fill ``r`` from the zone, following CNAMEs (8 hops at most); names not in it get synthesised
+        A/AAAA records, other types an SOA."""
         cur = name
         for _hop in range(8):
             recs = self.zone.get(cur)
@@ -176,33 +188,16 @@ class FakeUpstream:
                     r.add_answer(RR(cur, QTYPE.AAAA, rdata=AAAA(synth_aaaa(cur)), ttl=ttl))
                 elif not r.rr:
                     r.add_auth(self._soa(cur))
-                break
+                return
             cname = [x for x in recs if x[0] == "CNAME"]
             if cname and qt != "CNAME":
                 t = cname[0]
                 r.add_answer(RR(cur, QTYPE.CNAME, rdata=CNAME(t[1]), ttl=t[2] if len(t) > 2 else ttl))
                 cur = str(t[1]).rstrip(".").lower()
                 continue
-            found = False
-            for rec in recs:
-                rt, val = rec[0], rec[1]
-                rttl = rec[2] if len(rec) > 2 else ttl
-                if rt != qt:
-                    continue
-                found = True
-                if rt in ("HTTPS", "SVCB"):
-                    r.add_answer(RR(cur, getattr(QTYPE, rt), rdata=RD(val), ttl=rttl))
-                else:
-                    r.add_answer(*RR.fromZone(f"{cur}. {rttl} IN {rt} {val}"))
-            if not found and not r.rr:
+            if not _add_records(r, cur, recs, qt, ttl) and not r.rr:
                 r.add_auth(self._soa(cur))
-            break
-        data = r.pack()
-        if proto == "udp" and len(data) > 512 and not q.ar:
-            r2 = q.reply()
-            r2.header.tc = 1
-            return r2.pack()
-        return data
+            return
 
     def _soa(self, name: str) -> RR:
         zone = name.split(".", 1)[-1] if "." in name else name
@@ -266,6 +261,7 @@ class FakeUpstream:
 
     def _serve_udp(self) -> None:
         s = self._udp
+        assert s is not None  # start() bound it before starting this thread
         while self._running:
             try:
                 data, addr = s.recvfrom(65535)
@@ -287,6 +283,7 @@ class FakeUpstream:
 
     def _serve_tcp(self) -> None:
         s = self._tcp
+        assert s is not None  # start() started this thread only with a TCP socket
         while self._running:
             try:
                 conn, _ = s.accept()
@@ -318,6 +315,22 @@ class FakeUpstream:
         """How often ``name``/``qtype`` was asked (over ``proto``, or both)."""
         name = name.lower().rstrip(".")
         return sum(n for (nm, t, p), n in self.queries.items() if nm == name and t == qtype and (proto in (None, p)))
+
+
+def _add_records(r: DNSRecord, name: str, recs: Iterable[tuple], qt: str, ttl: int) -> bool:
+    """Add the zone records ``recs`` of ``name`` that have type ``qt`` to the answer; False when none has."""
+    found = False
+    for rec in recs:
+        rt, val = rec[0], rec[1]
+        rttl = rec[2] if len(rec) > 2 else ttl
+        if rt != qt:
+            continue
+        found = True
+        if rt in ("HTTPS", "SVCB"):
+            r.add_answer(RR(name, getattr(QTYPE, rt), rdata=RD(val), ttl=rttl))
+        else:
+            r.add_answer(*RR.fromZone(f"{name}. {rttl} IN {rt} {val}"))
+    return found
 
 
 def _name_from(wire_name: bytes) -> str:

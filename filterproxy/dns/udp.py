@@ -61,6 +61,11 @@ class UdpListener:
     IDLE_SWEEP = 4096  # keys a sweep step may look at when no client is waiting (else cache.Sweep.BUDGET)
     TICK = 0.01  # seconds between two housekeeping steps of the UDP thread (see _tick)
 
+    # ``sock`` and ``reactor`` as the UDP thread sees them: start() sets both before the thread runs, so
+    # the thread's paths use them with no None check (the public ones stay None until start, for stop)
+    _sock: socket.socket
+    _reactor: ThreadReactor
+
     def __init__(self, chain: Chain, tally: Tally) -> None:
         self.chain = chain
         self.tally = tally
@@ -76,7 +81,7 @@ class UdpListener:
 
     def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         """Serve ``sock`` (bound) on a new thread; stream upstreams run on ``loop``."""
-        self.sock = sock
+        self.sock = self._sock = sock
         host, port = sock.getsockname()[:2]
         # wake-ups for the thread (results from the loop, stop): a datagram from a known address
         w = socket.socket(sock.family, socket.SOCK_DGRAM)
@@ -86,7 +91,7 @@ class UdpListener:
         w.setblocking(False)
         self._wake = w
         self.wake_addr = w.getsockname()
-        self.reactor = ThreadReactor(loop, self._send_wake, self._set_polling)
+        self.reactor = self._reactor = ThreadReactor(loop, self._send_wake, self._set_polling)
         self._set_polling(False)
         self._running = True
         target, args, self.batched = self._pick_udp_loop(sock)
@@ -122,8 +127,10 @@ class UdpListener:
         return self._udp_loop, (), False
 
     def _send_wake(self) -> None:
+        w = self._wake
+        assert w is not None  # made by start() before the reactor that calls this, and kept
         try:
-            self._wake.send(b"\x00")
+            w.send(b"\x00")
         except OSError:  # buffer full: the thread is awake anyway
             pass
 
@@ -131,12 +138,12 @@ class UdpListener:
         """While upstream queries are out, ``recvfrom`` returns every POLL_IDLE s to look at them; else every
         IDLE_WAKE s (an idle thread still sweeps expired cache entries)."""
         usec = int((self.POLL_IDLE if on else self.IDLE_WAKE) * 1e6)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", usec // 1000000, usec % 1000000))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", usec // 1000000, usec % 1000000))
 
     # ------------------------------------------------------------------ the loops
     def _udp_loop(self) -> None:
         """The plain loop: one ``recvfrom`` and one ``sendto`` per query (a measured hot loop)."""
-        sock = self.sock
+        sock = self._sock
         recv = sock.recvfrom
         send = sock.sendto
         clients = self.chain.clients
@@ -145,7 +152,7 @@ class UdpListener:
         mono = self.clock
         over = over_limit
         slow = self._udp_slow
-        reactor = self.reactor
+        reactor = self._reactor
         hits = self.tally.hits
         poll_every = self.POLL_EVERY - 1
         n = 0
@@ -191,7 +198,7 @@ class UdpListener:
                     break
                 self._crashed(data, addr)
 
-    def _udp_loop_batched(self, bs: BatchSocket) -> None:
+    def _udp_loop_batched(self, bs: BatchSocket) -> None:  # noqa: C901 - a measured hot loop, inlined on purpose
         """:meth:`_udp_loop` on batches: one ``recvmmsg`` for every queued query, one ``sendmmsg`` for the
         packed replies among them. Same links, same order, per datagram.
 
@@ -208,7 +215,7 @@ class UdpListener:
         ips: dict[bytes | int, str] = {}  # source address → the text form the client table is keyed by
         mono = self.clock
         slow = self._udp_slow
-        reactor = self.reactor
+        reactor = self._reactor
         hits = self.tally.hits
         tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
         next_tick = 0.0
@@ -219,7 +226,7 @@ class UdpListener:
         name_words, slot_words = NAME // 4, SLOT // 2
         rids, sids = bs.rids, bs.sids
         v6 = bs.family == socket.AF_INET6
-        sendto = self.sock.sendto
+        sendto = self._sock.sendto
         # datagrams go out in bursts, one per batch: upstream queries (reactor.held) and the replies to
         # cache misses (self._held); why: docs/decisions/dns-held-sends.md
         reactor.hold = True
@@ -325,25 +332,25 @@ class UdpListener:
             r = wire.header_reply(data, wire.SERVFAIL)
             if r:
                 try:
-                    self.sock.sendto(r, addr)
+                    self._sock.sendto(r, addr)
                 except OSError:
                     pass
 
     def _limited(self, st: ClientState, data: bytes, addr: tuple) -> None:
         r = limited(st, data)
         if r:
-            self.sock.sendto(r, addr)
+            self._sock.sendto(r, addr)
 
     def _udp_slow(self, data: bytes, addr: tuple, st: ClientState, now: float) -> None:
         if len(data) < 12 and addr == self.wake_addr:  # a wake-up from the loop
-            self.reactor.drain()
+            self._reactor.drain()
             return
         q, early = admit(data, st)
         if q is None:
             if early:
-                self.sock.sendto(early, addr)
+                self._sock.sendto(early, addr)
             return
-        r = handle(self.chain, q, st, "udp", self.reactor, now)
+        r = handle(self.chain, q, st, "udp", self._reactor, now)
         if type(r) is Reply:
             self._udp_answer(q, r, addr, st, now)
         else:
@@ -364,7 +371,8 @@ class UdpListener:
     def _send_held(self) -> None:
         """Send the replies held by :meth:`_udp_answer` (batched loop), in one burst."""
         held = self._held
-        sendto = self.sock.sendto
+        assert held is not None  # the batched loop, the only caller, set it
+        sendto = self._sock.sendto
         for msg, addr in held:
             try:
                 sendto(msg, addr)
@@ -378,7 +386,9 @@ class UdpListener:
         if held is not None:
             held.append((msg, addr))
         else:
-            self.sock.sendto(msg, addr)
-        slot = self.tally.count(st.group, q.qtype, r, "udp")
+            self._sock.sendto(msg, addr)
+        group = st.group
+        assert group is not None  # admission.admit refuses clients without a group
+        slot = self.tally.count(group, q.qtype, r, "udp")
         if r.expires > now and st.packed is not None:
             st.packed.put(q.data[2:], make_entry(msg, offsets, r.expires, now, r.fixed, slot))

@@ -27,7 +27,7 @@ from mitmproxy.proxy import server_hooks
 from filterproxy import metrics
 from filterproxy.clients import Client
 from filterproxy.http import responses, safesearch
-from filterproxy.http.identity import AUTH_REQUIRED, Conn, Identity
+from filterproxy.http.identity import Conn, Identity
 from filterproxy.http.responses import KEY, ResponseCheck
 from filterproxy.http.state import HttpState, StateKeeper, declare_options, load_state, reload_all
 from filterproxy.http.target import fingerprint, host_problem
@@ -153,8 +153,8 @@ class FilterAddon:
             return None
         conn = self._conns.get(flow.client_conn.id)
         who = self._identify(flow, st, conn)
-        if type(who) is not tuple:
-            if who == AUTH_REQUIRED:
+        if not isinstance(who, tuple):
+            if isinstance(who, str):  # AUTH_REQUIRED, the one string identify() returns
                 responses.challenge(flow)
                 return None
             return _after(who, self._on_request, flow)
@@ -162,10 +162,11 @@ class FilterAddon:
         host, url, has_auth = _target(req)
         if has_auth:
             del req.headers["proxy-authorization"]  # never forward proxy credentials upstream
+        tunnel_host = conn.connect_host if conn is not None else None
         if conn is not None and (conn.block is not None or conn.error):
             v = conn.block if conn.block is not None else Verdict(Action.BLOCK, Reason.ERROR, group or "")
             host = conn.block_host or host
-        elif (problem := host_problem(req, flow.client_conn, conn and conn.connect_host)) is not None:
+        elif (problem := host_problem(req, flow.client_conn, tunnel_host)) is not None:
             responses.bad_request(flow, problem)
             return None
         elif group is None:
@@ -216,8 +217,8 @@ class FilterAddon:
         st = self._loaded()
         conn = self.identity.conn(flow.client_conn)
         who = self._identify(flow, st, conn)
-        if type(who) is not tuple:
-            if who == AUTH_REQUIRED:
+        if not isinstance(who, tuple):
+            if isinstance(who, str):  # AUTH_REQUIRED, the one string identify() returns
                 responses.challenge(flow)
                 return None
             return _after(who, self._on_connect, flow)

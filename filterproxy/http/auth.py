@@ -31,6 +31,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["UserEntry", "UsersFile", "UsersFileError", "hash_password", "verify_password", "parse_basic"]
 
@@ -193,7 +194,8 @@ class UsersFile:
         """(user, group) for a valid ``Basic`` credential, else None. Cached per header value."""
         hit = self.cached(header)
         if hit is not False:
-            return hit  # type: ignore[return-value]
+            return hit
+        assert header  # cached() answers None for an absent header
         tag = _tag(header)  # (hashed twice on a first sight only, next to a ~50 ms password hash)
         creds = parse_basic(header)
         result = None
@@ -207,7 +209,7 @@ class UsersFile:
         cache[tag] = result  # type: ignore[assignment]
         return result
 
-    def cached(self, header: str | None) -> tuple[str, str] | None | bool:
+    def cached(self, header: str | None) -> tuple[str, str] | None | Literal[False]:
         """Cheap look-up without hashing: (user, group), None (known bad), or False (not seen yet)."""
         if not header:
             return None
@@ -305,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         _write_atomic(args.file, kept)
         return 0
-    entry = f"{args.user}:{args.group}:{hash_password(_read_password(True))}"
-    out = [entry if is_user(line) else line for line in lines]
-    if entry not in out:
+    record = f"{args.user}:{args.group}:{hash_password(_read_password(True))}"
+    out = [record if is_user(line) else line for line in lines]
+    if record not in out:
         if not lines:
             out = [
                 "# filterproxy proxy users: user:group:salt$hash (scrypt); manage with python -m filterproxy.http.auth"
             ]
-        out.append(entry)
+        out.append(record)
     _write_atomic(args.file, out)
     return 0
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-from filterproxy.policy.model import LANGUAGES
 from filterproxy.verdict import Reason, Verdict
+from filterproxy.vocabulary import LANGUAGES
 
 __all__ = ["BlockPageSettings", "render", "pick_language", "category_name", "LANGUAGES"]
 
@@ -73,21 +73,36 @@ _TEXT: dict[str, dict[str, str]] = {
     "vi": {
         "title": "Trang này đã bị chặn",
         "child_heading": "Ôi! Trang này không dành cho em",
-        "child_lead": "Trang web này có nội dung không phù hợp với lứa tuổi của em, nên đã được chặn để giữ an toàn cho em.",
+        "child_lead": (
+            "Trang web này có nội dung không phù hợp với lứa tuổi của em, nên đã được chặn để giữ an toàn cho em."
+        ),
         "child_next": "Em hãy quay lại trang trước. Nếu em cần trang này để học, hãy hỏi thầy cô hoặc bố mẹ nhé.",
         "child_schedule": "Bây giờ chưa phải giờ dùng trang này. Em hãy quay lại sau nhé!",
         "heading": "Trang này đã bị chặn",
         "lead": "Truy cập tới {host} đã bị chặn theo chính sách an toàn trên mạng của nhà trường hoặc gia đình.",
-        "lead_legal": "Truy cập tới {host} đã bị chặn theo quy định của pháp luật Việt Nam. Trang này không thể mở cho bất kỳ ai.",
-        "lead_error": "Bộ lọc không kiểm tra được trang {host} lúc này, nên đã chặn để đảm bảo an toàn. Hãy thử lại sau ít phút.",
-        "lead_unknown": "Thiết bị này chưa được đăng ký với bộ lọc của mạng, nên chưa thể truy cập Internet. Hãy liên hệ người quản trị mạng.",
+        "lead_legal": (
+            "Truy cập tới {host} đã bị chặn theo quy định của pháp luật Việt Nam. Trang này không thể mở cho bất kỳ ai."
+        ),
+        "lead_error": (
+            "Bộ lọc không kiểm tra được trang {host} lúc này, nên đã chặn để đảm bảo an toàn. Hãy thử lại sau ít phút."
+        ),
+        "lead_unknown": (
+            "Thiết bị này chưa được đăng ký với bộ lọc của mạng, nên chưa thể truy cập Internet. "
+            "Hãy liên hệ người quản trị mạng."
+        ),
         "category": "Danh mục: {category}",
         "schedule": "Danh mục này chỉ bị chặn trong khung giờ hiện tại ({schedule}).",
         "policy": "Chính sách áp dụng: {policy}.",
         "review": "Nếu bạn cho rằng trang này bị chặn nhầm, hãy {link} và ghi kèm mã lý do bên dưới.",
         "review_link": "yêu cầu xem xét lại",
-        "help_child": "Nếu em thấy buồn, sợ hãi hoặc bị ai đó bắt nạt, làm hại, hãy gọi ngay {hotline} — Tổng đài quốc gia bảo vệ trẻ em, miễn phí, 24/7.",
-        "help": "Cần hỗ trợ hoặc muốn báo tin về trẻ em bị xâm hại? Gọi {hotline} — Tổng đài quốc gia bảo vệ trẻ em (miễn phí, 24/7).",
+        "help_child": (
+            "Nếu em thấy buồn, sợ hãi hoặc bị ai đó bắt nạt, làm hại, hãy gọi ngay {hotline} "
+            "— Tổng đài quốc gia bảo vệ trẻ em, miễn phí, 24/7."
+        ),
+        "help": (
+            "Cần hỗ trợ hoặc muốn báo tin về trẻ em bị xâm hại? "
+            "Gọi {hotline} — Tổng đài quốc gia bảo vệ trẻ em (miễn phí, 24/7)."
+        ),
         "report": "Báo cáo nội dung xâm hại trẻ em",
         "ca_help": "Thấy cảnh báo chứng chỉ trên các trang https? Cài chứng chỉ của bộ lọc",
         "reason": "Mã lý do",
@@ -96,21 +111,39 @@ _TEXT: dict[str, dict[str, str]] = {
     "en": {
         "title": "This page is blocked",
         "child_heading": "Oops! This page isn't for you",
-        "child_lead": "This website has things that are not right for your age, so it has been blocked to keep you safe.",
-        "child_next": "Please go back to the page before. If you need this page for school, ask your teacher or your parents.",
+        "child_lead": (
+            "This website has things that are not right for your age, so it has been blocked to keep you safe."
+        ),
+        "child_next": (
+            "Please go back to the page before. If you need this page for school, ask your teacher or your parents."
+        ),
         "child_schedule": "It's not time for this page right now. Come back later!",
         "heading": "This page is blocked",
         "lead": "Access to {host} has been blocked by your school's or family's online safety policy.",
-        "lead_legal": "Access to {host} has been blocked as required by Vietnamese law. This page cannot be opened by anyone.",
-        "lead_error": "The filter could not check {host} right now, so it has been blocked to be safe. Please try again in a few minutes.",
-        "lead_unknown": "This device is not registered with the network's filter, so it cannot use the Internet yet. Please contact the network administrator.",
+        "lead_legal": (
+            "Access to {host} has been blocked as required by Vietnamese law. This page cannot be opened by anyone."
+        ),
+        "lead_error": (
+            "The filter could not check {host} right now, so it has been blocked to be safe. "
+            "Please try again in a few minutes."
+        ),
+        "lead_unknown": (
+            "This device is not registered with the network's filter, so it cannot use the Internet yet. "
+            "Please contact the network administrator."
+        ),
         "category": "Category: {category}",
         "schedule": "This category is only blocked at this time of day ({schedule}).",
         "policy": "Policy: {policy}.",
         "review": "If you think this page was blocked by mistake, {link} and include the reason code below.",
         "review_link": "request a review",
-        "help_child": "If you feel sad or scared, or someone is bullying or hurting you, call {hotline} now — the national child protection hotline, free, 24/7.",
-        "help": "Need help, or want to report a child being harmed? Call {hotline} — the national child protection hotline (free, 24/7).",
+        "help_child": (
+            "If you feel sad or scared, or someone is bullying or hurting you, call {hotline} now "
+            "— the national child protection hotline, free, 24/7."
+        ),
+        "help": (
+            "Need help, or want to report a child being harmed? "
+            "Call {hotline} — the national child protection hotline (free, 24/7)."
+        ),
         "report": "Report child abuse content",
         "ca_help": "Seeing certificate warnings on https sites? Install the filter's certificate",
         "reason": "Reason code",
@@ -208,6 +241,76 @@ def status_for(verdict: Verdict) -> int:
     return 451 if verdict.legal or verdict.reason is Reason.LEGAL else 403
 
 
+def _headline(t: Mapping[str, str], reason: Reason, host_html: str, *, legal: bool, child: bool) -> tuple[str, str]:
+    """(heading, lead HTML): why the page is shown, worded for the reason and the tone."""
+    if reason is Reason.ERROR:
+        return t["heading"], t["lead_error"].format(host=host_html)
+    if reason is Reason.UNKNOWN_CLIENT:
+        return t["heading"], t["lead_unknown"]
+    if legal:
+        return t["heading"], t["lead_legal"].format(host=host_html)
+    if child:
+        return t["child_heading"], t["child_lead"]
+    return t["heading"], t["lead"].format(host=host_html)
+
+
+def _details(
+    verdict: Verdict,
+    host: str,
+    t: Mapping[str, str],
+    *,
+    lang: str,
+    legal: bool,
+    child: bool,
+    settings: BlockPageSettings,
+    policy_name: str | None,
+) -> list[str]:
+    """The paragraphs under the lead: what to do (child), category, schedule, policy, review link."""
+    reason = verdict.reason
+    cat = category_name(verdict.category, lang)
+    detail: list[str] = []
+    if child and reason not in (Reason.ERROR, Reason.UNKNOWN_CLIENT):
+        detail.append(f"<p>{t['child_schedule'] if reason is Reason.SCHEDULE else t['child_next']}</p>")
+    if cat and reason not in (Reason.ERROR, Reason.UNKNOWN_CLIENT):
+        detail.append("<p>" + t["category"].format(category=f'<span class="category">{_e(cat)}</span>') + "</p>")
+    if not child and reason is Reason.SCHEDULE and verdict.schedule:
+        detail.append("<p>" + t["schedule"].format(schedule=_e(verdict.schedule)) + "</p>")
+    if not child and policy_name and reason not in (Reason.ERROR, Reason.UNKNOWN_CLIENT):
+        detail.append("<p>" + t["policy"].format(policy=_e(policy_name)) + "</p>")
+    if not child and not legal and settings.review_url and reason not in (Reason.UNKNOWN_CLIENT,):
+        sep = "&" if urlsplit(settings.review_url).query else ("" if settings.review_url.endswith("?") else "?")
+        href = settings.review_url + sep + urlencode({"host": host, "reason": verdict.short_id})
+        link = f'<a id="review" href="{_e(href)}" rel="noreferrer">{t["review_link"]}</a>'
+        detail.append("<p>" + t["review"].format(link=link) + "</p>")
+    return detail
+
+
+def _links(t: Mapping[str, str], settings: BlockPageSettings) -> list[str]:
+    """The list items under the help box: report abuse, certificate help (each when configured)."""
+    links: list[str] = []
+    if settings.report_url:
+        links.append(f'<li><a id="report" href="{_e(settings.report_url)}" rel="noreferrer">{t["report"]}</a></li>')
+    if settings.ca_help_url:
+        links.append(f'<li><a id="ca-help" href="{_e(settings.ca_help_url)}" rel="noreferrer">{t["ca_help"]}</a></li>')
+    return links
+
+
+def _headers(lang: str, verdict: Verdict) -> dict[str, str]:
+    """Response headers: no caching, no referrer, a locked-down CSP, and the reason's short id."""
+    return {
+        "Content-Type": "text/html; charset=utf-8",
+        "Cache-Control": "no-store",
+        "Pragma": "no-cache",
+        "Content-Language": lang,
+        "Vary": "Accept-Language",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+        "X-Filterproxy-Reason": verdict.short_id.encode("ascii", "replace").decode("ascii"),
+    }
+
+
 def render(
     verdict: Verdict,
     host: str,
@@ -230,43 +333,11 @@ def render(
     t = _TEXT[lang]
     legal = status_for(verdict) == 451
     child = tone == "child" and not legal
-    reason = verdict.reason
     host_html = f'<span class="host">{_e(host)}</span>'
     hotline = _e(settings.hotline)
     hotline_html = f'<a class="hotline" href="tel:{_e(settings.hotline.replace(" ", ""))}">{hotline}</a>'
-    cat = category_name(verdict.category, lang)
-
-    detail: list[str] = []
-    if reason is Reason.ERROR:
-        heading, lead = t["heading"], t["lead_error"].format(host=host_html)
-    elif reason is Reason.UNKNOWN_CLIENT:
-        heading, lead = t["heading"], t["lead_unknown"]
-    elif legal:
-        heading, lead = t["heading"], t["lead_legal"].format(host=host_html)
-    elif child:
-        heading = t["child_heading"]
-        lead = t["child_lead"]
-        detail.append(f"<p>{t['child_schedule'] if reason is Reason.SCHEDULE else t['child_next']}</p>")
-    else:
-        heading, lead = t["heading"], t["lead"].format(host=host_html)
-    if cat and reason not in (Reason.ERROR, Reason.UNKNOWN_CLIENT):
-        detail.append("<p>" + t["category"].format(category=f'<span class="category">{_e(cat)}</span>') + "</p>")
-    if not child and reason is Reason.SCHEDULE and verdict.schedule:
-        detail.append("<p>" + t["schedule"].format(schedule=_e(verdict.schedule)) + "</p>")
-    if not child and policy_name and reason not in (Reason.ERROR, Reason.UNKNOWN_CLIENT):
-        detail.append("<p>" + t["policy"].format(policy=_e(policy_name)) + "</p>")
-    if not child and not legal and settings.review_url and reason not in (Reason.UNKNOWN_CLIENT,):
-        sep = "&" if urlsplit(settings.review_url).query else ("" if settings.review_url.endswith("?") else "?")
-        href = settings.review_url + sep + urlencode({"host": host, "reason": verdict.short_id})
-        link = f'<a id="review" href="{_e(href)}" rel="noreferrer">{t["review_link"]}</a>'
-        detail.append("<p>" + t["review"].format(link=link) + "</p>")
-
-    links: list[str] = []
-    if settings.report_url:
-        links.append(f'<li><a id="report" href="{_e(settings.report_url)}" rel="noreferrer">{t["report"]}</a></li>')
-    if settings.ca_help_url:
-        links.append(f'<li><a id="ca-help" href="{_e(settings.ca_help_url)}" rel="noreferrer">{t["ca_help"]}</a></li>')
-
+    heading, lead = _headline(t, verdict.reason, host_html, legal=legal, child=child)
+    detail = _details(verdict, host, t, lang=lang, legal=legal, child=child, settings=settings, policy_name=policy_name)
     body = _TEMPLATE.substitute(
         lang=lang,
         title=_e(t["title"]),
@@ -277,20 +348,8 @@ def render(
         lead=lead,
         detail="\n".join(detail),
         help=(t["help_child"] if child else t["help"]).format(hotline=hotline_html),
-        links="\n".join(links),
+        links="\n".join(_links(t, settings)),
         reason_label=_e(t["reason"]),
         reason_id=_e(verdict.short_id),
     ).encode("utf-8")
-    headers = {
-        "Content-Type": "text/html; charset=utf-8",
-        "Cache-Control": "no-store",
-        "Pragma": "no-cache",
-        "Content-Language": lang,
-        "Vary": "Accept-Language",
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-        "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
-        "X-Filterproxy-Reason": verdict.short_id.encode("ascii", "replace").decode("ascii"),
-    }
-    return status_for(verdict), headers, body
+    return status_for(verdict), _headers(lang, verdict), body

@@ -17,12 +17,16 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
 from filterproxy import metrics
-from filterproxy.lists.store import unpack
+from filterproxy.lists.snapshot import unpack
 from filterproxy.verdict import Action, Reason, Verdict
+
+if TYPE_CHECKING:
+    from filterproxy.http.state import HttpState
 
 log = logging.getLogger("filterproxy.http.images")
 
@@ -33,7 +37,12 @@ class ImageCheck:
     """Hash image responses and block those on a hash list; one per proxy worker."""
 
     def __init__(
-        self, state: Callable[[], object], spool=None, *, executor: Executor | None = None, cache_size: int = 4096
+        self,
+        state: Callable[[], HttpState | None],
+        spool=None,
+        *,
+        executor: Executor | None = None,
+        cache_size: int = 4096,
     ):
         self._state = state  # returns the addon's current HttpState (hot-swapped)
         self.spool = spool  # filterproxy.reports.ReportSpool (set by the addon once configured)
@@ -69,6 +78,7 @@ class ImageCheck:
         if not flow.metadata.get(MARK):
             return None
         st = self._state()
+        assert st is not None  # MARK is set only when a state was loaded, and a loaded state is never unset
         body = flow.response.content or b""
         if not body or len(body) > st.config.http.max_image_bytes:
             return None

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions
 
@@ -119,7 +119,7 @@ def load_state(
 def declare_options(loader: Any) -> None:
     """The addon's mitmproxy options (``mitmdump --options`` lists them)."""
     add = loader.add_option
-    add("filterproxy_config", Optional[str], None, "filterproxy configuration file (default: the embedded one).")
+    add("filterproxy_config", str | None, None, "filterproxy configuration file (default: the embedded one).")
     add(
         "filterproxy_extra_list",
         Sequence[str],
@@ -132,7 +132,7 @@ def declare_options(loader: Any) -> None:
         [],
         "Map a client network to a group, CIDR=GROUP (repeatable), as 'filterproxy run --client-group'.",
     )
-    add("filterproxy_state_dir", Optional[str], None, "State folder (overrides server.state_dir).")
+    add("filterproxy_state_dir", str | None, None, "State folder (overrides server.state_dir).")
     add(
         "filterproxy_proxy_names",
         Sequence[str],
@@ -158,13 +158,13 @@ def declare_options(loader: Any) -> None:
     add("filterproxy_reload_signal", bool, True, "Reload configuration, lists and users file on SIGHUP.")
     add(
         "filterproxy_spool",
-        Optional[str],
+        str | None,
         None,
         "Folder of the durable image-match report spool (default: reports.spool, else <state_dir>/reports).",
     )
     add(
         "filterproxy_report_endpoint",
-        Optional[str],
+        str | None,
         None,
         "HTTPS endpoint that receives image-match reports (default: reports.endpoint).",
     )
@@ -276,6 +276,7 @@ class StateKeeper:
         """(Re)create the report spool from the options and the configuration (``configure`` only)."""
         from filterproxy.reports import ReportSpool
 
+        assert self.state is not None  # configure() calls this only once a state is loaded
         cfg = self.state.config
         o = ctx.options
         endpoint = (o.filterproxy_report_endpoint or cfg.reports.endpoint) if o.filterproxy_deliver_reports else None

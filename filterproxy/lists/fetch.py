@@ -30,24 +30,24 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import requests
 
 from filterproxy import __version__
-from filterproxy.config.sources import (  # noqa: F401  (re-exported: callers and tests use fetch.Source etc.)
-    DEFAULT_MAX_BYTES,
-    DEFAULT_REFRESH,
-    MATCH_MODES,
-    MIN_REFRESH,
-    SOURCE_FORMATS,
-    Source,
-    SourcesError,
-    load_sources,
-    parse_duration,
-    parse_size,
-)
+
+# re-exported: callers and tests use fetch.Source etc.
+from filterproxy.config.sources import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
+from filterproxy.config.sources import DEFAULT_REFRESH as DEFAULT_REFRESH
+from filterproxy.config.sources import MATCH_MODES as MATCH_MODES
+from filterproxy.config.sources import MIN_REFRESH as MIN_REFRESH
+from filterproxy.config.sources import SOURCE_FORMATS as SOURCE_FORMATS
+from filterproxy.config.sources import Source as Source
+from filterproxy.config.sources import SourcesError as SourcesError
+from filterproxy.config.sources import load_sources as load_sources
+from filterproxy.config.sources import parse_duration as parse_duration
+from filterproxy.config.sources import parse_size as parse_size
 from filterproxy.fsutil import atomic_write, fsync_dir
 from filterproxy.lists.parsers import FOLDER_FORMATS
 
@@ -93,7 +93,7 @@ def cache_paths(source: Source, cache_dir: str) -> tuple[str, str]:
     return base + suffix, base + ".meta.json"
 
 
-def _read_meta(meta_path: str, data_path: str) -> dict:
+def _read_meta(meta_path: str, data_path: str) -> dict[str, Any]:
     if not os.path.exists(data_path):
         return {}
     try:
@@ -104,7 +104,7 @@ def _read_meta(meta_path: str, data_path: str) -> dict:
         return {}  # no usable validators: the next request is unconditional, which is safe
 
 
-def _write_json_atomic(path: str, obj: dict) -> None:
+def _write_json_atomic(path: str, obj: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", perms=0o644)
 
 
@@ -227,7 +227,7 @@ def fetch(
     if progress is None:
         progress = sys.stderr.isatty()
 
-    def result(status: str, error: str | None = None, m: dict | None = None) -> FetchResult:
+    def result(status: str, error: str | None = None, m: dict[str, Any] | None = None) -> FetchResult:
         m = meta if m is None else m
         exists = os.path.exists(data_path)
         return FetchResult(
@@ -250,7 +250,7 @@ def fetch(
         return FetchResult(source.id, source.path, "not-modified", size, None, None, None)
 
     own_session = session is None
-    sess = requests.Session() if own_session else session
+    sess = requests.Session() if session is None else session
     try:
         attempts = 1 if source.path else retries + 1
         last_error = "no attempt made"
@@ -289,7 +289,7 @@ def _folder_size(path: str) -> int:
     return sum(os.path.getsize(p) for n in names if os.path.isfile(p := os.path.join(path, n)))
 
 
-def _conditional_headers(source: Source, meta: dict) -> dict[str, str]:
+def _conditional_headers(source: Source, meta: dict[str, Any]) -> dict[str, str]:
     """Validators from the last success, unless they describe something else than wanted now."""
     if meta.get("url") != source.url or (source.sha256 and meta.get("sha256") != source.sha256):
         return {}
@@ -305,11 +305,11 @@ def _download(
     source: Source,
     session: requests.Session,
     data_path: str,
-    meta: dict,
+    meta: dict[str, Any],
     timeout: tuple[float, float],
     progress: bool,
     validate: Callable[[str], None] | None,
-) -> tuple[str, dict]:
+) -> tuple[str, dict[str, Any]]:
     url = source.url
     assert url is not None
     conditional = _conditional_headers(source, meta)
@@ -399,7 +399,9 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-def _copy_local(source: Source, data_path: str, meta: dict, validate: Callable[[str], None] | None) -> tuple[str, dict]:
+def _copy_local(
+    source: Source, data_path: str, meta: dict[str, Any], validate: Callable[[str], None] | None
+) -> tuple[str, dict[str, Any]]:
     assert source.path is not None
     try:
         size = os.path.getsize(source.path)
@@ -420,14 +422,15 @@ def _store(
     source: Source,
     chunks: Iterable[bytes],
     data_path: str,
-    meta: dict,
+    meta: dict[str, Any],
     validate: Callable[[str], None] | None,
-) -> tuple[str, dict]:
+) -> tuple[str, dict[str, Any]]:
     """Stream ``chunks`` into a temp file, check it, then atomically replace ``data_path``.
 
     Not :func:`filterproxy.fsutil.atomic_writer`: the temp file must be validated by path, and left
     unrenamed when it equals the cached one."""
     is_bundle = source.format == "bundle"
+    tmp: str | None
     fd, tmp = tempfile.mkstemp(prefix=f".{source.id}-", suffix=".tmp", dir=os.path.dirname(data_path))
     try:
         with os.fdopen(fd, "wb") as f:

@@ -241,46 +241,58 @@ def parse_adblock(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
                 stats.comments += 1
                 _note_header(stats, s)
             continue
-        allow = 0
-        if s.startswith("@@"):
-            allow = ALLOW
-            s = s[2:]
-        if s.startswith("/") and s.endswith("/") and len(s) > 2:
-            try:
-                re.compile(s[1:-1])
-            except re.error as exc:
-                stats.skip(n, f"invalid regex: {exc}")
-                continue
-            yield Entry("regex", s[1:-1], allow, n)
-            continue
-        if "$" in s:
-            s, _, mods = s.partition("$")
-            names = {m.split("=", 1)[0].lstrip("~") for m in mods.split(",") if m}
-            if names - _ADB_MODIFIERS_OK:
-                stats.skip(n, f"modifier(s) {sorted(names - _ADB_MODIFIERS_OK)} do not apply to DNS names")
-                continue
-        if s.startswith("||"):
-            body, flags = s[2:], BOTH
-        elif s.startswith("|"):
-            body, flags = s[1:], EXACT
-        else:
-            body, flags = s, BOTH
-        exact_end = body.endswith("|")
-        body = body.rstrip("|")
-        if body.endswith("^"):
-            body = body[:-1]
-        if s.startswith("|") and not s.startswith("||") and not exact_end:
-            flags = EXACT
-        if not body or "/" in body or "^" in body:
-            stats.skip(n, f"not a host rule: {raw.strip()[:60]!r}")
-            continue
-        if "*" in body or body[0] in "-.":
-            mode = "loose" if not s.startswith("|") else ("sub" if s.startswith("||") else "exact")
-            yield from _name_regex(body, mode, allow, n, stats)
-            continue
-        e = _domain_or_ip(body, flags | allow, n, stats)
+        e = _adblock_rule(s, n, stats)
         if e is not None:
             yield e
+
+
+def _adblock_rule(rule: str, n: int, stats: ParseStats) -> Entry | None:
+    """One AdBlock rule line (stripped, not a comment) → its entry; None when it is skipped."""
+    allow = ALLOW if rule.startswith("@@") else 0
+    s = rule[2:] if allow else rule
+    if s.startswith("/") and s.endswith("/") and len(s) > 2:
+        return _adblock_regex(s[1:-1], allow, n, stats)
+    if "$" in s:
+        s, _, mods = s.partition("$")
+        names = {m.split("=", 1)[0].lstrip("~") for m in mods.split(",") if m}
+        if names - _ADB_MODIFIERS_OK:
+            stats.skip(n, f"modifier(s) {sorted(names - _ADB_MODIFIERS_OK)} do not apply to DNS names")
+            return None
+    body, flags = _adblock_host(s)
+    if not body or "/" in body or "^" in body:
+        stats.skip(n, f"not a host rule: {rule[:60]!r}")
+        return None
+    if "*" in body or body[0] in "-.":
+        mode = "loose" if not s.startswith("|") else ("sub" if s.startswith("||") else "exact")
+        return next(_name_regex(body, mode, allow, n, stats), None)
+    return _domain_or_ip(body, flags | allow, n, stats)
+
+
+def _adblock_regex(pattern: str, allow: int, n: int, stats: ParseStats) -> Entry | None:
+    """A ``/regex/`` rule (without its slashes) → a regex entry, if it compiles."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        stats.skip(n, f"invalid regex: {exc}")
+        return None
+    return Entry("regex", pattern, allow, n)
+
+
+def _adblock_host(s: str) -> tuple[str, int]:
+    """``||d^`` → (d, BOTH); ``|d^|`` or ``|d^`` → (d, EXACT); a bare ``d`` → (d, BOTH)."""
+    if s.startswith("||"):
+        body, flags = s[2:], BOTH
+    elif s.startswith("|"):
+        body, flags = s[1:], EXACT
+    else:
+        body, flags = s, BOTH
+    exact_end = body.endswith("|")
+    body = body.rstrip("|")
+    if body.endswith("^"):
+        body = body[:-1]
+    if s.startswith("|") and not s.startswith("||") and not exact_end:
+        flags = EXACT
+    return body, flags
 
 
 _RPZ_SPECIAL = {"rpz-ip", "rpz-nsdname", "rpz-nsip", "rpz-client-ip"}
@@ -308,34 +320,48 @@ def parse_rpz(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
             continue
         if "(" in s:
             depth = s.count("(") - s.count(")")
-        parts = s.split()
-        if raw[:1] in (" ", "\t"):
-            parts.insert(0, "@")  # owner omitted: same as the previous record (SOA/NS lines of the apex)
-        rtype_i = next((i for i, p in enumerate(parts) if p.upper() in _RPZ_TYPES), None)
-        if rtype_i is None or rtype_i == 0:
-            stats.skip(n, "expected 'name [ttl] [class] TYPE data'")
-            continue
-        rtype = parts[rtype_i].upper()
-        if rtype in ("SOA", "NS"):
-            continue
-        owner = parts[0]
-        rdata = parts[rtype_i + 1] if len(parts) > rtype_i + 1 else ""
-        if owner.endswith("."):
-            owner = owner[:-1]
-        elif owner == "@":
-            continue
-        if origin and (owner.lower() == origin or owner.lower().endswith("." + origin)):
-            owner = owner[: -len(origin)].rstrip(".")
-        if not owner or _RPZ_SPECIAL & set(owner.lower().split(".")):
-            stats.skip(n, "only QNAME triggers are supported")
-            continue
-        allow = ALLOW if rtype == "CNAME" and rdata.lower() in ("rpz-passthru.", "rpz-passthru") else 0
-        if owner.startswith("*."):
-            e = _domain_or_ip(owner[2:], SUBS | allow, n, stats)
-        else:
-            e = _domain_or_ip(owner, EXACT | allow, n, stats)
-        if e is not None and e.kind == "domain":
+        e = _rpz_record(s, raw, origin, n, stats)
+        if e is not None:
             yield e
+
+
+def _rpz_record(s: str, raw: str, origin: str, n: int, stats: ParseStats) -> Entry | None:
+    """One resource record (``s``: ``raw`` without its comment) → the domain entry of its QNAME trigger;
+    None for records that are not rules (SOA, NS, the apex) and for skipped ones."""
+    parts = s.split()
+    if raw[:1] in (" ", "\t"):
+        parts.insert(0, "@")  # owner omitted: same as the previous record (SOA/NS lines of the apex)
+    rtype_i = next((i for i, p in enumerate(parts) if p.upper() in _RPZ_TYPES), None)
+    if rtype_i is None or rtype_i == 0:
+        stats.skip(n, "expected 'name [ttl] [class] TYPE data'")
+        return None
+    rtype = parts[rtype_i].upper()
+    if rtype in ("SOA", "NS"):
+        return None
+    owner = _rpz_owner(parts[0], origin)
+    if owner is None:
+        return None
+    if not owner or _RPZ_SPECIAL & set(owner.lower().split(".")):
+        stats.skip(n, "only QNAME triggers are supported")
+        return None
+    rdata = parts[rtype_i + 1] if len(parts) > rtype_i + 1 else ""
+    allow = ALLOW if rtype == "CNAME" and rdata.lower() in ("rpz-passthru.", "rpz-passthru") else 0
+    if owner.startswith("*."):
+        e = _domain_or_ip(owner[2:], SUBS | allow, n, stats)
+    else:
+        e = _domain_or_ip(owner, EXACT | allow, n, stats)
+    return e if e is not None and e.kind == "domain" else None
+
+
+def _rpz_owner(owner: str, origin: str) -> str | None:
+    """The owner name relative to ``$ORIGIN`` (an absolute name loses its final dot); None for ``@``."""
+    if owner.endswith("."):
+        owner = owner[:-1]
+    elif owner == "@":
+        return None
+    if origin and (owner.lower() == origin or owner.lower().endswith("." + origin)):
+        owner = owner[: -len(origin)].rstrip(".")
+    return owner
 
 
 def parse_regex(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:

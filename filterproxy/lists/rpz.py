@@ -12,19 +12,50 @@ schedules (time windows), regex rules, URL and hash rules (HTTP only), SafeSearc
 from __future__ import annotations
 
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from filterproxy.lists.parsers import ALLOW, EXACT, SUBS
 from filterproxy.policy import safesearch
 from filterproxy.verdict import Action, Reason
 
+if TYPE_CHECKING:
+    from filterproxy.lists.snapshot import Snapshot
+    from filterproxy.policy.engine import Engine
+    from filterproxy.policy.model import Policy
 
-def export_rpz(engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, int]:
+
+def export_rpz(engine: Engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, int]:
     """Write the zone for ``group`` to ``out``; returns counts for logging and tests."""
     snap = engine.snapshot
     pol = engine.policy(group)
     legal = {li.index for li in snap.lists if li.source.is_legal}
     active = legal | {li.index for li in snap.lists if li.category in pol.block_categories and not li.source.allow}
+    block, legal_names, allow = _list_rules(engine, snap, group, active, legal)
+    _add_policy_rules(pol, block, allow)
+    skipped_regex = sum(len(v) for i, v in snap.regexes.items() if i in active)
+    _write_header(out, group, pol, snap, active, skipped_regex, ttl)
+    n_pass = 0
+    for name in sorted(allow):
+        # no allowlist overrides the legal list: leave out passthru where a legal rule applies
+        if engine.decide(None, name, group=group).reason is Reason.LEGAL:
+            continue
+        _write_triggers(out, name, allow[name], "rpz-passthru.")
+        n_pass += 1
+    n_block = 0
+    for name in sorted(block):
+        if name not in legal_names and _allowed(allow, name):
+            continue  # RPZ would prefer this more specific block over the allowlisted parent
+        _write_triggers(out, name, block[name], ".")
+        n_block += 1
+    return {"block": n_block, "passthru": n_pass, "regex_skipped": skipped_regex}
+
+
+def _list_rules(
+    engine: Engine, snap: Snapshot, group: str, active: set[int], legal: set[int]
+) -> tuple[dict[str, int], set[str], dict[str, int]]:
+    """The domain rules of the lists that apply to ``group``: (name → block flags, names a legal list
+    blocks, name → allow EXACT/SUBS coverage). An exception inside a block list counts only where the
+    engine does not block the name anyway."""
     block: dict[str, int] = {}
     legal_names: set[str] = set()
     allow: dict[str, int] = {}  # name → EXACT/SUBS coverage
@@ -39,6 +70,11 @@ def export_rpz(engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, 
             block[name] = block.get(name, 0) | flags
             if li in legal:
                 legal_names.add(name)
+    return block, legal_names, allow
+
+
+def _add_policy_rules(pol: Policy, block: dict[str, int], allow: dict[str, int]) -> None:
+    """Add the group's own block additions, the bypass canaries and the group's allowlist."""
     for name, (sub, _line) in pol.block.items():
         block[name] = block.get(name, 0) | EXACT | (SUBS if sub else 0)
     if pol.bypass_defences:
@@ -46,19 +82,24 @@ def export_rpz(engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, 
             block[name] = block.get(name, 0) | EXACT
     for name, sub in pol.allow.items():
         allow[name] = allow.get(name, 0) | EXACT | (SUBS if sub else 0)
-    skipped_regex = sum(len(v) for i, v in snap.regexes.items() if i in active)
 
-    def allowed(name: str) -> bool:
-        """Does the allowlist cover ``name`` (itself, or a parent allowlisted with subdomains)?"""
-        if allow.get(name, 0) & EXACT:
+
+def _allowed(allow: dict[str, int], name: str) -> bool:
+    """Does the allowlist cover ``name`` (itself, or a parent allowlisted with subdomains)?"""
+    if allow.get(name, 0) & EXACT:
+        return True
+    i = name.find(".")
+    while i >= 0:
+        if allow.get(name[i + 1 :], 0) & SUBS:
             return True
-        i = name.find(".")
-        while i >= 0:
-            if allow.get(name[i + 1 :], 0) & SUBS:
-                return True
-            i = name.find(".", i + 1)
-        return False
+        i = name.find(".", i + 1)
+    return False
 
+
+def _write_header(
+    out: TextIO, group: str, pol: Policy, snap: Snapshot, active: set[int], skipped_regex: int, ttl: int
+) -> None:
+    """SOA and NS records, then comments: the group, its lists and what RPZ cannot express."""
     serial = int(time.time())
     out.write(f"$TTL {ttl}\n@ SOA localhost. root.localhost. {serial} 3600 600 86400 {ttl}\n  NS localhost.\n")
     out.write(f"; filterproxy RPZ export for group {group!r} ({pol.name})\n")
@@ -68,24 +109,11 @@ def export_rpz(engine, group: str, out: TextIO, *, ttl: int = 300) -> dict[str, 
         f" ({', '.join(s.name for s in pol.schedules) or 'none'}), {skipped_regex} regex rules,"
         " URL/URL-hash/image rules (HTTP proxy only), SafeSearch rewrites\n"
     )
-    n_pass = 0
-    for name in sorted(allow):
-        # no allowlist overrides the legal list: leave out passthru where a legal rule applies
-        if engine.decide(None, name, group=group).reason is Reason.LEGAL:
-            continue
-        if allow[name] & EXACT:
-            out.write(f"{name} CNAME rpz-passthru.\n")
-        if allow[name] & SUBS:
-            out.write(f"*.{name} CNAME rpz-passthru.\n")
-        n_pass += 1
-    n_block = 0
-    for name in sorted(block):
-        if name not in legal_names and allowed(name):
-            continue  # RPZ would prefer this more specific block over the allowlisted parent
-        flags = block[name]
-        if flags & EXACT:
-            out.write(f"{name} CNAME .\n")
-        if flags & SUBS:
-            out.write(f"*.{name} CNAME .\n")
-        n_block += 1
-    return {"block": n_block, "passthru": n_pass, "regex_skipped": skipped_regex}
+
+
+def _write_triggers(out: TextIO, name: str, flags: int, target: str) -> None:
+    """``name CNAME target`` for the name itself (EXACT), ``*.name CNAME target`` for its subdomains (SUBS)."""
+    if flags & EXACT:
+        out.write(f"{name} CNAME {target}\n")
+    if flags & SUBS:
+        out.write(f"*.{name} CNAME {target}\n")

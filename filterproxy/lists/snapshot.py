@@ -13,11 +13,21 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from filterproxy.fsutil import atomic_write
 from filterproxy.lists.parsers import ALLOW, FORMATS, ListError, ParseStats, iter_entries
-from filterproxy.lists.source import LEGAL_CATEGORIES, ListSource, parse_extra_list  # noqa: F401  (re-exported)
+
+# re-exported: callers and tests import them from here
+from filterproxy.lists.source import LEGAL_CATEGORIES as LEGAL_CATEGORIES
+from filterproxy.lists.source import ListSource as ListSource
+from filterproxy.lists.source import parse_extra_list as parse_extra_list
 from filterproxy.match.domain import DomainMatch, DomainMatcher
+
+if TYPE_CHECKING:
+    from filterproxy.match.imagehash import ImageHashIndex
+    from filterproxy.match.url import UrlPrefixMatcher
+    from filterproxy.match.urlhash import UrlHashSet
 
 log = logging.getLogger("filterproxy.lists")
 
@@ -51,14 +61,14 @@ class Snapshot:
 
     lists: list[ListInfo]
     domains: DomainMatcher
-    regexes: dict[int, list[tuple[re.Pattern, int, int]]]  # list index → (pattern, line, flags)
+    regexes: dict[int, list[tuple[re.Pattern[str], int, int]]]  # list index → (pattern, line, flags)
     ips: dict[str, tuple[int, int]]  # address → (list index, line)
-    urls: object | None = None  # match.url.UrlPrefixMatcher
-    urlhashes: object | None = None  # match.urlhash.UrlHashSet
-    images: object | None = None  # match.imagehash.ImageHashIndex
+    urls: UrlPrefixMatcher | None = None
+    urlhashes: UrlHashSet | None = None
+    images: ImageHashIndex | None = None
     built_at: float = field(default_factory=time.time)
-    raw: dict = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
-    image_items: dict = field(default_factory=dict)  # image record → item id from the hash list
+    raw: dict[str, list[Any]] = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
+    image_items: dict[int, str] = field(default_factory=dict)  # image record → item id from the hash list
 
     def by_id(self, list_id: str) -> ListInfo | None:
         return next((li for li in self.lists if li.id == list_id), None)
@@ -85,11 +95,11 @@ class _Collected:
 
     def __init__(self) -> None:
         self.domains: list[tuple[str, int, int, int]] = []
-        self.regexes: dict[int, list[tuple[re.Pattern, int, int]]] = {}
+        self.regexes: dict[int, list[tuple[re.Pattern[str], int, int]]] = {}
         self.ips: dict[str, tuple[int, int]] = {}
         self.urls: list[tuple[str, int]] = []
         self.urlhashes: list[tuple[str, int]] = []
-        self.images: list[tuple[str, str, int]] = []
+        self.images: list[tuple[str, str | None, int]] = []  # (kind:hash, item id, record)
 
     def merge(self, other: _Collected) -> None:
         """Add what one list yielded (an address keeps the first list that named it)."""
@@ -128,6 +138,7 @@ def _check_source(src: ListSource, seen_ids: set[str]) -> None:
 
 def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
     """Parse one source: its ListInfo and what it yielded; ListError when it yields nothing."""
+    assert src.path is not None  # _check_source refused a source without a local file
     info = ListInfo(src, idx, version=src.version)
     stats: dict[str, ParseStats] = {}
     batch = _Collected()
@@ -183,7 +194,10 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Sna
 
 
 def _attach_url_and_image_matchers(
-    snap: Snapshot, url_entries: list, urlhash_entries: list, image_entries: list
+    snap: Snapshot,
+    url_entries: list[tuple[str, int]],
+    urlhash_entries: list[tuple[str, int]],
+    image_entries: list[tuple[str, str | None, int]],
 ) -> None:
     """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
     snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}

@@ -40,7 +40,7 @@ log = logging.getLogger("filterproxy.lists")
 KEEP_SNAPSHOTS = 3
 
 
-def _file_stamps(path: str) -> list:
+def _file_stamps(path: str) -> list[tuple[str | int, ...]]:
     if os.path.isdir(path):
         return [
             (n, *_stat(os.path.join(path, n)))
@@ -60,6 +60,7 @@ def fingerprint(sources: list[ListSource]) -> str:
     format change compiles a new folder instead of failing on the old one)."""
     h = hashlib.sha256(f"format {SNAPSHOT_FORMAT}".encode())
     for s in sources:
+        assert s.path is not None, f"list {s.id} has no local file"  # available_sources() keeps only those with one
         h.update(
             json.dumps(
                 [

@@ -50,13 +50,16 @@ import os
 import struct
 from array import array
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import marisa_trie
 
 from filterproxy.lists.parsers import ALLOW, EXACT, SUBS
 
-_NONE: list = []  # shared empty result (callers never mutate results)
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+_NONE: list[DomainMatch] = []  # shared empty result (callers never mutate results)
 _OVERFLOW = 0x80  # flag bit in a record: more records in the overflow dict
 # One 7-byte record per name, indexed by trie key id: list index, source line, flags (packed, little-endian).
 _RECORD = struct.Struct("<HIB")
@@ -85,7 +88,7 @@ def _key(name: str) -> str:
 class DomainMatcher:
     """Immutable name → records index; build with :meth:`build`, persist with :meth:`save`/:meth:`load`."""
 
-    def __init__(self, trie: marisa_trie.Trie, records, overflow: dict[int, list[tuple[int, int, int]]]):
+    def __init__(self, trie: marisa_trie.Trie, records: Buffer, overflow: dict[int, list[tuple[int, int, int]]]):
         """``records``: any bytes-like object (bytes, read-only mmap, uint8 array) of ``len(trie)`` packed
         7-byte records in key id order."""
         self._trie = trie
@@ -128,7 +131,8 @@ class DomainMatcher:
         for field, col in cols.items():
             rec[field] = np.frombuffer(col, dtype=dtype[field])[first]
         rec["flags"][list(overflow)] |= _OVERFLOW
-        return cls(trie, rec.view(np.uint8), overflow)
+        # .data is memoryview(array) (numpy's stubs type the buffer protocol only for Python >= 3.12)
+        return cls(trie, rec.view(np.uint8).data, overflow)
 
     def lookup(self, name: str) -> list[DomainMatch]:
         """Every rule whose name is ``name`` or a parent of it and whose semantics cover ``name``.

@@ -316,8 +316,9 @@ class UrlHashSet:
         self._full_rec = np.empty(0, dtype=np.int64)
         self._pfx = np.empty(0, dtype=np.uint32)
         self._pfx_rec = np.empty(0, dtype=np.int64)
-        self._full_view = memoryview(self._full_pfx)
-        self._pfx_view = memoryview(self._pfx)
+        # ndarray.data is memoryview(ndarray) (which numpy's stubs type only for Python >= 3.12)
+        self._full_view = self._full_pfx.data
+        self._pfx_view = self._pfx.data
         self._bitmap = b"\0"
         self._shift = 32
 
@@ -349,8 +350,8 @@ class UrlHashSet:
         prefixes = sorted(self._pending_prefix.items())
         self._pfx = np.fromiter((p for p, _ in prefixes), dtype=np.uint32, count=len(prefixes))
         self._pfx_rec = np.fromiter((r for _, r in prefixes), dtype=np.int64, count=len(prefixes))
-        self._full_view = memoryview(self._full_pfx)
-        self._pfx_view = memoryview(self._pfx)
+        self._full_view = self._full_pfx.data
+        self._pfx_view = self._pfx.data
         self._bitmap, self._shift = _prefix_bitmap(np.concatenate([self._full_pfx, self._pfx]))
         self._pending_full = self._pending_prefix = None
 

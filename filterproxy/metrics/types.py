@@ -147,7 +147,18 @@ class _Metric:
         return f"<{type(self).__name__} {self.name}{{{','.join(self.labelnames)}}}>"
 
 
-class Counter(_Metric):
+class _Sampled(_Metric):
+    """A metric with state of its own (every kind but :class:`Derived`): a per-process snapshot of it, and
+    the metric family of a (merged) snapshot."""
+
+    def snapshot(self) -> dict[tuple[str, ...], Any]:
+        raise NotImplementedError
+
+    def family(self, state: Mapping[tuple[str, ...], Any]) -> Metric:
+        raise NotImplementedError
+
+
+class Counter(_Sampled):
     """A labelled counter kept in a plain ``dict[tuple[str, ...], int]``.
 
     ``inc`` costs one dict lookup and one store. Label values are checked the first time a
@@ -202,7 +213,8 @@ class Counter(_Metric):
         alias = self._alias
         out: dict[tuple[str, ...], float] = {}
         for k, n in values.items():
-            f = alias.get(k, k)
+            a = alias.get(k)
+            f = k if a is None else a
             out[f] = out.get(f, 0) + n
         return out
 
@@ -222,7 +234,7 @@ class Counter(_Metric):
         return fam
 
 
-class Histogram(_Metric):
+class Histogram(_Sampled):
     """Fixed buckets in plain int lists: ``observe(value, *labelvalues)`` is one bisect and two adds."""
 
     kind = "histogram"
@@ -295,7 +307,7 @@ def _fmt_le(b: float) -> str:
     return repr(float(b)) if b != int(b) or abs(b) >= 1e15 else f"{float(b):.1f}"
 
 
-class Gauge(_Metric):
+class Gauge(_Sampled):
     """A labelled gauge: ``set(*labelvalues, value=...)``, ``inc``/``dec``, or a function read at scrape time.
 
     ``multiprocess_mode`` says how the values of several live processes combine: ``"mostrecent"``
@@ -321,7 +333,8 @@ class Gauge(_Metric):
             raise ValueError(f"{name}: multiprocess_mode must be one of {self.MODES}")
         super().__init__(name, documentation, labels, collector=collector)
         self.multiprocess_mode = multiprocess_mode
-        self._values: dict[tuple[str, ...], tuple[float, float]] = {}  # key → (value, time set)
+        # key → (value, time set); an Info's value is the tuple of its info label values
+        self._values: dict[tuple[str, ...], tuple[Any, float]] = {}
         self._function: Callable[[], Any] | None = None
 
     def set(self, *labelvalues: Any, value: float) -> None:
@@ -454,7 +467,10 @@ class Derived(_Metric):
 # --------------------------------------------------------------------------- collector
 
 # The family type each kind is described as (gauges, infos and derived values are all gauges).
-_DESCRIBE_FAMILY: dict[str, type[Metric]] = {"counter": CounterMetricFamily, "histogram": HistogramMetricFamily}
+_DESCRIBE_FAMILY: dict[str, type[CounterMetricFamily | HistogramMetricFamily]] = {
+    "counter": CounterMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
 
 
 class MetricsCollector(Collector):
@@ -470,7 +486,7 @@ class MetricsCollector(Collector):
         self.metrics[metric.name] = metric
 
     def local_state(self) -> dict[str, dict]:
-        return {name: m.snapshot() for name, m in self.metrics.items() if not isinstance(m, Derived)}
+        return {name: m.snapshot() for name, m in self.metrics.items() if isinstance(m, _Sampled)}
 
     def describe(self) -> Iterator[Metric]:
         for m in self.metrics.values():
@@ -485,7 +501,7 @@ class MetricsCollector(Collector):
         for name, m in self.metrics.items():
             if isinstance(m, Derived):
                 yield m.compute(state.get(m.source.name, {}), now)
-            else:
+            elif isinstance(m, _Sampled):
                 yield m.family(state.get(name, {}))
 
     def reset(self) -> None:

@@ -21,9 +21,9 @@ import logging
 import os
 import threading
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from filterproxy.clients import Client, ClientMap
 from filterproxy.lists.parsers import ALLOW
@@ -39,8 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("filterproxy.policy")
 
+# One piece of evidence: (list index, line, flags, rule text, hashed).
+_Match = tuple[int, int, int, str, bool]
+_V = TypeVar("_V")
 
-def _covering(names: dict, host: str, with_subdomains: Callable[[Any], bool]) -> str | None:
+
+def _covering(names: dict[str, _V], host: str, with_subdomains: Callable[[_V], bool]) -> str | None:
     """The entry of ``names`` that covers ``host``: the host itself, or a parent whose value says
     (``with_subdomains(value)``) that it covers subdomains. A policy's own lists are small dicts."""
     if not names:
@@ -50,6 +54,26 @@ def _covering(names: dict, host: str, with_subdomains: Callable[[Any], bool]) ->
         if value is not None and (depth == 0 or with_subdomains(value)):
             return name
     return None
+
+
+def _allow_covers_subdomains(sub: bool) -> bool:
+    """A policy ``allow`` value: does the name cover its subdomains?"""
+    return sub
+
+
+def _block_covers_subdomains(hit: tuple[bool, int]) -> bool:
+    """A policy ``block`` value (include subdomains, line): does the name cover its subdomains?"""
+    return hit[0]
+
+
+def _normalize(host: str) -> str:
+    """``host`` made canonical, or an IP literal as it is (brackets dropped, lower case)."""
+    try:
+        return normalize_host(host)
+    except NameError_:
+        if not is_ip(host):
+            raise
+        return host.strip("[]").lower()
 
 
 @dataclass(frozen=True)
@@ -161,39 +185,19 @@ class Engine:
             raise KeyError(f"unknown group {group!r}")
         pol = t.policy
         if not canonical:
-            try:
-                host = normalize_host(host)
-            except NameError_:
-                if not is_ip(host):
-                    raise
-                host = host.strip("[]").lower()
+            host = _normalize(host)
 
         matches = self._evidence(snap, t, host, url)
-
-        def verdict(reason: Reason, m: tuple, **kw: object) -> Verdict:
-            return self._block_verdict(snap, group, reason, m, explain, **kw)
 
         # 1. legal
         for m in matches:
             if m[0] in legal and not m[2] & ALLOW:
-                return verdict(Reason.LEGAL, m)
+                return self._block_verdict(snap, group, Reason.LEGAL, m, explain)
 
         # 2. allowlist (group names, then allow sources)
         allowed = self._allowlisted(pol, host)
-        if allowed is None:
-            for m in matches:
-                if m[0] in allow_src or (m[2] & ALLOW and snap.lists[m[0]].source.allow):
-                    info = snap.lists[m[0]]
-                    allowed = Verdict(
-                        Action.ALLOW,
-                        Reason.ALLOWLIST,
-                        group,
-                        category=info.category,
-                        list_id=info.id,
-                        rule=m[3],
-                        source=f"{self._file_for(info, m)}:{m[1]}",
-                    )
-                    break
+        if allowed is None and matches:
+            allowed = self._allow_source(snap, allow_src, matches, group)
         if allowed is not None:
             return self._safesearch(pol, host, group) or allowed
 
@@ -201,55 +205,71 @@ class Engine:
         excepted = {snap.lists[m[0]].category for m in matches if m[2] & ALLOW} if matches else ()
 
         # 3. schedules
-        local = self.localtime(at) if pol.schedules else None
+        if pol.schedules:
+            blocked = self._scheduled(snap, pol, matches, excepted, allow_src, at, group, explain)
+            if blocked is not None:
+                return blocked
+
+        # 4. categories, then the group's own block additions, then bypass canaries
+        for m in matches:
+            if m[0] in t.block_lists and not m[2] & ALLOW and snap.lists[m[0]].category not in excepted:
+                return self._block_verdict(snap, group, Reason.CATEGORY, m, explain)
+        blocked = self._own_block(pol, host, group)
+        if blocked is not None:
+            return blocked
+
+        # 5. SafeSearch, 6. default
+        return self._safesearch(pol, host, group) or t.default
+
+    def _allow_source(
+        self, snap: Snapshot, allow_src: frozenset[int], matches: list[_Match], group: str
+    ) -> Verdict | None:
+        """Step 2, after the group's own names: the first match from an allow source (or an allow rule in one)."""
+        for m in matches:
+            if m[0] in allow_src or (m[2] & ALLOW and snap.lists[m[0]].source.allow):
+                info = snap.lists[m[0]]
+                return Verdict(
+                    Action.ALLOW,
+                    Reason.ALLOWLIST,
+                    group,
+                    category=info.category,
+                    list_id=info.id,
+                    rule=m[3],
+                    source=f"{self._file_for(info, m)}:{m[1]}",
+                )
+        return None
+
+    def _scheduled(
+        self,
+        snap: Snapshot,
+        pol: Policy,
+        matches: list[_Match],
+        excepted: Container[str],
+        allow_src: frozenset[int],
+        at: dt.datetime | None,
+        group: str,
+        explain: bool,
+    ) -> Verdict | None:
+        """Step 3: the first active window that blocks a matched category, or blocks everything (``allow_only``)."""
+        local = self.localtime(at)
         for s in pol.schedules:
             if not s.active(local):
                 continue
             for m in matches:
                 cat = snap.lists[m[0]].category
                 if cat in s.block and not m[2] & ALLOW and cat not in excepted and m[0] not in allow_src:
-                    return verdict(Reason.SCHEDULE, m, schedule=s.name)
+                    return self._block_verdict(snap, group, Reason.SCHEDULE, m, explain, schedule=s.name)
             if s.allow_only:
                 return Verdict(
                     Action.BLOCK, Reason.SCHEDULE, group, category="schedule", schedule=s.name, rule="allow_only"
                 )
-
-        # 4. categories, then the group's own block additions, then bypass canaries
-        for m in matches:
-            if m[0] in t.block_lists and not m[2] & ALLOW and snap.lists[m[0]].category not in excepted:
-                return verdict(Reason.CATEGORY, m)
-        blocked = self._policy_block(pol, host)
-        if blocked is not None:
-            name, line = blocked
-            return Verdict(
-                Action.BLOCK,
-                Reason.BLOCKLIST,
-                group,
-                category="custom",
-                list_id=f"policy:{pol.id}",
-                rule=name,
-                source=f"{pol.file}:{line}",
-            )
-        if pol.bypass_defences and host in safesearch.BYPASS_CANARIES:
-            return Verdict(
-                Action.BLOCK,
-                Reason.BYPASS,
-                group,
-                category="bypass",
-                list_id="builtin:bypass",
-                rule=f"{host} → {safesearch.BYPASS_CANARIES[host]}",
-            )
-
-        # 5. SafeSearch, 6. default
-        return self._safesearch(pol, host, group) or t.default
+        return None
 
     # ------------------------------------------------------------------ helpers
-    def _evidence(
-        self, snap: Snapshot, t: _GroupTables, host: str, url: str | None
-    ) -> list[tuple[int, int, int, str, bool]]:
+    def _evidence(self, snap: Snapshot, t: _GroupTables, host: str, url: str | None) -> list[_Match]:
         """Every rule that matches, gathered once: domain rules, regexes, IP literal, URL rules.
         Each is (list index, line, flags, rule text, hashed)."""
-        matches: list[tuple[int, int, int, str, bool]] = []
+        matches: list[_Match] = []
         if is_ip(host):
             hit = snap.ips.get(host)
             if hit:
@@ -266,7 +286,7 @@ class Engine:
         return matches
 
     def _block_verdict(
-        self, snap: Snapshot, group: str, reason: Reason, m: tuple, explain: bool, **kw: object
+        self, snap: Snapshot, group: str, reason: Reason, m: _Match, explain: bool, schedule: str | None = None
     ) -> Verdict:
         """A block verdict naming the list, rule and source line of match ``m``."""
         info = snap.lists[m[0]]
@@ -286,12 +306,12 @@ class Engine:
             source=f"{file}:{m[1]}" if file else None,
             legal=src.is_legal,
             hashed=src.hashed,
-            **kw,
+            schedule=schedule,
         )
 
     @staticmethod
     def _allowlisted(pol: Policy, host: str) -> Verdict | None:
-        name = _covering(pol.allow, host, lambda sub: sub)
+        name = _covering(pol.allow, host, _allow_covers_subdomains)
         if name is None:
             return None
         return Verdict(
@@ -304,9 +324,29 @@ class Engine:
         )
 
     @staticmethod
-    def _policy_block(pol: Policy, host: str) -> tuple[str, int] | None:
-        name = _covering(pol.block, host, lambda hit: hit[0])
-        return None if name is None else (name, pol.block[name][1])
+    def _own_block(pol: Policy, host: str, group: str) -> Verdict | None:
+        """Step 4, after the categories: the group's own ``block`` additions, then the bypass canaries."""
+        name = _covering(pol.block, host, _block_covers_subdomains)
+        if name is not None:
+            return Verdict(
+                Action.BLOCK,
+                Reason.BLOCKLIST,
+                group,
+                category="custom",
+                list_id=f"policy:{pol.id}",
+                rule=name,
+                source=f"{pol.file}:{pol.block[name][1]}",
+            )
+        if pol.bypass_defences and host in safesearch.BYPASS_CANARIES:
+            return Verdict(
+                Action.BLOCK,
+                Reason.BYPASS,
+                group,
+                category="bypass",
+                list_id="builtin:bypass",
+                rule=f"{host} → {safesearch.BYPASS_CANARIES[host]}",
+            )
+        return None
 
     @staticmethod
     def _safesearch(pol: Policy, host: str, group: str) -> Verdict | None:
@@ -326,8 +366,8 @@ class Engine:
         )
 
     @staticmethod
-    def _url_matches(snap: Snapshot, host: str, url: str) -> list[tuple[int, int, int, str, bool]]:
-        out: list[tuple[int, int, int, str, bool]] = []
+    def _url_matches(snap: Snapshot, host: str, url: str) -> list[_Match]:
+        out: list[_Match] = []
         if snap.urls is not None:
             from urllib.parse import urlsplit
 
@@ -341,15 +381,15 @@ class Engine:
                 li, line = unpack(rec)
                 out.append((li, line, 0, entry, False))
         if snap.urlhashes is not None:
-            hit = snap.urlhashes.lookup(url)
-            if hit:
-                expr, rec, _full = hit
+            hashed = snap.urlhashes.lookup(url)
+            if hashed:
+                expr, rec, _full = hashed
                 li, line = unpack(rec)
                 out.append((li, line, 0, expr, True))
         return out
 
     @staticmethod
-    def _file_for(info: ListInfo, m: tuple) -> str | None:
+    def _file_for(info: ListInfo, m: _Match) -> str | None:
         files = info.files
         if not files:
             return None

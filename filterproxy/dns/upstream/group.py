@@ -60,8 +60,10 @@ class _Failover:
 
     def on_reply(self, reply: bytes | None, exc: BaseException | None) -> None:
         u = self.u
+        assert u is not None  # next() set it before the attempt
         exc = judge(u, self.t0, reply, exc)
         if exc is None:
+            assert reply is not None  # judge() passes only replies
             self.sink.ok(reply, u.name)
             return
         self.last = f"{u.name}: {exc}"
@@ -131,6 +133,7 @@ class UpstreamGroup:
                 if done[0]:
                     return
                 if error is None:
+                    assert value is not None  # judge() passes only replies
                     done[0] = True
                     sink.ok(value, u.name)
                     return

@@ -113,6 +113,7 @@ def judge(u: Upstream, t0: float, reply: bytes | None, exc: BaseException | None
     now = time.monotonic()
     metrics.DNS_UPSTREAM_DURATION.observe(now - t0, u.name)
     if exc is None:
+        assert reply is not None  # an attempt ends in cb(reply, None) or cb(None, error)
         if len(reply) < 12:
             exc = UpstreamError("protocol", "reply shorter than a header")
         else:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from filterproxy.dns.upstream.base import UpstreamError, question_matches
 from filterproxy.dns.upstream.health import Upstream
+
+if TYPE_CHECKING:  # at run time both are imported where first used
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
 
 
 class HttpsUpstream(Upstream):
@@ -16,13 +22,13 @@ class HttpsUpstream(Upstream):
     """
 
     proto = "doh"
-    _executor = None
+    _executor: ThreadPoolExecutor | None = None
 
     def __init__(self, url: str, name: str | None = None):
         super().__init__(name or url.replace("{?dns}", ""))
         self.get = "{?dns}" in url
         self.url = url.replace("{?dns}", "")
-        self._session = None
+        self._session: requests.Session | None = None
 
     def _post(self, body: bytes, timeout: float) -> bytes:
         import requests

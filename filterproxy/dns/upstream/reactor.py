@@ -171,7 +171,9 @@ class ThreadReactor:
         cb = token[1]
         if error is not None:
             cb(None, error)
-        elif value[2] & 0x02:  # truncated: the whole answer over TCP (RFC 7766), on the loop
+            return
+        assert value is not None  # a reply or an error, never neither
+        if value[2] & 0x02:  # truncated: the whole answer over TCP (RFC 7766), on the loop
             u, query, timeout = token[2], token[3], token[4]
             metrics.DNS_UPSTREAM_ERRORS.inc(u.name, "truncated")
             self.on_loop(u.tcp.exchange(query, timeout)).add(

@@ -126,13 +126,14 @@ class VerifiedBundle:
     names inside the archive in the second.
     """
 
-    manifest: dict
+    manifest: dict[str, Any]
     key_id: str
     directory: str | None = None
 
     @property
     def serial(self) -> int:
-        return self.manifest["serial"]
+        serial: int = self.manifest["serial"]  # parse_manifest checked it is a positive int
+        return serial
 
     @property
     def expires(self) -> datetime:
@@ -271,12 +272,12 @@ def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def manifest_bytes(manifest: dict) -> bytes:
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     """The canonical ``manifest.json`` encoding (sorted keys, UTF-8); verifiers check these exact bytes."""
     return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-def manifest_members(manifest: dict) -> dict[str, tuple[str, int]]:
+def manifest_members(manifest: dict[str, Any]) -> dict[str, tuple[str, int]]:
     """Every list member the (validated) manifest promises: member name -> (sha256, size)."""
     out: dict[str, tuple[str, int]] = {}
     for e in manifest["lists"]:
@@ -344,7 +345,7 @@ def _check_list_entry(where: str, e: Any, ids: set[str], paths: set[str]) -> Non
     paths.add(path)
 
 
-def parse_manifest(data: bytes) -> dict:
+def parse_manifest(data: bytes) -> dict[str, Any]:
     """Decode and validate ``manifest.json`` strictly (unknown keys could change a list's meaning)."""
     try:
         m = json.loads(data.decode("utf-8"))
@@ -374,7 +375,7 @@ def parse_manifest(data: bytes) -> dict:
     return m
 
 
-def check_fresh(manifest: dict, now: datetime | None, min_serial: int | None) -> None:
+def check_fresh(manifest: dict[str, Any], now: datetime | None, min_serial: int | None) -> None:
     """Raise :class:`Expired` past ``expires``, :class:`Rollback` for a serial <= ``min_serial``."""
     now_t = utc(now, "now") if now else datetime.now(UTC)
     expires = parse_time(manifest["expires"], "expires")
@@ -517,7 +518,7 @@ def _copy_member(reader: BundleReader, f: BinaryIO, name: str, extract_to: str |
     return digest.hexdigest()
 
 
-def _check_lists(reader: BundleReader, manifest: dict, extract_to: str | None) -> None:
+def _check_lists(reader: BundleReader, manifest: dict[str, Any], extract_to: str | None) -> None:
     """Stream every list member through SHA-256 against the (already trusted) manifest."""
     expected = manifest_members(manifest)
     seen: set[str] = set()

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from filterproxy.fsutil import atomic_write, fsync_dir
 from filterproxy.lists.bundle.format import (
@@ -57,7 +58,7 @@ def _locked(state_dir: str) -> Iterator[None]:
 # --- serials ------------------------------------------------------------------------------------
 
 
-def _read_state(state_dir: str) -> dict:
+def _read_state(state_dir: str) -> dict[str, Any]:
     path = os.path.join(state_dir, STATE_FILE)
     try:
         with open(path, encoding="utf-8") as f:

@@ -16,9 +16,9 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -171,7 +171,7 @@ def _expand_input(item: object) -> tuple[str, str, str, str]:
     return fmt, category, path, list_id
 
 
-def _expand_inputs(lists: list) -> list[tuple[str, str, str, str]]:
+def _expand_inputs(lists: Iterable[object]) -> list[tuple[str, str, str, str]]:
     """(fmt, category, path[, id]) items -> validated (fmt, category, path, id), sorted by id."""
     out = [_expand_input(item) for item in lists]
     seen: dict[str, str] = {}
@@ -223,10 +223,10 @@ def _stage_file(src: str, comments: tuple[str, ...] | None, dst_dir: str) -> tup
     return staged, digest.hexdigest(), size, entries
 
 
-def _stage_folder(src: str, entry: dict, staging: str, members: list[tuple[str, str, int]]) -> None:
+def _stage_folder(src: str, entry: dict[str, Any], staging: str, members: list[tuple[str, str, int]]) -> None:
     """Stage a UT1 category folder's :data:`UT1_FILES` (plain or .gz) as one list entry."""
     entry["path"] = f"lists/{entry['id']}"
-    files: dict[str, dict] = {}
+    files: dict[str, dict[str, Any]] = {}
     total = 0
     for name in UT1_FILES:
         for candidate in (os.path.join(src, name), os.path.join(src, name + ".gz")):
@@ -244,13 +244,13 @@ def _stage_folder(src: str, entry: dict, staging: str, members: list[tuple[str, 
 
 def _stage_list(
     fmt: str, category: str, src: str, list_id: str, staging: str
-) -> tuple[dict, list[tuple[str, str, int]]]:
+) -> tuple[dict[str, Any], list[tuple[str, str, int]]]:
     """Stage one list: its manifest entry and its (member name, staged file, size) members.
 
     A list that has no rule lines is refused: a list that reads as empty is a mistake upstream
     (a failed download, an error page), never something to ship to every gateway.
     """
-    entry: dict = {"id": list_id, "format": fmt, "category": category}
+    entry: dict[str, Any] = {"id": list_id, "format": fmt, "category": category}
     members: list[tuple[str, str, int]] = []
     if fmt in FOLDER_FORMATS:
         _stage_folder(src, entry, staging, members)
@@ -288,7 +288,7 @@ def build(
     publisher: str = "filterproxy",
     expires: datetime | None = None,
     created: datetime | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Write an unsigned bundle to ``out`` (atomically) and return its manifest.
 
     ``lists`` holds ``(format, category, path)`` tuples, optionally with a fourth element, the list
@@ -307,7 +307,7 @@ def build(
     items = _expand_inputs(lists)
     out_dir = os.path.dirname(os.path.abspath(out))
     with tempfile.TemporaryDirectory(prefix=".bundle-build-", dir=out_dir) as staging:
-        entries: list[dict] = []
+        entries: list[dict[str, Any]] = []
         members: list[tuple[str, str, int]] = []
         for fmt, category, path, list_id in items:
             entry, staged = _stage_list(fmt, category, path, list_id, staging)
@@ -375,7 +375,7 @@ def sign(key_path: str, bundle_path: str) -> None:
                 raise Tampered(ti.name, "not listed in the manifest, or listed twice")
             seen.add(ti.name)
             hashing = _HashingReader(f)
-            out.addfile(tarinfo(ti.name, ti.size), hashing)  # type: ignore[arg-type]
+            out.addfile(tarinfo(ti.name, ti.size), hashing)
             if (hashing.hexdigest(), ti.size) != expected[ti.name]:
                 raise Tampered(ti.name, "content differs from the manifest; rebuild the bundle")
         if seen != set(expected):

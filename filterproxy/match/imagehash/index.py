@@ -51,7 +51,8 @@ _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 def _popcount_table(a: np.ndarray) -> np.ndarray:
     """Bits set per element, for numpy 1.x (no ``np.bitwise_count``)."""
     a = np.ascontiguousarray(a)
-    return _POP8[a.view(np.uint8)].reshape(*a.shape, a.itemsize).sum(axis=-1, dtype=np.uint8)
+    counts: np.ndarray = _POP8[a.view(np.uint8)].reshape(*a.shape, a.itemsize).sum(axis=-1, dtype=np.uint8)
+    return counts
 
 
 _popcount: Callable[[np.ndarray], np.ndarray] = getattr(np, "bitwise_count", _popcount_table)
@@ -228,7 +229,7 @@ class ImageHashIndex:
 
     def __init__(self) -> None:
         # per kind: hashes added one by one (bytes + records) and the finished chunks, in insertion order
-        self._pending: dict[str, tuple[bytearray, array]] | None = {k: (bytearray(), array("q")) for k in KINDS}
+        self._pending: dict[str, tuple[bytearray, array[int]]] | None = {k: (bytearray(), array("q")) for k in KINDS}
         self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in KINDS}
         self._exact: dict[str, _ExactSet] = {}
         self._pdq: _PdqIndex | None = None
@@ -258,7 +259,7 @@ class ImageHashIndex:
         self._chunks[kind].append((d, r))
         self._count += len(d)
 
-    def _building(self, kind: str) -> tuple[str, tuple[bytearray, array]]:
+    def _building(self, kind: str) -> tuple[str, tuple[bytearray, array[int]]]:
         if self._pending is None:
             raise RuntimeError("ImageHashIndex is frozen; build a new one to change it")
         key = kind.lower() if isinstance(kind, str) else ""
