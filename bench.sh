@@ -3,6 +3,7 @@
 # .venv) and run one benchmark, or all. Extra arguments go to the benchmark script.
 #   ./bench.sh dns [--rounds 3]     filterproxy vs unbound vs dnsmasq (dnsperf), ~5 min
 #   ./bench.sh http                 addon vs bare mitmdump vs squid (wrk), ~6 min
+#   ./bench.sh reload               DNS under load while lists reload, vs no reloads, ~3 min
 #   ./bench.sh domains              the domain matcher, 1M names
 #   ./bench.sh imagehash            PDQ + exact hashes, 1M-hash search
 #   ./bench.sh all
@@ -12,14 +13,15 @@ what=${1:-all}
 [ $# -gt 0 ] && shift
 case "$what" in
   dns) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux" ;;
+  reload) pairs="dnsperf:dnsperf taskset:util-linux" ;;
   http) pairs="wrk:wrk nginx:nginx-light squid:squid" ;;
   domains|imagehash) pairs="" ;;
   all) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux wrk:wrk nginx:nginx-light squid:squid" ;;
-  *) echo "usage: $0 dns|http|domains|imagehash|all [benchmark options]" >&2; exit 2 ;;
+  *) echo "usage: $0 dns|http|reload|domains|imagehash|all [benchmark options]" >&2; exit 2 ;;
 esac
 bash scripts/apt-need.sh $pairs
 bash scripts/setup-venv.sh test
-for b in dns http domains imagehash; do
+for b in dns http reload domains imagehash; do
   if [ "$what" = all ] || [ "$what" = "$b" ]; then
     echo "== bench/bench_$b.py" >&2
     .venv/bin/python "bench/bench_$b.py" "$@"

@@ -295,10 +295,15 @@ class Runner:
         log.info("reload: rebuilding the list snapshot")
         try:
             snap = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: load_or_build(self.cfg, extra=bool(self.args.extra_list), strict=False)
+                None, lambda: load_or_build(self.cfg, extra=bool(self.args.extra_list), strict=False, refuse=True)
             )
             if not snap.lists and self.engine.snapshot.lists:
                 raise ValueError("the new snapshot has no lists at all")
+            if snap.folder is not None and snap.folder == self.engine.snapshot.folder:
+                # the same inputs as the snapshot being served: nothing to swap, no cache to drop
+                log.info("reload: lists unchanged (snapshot %s)", os.path.basename(snap.folder))
+                metrics.LISTS_RELOADS.inc("unchanged")
+                return True
             self.engine.swap(snap)
         except Exception as exc:
             metrics.LISTS_RELOADS.inc("failure")

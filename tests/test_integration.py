@@ -190,3 +190,25 @@ def test_prometheus_scrapes_blocked_counters(running, tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def _wait_for_log(proc, needle: str, count: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.output().count(needle) < count:
+        time.sleep(0.1)
+    assert proc.output().count(needle) >= count, proc.output()[-2000:]
+
+
+def test_reload_refuses_a_collapsed_list_and_skips_an_unchanged_one(running):
+    """SIGHUP applies the same last-good rule as 'lists update': a list overwritten with junk (1,000
+    entries → a handful) is refused with the reason, and the listed names stay blocked."""
+    proc, cfg, tmp = running
+    assert _ask(proc.port, "blocked500.example.").rcode() == dns.rcode.NXDOMAIN
+    reload = [sys.executable, "-m", "filterproxy", "lists", "reload", "--config", str(cfg)]
+    subprocess.run(reload, check=True, capture_output=True)
+    _wait_for_log(proc, "reload: lists unchanged", 1)
+    (tmp / "adult.txt").write_bytes(bytes(range(256)) * 40 + b"\nonly-this.example\n")
+    subprocess.run(reload, check=True, capture_output=True)
+    _wait_for_log(proc, "reload failed, keeping the current lists: list adult shrank from 1,000 to 1 entries", 1)
+    assert _ask(proc.port, "blocked500.example.").rcode() == dns.rcode.NXDOMAIN
+    assert _ask(proc.port, "only-this.example.").rcode() == dns.rcode.NOERROR

@@ -118,7 +118,7 @@ def test_update_keeps_last_good_on_bad_download_and_shrink(tmp_path, served, cap
     # a suspiciously small list (< 50% of the current entries) is refused too
     files["list.txt"] = b"only.example\n"
     assert commands.update(cfg) == 1
-    assert "fewer than 50%" in capsys.readouterr().err
+    assert "below 50%" in capsys.readouterr().err
     assert snapshot_cache.current_snapshot(cfg.server.state_dir) == good
     assert load_snapshot(snapshot_cache.current_snapshot(cfg.server.state_dir)).total_entries == 100
     # a sane update is taken

@@ -10,6 +10,7 @@ serving. Every command works on the state folder given by ``--state-dir`` (else 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from filterproxy.lists.guard import DEFAULT_MIN_RATIO, shrink_problem
 from filterproxy.lists.parsers import ListError, ParseStats, iter_entries
 from filterproxy.lists.snapshot import ListSource, load_snapshot
 from filterproxy.lists.snapshot_cache import (
@@ -35,8 +37,6 @@ if TYPE_CHECKING:
     from filterproxy.config.sources import Source
 
 log = logging.getLogger("filterproxy.lists")
-
-DEFAULT_MIN_RATIO = 0.5
 
 
 def _fetch_sources(cfg: Config) -> list[tuple[ListSource, Source]]:
@@ -107,7 +107,12 @@ def _update_lists(cfg: Config, cache: str) -> int:
         local = src.local_path(cfg.server.state_dir)
         if res.path and local and os.path.abspath(res.path) != os.path.abspath(local):
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            shutil.copyfile(res.path, local)
+            try:
+                shutil.copyfile(res.path, local)
+            except OSError as exc:
+                failures += 1
+                why = f"no space left on {os.path.dirname(local)}" if exc.errno == errno.ENOSPC else str(exc)
+                print(f"{src.id}: cannot copy into place, keeping the previous copy: {why}", file=sys.stderr)
     return failures
 
 
@@ -116,23 +121,23 @@ def _swap_snapshot(cfg: Config, min_ratio: float) -> bool:
     root = snapshots_dir(cfg.server.state_dir)
     prev = current_snapshot(cfg.server.state_dir)
     try:
-        prev_entries = load_snapshot(prev).total_entries if prev else 0
+        last_good = load_snapshot(prev) if prev else None
     except ListError as exc:  # e.g. an older snapshot format: nothing to compare the new one with
         print(f"filterproxy lists update: current snapshot unreadable, not comparing sizes: {exc}", file=sys.stderr)
-        prev_entries = 0
+        last_good = None
     try:
         folder = compile_snapshot(available_sources(cfg), root)
     except ListError as exc:
         print(f"filterproxy lists update: new snapshot refused, keeping the last good one: {exc}", file=sys.stderr)
         return False
     snap = load_snapshot(folder)
-    if prev and prev_entries and snap.total_entries < min_ratio * prev_entries:
+    why = shrink_problem(last_good, snap, min_ratio) if last_good is not None else None
+    if why and prev and os.path.realpath(prev) != os.path.realpath(folder):
         print(
-            f"filterproxy lists update: new snapshot has {snap.total_entries:,} entries, fewer than "
-            f"{min_ratio:.0%} of the current {prev_entries:,}: refused, keeping the last good one",
+            f"filterproxy lists update: {why}: refused, keeping the last good one "
+            f"(--min-ratio 0 accepts it if the change is intended)",
             file=sys.stderr,
         )
-        shutil.rmtree(folder, ignore_errors=True)
         return False
     mark_current(root, folder)
     print(f"snapshot {os.path.basename(folder)}: {len(snap.lists)} lists, {snap.total_entries:,} entries")

@@ -19,6 +19,7 @@ as ``<id>.tar.gz`` without decompression. The catalogue itself is parsed by :mod
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -268,6 +269,8 @@ def fetch(
             except _Failed as exc:
                 return result("failed", str(exc))
             except OSError as exc:  # cache directory problems: disk full, permissions
+                if exc.errno == errno.ENOSPC:
+                    return result("failed", f"no space left on {os.path.dirname(data_path) or '.'}")
                 return result("failed", f"{type(exc).__name__}: {exc}")
             try:
                 _write_json_atomic(meta_path, new_meta)

@@ -69,6 +69,7 @@ class Snapshot:
     built_at: float = field(default_factory=time.time)
     raw: dict[str, list[Any]] = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
     image_items: dict[int, str] = field(default_factory=dict)  # image record → item id from the hash list
+    folder: str | None = None  # the cached folder it was mapped from (its name is the inputs' fingerprint)
 
     def by_id(self, list_id: str) -> ListInfo | None:
         return next((li for li in self.lists if li.id == list_id), None)
@@ -328,6 +329,8 @@ def load_snapshot(directory: str) -> Snapshot:
         )
         lists.append(info)
     regexes = {int(i): [(re.compile(p), line, flags) for p, line, flags in v] for i, v in extra["regexes"].items()}
-    snap = Snapshot(lists, domains, regexes, extra["ips"], built_at=meta["built_at"])
+    snap = Snapshot(
+        lists, domains, regexes, extra["ips"], built_at=meta["built_at"], folder=os.path.realpath(directory)
+    )
     _attach_url_and_image_matchers(snap, extra["urls"], extra["urlhashes"], extra["images"])
     return snap

@@ -9,6 +9,8 @@ then renamed into place; ``current`` points at the last snapshot that was served
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -21,6 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from filterproxy.fsutil import fsync_dir
+from filterproxy.lists.guard import DEFAULT_MIN_RATIO, SnapshotRefused, shrink_problem
 from filterproxy.lists.parsers import ListError
 from filterproxy.lists.snapshot import (
     SNAPSHOT_FORMAT,
@@ -40,24 +43,41 @@ log = logging.getLogger("filterproxy.lists")
 KEEP_SNAPSHOTS = 3
 
 
-def _file_stamps(path: str) -> list[tuple[str | int, ...]]:
+def _file_digests(path: str) -> list[tuple[str, str]]:
+    """(name, content digest) of a list file, or of each file in a list folder."""
     if os.path.isdir(path):
         return [
-            (n, *_stat(os.path.join(path, n)))
+            (n, _digest(os.path.join(path, n)))
             for n in sorted(os.listdir(path))
             if os.path.isfile(os.path.join(path, n))
         ]
-    return [_stat(path)]
+    return [("", _digest(path))]
 
 
-def _stat(path: str) -> tuple[int, int]:
+# (path, inode, size, mtime_ns) -> sha256: a file is read once per process while it is unchanged
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _digest(path: str) -> str:
     st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    d = _DIGESTS.get(key)
+    if d is None:
+        with open(path, "rb") as f:
+            d = hashlib.file_digest(f, "sha256").hexdigest()
+        if len(_DIGESTS) > 4096:
+            _DIGESTS.clear()
+        _DIGESTS[key] = d
+    return d
 
 
 def fingerprint(sources: list[ListSource]) -> str:
-    """Stable id of a set of sources and the exact files behind them, in this snapshot format (so a
-    format change compiles a new folder instead of failing on the old one)."""
+    """Stable id of a set of sources and the exact content behind them, in this snapshot format (so a
+    format change compiles a new folder instead of failing on the old one).
+
+    By content, not by modification time: a reload back to a version compiled before (a list restored
+    from a backup, a download that brought back yesterday's file) maps the cached folder in
+    milliseconds instead of compiling again."""
     h = hashlib.sha256(f"format {SNAPSHOT_FORMAT}".encode())
     for s in sources:
         assert s.path is not None, f"list {s.id} has no local file"  # available_sources() keeps only those with one
@@ -72,7 +92,7 @@ def fingerprint(sources: list[ListSource]) -> str:
                     s.allow,
                     s.legal,
                     s.hashed,
-                    _file_stamps(s.path),
+                    _file_digests(s.path),
                 ],
                 sort_keys=True,
             ).encode()
@@ -85,27 +105,23 @@ def snapshots_dir(state_dir: str) -> str:
 
 
 def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool = False) -> str:
-    """Compile ``sources`` into ``root/<fingerprint>`` (if not there yet); returns the folder."""
+    """Compile ``sources`` into ``root/<fingerprint>`` (if not there yet); returns the folder.
+
+    A folder left without its ``meta.json`` (a compile that was killed) is compiled again, and says so."""
     fp = fingerprint(sources)
     final = os.path.join(root, fp)
     if os.path.exists(os.path.join(final, "meta.json")):
         return final
+    if os.path.isdir(final):
+        log.warning("snapshot %s is incomplete (no meta.json): compiling it again", final)
+        shutil.rmtree(final, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{fp}-", dir=root)
     try:
         if in_process:
-            save_snapshot(build_snapshot(sources, strict=True), tmp)
+            _save_built(sources, tmp)
         else:
-            spec = json.dumps([s.__dict__ for s in sources])
-            r = subprocess.run(
-                [sys.executable, "-m", "filterproxy.lists.snapshot_cache", tmp],
-                input=spec,
-                text=True,
-                capture_output=True,
-            )
-            if r.returncode != 0:
-                msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
-                raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
+            _compile_in_child(sources, tmp)
         try:
             os.rename(tmp, final)
         except OSError:  # another process compiled the same inputs first: use theirs
@@ -115,6 +131,42 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         raise
     _prune(root, keep_also=final)
     return final
+
+
+def _compile_in_child(sources: list[ListSource], out: str) -> None:
+    spec = json.dumps([s.__dict__ for s in sources])
+    r = subprocess.run(
+        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out],
+        input=spec,
+        text=True,
+        capture_output=True,
+    )
+    if r.returncode != 0:
+        msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
+
+
+def _save_built(sources: list[ListSource], out: str) -> None:
+    """Build and write a snapshot; a full disk is reported as such, naming the folder (the index
+    library's own message for it is an opaque I/O error)."""
+    snap = build_snapshot(sources, strict=True)
+    try:
+        save_snapshot(snap, out)
+    except (OSError, RuntimeError) as exc:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or _nearly_full(out):
+            free = shutil.disk_usage(out).free
+            raise ListError(
+                f"no space left on {os.path.dirname(out)} ({free:,} bytes free) while writing the compiled "
+                f"lists: free some space, the last good lists keep serving"
+            ) from None
+        raise
+
+
+def _nearly_full(path: str, need: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(path).free < need
+    except OSError:
+        return False
 
 
 def _prune(root: str, keep_also: str, limit: int = 8) -> None:
@@ -206,10 +258,22 @@ def available_sources(cfg: Config) -> list[ListSource]:
     return present
 
 
-def load_or_build(cfg: Config, *, extra: bool = False, strict: bool = False, in_process: bool = False) -> Snapshot:
+def load_or_build(
+    cfg: Config,
+    *,
+    extra: bool = False,
+    strict: bool = False,
+    in_process: bool = False,
+    refuse: bool = False,
+    min_ratio: float = DEFAULT_MIN_RATIO,
+) -> Snapshot:
     """The snapshot to serve for ``cfg``: memory-mapped from the state folder when its inputs are
     unchanged, otherwise compiled (in a child process) and cached. When the state folder is not
-    writable, the snapshot is built in memory."""
+    writable, the snapshot is built in memory.
+
+    The last-good rule (:mod:`filterproxy.lists.guard`): a new snapshot in which a list collapsed is
+    not served. ``refuse`` raises :class:`SnapshotRefused` (a reload keeps what it serves); otherwise
+    the last good snapshot is served instead (start-up), with the reason logged."""
     sources = available_sources(cfg)
     root = snapshots_dir(cfg.server.state_dir)
     try:
@@ -221,20 +285,58 @@ def load_or_build(cfg: Config, *, extra: bool = False, strict: bool = False, in_
         log.warning("state folder %s not writable: building lists in memory", root)
         return build_snapshot(sources, strict=True)
     t = time.perf_counter()
-    folder = compile_snapshot(sources, root, in_process=in_process)
-    snap = load_snapshot(folder)
-    if not extra:
+    folder, snap = _compile_and_load(sources, root, in_process)
+    last_good = _last_good(cfg.server.state_dir, folder)
+    why = shrink_problem(last_good[1], snap, min_ratio) if last_good else None
+    if why and last_good:
+        if refuse:
+            raise SnapshotRefused(why)
+        log.error(
+            "lists: %s; serving the last good snapshot %s instead (if the change is intended, run "
+            "'filterproxy lists update --min-ratio 0')",
+            why,
+            os.path.basename(last_good[0]),
+        )
+        folder, snap = last_good
+    elif not extra:
         mark_current(root, folder)
     log.info("lists ready: %d lists, %d entries (%.2f s)", len(snap.lists), snap.total_entries, time.perf_counter() - t)
     return snap
 
 
+def _compile_and_load(sources: list[ListSource], root: str, in_process: bool) -> tuple[str, Snapshot]:
+    """Compile (or find) and map a snapshot; a cached folder that no longer reads is compiled again,
+    and the log says so."""
+    folder = compile_snapshot(sources, root, in_process=in_process)
+    try:
+        return folder, load_snapshot(folder)
+    except ListError as exc:
+        log.warning("lists: cached snapshot is corrupt, compiling it again: %s", exc)
+        shutil.rmtree(folder, ignore_errors=True)
+    folder = compile_snapshot(sources, root, in_process=in_process)
+    return folder, load_snapshot(folder)
+
+
+def _last_good(state_dir: str, new_folder: str) -> tuple[str, Snapshot] | None:
+    """The ``current`` snapshot when it is another folder than the new one and still reads."""
+    cur = current_snapshot(state_dir)
+    if not cur or os.path.realpath(cur) == os.path.realpath(new_folder):
+        return None
+    try:
+        return cur, load_snapshot(cur)
+    except ListError as exc:
+        log.warning("lists: the last good snapshot no longer reads, nothing to compare with: %s", exc)
+        return None
+
+
 def _child_main() -> None:
     """``python -m filterproxy.lists.snapshot_cache OUT`` with the sources as JSON on stdin."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(OSError):  # the compile yields the CPU to the serving threads it runs beside
+        os.nice(10)
     sources = [ListSource(**d) for d in json.load(sys.stdin)]
     try:
-        save_snapshot(build_snapshot(sources, strict=True), sys.argv[1])
+        _save_built(sources, sys.argv[1])
     except ListError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)
