@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     a = (work / "blocklist.txt").read_text().split()
     b = a[: len(a) - len(a) // 100] + [f"v2-{i}.reload.bench" for i in range(len(a) // 100)]
     versions = {"A": a, "B": b}
+    shutil.rmtree(work / "state", ignore_errors=True)  # no snapshot from an earlier run: version B compiles
     up_port = free_port()
     upstream = start_upstream(up_port, args.load_core)
     port, mport = free_port(), free_port()
