@@ -73,6 +73,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from filterproxy.clients import Client
+    from filterproxy.names import canonical_ip
 
     cfg, engine = load_engine(args.config, args.extra_list, args.client_group, strict_lists=False)
     at = _parse_at(args.at)
@@ -93,6 +94,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for item in items:
         try:
             host, url = split_input(item)
+            address = canonical_ip(host)  # an IP literal as a browser reads it: 0x7f.1 → 127.0.0.1
             v = engine.decide(client, host, url, at, group=group, explain=True)
         except (CliError, ValueError) as exc:
             status = 1
@@ -121,6 +123,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         else:
             print(f"{item}: {v.action.value.upper()} for group {v.group} ({how}) — reason: {v.reason.value}")
             for label, val in (
+                ("address", address if address != host else None),
                 ("category", v.category),
                 ("list", v.list_id),
                 ("rule", v.rule),

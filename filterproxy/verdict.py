@@ -28,6 +28,7 @@ class Reason(str, enum.Enum):
     CATEGORY = "category"  # a list of a category the group blocks
     BLOCKLIST = "blocklist"  # the group's own block additions
     BYPASS = "bypass"  # built-in bypass defences (DoH canary, Private Relay, DDR)
+    IP_LITERAL = "ip-literal"  # the proxy was asked for an IP address, not a name (block_ip_literals)
     SAFESEARCH = "safesearch"  # search engine rewritten to its safe variant
     DEFAULT = "default"  # nothing matched
     UNKNOWN_CLIENT = "unknown-client"  # client outside every configured network

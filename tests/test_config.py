@@ -112,6 +112,9 @@ P_OK = {"g": "name: G\nblock_categories: [adult]\n"}
         ("clients:\n  - {cidr: 10.0.0.0/8, group: nope}\n", P_OK, 2, "unknown group"),
         ("timezone: Mars/Olympus\n", P_OK, 1, "unknown time zone"),
         ("cache:\n  size: 100\n  sweep_interval: 0\n", P_OK, 3, "'cache.sweep_interval' must be at least 1"),
+        ("http:\n  header_timeout: -1\n", P_OK, 2, "'http.header_timeout' must be a non-negative number"),
+        ("http:\n  header_timeout: .nan\n", P_OK, 2, "'http.header_timeout' must be a non-negative number"),
+        ("http:\n  header_timeout: soon\n", P_OK, 2, "'http.header_timeout' must be int or float"),
         ("", {"g": "name: G\nblock_categories: [adlt]\n"}, None, "unknown category 'adlt'"),
         (
             "",

@@ -51,6 +51,7 @@ EXPECTED_METRICS = {
     "filterproxy_http_blocked_total": ("counter", ("group", "category")),
     "filterproxy_http_errors_total": ("counter", ("hook",)),
     "filterproxy_http_safesearch_rewrites_total": ("counter", ("group", "engine")),
+    "filterproxy_http_slow_clients_total": ("counter", ()),
     "filterproxy_lists_entries": ("gauge", ("list", "category")),
     "filterproxy_lists_info": ("gauge", ("list", "version")),
     "filterproxy_lists_last_success_timestamp_seconds": ("gauge", ("list",)),

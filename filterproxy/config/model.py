@@ -81,6 +81,7 @@ class HttpConfig:
     max_image_bytes: int = 8 * 1024 * 1024
     image_hashing: bool = True
     pdq_max_distance: int = 31
+    header_timeout: float = 30.0  # seconds a client connection gets to send each request head; 0 = off
 
 
 @dataclass

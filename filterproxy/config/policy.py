@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
-from filterproxy.config.loader import Section
-from filterproxy.names import NameError_, normalize_host
+from filterproxy.config.loader import Section, where_item
+from filterproxy.names import NameError_, canonical_host, normalize_host
 from filterproxy.policy.model import BLOCK_MODES, DAYS, SAFESEARCH_LEVELS, TONES, Policy, Schedule
 from filterproxy.vocabulary import KNOWN_CATEGORIES, LANGUAGES, ConfigError
 
@@ -34,10 +35,31 @@ def _names(sec: Section, key: str) -> dict[str, tuple[bool, int]]:
         if s.startswith("*."):
             s = s[2:]
         try:
-            out[normalize_host(s)] = (not exact, line)
+            out[canonical_host(s)] = (not exact, line)  # an IP literal too (an admin may allow a printer's address)
         except NameError_ as exc:
-            raise ConfigError(f"{sec.file}:{line}: {key}: {exc} (expected a domain name)") from None
+            raise ConfigError(f"{sec.file}:{line}: {key}: {exc} (expected a domain name or an IP address)") from None
     return out
+
+
+def _ip_literals(sec: Section, p: Policy) -> None:
+    """``block_ip_literals`` (default: on, unless the tone is ``adult``) and ``ip_literal_exempt`` (CIDRs)."""
+    p.block_ip_literals = sec.get("block_ip_literals", None, types=(bool,))
+    p.ip_literals_source = sec.where("tone" if p.block_ip_literals is None else "block_ip_literals")
+    raw = sec.get("ip_literal_exempt", None, types=(list,))
+    if raw is None:
+        return
+    nets = []
+    for i, item in enumerate(raw):
+        try:
+            if not isinstance(item, str):
+                raise ValueError(item)
+            nets.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"{where_item(raw, i, sec.file)}: 'policy {p.id}.ip_literal_exempt' has invalid network {item!r} "
+                "(expected a CIDR like 192.168.0.0/16 or fd00::/8)"
+            ) from None
+    p.ip_literal_exempt = tuple(nets)
 
 
 def _localized_names(sec: Section, gid: str) -> dict[str, str]:
@@ -109,6 +131,7 @@ def parse_policy(raw: Any, gid: str, path: str) -> Policy:
     p.block_mode = sec.get("block_mode", "blockpage", choices=BLOCK_MODES)
     p.bypass_defences = sec.get("bypass_defences", True, types=(bool,))
     p.passthrough = [normalize_host(str(x)) for x in sec.get("passthrough", [], types=(list,))]
+    _ip_literals(sec, p)
     scheds = sec.get("schedules", [], types=(list,))
     for i, item in enumerate(scheds):
         p.schedules.append(_schedule(item, i, scheds.where(i) if hasattr(scheds, "where") else f"{path}:?"))

@@ -139,7 +139,13 @@ def parse_http(h: Section, path: str) -> HttpConfig:
         max_image_bytes=h.get("max_image_bytes", hd.max_image_bytes, types=(int,)),
         image_hashing=h.get("image_hashing", True, types=(bool,)),
         pdq_max_distance=h.get("pdq_max_distance", 31, types=(int,)),
+        header_timeout=float(h.get("header_timeout", hd.header_timeout, types=(int, float))),
     )
+    if not 0 <= http.header_timeout < float("inf"):  # also NaN
+        raise ConfigError(
+            f"{h.where('header_timeout')}: 'http.header_timeout' must be a non-negative number of seconds "
+            f"(0 = off), got {h.data['header_timeout']!r}"
+        )
     if http.users_file:
         http.users_file = resolve_path(path, http.users_file)
     h.done()

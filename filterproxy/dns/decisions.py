@@ -25,8 +25,9 @@ class Decisions:
             m = self.memo.setdefault(group, {})
         v = m.get(name)
         if v is None:
-            # names from wire.policy_name (questions, CNAME targets) and addresses in their text form
-            v = self.engine.decide(None, name, group=group, canonical=True)
+            # names from wire.policy_name (questions, CNAME targets) and addresses in their text form; an
+            # answer's address is no IP literal a client typed: IP lists apply, block_ip_literals does not
+            v = self.engine.decide(None, name, group=group, canonical=True, ip_literals=False)
             if v.reason is not Reason.ERROR:  # errors are never remembered
                 if len(m) >= self.size:
                     m.clear()

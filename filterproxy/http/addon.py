@@ -11,6 +11,7 @@ asking in :mod:`~filterproxy.http.identity`, the proxy's own answers in :mod:`~f
 * ``requestheaders``: ambiguous ``Host`` → 400; host rules, URL rules and hashes on the full URL,
   SafeSearch rewrites, the block page. ``request`` decides again if the URL changed since.
 * ``responseheaders`` / ``response``: response checks (:meth:`FilterAddon.add_response_check`, images).
+* ``client_connected`` … ``client_disconnected``: request-head deadlines (:mod:`~filterproxy.http.header_timeout`).
 
 Every hook fails closed (see :mod:`~filterproxy.http.responses`).
 """
@@ -22,11 +23,12 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, http, tls
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import layer, server_hooks
 
 from filterproxy import metrics
 from filterproxy.clients import Client
 from filterproxy.http import responses, safesearch
+from filterproxy.http.header_timeout import HeaderDeadlines, close_client
 from filterproxy.http.identity import Conn, Identity
 from filterproxy.http.responses import KEY, ResponseCheck
 from filterproxy.http.state import HttpState, StateKeeper, declare_options, load_state, reload_all
@@ -63,6 +65,7 @@ class FilterAddon:
         self.identity = Identity()
         self._conns = self.identity.conns
         self.errors = responses.HookErrors()
+        self.heads = HeaderDeadlines(lambda: self.keeper.header_timeout, close_client, self.errors)
 
     @property
     def state(self) -> HttpState | None:
@@ -119,6 +122,7 @@ class FilterAddon:
 
     # ------------------------------------------------------------ HTTP requests
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable | None:
+        self.heads.head(flow, "requestheaders")
         try:
             res = self._on_request(flow)
         except Exception:
@@ -175,7 +179,8 @@ class FilterAddon:
             v = st.engine.decide(client, host, url, group=group)
             dest = req.host
             if v.action is not Action.BLOCK and dest != host and dest.lower() != host.lower():
-                v2 = st.engine.decide(client, dest, None, group=group)  # the address actually connected to
+                # the address actually connected to: IP lists apply, not block_ip_literals (the client named `host`)
+                v2 = st.engine.decide(client, dest, None, group=group, ip_literals=False)
                 if v2.action is Action.BLOCK:
                     v, host = v2, dest
         if v.action is Action.BLOCK:
@@ -200,6 +205,7 @@ class FilterAddon:
 
     # ------------------------------------------------------------ CONNECT and TLS
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable | None:
+        self.heads.head(flow, "http_connect")
         try:
             res = self._on_connect(flow)
         except Exception:
@@ -253,6 +259,7 @@ class FilterAddon:
                 self.identity.conn(data.context.client).error = True
             except Exception:
                 pass
+        self.heads.tls_clienthello(data)
 
     def _on_clienthello(self, data: tls.ClientHelloData) -> None:
         st = self._loaded()
@@ -297,6 +304,23 @@ class FilterAddon:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.identity.forget(client)
+        self.heads.forget(client)
+
+    # ------------------------------------------------------------ request-head deadlines (slow clients)
+    def client_connected(self, client: connection.Client) -> None:
+        self.heads.connected(client)
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        self.heads.next_layer(nextlayer)
+
+    def http_connected(self, flow: http.HTTPFlow) -> None:
+        self.heads.done(flow, "http_connected")
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        self.heads.done(flow, "http_connect_error")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.heads.done(flow, "error")
 
     # ------------------------------------------------------------ responses (hook point)
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -317,6 +341,7 @@ class FilterAddon:
 
     def response(self, flow: http.HTTPFlow) -> Awaitable | None:
         """Hook point for response checks (image hashing): a BLOCK verdict replaces the response."""
+        self.heads.done(flow, "response")
         if not self.response_checks:
             return None
         try:

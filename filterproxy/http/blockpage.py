@@ -90,6 +90,13 @@ _TEXT: dict[str, dict[str, str]] = {
             "Thiết bị này chưa được đăng ký với bộ lọc của mạng, nên chưa thể truy cập Internet. "
             "Hãy liên hệ người quản trị mạng."
         ),
+        "lead_ip": (
+            "{host} là một địa chỉ IP, không phải tên trang web, nên bộ lọc không biết đó là trang nào và đã chặn "
+            "để đảm bảo an toàn. Hãy mở trang bằng tên của nó (ví dụ: vi.wikipedia.org)."
+        ),
+        "child_lead_ip": (
+            "Trang này được mở bằng một dãy số thay vì tên trang, nên đã bị chặn. Em hãy gõ tên trang web nhé."
+        ),
         "category": "Danh mục: {category}",
         "schedule": "Danh mục này chỉ bị chặn trong khung giờ hiện tại ({schedule}).",
         "policy": "Chính sách áp dụng: {policy}.",
@@ -130,6 +137,14 @@ _TEXT: dict[str, dict[str, str]] = {
         "lead_unknown": (
             "This device is not registered with the network's filter, so it cannot use the Internet yet. "
             "Please contact the network administrator."
+        ),
+        "lead_ip": (
+            "{host} is an IP address, not a website's name, so the filter cannot tell which site it is and has "
+            "blocked it to be safe. Open the site by its name instead (for example: en.wikipedia.org)."
+        ),
+        "child_lead_ip": (
+            "This page was opened with a number instead of its name, so it has been blocked. "
+            "Please type the website's name instead."
         ),
         "category": "Category: {category}",
         "schedule": "This category is only blocked at this time of day ({schedule}).",
@@ -249,6 +264,10 @@ def _headline(t: Mapping[str, str], reason: Reason, host_html: str, *, legal: bo
         return t["heading"], t["lead_unknown"]
     if legal:
         return t["heading"], t["lead_legal"].format(host=host_html)
+    if reason is Reason.IP_LITERAL and child:  # an address, not a name: say so, in every tone
+        return t["child_heading"], t["child_lead_ip"]
+    if reason is Reason.IP_LITERAL:
+        return t["heading"], t["lead_ip"].format(host=host_html)
     if child:
         return t["child_heading"], t["child_lead"]
     return t["heading"], t["lead"].format(host=host_html)

@@ -230,6 +230,11 @@ class StateKeeper:
         self._deliver_stop: threading.Event | None = None
         _KEEPERS.add(self)
 
+    @property
+    def header_timeout(self) -> float:
+        """``http.header_timeout`` of the loaded configuration (0, no deadline, until one is loaded)."""
+        return self.state.config.http.header_timeout if self.state is not None else 0.0
+
     # ------------------------------------------------------------ options
     def configure(self, updated: set[str]) -> None:
         o = ctx.options

@@ -2,7 +2,9 @@
 
 :func:`target` reads the host the way mitmproxy's ``pretty_host``/``pretty_url`` do, in one pass over the
 headers (it runs on every request). :func:`host_problem` refuses requests that name their host
-ambiguously, so the name decided on is the name the origin serves.
+ambiguously, so the name decided on is the name the origin serves. An IP literal is read here, once, the
+way browsers read it (``http://0x7f.1/`` is ``127.0.0.1``, :func:`filterproxy.names.canonical_ip`); a host
+that ends in a number but is no address is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from mitmproxy import connection, http
 from mitmproxy.net.http import url as murl
 from mitmproxy.proxy import mode_specs
+
+from filterproxy.names import NameError_, canonical_ip
 
 _H2 = (b"HTTP/2.0", b"HTTP/3", b"HTTP/3.0")
 
@@ -49,10 +53,33 @@ def target(req: http.Request) -> tuple[str, str, bool]:
             port = murl.default_port(scheme) or d.port
     else:
         host, port = d.host, d.port
+    if ":" in host or host.rstrip(".").rpartition(".")[2][:1].isdigit():  # maybe an IP literal (names: no)
+        host = _address(host)
     shown = f"[{host}]" if ":" in host else host
     if murl.default_port(scheme) != port:
         shown = f"{shown}:{port}"
     return host, f"{scheme}://{shown}{d.path.decode('utf-8', 'surrogateescape')}", auth
+
+
+def _address(host: str) -> str:
+    """An IP literal's canonical address (``2130706433`` → ``127.0.0.1``); anything else as it is (a name,
+    or a host that is no valid address, which :func:`host_problem` refuses)."""
+    try:
+        return canonical_ip(host) or host
+    except NameError_:
+        return host
+
+
+def _bad_address(host: str) -> bool:
+    """A host that ends in a number but is no IP address (``256.0.0.1``, ``1.2.3.4.5``, ``0x1.08``): browsers
+    refuse such a URL, and the filter cannot tell which address it would reach."""
+    if ":" not in host and not host.rpartition(".")[2][:1].isdigit():
+        return False
+    try:
+        canonical_ip(host)
+    except NameError_:
+        return True
+    return False
 
 
 def _host_name(value: bytes) -> str:
@@ -87,9 +114,13 @@ def host_problem(req: http.Request, client: connection.Client, tunnel_host: str 
     hosts = [v for k, v in d.headers.fields if len(k) == 4 and k.lower() == b"host"]
     if len(hosts) > 1:
         return "more than one Host header"
+    if _bad_address(d.host.rstrip(".")) or (d.authority and _bad_address(_host_name(d.authority))):
+        return "the host is not a valid IP address"
     if not hosts:
         return None  # HTTP/1.0 or HTTP/2 without Host: decided on the target / :authority
     name = _host_name(hosts[0])
+    if _bad_address(name):
+        return "the Host header is not a valid IP address"
     if d.http_version in _H2:
         if d.authority and _host_name(d.authority) != name:
             return "the Host header disagrees with :authority"

@@ -66,6 +66,9 @@ HTTP_HOOK = LabelSet(
         "client_connected",
         "server_connect",
         "configure",
+        "next_layer",
+        "http_connected",
+        "http_connect_error",
     ),
     extra=8,
 )
@@ -173,6 +176,10 @@ HTTP_SAFESEARCH_REWRITES = Counter(
     "filterproxy_http_safesearch_rewrites_total",
     "Search requests rewritten to SafeSearch, by group and engine.",
     (("group", GROUP), ("engine", ENGINE)),
+)
+HTTP_SLOW_CLIENTS = Counter(
+    "filterproxy_http_slow_clients_total",
+    "Client connections closed for sending no complete request head within http.header_timeout.",
 )
 
 # ---- lists

@@ -9,13 +9,17 @@ Precedence, first that applies wins (tested in tests/test_engine.py):
 3. **schedule**  an active schedule window blocks the name's category (or everything, ``allow_only``)
 4. **category**  a list of a category the group blocks (minus that category's ``@@`` exceptions),
                  then the group's own ``block`` additions, then the built-in bypass canaries
-5. **safesearch** a search host is rewritten to its safe variant
-6. **default**   allow
+5. **ip-literal** the host is an IP address the client named (``http://203.0.113.7/``, CONNECT, no SNI) and
+                 the group has ``block_ip_literals``, outside its ``ip_literal_exempt`` networks (private,
+                 loopback, link-local by default). Not for the resolver: its addresses come from answers.
+6. **safesearch** a search host is rewritten to its safe variant
+7. **default**   allow
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import linecache
 import logging
 import os
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 from filterproxy.clients import Client, ClientMap
 from filterproxy.lists.parsers import ALLOW
 from filterproxy.lists.snapshot import unpack
-from filterproxy.names import NameError_, is_ip, normalize_host, self_and_parents
+from filterproxy.names import canonical_host, is_ip, self_and_parents
 from filterproxy.policy import safesearch
 from filterproxy.policy.model import Policy
 from filterproxy.verdict import Action, Reason, Verdict
@@ -67,13 +71,32 @@ def _block_covers_subdomains(hit: tuple[bool, int]) -> bool:
 
 
 def _normalize(host: str) -> str:
-    """``host`` made canonical, or an IP literal as it is (brackets dropped, lower case)."""
-    try:
-        return normalize_host(host)
-    except NameError_:
-        if not is_ip(host):
-            raise
-        return host.strip("[]").lower()
+    """``host`` made canonical: a name normalised, an IP literal read as browsers read it (``0x7f.1`` →
+    ``127.0.0.1``); NameError_ (→ an ``error`` block, fail closed) for a host that is neither."""
+    return canonical_host(host)
+
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _exempt(networks: tuple[_Network, ...], host: str) -> bool:
+    """Is the IP literal ``host`` inside one of ``networks`` (the group's ``ip_literal_exempt``)?"""
+    addr = ipaddress.ip_address(host)
+    return any(addr in net for net in networks)
+
+
+def _ip_literal_verdict(pol: Policy) -> Verdict | None:
+    """The group's block verdict for IP literals (one shared object), or None when it allows them."""
+    if not pol.ip_literals_blocked:
+        return None
+    return Verdict(
+        Action.BLOCK,
+        Reason.IP_LITERAL,
+        pol.id,
+        list_id=f"policy:{pol.id}",
+        rule="block_ip_literals: true" if pol.block_ip_literals else f"block_ip_literals (default for tone {pol.tone})",
+        source=pol.ip_literals_source or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,8 @@ class _GroupTables:
     block_lists: frozenset[int]  # lists whose category the group always blocks
     regex_lists: tuple[int, ...]  # lists with regexes that can matter for this group
     default: Verdict  # "nothing matched": one shared object (verdicts are frozen)
+    ip_literal: Verdict | None = None  # the block for a host that is an IP literal (None: allowed)
+    ip_exempt: tuple[_Network, ...] = ()  # networks the group may still open by address
 
 
 class Engine:
@@ -111,7 +136,9 @@ class Engine:
             rx = tuple(
                 i for i in snapshot.regexes if i in legal or i in allow_src or snapshot.lists[i].category in cats
             )
-            groups[gid] = _GroupTables(pol, blk, rx, Verdict(Action.ALLOW, Reason.DEFAULT, gid))
+            exempt = tuple(ipaddress.ip_network(n) for n in pol.ip_literal_exempt)
+            default = Verdict(Action.ALLOW, Reason.DEFAULT, gid)
+            groups[gid] = _GroupTables(pol, blk, rx, default, _ip_literal_verdict(pol), exempt)
         with self._lock:
             self._state = (snapshot, groups, legal, allow_src)
 
@@ -151,6 +178,7 @@ class Engine:
         group: str | None = None,
         explain: bool = False,
         canonical: bool = False,
+        ip_literals: bool = True,
     ) -> Verdict:
         """The verdict for ``client`` asking for ``host`` (and ``url`` on the HTTP path) at time ``at``.
 
@@ -158,9 +186,11 @@ class Engine:
         here, unless ``canonical`` says it already is (the DNS path's names come out of
         ``wire.policy_name``, which admits only what normalisation returns unchanged; ~1.4 µs a name).
         ``group`` skips the client look-up. ``explain`` fills the rule text from the source file.
+        ``ip_literals=False`` when ``host`` is an address the client did not name (a DNS answer's, the
+        destination of a transparent connection): IP lists apply to it, ``block_ip_literals`` does not.
         """
         try:
-            return self._decide(client, host, url, at, group, explain, canonical)
+            return self._decide(client, host, url, at, group, explain, canonical, ip_literals)
         except Exception:  # fail closed, on purpose (CONTRIBUTING.md rule 3)
             log.exception("decision failed for %r; blocking", host)
             return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
@@ -174,6 +204,7 @@ class Engine:
         group: str | None,
         explain: bool,
         canonical: bool = False,
+        ip_literals: bool = True,
     ) -> Verdict:
         snap, tables, legal, allow_src = self._state
         if group is None:
@@ -218,7 +249,11 @@ class Engine:
         if blocked is not None:
             return blocked
 
-        # 5. SafeSearch, 6. default
+        # 5. IP literals the client named, outside the group's exempt (private) networks
+        if ip_literals and t.ip_literal is not None and is_ip(host) and not _exempt(t.ip_exempt, host):
+            return t.ip_literal
+
+        # 6. SafeSearch, 7. default
         return self._safesearch(pol, host, group) or t.default
 
     def _allow_source(

@@ -1,5 +1,5 @@
 """Age-group policy as plain data: blocked categories, allow/block additions, SafeSearch, schedules, bypass
-defences. Parsing a policy file into these objects is :mod:`filterproxy.config.policy`."""
+defences, IP literals. Parsing a policy file into these objects is :mod:`filterproxy.config.policy`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SAFESEARCH_LEVELS = ("off", "moderate", "strict")
 BLOCK_MODES = ("blockpage", "nxdomain", "null")
 TONES = ("child", "teen", "adult")
+# Addresses a group may still open by IP literal when ``block_ip_literals`` is on (the school intranet, the
+# home router, this machine): RFC 1918, loopback, link-local, IPv6 loopback, unique-local and link-local.
+IP_LITERAL_EXEMPT = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
 
 
 @dataclass(frozen=True)
@@ -58,3 +70,11 @@ class Policy:
     allow_lines: dict[str, int] = field(default_factory=dict)
     description: str = ""
     names: dict[str, str] = field(default_factory=dict)  # language ("vi", "en") → localized display name
+    block_ip_literals: bool | None = None  # as written; None: by tone (see ip_literals_blocked)
+    ip_literal_exempt: tuple[str, ...] = IP_LITERAL_EXEMPT  # CIDRs, canonical text
+    ip_literals_source: str = ""  # file:line that decides it: block_ip_literals, else tone
+
+    @property
+    def ip_literals_blocked(self) -> bool:
+        """Are hosts that are IP literals (``http://203.0.113.7/``) blocked? By default for minors' tones."""
+        return self.tone != "adult" if self.block_ip_literals is None else self.block_ip_literals
