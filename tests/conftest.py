@@ -52,7 +52,7 @@ E2E_MODULES = frozenset(
         "test_metrics",
         "test_reports",
         "test_rpz",
-        "test_host_header",
+        "test_http_host_e2e",
     }
 )
 E2E_TESTS = frozenset(
