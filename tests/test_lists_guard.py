@@ -52,14 +52,14 @@ def test_shrink_problem_names_the_list_and_spares_small_lists(tmp_path):
     cfg = _config(tmp_path)
     good = snapshot_cache.load_or_build(cfg)
     (tmp_path / "small.txt").write_text("s1.example\n")  # 10 → 1: small lists may shrink
-    assert guard.shrink_problem(good, snapshot_cache.load_or_build(cfg)) is None
+    assert guard.shrink_problem(good.lists, snapshot_cache.load_or_build(cfg).lists) is None
     _collapse(tmp_path)
     cur = snapshot_cache.current_snapshot(cfg.server.state_dir)
     assert cur is not None
     bad = load_snapshot(snapshot_cache.compile_snapshot(snapshot_cache.available_sources(cfg), os.path.dirname(cur)))
-    why = guard.shrink_problem(good, bad)
+    why = guard.shrink_problem(good.lists, bad.lists)
     assert why is not None and "list big shrank from 2,000 to" in why
-    assert guard.shrink_problem(good, bad, min_ratio=0) is None
+    assert guard.shrink_problem(good.lists, bad.lists, min_ratio=0) is None
 
 
 def test_start_up_serves_the_last_good_snapshot_and_says_why(tmp_path, caplog):

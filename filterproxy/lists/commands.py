@@ -20,16 +20,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from filterproxy.lists.guard import DEFAULT_MIN_RATIO, shrink_problem
+from filterproxy.lists.guard import DEFAULT_MIN_RATIO, SnapshotRefused
 from filterproxy.lists.parsers import ListError, ParseStats, iter_entries
 from filterproxy.lists.snapshot import ListSource, load_snapshot
 from filterproxy.lists.snapshot_cache import (
-    available_sources,
-    compile_snapshot,
     current_snapshot,
     load_or_build,
-    mark_current,
-    snapshots_dir,
 )
 
 if TYPE_CHECKING:
@@ -117,30 +113,24 @@ def _update_lists(cfg: Config, cache: str) -> int:
 
 
 def _swap_snapshot(cfg: Config, min_ratio: float) -> bool:
-    """Compile the lists now on disk and make them ``current`` unless they look broken; True when swapped."""
-    root = snapshots_dir(cfg.server.state_dir)
-    prev = current_snapshot(cfg.server.state_dir)
+    """Compile the lists now on disk and make them ``current`` unless they look broken (the same rule
+    as every other path that swaps lists, :func:`load_or_build`); True when swapped."""
     try:
-        last_good = load_snapshot(prev) if prev else None
-    except ListError as exc:  # e.g. an older snapshot format: nothing to compare the new one with
-        print(f"filterproxy lists update: current snapshot unreadable, not comparing sizes: {exc}", file=sys.stderr)
-        last_good = None
-    try:
-        folder = compile_snapshot(available_sources(cfg), root)
-    except ListError as exc:
-        print(f"filterproxy lists update: new snapshot refused, keeping the last good one: {exc}", file=sys.stderr)
-        return False
-    snap = load_snapshot(folder)
-    why = shrink_problem(last_good, snap, min_ratio) if last_good is not None else None
-    if why and prev and os.path.realpath(prev) != os.path.realpath(folder):
+        snap = load_or_build(cfg, refuse=True, min_ratio=min_ratio)
+    except SnapshotRefused as exc:
         print(
-            f"filterproxy lists update: {why}: refused, keeping the last good one "
+            f"filterproxy lists update: {exc}: refused, keeping the last good one "
             f"(--min-ratio 0 accepts it if the change is intended)",
             file=sys.stderr,
         )
         return False
-    mark_current(root, folder)
-    print(f"snapshot {os.path.basename(folder)}: {len(snap.lists)} lists, {snap.total_entries:,} entries")
+    except ListError as exc:
+        print(f"filterproxy lists update: new snapshot refused, keeping the last good one: {exc}", file=sys.stderr)
+        return False
+    if snap.folder is None:  # built in memory: the state folder is not writable
+        print(f"filterproxy lists update: cannot write snapshots under {cfg.server.state_dir}", file=sys.stderr)
+        return False
+    print(f"snapshot {os.path.basename(snap.folder)}: {len(snap.lists)} lists, {snap.total_entries:,} entries")
     return True
 
 

@@ -10,7 +10,9 @@ accepted by ``filterproxy lists update --min-ratio 0``, which makes the smaller 
 
 from __future__ import annotations
 
-from filterproxy.lists.snapshot import Snapshot
+from collections.abc import Sequence
+
+from filterproxy.lists.snapshot import ListInfo
 
 DEFAULT_MIN_RATIO = 0.5
 GUARDED_MIN_ENTRIES = 100  # a list smaller than this may shrink freely (an admin's handful of names)
@@ -20,13 +22,15 @@ class SnapshotRefused(Exception):
     """The new snapshot looks broken next to the last good one; the message says which list and why."""
 
 
-def shrink_problem(last_good: Snapshot, new: Snapshot, min_ratio: float = DEFAULT_MIN_RATIO) -> str | None:
-    """Why ``new`` must not replace ``last_good``, or None. Lists are compared by id; a list that is
-    new, or that left the configuration, is not a shrink."""
+def shrink_problem(
+    last_good: Sequence[ListInfo], new: Sequence[ListInfo], min_ratio: float = DEFAULT_MIN_RATIO
+) -> str | None:
+    """Why the lists ``new`` must not replace ``last_good``, or None. Lists are compared by id; a list
+    that is new, or that left the configuration, is not a shrink."""
     if min_ratio <= 0:
         return None
-    before = {li.id: li.entries + li.ips for li in last_good.lists}
-    for li in new.lists:
+    before = {li.id: li.entries + li.ips for li in last_good}
+    for li in new:
         old = before.get(li.id)
         now = li.entries + li.ips
         if old is not None and old >= GUARDED_MIN_ENTRIES and now < min_ratio * old:

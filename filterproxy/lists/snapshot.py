@@ -297,26 +297,21 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) ->
     atomic_write(os.path.join(directory, "meta.json"), json.dumps(meta))
 
 
-def load_snapshot(directory: str) -> Snapshot:
-    """Load a saved snapshot; the domain index is memory-mapped (milliseconds for 1M names)."""
+def _read_meta(directory: str) -> dict[str, Any]:
     import json
     import os
-    import pickle
 
     meta_path = os.path.join(directory, "meta.json")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("format") != SNAPSHOT_FORMAT:
-            raise ListError(f"{meta_path}: snapshot format {meta.get('format')} (expected {SNAPSHOT_FORMAT})")
-        with open(os.path.join(directory, "extra.pickle"), "rb") as f:
-            extra = pickle.load(f)  # noqa: S301 - our own file in our state directory
-        domains = DomainMatcher.load(directory)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ListError(f"{directory}: unreadable snapshot: {exc}") from None
-    lists = []
-    for i, d in enumerate(meta["lists"]):
-        info = ListInfo(
+    with open(meta_path) as f:
+        meta: dict[str, Any] = json.load(f)
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise ListError(f"{meta_path}: snapshot format {meta.get('format')} (expected {SNAPSHOT_FORMAT})")
+    return meta
+
+
+def _list_infos(meta: dict[str, Any]) -> list[ListInfo]:
+    return [
+        ListInfo(
             ListSource(**d["source"]),
             i,
             d["entries"],
@@ -327,7 +322,32 @@ def load_snapshot(directory: str) -> Snapshot:
             d["files"],
             d.get("version", ""),
         )
-        lists.append(info)
+        for i, d in enumerate(meta["lists"])
+    ]
+
+
+def load_list_infos(directory: str) -> list[ListInfo]:
+    """The lists of a saved snapshot and their entry counts, from its ``meta.json`` alone (no index is
+    mapped): what the last-good comparison needs."""
+    try:
+        return _list_infos(_read_meta(directory))
+    except (OSError, ValueError) as exc:
+        raise ListError(f"{directory}: unreadable snapshot: {exc}") from None
+
+
+def load_snapshot(directory: str) -> Snapshot:
+    """Load a saved snapshot; the domain index is memory-mapped (milliseconds for 1M names)."""
+    import os
+    import pickle
+
+    try:
+        meta = _read_meta(directory)
+        with open(os.path.join(directory, "extra.pickle"), "rb") as f:
+            extra = pickle.load(f)  # noqa: S301 - our own file in our state directory
+        domains = DomainMatcher.load(directory)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ListError(f"{directory}: unreadable snapshot: {exc}") from None
+    lists = _list_infos(meta)
     regexes = {int(i): [(re.compile(p), line, flags) for p, line, flags in v] for i, v in extra["regexes"].items()}
     snap = Snapshot(
         lists, domains, regexes, extra["ips"], built_at=meta["built_at"], folder=os.path.realpath(directory)

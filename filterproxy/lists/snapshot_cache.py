@@ -31,6 +31,7 @@ from filterproxy.lists.snapshot import (
     ListSource,
     Snapshot,
     build_snapshot,
+    load_list_infos,
     load_snapshot,
     save_snapshot,
 )
@@ -169,15 +170,20 @@ def _nearly_full(path: str, need: int = 1 << 20) -> bool:
         return False
 
 
-def _prune(root: str, keep_also: str, limit: int = 8) -> None:
-    """Keep ``current``, ``keep_also`` and the newest few snapshots (``--extra-list`` runs make more)."""
-    cur = os.path.realpath(os.path.join(root, "current"))
-    dirs = sorted(
+def _snapshot_folders(root: str) -> list[os.DirEntry[str]]:
+    """The compiled snapshot folders under ``root``, newest first (temporary ``.``-folders and the
+    ``current`` link left out)."""
+    return sorted(
         (e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
         key=lambda e: e.stat().st_mtime,
         reverse=True,
     )
-    for e in dirs[limit:]:
+
+
+def _prune(root: str, keep_also: str, limit: int = 8) -> None:
+    """Keep ``current``, ``keep_also`` and the newest few snapshots (``--extra-list`` runs make more)."""
+    cur = os.path.realpath(os.path.join(root, "current"))
+    for e in _snapshot_folders(root)[limit:]:
         if os.path.realpath(e.path) not in (cur, os.path.realpath(keep_also)):
             shutil.rmtree(e.path, ignore_errors=True)
 
@@ -222,12 +228,7 @@ def mark_current(root: str, folder: str) -> None:
     os.replace(tmp, link)
     fsync_dir(root)
     keep = {os.path.basename(folder)}
-    entries = sorted(
-        (e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")),
-        key=lambda e: e.stat().st_mtime,
-        reverse=True,
-    )
-    for e in entries:
+    for e in _snapshot_folders(root):
         if e.name in keep:
             continue
         if len(keep) < KEEP_SNAPSHOTS:
@@ -287,8 +288,8 @@ def load_or_build(
     t = time.perf_counter()
     folder, snap = _compile_and_load(sources, root, in_process)
     last_good = _last_good(cfg.server.state_dir, folder)
-    why = shrink_problem(last_good[1], snap, min_ratio) if last_good else None
-    if why and last_good:
+    why = shrink_problem(last_good[1], snap.lists, min_ratio) if last_good else None
+    if last_good and why:
         if refuse:
             raise SnapshotRefused(why)
         log.error(
@@ -297,7 +298,8 @@ def load_or_build(
             why,
             os.path.basename(last_good[0]),
         )
-        folder, snap = last_good
+        folder = last_good[0]
+        snap = load_snapshot(folder)
     elif not extra:
         mark_current(root, folder)
     log.info("lists ready: %d lists, %d entries (%.2f s)", len(snap.lists), snap.total_entries, time.perf_counter() - t)
@@ -317,13 +319,14 @@ def _compile_and_load(sources: list[ListSource], root: str, in_process: bool) ->
     return folder, load_snapshot(folder)
 
 
-def _last_good(state_dir: str, new_folder: str) -> tuple[str, Snapshot] | None:
-    """The ``current`` snapshot when it is another folder than the new one and still reads."""
+def _last_good(state_dir: str, new_folder: str) -> tuple[str, list[ListInfo]] | None:
+    """The ``current`` snapshot's folder and lists, when it is another folder than the new one and still
+    reads (only its ``meta.json``: the comparison needs the entry counts, not the index)."""
     cur = current_snapshot(state_dir)
     if not cur or os.path.realpath(cur) == os.path.realpath(new_folder):
         return None
     try:
-        return cur, load_snapshot(cur)
+        return cur, load_list_infos(cur)
     except ListError as exc:
         log.warning("lists: the last good snapshot no longer reads, nothing to compare with: %s", exc)
         return None
