@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 
 import pytest
-from conftest import REPO, write_config
-from test_http_e2e import MITMDUMP, free_port, stop, wait_port
+from conftest import write_config
+from http_peers import RecordingBackend, mitmdump_cmd
+from test_http_e2e import free_port, stop, wait_port
 
 ROUTE = """
 # test only: every name goes to the local backend (after filterproxy decided)
@@ -29,46 +29,10 @@ addons = [Route()]
 """
 
 
-class Backend:
-    """A plain-socket HTTP/1.1 server that records the raw ``Host`` lines of every request head."""
-
-    def __init__(self) -> None:
-        self.hosts: list[bytes] = []
-        self.requests = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(c,), daemon=True).start()
-
-    def _one(self, c: socket.socket) -> None:
-        with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                buf += chunk
-            head = buf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-            self.requests += 1
-            self.hosts += [line.split(b":", 1)[1].strip() for line in head[1:] if line[:5].lower() == b"host:"]
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    assert MITMDUMP, "mitmdump not installed"
     tmp = tmp_path_factory.mktemp("http-host")
-    backend = Backend()
+    backend = RecordingBackend()
     (tmp / "adult.txt").write_text("blocked.test\n")
     cfg = write_config(
         tmp,
@@ -81,24 +45,9 @@ def setup(tmp_path_factory):
     )
     (tmp / "route.py").write_text(ROUTE.format(port=backend.port))
     port = free_port()
-    cmd = [
-        MITMDUMP,
-        "-q",
-        "--listen-host",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--set",
-        f"confdir={tmp / 'conf'}",
-        "-s",
-        str(REPO / "addons" / "filterproxy_addon.py"),
-        "-s",
-        str(tmp / "route.py"),
-        "--set",
-        f"filterproxy_config={cfg}",
-        "--set",
-        "filterproxy_client_group=127.0.0.0/8=pupil",
-    ]
+    cmd = mitmdump_cmd(
+        tmp, port, cfg, "-s", str(tmp / "route.py"), "--set", "filterproxy_client_group=127.0.0.0/8=pupil"
+    )
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_port(port, p)
     yield {"port": port, "backend": backend, "proc": p}

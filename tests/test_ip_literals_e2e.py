@@ -12,56 +12,21 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 
 import pytest
-from conftest import REPO, write_config
-from test_http_e2e import MITMDUMP, free_port, stop, wait_port
+from conftest import write_config
+from http_peers import RecordingBackend, mitmdump_cmd
+from test_http_e2e import free_port, stop, wait_port
 
 PUPIL, STAFF, TEEN = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 # 127.0.0.1 as a browser reads it: dotted, 32-bit, octal, hex, and the short forms
 FORMS = ["127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1", "0x7f.1", "[::ffff:127.0.0.1]"]
 
 
-class Backend:
-    """A plain-socket HTTP/1.1 server on 127.0.0.1 that counts every connection and request head."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.requests = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._one, args=(c,), daemon=True).start()
-
-    def _one(self, c: socket.socket) -> None:
-        with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                buf += chunk
-            self.requests += 1
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nbackend")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    assert MITMDUMP, "mitmdump not installed"
     tmp = tmp_path_factory.mktemp("ip-literals-e2e")
-    backend = Backend()
+    backend = RecordingBackend(b"backend")
     (tmp / "malware.txt").write_text("127.0.0.9\n")  # an IP list entry, in its canonical form
     cfg = write_config(
         tmp,
@@ -82,20 +47,7 @@ def setup(tmp_path_factory):
         },
     )
     port = free_port()
-    cmd = [
-        MITMDUMP,
-        "-q",
-        "--listen-host",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--set",
-        f"confdir={tmp / 'conf'}",
-        "-s",
-        str(REPO / "addons" / "filterproxy_addon.py"),
-        "--set",
-        f"filterproxy_config={cfg}",
-    ]
+    cmd = mitmdump_cmd(tmp, port, cfg)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_port(port, p)
     yield {"port": port, "backend": backend}

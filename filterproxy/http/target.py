@@ -73,10 +73,8 @@ def _address(host: str) -> str:
 def _bad_address(host: str) -> bool:
     """A host that ends in a number but is no IP address (``256.0.0.1``, ``1.2.3.4.5``, ``0x1.08``): browsers
     refuse such a URL, and the filter cannot tell which address it would reach."""
-    if ":" not in host and not host.rpartition(".")[2][:1].isdigit():
-        return False
     try:
-        canonical_ip(host)
+        canonical_ip(host)  # a name returns at once (its last label starts with a letter)
     except NameError_:
         return True
     return False

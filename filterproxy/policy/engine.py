@@ -70,12 +70,6 @@ def _block_covers_subdomains(hit: tuple[bool, int]) -> bool:
     return hit[0]
 
 
-def _normalize(host: str) -> str:
-    """``host`` made canonical: a name normalised, an IP literal read as browsers read it (``0x7f.1`` →
-    ``127.0.0.1``); NameError_ (→ an ``error`` block, fail closed) for a host that is neither."""
-    return canonical_host(host)
-
-
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -216,7 +210,7 @@ class Engine:
             raise KeyError(f"unknown group {group!r}")
         pol = t.policy
         if not canonical:
-            host = _normalize(host)
+            host = canonical_host(host)  # an IP literal as browsers read it (0x7f.1 → 127.0.0.1)
 
         matches = self._evidence(snap, t, host, url)
 
