@@ -25,7 +25,9 @@ What it does:
    dnsperf's catch-up bursts queued ahead of the probe, for every server); RSS after load and at the end.
 
 filterproxy runs with every feature on: three groups by CIDR, the policy engine, EDE on blocked answers,
-metrics endpoint, conditional forwarding, TTL ageing, a (high) per-client rate limit.
+metrics endpoint, conditional forwarding, TTL ageing, a (high) per-client rate limit. ``filterproxy-querylog``
+is the same server with the query log on (``querylog.enabled``); the summary prints its QPS against the
+log off (target >= 0.85x).
 """
 
 from __future__ import annotations
@@ -347,6 +349,10 @@ clients:
 lists:
   - {{id: bench-adult, category: adult, format: domains, match: subdomains, path: {work / "blocklist.txt"}}}
 """)
+    if kind == "filterproxy-querylog":  # the same server, every answer written to the query log
+        shutil.rmtree(work / "querylog", ignore_errors=True)  # one run's records at a time on disk
+        with cfg.open("a") as f:
+            f.write(f"querylog:\n  enabled: true\n  path: {work / 'querylog'}\n  retention_days: 1\n")
     return [
         PY,
         "-m",
@@ -556,7 +562,7 @@ def bench_one(kind: str, work: Path, data: dict, args, up_port: int) -> dict:
                 f"p99 {pct(hits, 99) * 1000:.3f} ms"
             )
         res["rss_mb"] = rss_mb(proc.pid)
-        if kind == "filterproxy":
+        if kind.startswith("filterproxy"):
             try:
                 import urllib.request
 
@@ -587,13 +593,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per dnsperf phase")
     p.add_argument("--rounds", type=int, default=2, help="runs per server (alternating); the best one is reported")
     p.add_argument("--miss-pct", type=float, default=5.0, help="share of queries that miss the caches (TTL 1)")
-    p.add_argument("--servers", default="filterproxy,unbound,dnsmasq")
+    p.add_argument(
+        "--servers",
+        default="filterproxy,filterproxy-querylog,unbound,dnsmasq",
+        help="filterproxy-querylog: filterproxy with the query log on",
+    )
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--workdir", default="/tmp/filterproxy-bench")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
-    for tool in ["dnsperf", "taskset"] + [s for s in args.servers.split(",") if s != "filterproxy"]:
+    for tool in ["dnsperf", "taskset"] + [s for s in args.servers.split(",") if not s.startswith("filterproxy")]:
         if not shutil.which(tool):
             p.error(f"{tool} not found (apt-get install dnsperf unbound dnsmasq-base util-linux)")
     try:  # this script (it reads dnsperf's output) stays off the server's core
@@ -673,6 +683,13 @@ def main(argv: list[str] | None = None) -> int:
                 + f"   load {fp['load_s'] / o['load_s']:5.2f}x"
             )
         print(f"filterproxy RSS: {fp['rss_loaded_mb']:.0f} MB loaded, {fp['rss_mb']:.0f} MB at the end (caches in use)")
+        ql = by.get("filterproxy-querylog")
+        if ql:
+            q, c = ql["qps"] / fp["qps"], ql["cpu_us"] / fp["cpu_us"]
+            print(
+                f"query log on / off: QPS {ql['qps']:,.0f} / {fp['qps']:,.0f} = {q:.2f}x "
+                f"(target >= 0.85x: {'OK' if q >= 0.85 else 'MISSED'}), CPU per query {c:.2f}x"
+            )
         ub = by.get("unbound", {})
         peer = lambda k: f" (unbound {ub[k]:.2f})" if k in ub else ""  # noqa: E731
         p99b, p99s = fp["p99_hit_ms"], fp["p99_hit_q50_ms"]

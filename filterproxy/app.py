@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from filterproxy.clients import ClientMap
     from filterproxy.config import Config
     from filterproxy.policy.engine import Engine
 
@@ -56,18 +57,20 @@ def load_engine(
 
     cfg = load_config_with(config_path, state_dir=state_dir, extra_lists=extra_lists or ())
     snap = load_or_build(cfg, extra=bool(extra_lists), strict=strict_lists)
-    engine = Engine(cfg, snap)
-    add_client_groups(cfg, engine, client_groups or ())
-    return cfg, engine
+    return cfg, Engine(cfg, snap, client_map(cfg, client_groups or ()))
 
 
-def add_client_groups(cfg: Config, engine: Engine, specs: Sequence[str]) -> None:
-    """Apply ``--client-group CIDR=GROUP`` flags to the engine's client map."""
+def client_map(cfg: Config, specs: Sequence[str]) -> ClientMap:
+    """The configuration's client rules plus the ``--client-group CIDR=GROUP`` flags."""
+    from filterproxy.clients import ClientMap
+
+    clients = ClientMap(cfg.clients, cfg.default_group)
     for spec in specs:
         cidr, sep, group = spec.partition("=")
         if not sep or group not in cfg.groups:
             raise SetupError(f"--client-group {spec!r}: expected CIDR=GROUP with GROUP one of {', '.join(cfg.groups)}")
         try:
-            engine.clients.add_cidr(cidr, group)
+            clients.add_cidr(cidr, group)
         except ValueError:
             raise SetupError(f"--client-group {spec!r}: invalid CIDR {cidr!r}") from None
+    return clients

@@ -1,4 +1,5 @@
-"""Command line: ``filterproxy run | check | explain | urlhash | imagehash | lists | bundle | export | reports``.
+"""Command line: ``filterproxy run | check | passwd | explain | urlhash | imagehash | lists | bundle | export``
+and ``reports | mobileconfig``.
 
 The argument shapes here are contracts (acceptance checks and admins' scripts use them): keep them stable
 and documented in README.md.
@@ -12,11 +13,15 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from filterproxy import __version__
 from filterproxy.app import SetupError
 from filterproxy.app import load_engine as app_load_engine
+
+if TYPE_CHECKING:
+    from filterproxy.config import Config
 
 log = logging.getLogger("filterproxy")
 
@@ -56,6 +61,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from filterproxy.lists.snapshot import build_snapshot
 
     cfg = load_config(args.config)
+    _check_secrets(cfg)
     local = [s for s in (src.resolved(cfg.server.state_dir) for src in cfg.lists) if os.path.exists(s.path or "")]
     snap = build_snapshot(local, strict=True)
     missing = [s.id for s in cfg.lists if s.id not in {li.id for li in local}]
@@ -69,6 +75,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     if missing:
         print(f"  not downloaded yet (run 'filterproxy lists update'): {', '.join(missing)}")
     return 0
+
+
+def _check_secrets(cfg: Config) -> None:
+    """The secret files ``run`` reads and the proxy users file (argon2id hashes only), as ``run`` uses them."""
+    from filterproxy.config.secrets import load_secrets
+    from filterproxy.http.auth import UsersFile, UsersFileError
+
+    load_secrets(cfg)
+    if cfg.http.users_file:
+        try:
+            UsersFile.load(cfg.http.users_file, set(cfg.groups))
+        except UsersFileError as exc:
+            raise CliError(str(exc)) from None
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from filterproxy.passwords import hash_password, read_password
+
+    try:
+        print(hash_password(read_password()))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def _description(cfg: Config, group: str) -> str | None:
+    """The ``description`` of ``group``'s policy file (None without one)."""
+    pol = cfg.groups.get(group)
+    return (pol.description or None) if pol is not None else None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -103,6 +138,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             else:
                 print(f"{item}: error: {exc}", file=sys.stderr)
             continue
+        desc = _description(cfg, v.group)
         if args.json:
             d = {
                 "input": item,
@@ -118,6 +154,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 "legal": v.legal,
                 "short_id": v.short_id,
                 "client_match": how,
+                "policy_description": desc,
             }
             print(json.dumps(d, ensure_ascii=False))
         else:
@@ -130,11 +167,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 ("source", v.source),
                 ("schedule", v.schedule),
                 ("rewrite to", v.rewrite),
+                ("policy", desc and f"{cfg.groups[v.group].name} — {desc}"),
             ):
                 if val:
                     print(f"    {label:<10} {val}")
             if v.legal:
                 print("    legal      national/legal list: applies to every group, no allowlist overrides it")
+            for list_id in dict.fromkeys(c.list_id for c in v.pending):  # docs/fullhash.md
+                print(f"    prefix     {list_id}: a 4-byte prefix matched; the proxy asks the list's fullhash_url")
     return status
 
 
@@ -204,6 +244,25 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_querylog(args: argparse.Namespace) -> int:
+    from filterproxy import querylog
+    from filterproxy.app import load_config_with
+
+    cfg = load_config_with(args.config, state_dir=args.state_dir)
+    try:
+        return querylog.command(
+            cfg,
+            since=args.since,
+            group=args.group,
+            action=args.action,
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -245,7 +304,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     sp.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # internal: a DNS worker of this PID
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: write "ready" here
+    sp.add_argument("--config-generation", type=int, help=argparse.SUPPRESS)  # internal: the parent's generation
     sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
+    sp.add_argument("--doh-listen", metavar="HOST:PORT|off", help="DNS over HTTPS (needs server.tls_cert_file)")
+    sp.add_argument("--dot-listen", metavar="HOST:PORT|off", help="DNS over TLS (needs server.tls_cert_file)")
     sp.add_argument(
         "--upstream",
         action="append",
@@ -264,6 +326,9 @@ def _add_check_explain_hashes(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("check", help="validate a configuration and its lists without starting anything")
     _config_arg(sp)
     sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("passwd", help="print the argon2id hash of a password read from stdin (no echo on a tty)")
+    sp.set_defaults(func=cmd_passwd)
 
     sp = sub.add_parser("explain", help="print the verdict for names or URLs, and why")
     _config_arg(sp)
@@ -291,7 +356,7 @@ def _add_lists(sub: argparse._SubParsersAction) -> None:
     lsub = sp.add_subparsers(dest="lists_command", required=True)
     for name, helptext in (
         ("update", "fetch sources, parse, write a compiled snapshot (keeps the last good one)"),
-        ("reload", "tell the running filterproxy to load the newest snapshot (SIGHUP)"),
+        ("reload", "tell the running filterproxy to re-read configuration, policies and lists (SIGHUP)"),
         ("show", "lists in the current snapshot with counts and versions"),
     ):
         lp = lsub.add_parser(name, help=helptext)
@@ -346,6 +411,15 @@ def _add_export_reports(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reports)
 
+    sp = sub.add_parser("querylog", help="print the query log (when querylog.enabled is on), oldest first")
+    _config_arg(sp)
+    sp.add_argument("--state-dir", metavar="DIR", help="state folder to use instead of the configured one")
+    sp.add_argument("--since", metavar="ISO", help="records from this date or time on (configured timezone)")
+    sp.add_argument("--group", metavar="G", help="records of this group only")
+    sp.add_argument("--action", choices=("block", "allow", "rewrite", "refused", "error"), help="this action only")
+    sp.add_argument("--json", action="store_true", help="one JSON object a line")
+    sp.set_defaults(func=cmd_querylog)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -356,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_check_explain_hashes, _add_lists, _add_bundle, _add_export_reports):
         add(sub)
+    from filterproxy.mobileconfig import add_parser as add_mobileconfig  # plistlib and uuid: cheap
+
+    add_mobileconfig(sub)
     return p
 
 

@@ -7,9 +7,10 @@ longest matching CIDR > ``default_group``. Anything else is unknown (the DNS pat
 from __future__ import annotations
 
 import ipaddress
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from filterproxy.neighbours import TABLE
 
 if TYPE_CHECKING:
     from filterproxy.config.model import ClientRule
@@ -99,23 +100,6 @@ class ClientMap:
         return g
 
 
-_ARP: tuple[float, dict[str, str]] = (0.0, {})
-
-
-def mac_for_ip(ip: str, *, max_age: float = 30.0, path: str = "/proc/net/arp") -> str | None:
-    """MAC of a LAN client from the Linux neighbour table (re-read at most every ``max_age`` s)."""
-    global _ARP
-    now = time.monotonic()
-    if now - _ARP[0] > max_age:
-        table: dict[str, str] = {}
-        try:
-            with open(path) as f:
-                next(f, None)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 4 and parts[3] != "00:00:00:00:00:00":
-                        table[parts[0]] = parts[3].lower()
-        except OSError:
-            pass
-        _ARP = (now, table)
-    return _ARP[1].get(ip)
+def mac_for_ip(ip: str) -> str | None:
+    """MAC of a LAN client (IPv4 or IPv6) from the neighbour table, as last read off the serving path."""
+    return TABLE.lookup(ip)

@@ -210,15 +210,19 @@ class ReportSpool:
         self.delivery_failures = 0
 
     @classmethod
-    def from_config(cls, cfg, endpoint: str | None, directory: str | None = None) -> ReportSpool:
+    def from_config(
+        cls, cfg, endpoint: str | None, directory: str | None = None, *, token: str | None = None
+    ) -> ReportSpool:
         """The spool of a configuration: ``directory``, else ``reports.spool``, else ``<state_dir>/reports``;
-        gateway id, URL mode and client reporting from the configuration; deliveries to ``endpoint``."""
+        gateway id, URL mode and client reporting from the configuration; deliveries to ``endpoint`` with
+        ``token`` as the bearer token (the runner reads it from ``reports.token_file``)."""
         return cls(
             os.path.abspath(directory or cfg.reports.spool or cfg.state_path("reports")),
             endpoint,
             gateway_id=cfg.server.gateway_id,
             url_mode=cfg.reports.url_mode,
             include_client=cfg.reports.include_client,
+            token=token,
         )
 
     # ---- submitting

@@ -1,18 +1,23 @@
 """``filterproxy run``: load once, then serve DNS (UDP+TCP), the HTTP(S) proxy workers and /metrics.
 
 Start-up order: configuration and lists (``app.load_engine``), flag overrides, PID file, metrics
-endpoint, DNS listeners, proxy workers. Each logs one line when it is ready::
+endpoint, DNS listeners, proxy workers, then (main process only) the background list downloads
+(:mod:`filterproxy.lists.refresh`: missing lists, then each on its refresh). Each logs one line when it is ready::
 
+    DoT listening on 0.0.0.0:853 (tls)                       (server.dot_listen / --dot-listen)
+    DoH listening on https://0.0.0.0:443/dns-query (h2, http/1.1)   (server.doh_listen / --doh-listen)
     DNS listening on 127.0.0.1:5353 (udp, tcp)
     metrics on http://127.0.0.1:9108/metrics
     proxy listening on 127.0.0.1:8080 (2 workers)
 
 Signals:
 
-* **SIGHUP** (``filterproxy lists reload``): the list snapshot is rebuilt in a thread, off the serving
-  path, then swapped in with ``engine.swap`` (one reference); the DNS packed replies are dropped and the
-  proxy workers are told to reload. A failed rebuild keeps the old snapshot, is logged and counted
-  (``filterproxy_lists_reloads_total{result="failure"}``). Configuration changes need a restart.
+* **SIGHUP** (``filterproxy lists reload``, ``systemctl reload``): configuration, policies and lists are
+  read again in a thread, off the serving path, then swapped in with ``engine.swap`` (config + snapshot,
+  one reference); the DNS caches of verdicts and packed replies are dropped, the DNS and proxy workers
+  reload too, and each logs the new config generation (:mod:`filterproxy.reload`). A failed reload
+  (``file:line: why``) keeps what is served, is logged and counted
+  (``filterproxy_config_reloads_total{result="failure"}``). Settings that need a restart are named in the log.
 * **SIGTERM / SIGINT**: clean shutdown (listeners closed, workers stopped, PID file removed).
 
 The PID is written to ``<state_dir>/filterproxy.pid`` so ``filterproxy lists reload`` can signal us.
@@ -30,6 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from filterproxy.app import SetupError
+from filterproxy.config.secrets import Secrets, load_secrets
 from filterproxy.fsutil import atomic_write
 from filterproxy.gcpolicy import freeze_loaded, trim_memory
 
@@ -59,6 +65,21 @@ def _listen_flag(
         raise SetupError(str(exc)) from None
 
 
+def _check_encrypted(cfg: Config) -> None:
+    """DoH/DoT (config or flags) need the certificate and the DNS service they answer through."""
+    from filterproxy.config.sections import tls_missing
+
+    s = cfg.server
+    on = [flag for flag, v in (("--doh-listen", s.doh_listen), ("--dot-listen", s.dot_listen)) if v is not None]
+    if not on:
+        return
+    missing = tls_missing(s)
+    if missing:
+        raise SetupError(f"{cfg.path}: {on[0]} needs 'server.{missing}' (a PEM file for the listener's certificate)")
+    if s.dns_listen is None:
+        raise SetupError(f"{on[0]} needs the DNS resolver it answers through (--dns-listen is off)")
+
+
 def apply_overrides(args: argparse.Namespace, cfg: Config) -> None:
     """Command-line flags win over the configuration file (``--state-dir`` is applied at load, see :func:`run`)."""
     from filterproxy.config import ConfigError, check_upstream
@@ -67,6 +88,9 @@ def apply_overrides(args: argparse.Namespace, cfg: Config) -> None:
     s.dns_listen = _listen_flag(getattr(args, "dns_listen", None), s.dns_listen, 53, "--dns-listen")
     s.proxy_listen = _listen_flag(getattr(args, "proxy_listen", None), s.proxy_listen, 8080, "--proxy-listen")
     s.metrics_listen = _listen_flag(getattr(args, "metrics_listen", None), s.metrics_listen, 9108, "--metrics-listen")
+    s.doh_listen = _listen_flag(getattr(args, "doh_listen", None), s.doh_listen, 443, "--doh-listen")
+    s.dot_listen = _listen_flag(getattr(args, "dot_listen", None), s.dot_listen, 853, "--dot-listen")
+    _check_encrypted(cfg)
     for flag in ("proxy_workers", "dns_workers"):
         v = getattr(args, flag, None)
         if v is not None:
@@ -114,7 +138,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace, cfg: Config, engine: Engine) -> None:
         self.args = args
-        self.cfg = cfg
+        self.cfg = cfg  # as started: listeners, upstreams, workers (the engine holds the reloaded one)
         self.engine = engine
         self.dns: Any = None  # filterproxy.dns.service.DnsService
         self.proxy: Any = None  # filterproxy.http.server.ProxyWorkers
@@ -123,14 +147,19 @@ class Runner:
         self.dns_workers: Any = None  # filterproxy.dns.workers.DnsWorkers (dns_workers > 1)
         self.worker: int | None = getattr(args, "worker_of", None)  # set in a DNS worker: the main process's PID
         self.reports: Any = None  # the report spool this process delivers from
+        self.secrets = Secrets()  # read in start() (main process): push password, reports token
         self._reports_stop: Any = None
+        self.lists_refresh: Any = None  # filterproxy.lists.refresh.ListRefresher (the main process only)
         self.pidfile: str | None = None
         self._stop: asyncio.Event | None = None
         self._reloading = False
+        # the config generation served (+1 per successful reload); a DNS worker starts at its parent's
+        self.generation: int = getattr(args, "config_generation", None) or 1
 
     # ------------------------------------------------------------------ start / stop
     async def start(self) -> None:
         from filterproxy import metrics
+        from filterproxy import reload as config_reload
 
         cfg = self.cfg
         loop = asyncio.get_running_loop()
@@ -139,6 +168,8 @@ class Runner:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
 
+        if not self.worker:  # secret files first: an unusable one stops the start (ConfigError naming file:line)
+            self.secrets = load_secrets(cfg)
         if not self.worker:  # the PID file names the main process ('filterproxy lists reload' signals it)
             self._write_pid()
         metrics.configure_labels(
@@ -156,23 +187,7 @@ class Runner:
             except Exception as exc:
                 log.warning("metrics: cannot share counters with the worker processes: %s", exc)
 
-        if cfg.server.metrics_listen is not None:
-            host, port = cfg.server.metrics_listen
-            auth = None
-            if cfg.metrics.basic_auth_user and cfg.metrics.basic_auth_hash:
-                auth = (cfg.metrics.basic_auth_user, cfg.metrics.basic_auth_hash)
-            self.metrics_server = metrics.serve(
-                f"[{host}]:{port}" if ":" in host else f"{host}:{port}", basic_auth=auth
-            )
-            log.info("metrics on %s/metrics", self.metrics_server.url)
-        if cfg.metrics.push_url and not self.worker:
-            self.pusher = metrics.Pusher(
-                cfg.metrics.push_url,
-                grouping_key=cfg.metrics.push_grouping or {"gateway": cfg.server.gateway_id},
-                interval=cfg.metrics.push_interval,
-            )
-            self.pusher.start()
-            log.info("metrics pushed to %s every %ds", cfg.metrics.push_url, cfg.metrics.push_interval)
+        self._start_metrics()
 
         if cfg.server.dns_listen is not None:
             from filterproxy.dns.service import DnsService
@@ -180,6 +195,7 @@ class Runner:
             n = cfg.server.dns_workers
             self.dns = DnsService(cfg, self.engine, listen=cfg.server.dns_listen, reuse_port=n > 1 or bool(self.worker))
             await self.dns.start()
+            config_reload.publish("dns", self.generation, cfg)
             host, port = self.dns.address
             if self.worker:
                 log.info("dns worker of %d listening on %s:%d", self.worker, host, port)
@@ -189,7 +205,9 @@ class Runner:
                 from filterproxy.dns.workers import DnsWorkers
 
                 self.dns_workers = DnsWorkers(self.args, (host, port), n - 1, state_dir=cfg.server.state_dir)
+                self.dns_workers.generation = self.generation
                 await loop.run_in_executor(None, self.dns_workers.start)
+            await self.dns.start_encrypted()  # DoT / DoH, before the "DNS listening" line that says all is up
             log.info(
                 "DNS listening on %s:%d (udp, tcp)%s",
                 f"[{host}]" if ":" in host else host,
@@ -206,6 +224,43 @@ class Runner:
             self._start_reports()
         else:
             log.info("proxy off (--proxy-listen off)")
+        self._start_lists_refresh()
+
+    def _start_lists_refresh(self) -> None:
+        """Download missing lists in the background, then each on its refresh interval; a list that
+        changed is swapped in through :meth:`reload`. Only the main process fetches."""
+        from filterproxy.lists.refresh import ListRefresher
+
+        if self.worker:
+            return
+        self.lists_refresh = ListRefresher(lambda: self.engine.config, self.reload)  # the config a reload read
+        self.lists_refresh.start()
+
+    def _start_metrics(self) -> None:
+        """``/metrics`` (Basic auth with an argon2id hash, TLS) and the Pushgateway pusher (main process only)."""
+        from filterproxy import metrics
+
+        cfg, m = self.cfg, self.cfg.metrics
+        if cfg.server.metrics_listen is not None:
+            host, port = cfg.server.metrics_listen
+            auth = (m.basic_auth_user, m.basic_auth_hash) if m.basic_auth_user and m.basic_auth_hash else None
+            self.metrics_server = metrics.serve(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                basic_auth=auth,
+                certfile=m.tls_cert_file,
+                keyfile=m.tls_key_file.path if m.tls_key_file else None,
+            )
+            log.info("metrics on %s/metrics%s", self.metrics_server.url, " (basic auth)" if auth else "")
+        if m.push_url and not self.worker:
+            password = self.secrets.push_password
+            self.pusher = metrics.Pusher(
+                m.push_url,
+                grouping_key=m.push_grouping or {"gateway": cfg.server.gateway_id},
+                interval=m.push_interval,
+                auth=(m.push_basic_auth_user, password) if m.push_basic_auth_user and password else None,
+            )
+            self.pusher.start()
+            log.info("metrics pushed to %s every %ds", m.push_url, m.push_interval)
 
     def _start_reports(self) -> None:
         """Deliver the image-match reports the proxy workers spool (or just keep them, with no endpoint)."""
@@ -215,7 +270,7 @@ class Runner:
 
         cfg = self.cfg
         try:
-            self.reports = ReportSpool.from_config(cfg, cfg.reports.endpoint)
+            self.reports = ReportSpool.from_config(cfg, cfg.reports.endpoint, token=self.secrets.reports_token)
         except (OSError, ValueError) as exc:
             log.error("reports: cannot use the spool: %s (image matches are still blocked)", exc)
             return
@@ -233,6 +288,7 @@ class Runner:
         workers = self.cfg.server.proxy_workers
         try:
             self.proxy = ProxyWorkers(self.args, self.cfg, listen, workers)
+            self.proxy.options["filterproxy_config_generation"] = self.generation
             await asyncio.get_running_loop().run_in_executor(None, self.proxy.start)
         except Exception as exc:
             log.error("proxy: could not start on %s:%d: %s; serving DNS only", listen[0], listen[1], exc)
@@ -261,6 +317,8 @@ class Runner:
 
     async def stop(self) -> None:
         log.info("shutting down")
+        if self.lists_refresh is not None:
+            await self.lists_refresh.stop()
         if self.dns_workers is not None:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.dns_workers.stop)
@@ -283,48 +341,87 @@ class Runner:
 
     # ------------------------------------------------------------------ reload
     async def reload(self) -> bool:
-        """Rebuild the list snapshot in a thread and swap it in; keep the old one on failure."""
+        """Re-read configuration, policies and lists in a thread and swap them in as one reference
+        (:mod:`filterproxy.reload`); on any failure keep serving what is loaded, log and count it."""
         from filterproxy import metrics
-        from filterproxy.lists.snapshot_cache import load_or_build
+        from filterproxy import reload as config_reload
 
         if self._reloading:
             log.info("reload: already in progress")
             return False
         self._reloading = True
         t0 = time.monotonic()
-        log.info("reload: rebuilding the list snapshot")
+        log.info("reload: reading %s, its policies and the lists again", self.engine.config.path)
         try:
-            snap = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: load_or_build(self.cfg, extra=bool(self.args.extra_list), strict=False, refuse=True)
+            new = await asyncio.get_running_loop().run_in_executor(
+                None, config_reload.load, self.args, lambda c: apply_overrides(self.args, c)
             )
+            snap, cfg = new.snapshot, new.config
             if not snap.lists and self.engine.snapshot.lists:
                 raise ValueError("the new snapshot has no lists at all")
-            if snap.folder is not None and snap.folder == self.engine.snapshot.folder:
-                # the same inputs as the snapshot being served: nothing to swap, no cache to drop
-                log.info("reload: lists unchanged (snapshot %s)", os.path.basename(snap.folder))
-                metrics.LISTS_RELOADS.inc("unchanged")
-                return True
-            self.engine.swap(snap)
+            # a snapshot with the same inputs as the one being served is the same folder: keep its caches
+            same_lists = snap.folder is not None and snap.folder == self.engine.snapshot.folder
+            same_config = cfg.digest == self.engine.config.digest
+            if not (same_lists and same_config):
+                self.engine.swap(self.engine.snapshot if same_lists else snap, cfg, new.clients)
         except Exception as exc:
+            metrics.CONFIG_RELOADS.inc("failure")
             metrics.LISTS_RELOADS.inc("failure")
-            log.error("reload failed, keeping the current lists: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "reload failed, keeping the running configuration and lists: %s",
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             return False
         finally:
             self._reloading = False
-        if self.dns is not None:
+        self._apply(cfg, same_config, same_lists)
+        metrics.CONFIG_RELOADS.inc("unchanged" if same_config else "success")
+        metrics.LISTS_RELOADS.inc("unchanged" if same_lists else "success")
+        trim_memory()
+        log.info(
+            "reload: config generation %d (digest %s, %s), %d lists, %d entries (%s) in %.1fs",
+            self.generation,
+            cfg.digest,
+            "unchanged" if same_config else "changed",
+            len(self.engine.snapshot.lists),
+            self.engine.snapshot.total_entries,
+            "unchanged" if same_lists else "new snapshot",
+            time.monotonic() - t0,
+        )
+        return True
+
+    def _apply(self, cfg: Config, same_config: bool, same_lists: bool) -> None:
+        """After a successful reload: caches dropped, restart-only settings named, workers told, one generation more."""
+        from filterproxy import reload as config_reload
+
+        if self.dns is not None and not same_config:
+            self.dns.on_config(cfg)
+        elif self.dns is not None and not same_lists:
             self.dns.on_swap()
+        changed = config_reload.restart_needed(self.cfg, cfg)
+        if changed:
+            log.warning(
+                "reload: %s changed in %s: needs a restart (serving with the running values meanwhile)",
+                ", ".join(changed),
+                cfg.path,
+            )
+        self.generation += 1
         if self.proxy is not None:
+            self.proxy.options["filterproxy_config_generation"] = self.generation  # for workers started later
             try:
                 self.proxy.reload()
             except Exception:
                 log.exception("proxy: reload failed")
         if self.dns_workers is not None:
+            self.dns_workers.generation = self.generation
             self.dns_workers.reload()
-        metrics.LISTS_RELOADS.inc("success")
-        _publish_lists(snap)
-        trim_memory()
-        log.info("reload: %d lists, %d entries in %.1fs", len(snap.lists), snap.total_entries, time.monotonic() - t0)
-        return True
+        if not same_lists:
+            _publish_lists(self.engine.snapshot)
+        elif self.engine.snapshot.folder is not None:
+            log.info("reload: lists unchanged (snapshot %s)", os.path.basename(self.engine.snapshot.folder))
+        if self.dns is not None:
+            config_reload.publish("dns", self.generation, cfg)
 
     # ------------------------------------------------------------------ PID file
     def _write_pid(self) -> None:

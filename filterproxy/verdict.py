@@ -36,6 +36,21 @@ class Reason(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class FullHashCheck:
+    """A URL-hash list matched only on a 4-byte prefix: the full hash must be confirmed by the list's
+    endpoint (:mod:`filterproxy.http.fullhash`) before it counts. Carries no URL, only hashes."""
+
+    list_id: str
+    endpoint: str  # the list's ``fullhash_url``
+    fail_closed: bool  # endpoint unreachable → treat as confirmed (legal lists by default)
+    digest: bytes  # SHA-256 of the matched expression; only its first 4 bytes are ever sent
+
+    @property
+    def prefix(self) -> bytes:
+        return self.digest[:4]
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The engine's decision for one request, with the evidence for it."""
 
@@ -50,6 +65,8 @@ class Verdict:
     schedule: str | None = None  # name of the schedule window that applied
     legal: bool = False  # mandated by law (DNS: EDE 16 Censored; HTTP: 451)
     hashed: bool = False  # rule from a hashed list: never show its text to users
+    # URL-hash prefix hits that could change this verdict: confirm them, then decide again with ``confirmed``
+    pending: tuple[FullHashCheck, ...] = ()
 
     @property
     def blocked(self) -> bool:
@@ -70,4 +87,5 @@ class Verdict:
         d["action"] = self.action.value
         d["reason"] = self.reason.value
         d["short_id"] = self.short_id
+        d["pending"] = [{"list": c.list_id, "prefix": c.prefix.hex()} for c in self.pending]
         return d

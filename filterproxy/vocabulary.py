@@ -49,6 +49,8 @@ KNOWN_CATEGORIES: frozenset[str] = frozenset(
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Ids of sources in a sources catalogue (they also name the cache file on disk).
 SOURCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Device ids of DoH clients: the last segment of /dns-query/<id> (URL-safe as it is; case-insensitive).
+DOH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,63}$")
 
 
 class ConfigError(Exception):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LISTS, REPO
+from conftest import LISTS, REPO, write_config
 
 
 def explain(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -146,3 +146,23 @@ def test_explain_errors(args, needle):
 def test_human_output_names_the_evidence():
     r = explain("--group", "primary", "pornhub.com")
     assert "BLOCK for group primary" in r.stdout and "adult.txt:" in r.stdout
+
+
+def test_explain_shows_the_policy_description(tmp_path):
+    desc = "Weekday rules agreed with the parents' association (2026)"
+    (tmp_path / "adult.txt").write_text("adult.test\n")
+    cfg = write_config(
+        tmp_path,
+        """
+        policies_dir: policies
+        groups: [home]
+        lists:
+          - {id: a, category: adult, format: domains, path: adult.txt}
+        """,
+        {"home": f'name: Home\ndescription: "{desc}"\nblock_categories: [adult]\n'},
+    )
+    r = explain("--config", str(cfg), "--group", "home", "adult.test")
+    assert r.returncode == 0, r.stderr
+    assert f"policy     Home — {desc}" in r.stdout
+    r = explain("--config", str(cfg), "--group", "home", "--json", "ok.test")
+    assert json.loads(r.stdout)["policy_description"] == desc

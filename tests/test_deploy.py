@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from conftest import write_config
 
 from filterproxy import metrics
 
@@ -32,7 +33,7 @@ RULES = PROM / "filterproxy.rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "filterproxy-dashboard.json"
 SYSTEMD = DEPLOY / "systemd"
 NFT = DEPLOY / "nftables" / "filterproxy.nft"
-GUIDES = ["raspberry-pi.md", "school-gateway.md", "ministry.md", "privacy.md"]
+GUIDES = ["raspberry-pi.md", "school-gateway.md", "ministry.md", "privacy.md", "transparent-proxy.md", "wireguard.md"]
 
 # Series that exist besides filterproxy's own: Prometheus' target health and the Pushgateway's
 # per-group push timestamps (used by FilterproxyGatewayNotPushing).
@@ -466,7 +467,7 @@ def netlab(tmp_path):
             r = run([ip, "netns", "exec", ns[n], "nft", *args])
             assert r.returncode == 0, r.stderr
 
-        yield serve, probe, nft
+        yield serve, probe, nft, ns
     finally:
         for p in procs:
             p.kill()
@@ -475,9 +476,22 @@ def netlab(tmp_path):
             run([ip, "netns", "del", n])
 
 
+def _nft_define(name: str) -> int:
+    m = re.search(rf"^define {name} = (\d+)$", NFT.read_text(), re.M)
+    assert m, f"{NFT.name}: no 'define {name}'"
+    return int(m.group(1))
+
+
 def test_nft_rules_redirect_dns_and_block_bypasses(netlab):
-    serve, probe, nft = netlab
-    serve("gw", "udp:53:filterproxy-dns", "tcp:53:filterproxy-dns-tcp", "tcp:8080:filterproxy-proxy")
+    serve, probe, nft, _ns = netlab
+    transparent = _nft_define("FILTERPROXY_TRANSPARENT_PORT")
+    serve(
+        "gw",
+        "udp:53:filterproxy-dns",
+        "tcp:53:filterproxy-dns-tcp",
+        "tcp:8080:explicit-proxy",
+        f"tcp:{transparent}:filterproxy-proxy",
+    )
     serve(
         "net",
         "udp:53:rogue-dns",
@@ -510,6 +524,101 @@ def test_nft_rules_redirect_dns_and_block_bypasses(netlab):
     nft("gw", "add", "element", "inet", "filterproxy", "transparent_v4", "{ 10.20.0.0/16 }")
     got = probe("tcp:10.99.0.53:80", "tcp:10.99.0.53:443")
     assert got == {"tcp:10.99.0.53:80": "filterproxy-proxy", "tcp:10.99.0.53:443": "filterproxy-proxy"}
+
+
+def test_transparent_redirect_reaches_the_shipped_transparent_listener(netlab, tmp_path):
+    """Real packets: a student's web request, redirected by the shipped nftables rules, reaches the
+    transparent listener of the shipped school.yaml's proxy_modes in `filterproxy run` and is decided there
+    with that listener's group (any other listener would give the default group, which allows the site)."""
+    from filterproxy.config.proxy import mode_kind, mode_port
+
+    serve, _probe, nft, ns = netlab
+    school = yaml.safe_load((DEPLOY / "config" / "school.yaml").read_text())["server"]
+    (tport,) = [mode_port(m) for m in school["proxy_modes"] if mode_kind(m) == "transparent"]
+    (tmp_path / "fp").mkdir()
+    (tmp_path / "fp" / "adult.txt").write_text("blocked.example\n")
+    cfg = write_config(
+        tmp_path / "fp",
+        f"""
+        timezone: Asia/Ho_Chi_Minh
+        server:
+          proxy_listen: "{school["proxy_listen"]}"
+          proxy_modes: {json.dumps(school["proxy_modes"])}
+        http:
+          listener_groups: {{{tport}: pupil}}
+        default_group: staff
+        lists:
+          - {{id: adult, category: adult, format: domains, match: subdomains, path: adult.txt}}
+        """,
+        {"pupil": "name: Pupil\ntone: child\nblock_categories: [adult]\n", "staff": "name: Staff\ntone: adult\n"},
+    )
+    ip = need("ip")
+    cmd = [ip, "netns", "exec", ns["gw"], sys.executable, "-m", "filterproxy", "run", "--config", str(cfg)]
+    cmd += ["--dns-listen", "off", "--metrics-listen", "off", "--state-dir", str(tmp_path / "state")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out = []
+        assert p.stdout is not None
+        for line in p.stdout:  # until the proxy listens (or the process ends and the loop with it)
+            out.append(line)
+            if "proxy listening on" in line:
+                break
+        assert out and "proxy listening on" in out[-1], "".join(out)
+        nft("gw", "add", "element", "inet", "filterproxy", "transparent_v4", "{ 10.20.0.0/16 }")
+        serve("net", "tcp:80:http")  # mitmproxy connects to the original destination before reading the request
+        r = run(
+            [ip, "netns", "exec", ns["st"], need("curl"), "-s", "-D", "-", "-o", "/dev/null", "--max-time", "30"]
+            + ["--resolve", "blocked.example:80:10.99.0.53", "http://blocked.example/"]
+        )
+        assert r.stdout.startswith("HTTP/1.1 403"), f"curl exit {r.returncode}: {r.stdout}{r.stderr}"
+        assert "x-filterproxy-reason: category/adult/adult" in r.stdout.lower(), r.stdout
+    finally:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def test_one_transparent_port_across_guide_nft_config_and_unit(tmp_path):
+    """The guide's transparent port == the nftables redirect == the shipped school.yaml's transparent@PORT,
+    which the unit's command line does not override; the explicit proxy port is a different one."""
+    from filterproxy.cli import build_parser
+    from filterproxy.config.proxy import mode_kind, mode_port
+
+    guide = (DEPLOY / "transparent-proxy.md").read_text()
+    guide_ports = {int(p) for p in re.findall(r"transparent@(\d+)", guide)}
+    snippet = re.search(r"```\n(table inet filterproxy_web \{.*?)```", guide, re.S)
+    assert snippet, "transparent-proxy.md: no nftables rules block"
+    guide_redirects = {int(p) for p in re.findall(r"redirect to :(\d+)", snippet.group(1))}
+
+    nft_text = NFT.read_text()
+    nft_port = _nft_define("FILTERPROXY_TRANSPARENT_PORT")
+    web = re.findall(r"saddr @transparent_v[46] tcp dport \{ 80, 443 \} redirect to :\$(\w+)", nft_text)
+    assert web == ["FILTERPROXY_TRANSPARENT_PORT"] * 2, web
+
+    school = yaml.safe_load((DEPLOY / "config" / "school.yaml").read_text())["server"]
+    unit_cmd = _unit_directives(SYSTEMD / "filterproxy.service")["ExecStart"][0]
+    args = build_parser().parse_args(shlex.split(unit_cmd)[1:])
+    assert args.config == "/etc/filterproxy/filterproxy.yaml"  # install.sh puts school.yaml there
+    modes = args.proxy_mode or school["proxy_modes"]
+    config_ports = {mode_port(m) for m in modes if mode_kind(m) == "transparent"}
+    explicit = int(str(school["proxy_listen"]).rsplit(":", 1)[1])
+
+    assert guide_ports == guide_redirects == {nft_port} == config_ports, (
+        guide_ports,
+        guide_redirects,
+        nft_port,
+        config_ports,
+    )
+    assert explicit != nft_port and f"explicit proxy port ({explicit})" in guide
+    assert _nft_define("FILTERPROXY_DNS_PORT") == int(str(school["dns_listen"]).rsplit(":", 1)[1])
+    # the guide's rules are valid nftables on their own
+    (tmp_path / "web.nft").write_text(snippet.group(1))
+    r = run([need("nft"), "-c", "-f", str(tmp_path / "web.nft")])
+    assert r.returncode == 0, r.stderr
 
 
 # ----------------------------------------------------------------------------- install script + guides
@@ -611,7 +720,7 @@ def test_guide_commands_parse_with_the_cli():
     for guide, block in _code_blocks("sh"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
-            m = re.search(r"(?:^|\s|/)filterproxy\s+(run|lists|bundle|export|check|explain)\b(.*)$", line)
+            m = re.search(r"(?:^|\s|/)filterproxy\s+(run|lists|bundle|export|check|explain|querylog)\b(.*)$", line)
             if not m or line.startswith("#"):
                 continue
             cmdline = re.split(r"\s[|>]", m.group(1) + m.group(2))[0]  # drop pipes and redirections
@@ -621,7 +730,8 @@ def test_guide_commands_parse_with_the_cli():
             except SystemExit as exc:
                 raise AssertionError(f"{guide}: `{line}` is not a valid filterproxy command") from exc
             seen.add(" ".join(argv[:2]))
-    for cmd in ("bundle keygen", "bundle build", "bundle sign", "bundle verify", "lists update", "lists reload"):
+    commands = ("bundle keygen", "bundle build", "bundle sign", "bundle verify", "lists update", "lists reload")
+    for cmd in (*commands, "querylog"):
         assert any(s.startswith(cmd) for s in seen), f"no guide shows `filterproxy {cmd}`"
 
 
@@ -666,11 +776,9 @@ def prometheus(tmp_path):
     binary = need("prometheus")
     metrics.COLLECTOR.reset()
     password = "scrape-" + uuid.uuid4().hex
-    import hashlib
+    from filterproxy.passwords import hash_password
 
-    srv = metrics.serve(
-        "127.0.0.1:0", basic_auth=("prometheus", "sha256:" + hashlib.sha256(password.encode()).hexdigest())
-    )
+    srv = metrics.serve("127.0.0.1:0", basic_auth=("prometheus", hash_password(password)))
     port = _free_port()
     cfg = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -198,6 +198,37 @@ def test_timeout_fails_and_keeps_previous_file(server, session, tmp_path):
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
 
 
+def test_deadline_ends_a_dripping_download_and_keeps_previous_file(server, session, tmp_path):
+    chunk = b"d.example\n" * 6554  # 64 kB: one read of the body at a time
+
+    def drip(h):
+        send(h, b"", length=len(chunk) * 40)
+        for _ in range(40):  # each piece well inside the read timeout, the whole far past the deadline
+            h.wfile.write(chunk)
+            h.wfile.flush()
+            time.sleep(0.25)
+
+    _first_ok_then(server, "/drip", drip)
+    s = src(server.url("/drip"), max_bytes=1 << 30)
+    fetch(s, str(tmp_path), session=session, **quick())
+    r = fetch(s, str(tmp_path), session=session, **quick(timeout=(1, 5), deadline=time.monotonic() + 0.6))
+    assert r.status == "failed" and "too slow" in r.error, r.error
+    assert server.count("/drip") == 2  # not retried: the time allowed is spent
+    assert cached(tmp_path) == BODY
+
+
+def test_deadline_stops_retries(server, session, tmp_path):
+    server.routes["/down"] = lambda h: send(h, b"", status=503)
+    r = fetch(
+        src(server.url("/down")),
+        str(tmp_path),
+        session=session,
+        **quick(retries=3, backoff=2, deadline=time.monotonic() + 1),
+    )
+    assert r.status == "failed" and "HTTP 503" in r.error and "no time left to retry" in r.error
+    assert server.count("/down") == 1
+
+
 def test_oversize_by_content_length_fails_without_reading_or_retrying(server, session, tmp_path):
     server.routes["/big"] = lambda h: send(h, b"a.example\n" * 200)
     r = fetch(src(server.url("/big"), max_bytes=1000), str(tmp_path), session=session, **quick(retries=3))

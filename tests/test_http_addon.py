@@ -39,6 +39,7 @@ POLICIES = {
     "teen": """
         name: Teen (school)
         names: {vi: "Thiếu niên (trường)", en: "Teenagers (school)"}
+        description: "Rules <agreed> with the school board"
         tone: teen
         block_categories: [adult, gambling]
         safesearch: moderate
@@ -302,6 +303,13 @@ def test_block_page_policy_name(addon, ip, url, accept, line):
     assert f"<p>{line}</p>" in f.response.text
 
 
+def test_block_page_policy_description(addon):
+    f = run_request(addon, get("http://blocked.example/", TEEN))
+    assert '<p class="description">Rules &lt;agreed&gt; with the school board</p>' in f.response.text  # escaped
+    f = run_request(addon, get("http://illegal.example/", GROWN))  # a policy without one: no paragraph
+    assert 'class="description"' not in f.response.text
+
+
 # ---------------------------------------------------------------- the proxy itself: PAC file
 
 
@@ -417,10 +425,8 @@ def basic(user: str, pw: str) -> str:
 @pytest.fixture(scope="module")
 def auth_config(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http-auth")
-    salt = b"0123456789abcdef"
     users = (
-        f"# lab users\nlab1:kid:{hash_password('kid-pass', salt=salt)}\n"
-        f"teacher:grown:{hash_password('staff pass:with colon', salt=salt)}\n"
+        f"# lab users\nlab1:kid:{hash_password('kid-pass')}\nteacher:grown:{hash_password('staff pass:with colon')}\n"
     )
     return str(make_config(tmp, users=users))
 

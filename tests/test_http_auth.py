@@ -21,17 +21,34 @@ def basic(u: str, p: str) -> str:
 
 def test_hash_and_verify():
     h = hash_password("s3cret ✓")
-    salt, digest = h.split("$")
-    assert len(bytes.fromhex(salt)) == 16 and len(bytes.fromhex(digest)) == 32
-    assert verify_password("s3cret ✓", h) and not verify_password("s3cret", h)
+    assert h.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert verify_password(h, "s3cret ✓") and not verify_password(h, "s3cret")
     assert hash_password("x") != hash_password("x")  # salted
 
 
-def test_pbkdf2_entries_accepted():
-    salt = b"saltsaltsalt"
-    d = hashlib.pbkdf2_hmac("sha256", b"pw", salt, 20000)
-    h = f"pbkdf2_sha256$20000${salt.hex()}${d.hex()}"
-    assert verify_password("pw", h) and not verify_password("px", h)
+OLD_SCRYPT = "2f1c0e0a0b0c0d0e0f10111213141516$" + "9a" * 32
+OLD_PBKDF2 = "pbkdf2_sha256$20000$" + "aa" * 12 + "$" + "bb" * 32
+
+
+@pytest.mark.parametrize(
+    "hashed,why",
+    [
+        (OLD_SCRYPT, "old scrypt"),
+        (OLD_PBKDF2, "pbkdf2_sha256 hashes are no longer accepted"),
+        ("sha256:" + hashlib.sha256(b"pw").hexdigest(), "unsalted SHA-256"),
+        ("$2b$04$" + "a" * 53, "bcrypt"),
+        ("$argon2i$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$" + "A" * 43, "only argon2id"),
+        ("$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$" + "A" * 43, "too weak"),
+        ("$argon2id$garbage", "malformed"),
+    ],
+)
+def test_old_and_weak_entries_refused_with_how_to(tmp_path, hashed, why):
+    p = tmp_path / "users.txt"
+    p.write_text(f"# lab\nalice:kid:{hashed}\n")
+    with pytest.raises(UsersFileError, match=r"users.txt:2: user 'alice': .*") as err:
+        UsersFile.load(str(p))
+    assert why in str(err.value) and "filterproxy passwd" in str(err.value)
+    assert not verify_password(hashed, "pw")
 
 
 @pytest.mark.parametrize(
@@ -55,12 +72,11 @@ def test_parse_basic(header, want):
 @pytest.mark.parametrize(
     "text,error",
     [
-        ("alice:kid\n", r"users.txt:1: expected user:group:salt\$hash"),
-        ("# c\n\nbad user:kid:00$00\n", r"users.txt:3: invalid user name"),
-        ("alice:k!d:aa$bb\n", r"users.txt:1: invalid group"),
-        ("alice:kid:nothex$zz\n", r"users.txt:1: user 'alice': salt must be"),
+        ("alice:kid\n", r"users.txt:1: expected user:group:\$argon2id\$"),
+        ("# c\n\nbad user:kid:{h}\n", r"users.txt:3: invalid user name"),
+        ("alice:k!d:{h}\n", r"users.txt:1: invalid group"),
+        ("alice:kid:nothex$zz\n", r"users.txt:1: user 'alice': expected an argon2id hash"),
         ("alice:kid:{h}\nALICE:kid:{h}\n", r"users.txt:2: user 'ALICE' already defined on line 1"),
-        ("alice:kid:pbkdf2_sha256$10$aaaaaaaaaaaaaaaa$" + "bb" * 32 + "\n", r"at least 10000 iterations"),
     ],
 )
 def test_users_file_errors(tmp_path, text, error):
@@ -97,15 +113,13 @@ def test_authenticate_caches(tmp_path):
 
 
 def _cli(*args, stdin: str = "") -> subprocess.CompletedProcess:
-    # the helper must run without the rest of filterproxy: load the module file on its own
     return subprocess.run(
-        [sys.executable, auth.__file__, *args],
+        [sys.executable, "-m", "filterproxy.http.auth", *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
-        cwd="/",
-        env={**os.environ, "PYTHONPATH": ""},
+        cwd=os.path.dirname(os.path.dirname(auth.__file__)),
     )
 
 
@@ -126,10 +140,11 @@ def test_cli_add_check_remove(tmp_path):
     assert _cli("add", f, "x", "g", stdin="\n").returncode != 0  # empty password refused
 
 
-def test_module_imports_nothing_from_filterproxy():
+def test_module_imports_only_the_password_scheme_from_filterproxy():
+    """The helper stays small: from filterproxy it needs only the shared argon2id scheme (the bottom layer)."""
     import ast
 
     tree = ast.parse(open(auth.__file__).read())
     mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert mods and not any(m.startswith("filterproxy") for m in mods)
+    assert {m for m in mods if m.startswith("filterproxy")} == {"filterproxy.passwords"}

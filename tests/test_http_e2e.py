@@ -460,6 +460,7 @@ def auth_proxy(env):
     (tmp / "users.txt").write_text(
         f"lab1:pupil:{hash_password('pupil-pw')}\nteacher:staff:{hash_password('staff-pw')}\n"
     )
+    assert (tmp / "users.txt").read_text().count(":$argon2id$v=19$") == 2  # the one password scheme
     cfg_text = env["cfg"].read_text().replace("http:\n", f"http:\n  users_file: {tmp / 'users.txt'}\n", 1)
     cfg_text = cfg_text.replace("path: ", f"path: {env['tmp']}/")
     cfg = tmp / "filterproxy.yaml"

@@ -209,6 +209,7 @@ def test_reload_refuses_a_collapsed_list_and_skips_an_unchanged_one(running):
     _wait_for_log(proc, "reload: lists unchanged", 1)
     (tmp / "adult.txt").write_bytes(bytes(range(256)) * 40 + b"\nonly-this.example\n")
     subprocess.run(reload, check=True, capture_output=True)
-    _wait_for_log(proc, "reload failed, keeping the current lists: list adult shrank from 1,000 to 1 entries", 1)
+    needle = "reload failed, keeping the running configuration and lists: list adult shrank from 1,000 to 1 entries"
+    _wait_for_log(proc, needle, 1)
     assert _ask(proc.port, "blocked500.example.").rcode() == dns.rcode.NXDOMAIN
     assert _ask(proc.port, "only-this.example.").rcode() == dns.rcode.NOERROR

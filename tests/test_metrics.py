@@ -58,14 +58,19 @@ EXPECTED_METRICS = {
     "filterproxy_lists_age_seconds": ("gauge", ("list",)),
     "filterproxy_lists_update_failures_total": ("counter", ("list", "reason")),
     "filterproxy_lists_reloads_total": ("counter", ("result",)),
+    "filterproxy_config_reloads_total": ("counter", ("result",)),
+    "filterproxy_config_generation": ("gauge", ("role",)),
     "filterproxy_bundle_info": ("gauge", ("publisher", "serial")),
     "filterproxy_bundle_serial": ("gauge", ()),
     "filterproxy_imagehash_images_total": ("counter", ()),
     "filterproxy_imagehash_matches_total": ("counter", ("list", "kind")),
     "filterproxy_imagehash_duration_seconds": ("histogram", ()),
+    "filterproxy_fullhash_checks_total": ("counter", ("list", "result")),
     "filterproxy_reports_queue_depth": ("gauge", ()),
     "filterproxy_reports_delivered_total": ("counter", ()),
     "filterproxy_reports_delivery_failures_total": ("counter", ()),
+    "filterproxy_querylog_written_total": ("counter", ()),
+    "filterproxy_querylog_dropped_total": ("counter", ()),
 }
 
 
@@ -280,17 +285,11 @@ def test_serve_metrics_healthz_404_gzip():
         srv.close()
 
 
-def _bcrypt_hash(password: str) -> str:
-    import bcrypt  # a test dependency (pyproject: [test])
+def test_serve_basic_auth():
+    from filterproxy.passwords import hash_password
 
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
-
-
-@pytest.mark.parametrize("scheme", ["sha256", "bcrypt"])
-def test_serve_basic_auth(scheme):
     pw = "correct horse battery staple"
-    hashed = "sha256:" + hashlib.sha256(pw.encode()).hexdigest() if scheme == "sha256" else _bcrypt_hash(pw)
-    srv = metrics.serve("127.0.0.1:0", basic_auth=("prometheus", hashed))
+    srv = metrics.serve("127.0.0.1:0", basic_auth=("prometheus", hash_password(pw)))
     try:
         url = f"{srv.url}/metrics"
         r = requests.get(url, timeout=5)
@@ -300,7 +299,10 @@ def test_serve_basic_auth(scheme):
         assert requests.get(url, auth=("someone", pw), timeout=5).status_code == 401
         ok = requests.get(url, auth=("prometheus", pw), timeout=5)
         assert ok.status_code == 200 and "filterproxy_build_info" in ok.text
+        assert len(srv.httpd.check._ok) == 1  # a success is remembered (the next scrape pays no argon2)
         assert requests.get(url, auth=("prometheus", pw), timeout=5).status_code == 200  # cached check
+        assert requests.get(url, auth=("prometheus", "wrong"), timeout=5).status_code == 401  # failures never are
+        assert len(srv.httpd.check._ok) == 1
         bad = {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe").decode()}
         assert requests.get(url, headers=bad, timeout=5).status_code == 401
         assert requests.get(f"{srv.url}/healthz", timeout=5).status_code == 200  # open for health checks
@@ -308,9 +310,18 @@ def test_serve_basic_auth(scheme):
         srv.close()
 
 
-def test_serve_rejects_unknown_hash_format():
-    with pytest.raises(ValueError):
-        metrics.serve("127.0.0.1:0", basic_auth=("u", "plaintext-password"))
+@pytest.mark.parametrize(
+    "hashed, why",
+    [
+        ("plaintext-password", "expected an argon2id hash"),
+        ("sha256:" + hashlib.sha256(b"pw").hexdigest(), "unsalted SHA-256"),
+        (hashlib.sha256(b"pw").hexdigest(), "unsalted SHA-256"),
+        ("$2b$04$" + "a" * 53, "bcrypt"),
+    ],
+)
+def test_serve_rejects_other_hash_schemes(hashed, why):
+    with pytest.raises(ValueError, match=why):
+        metrics.serve("127.0.0.1:0", basic_auth=("u", hashed))
 
 
 def test_serve_tls(tmp_path):
@@ -634,7 +645,12 @@ def pushgateway(tmp_path):
     assert binary, "prometheus-pushgateway not installed (test.sh installs the Debian package)"
     port = free_port()
     log = open(tmp_path / "pushgateway.log", "w")
-    p = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    # an own persistence file: Debian's default (/var/lib/prometheus/pushgateway.data) is shared by every run
+    p = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pushgateway.data'}"],
+        stdout=log,
+        stderr=log,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready")
         yield f"http://127.0.0.1:{port}"
@@ -711,7 +727,7 @@ def test_pusher_rejects_bad_grouping_key():
 # ----------------------------------------------------------------------------- meta
 
 FORBIDDEN_LABEL = re.compile(r"(client|^ip$|_ip$|addr|domain|url|qname|host|user|mac|path|name|email)", re.I)
-SUBSYSTEMS = {"build", "dns", "http", "lists", "bundle", "imagehash", "reports"}
+SUBSYSTEMS = {"build", "dns", "http", "lists", "bundle", "imagehash", "reports", "config", "querylog", "fullhash"}
 
 
 def test_exactly_the_specified_metrics_are_defined():

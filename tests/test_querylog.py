@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from filterproxy.querylog import QueryLog, anonymise_ip
-from filterproxy.verdict import Action
+from filterproxy.verdict import Action, Reason
 
 UTC7 = dt.timezone(dt.timedelta(hours=7))  # Asia/Ho_Chi_Minh has no DST
 
@@ -48,20 +51,34 @@ def test_entries_are_anonymised_by_default(tmp_path):
     when = _today_at(9, 15)
     day = when.date().isoformat()
     with QueryLog(str(tmp_path), tz=UTC7) as ql:
-        ql.log(when, "192.168.1.23", "primary", "example.com", "A", Action.BLOCK, "adult")
-        ql.log(when.timestamp(), "2001:db8:abcd:12::99", "teen", "xn--bcher-kva.example", "AAAA", "allow", None)
+        ql.log(
+            when,
+            "192.168.1.23",
+            "primary",
+            "example.com",
+            "A",
+            Action.BLOCK,
+            reason=Reason.CATEGORY,
+            list_id="default-adult",
+            category="adult",
+        )
+        ql.log(when.timestamp(), "2001:db8:abcd:12::99", "teen", "xn--bcher-kva.example", "AAAA", "allow")
     rows = read_day(tmp_path, day)
     assert rows[0] == {
         "time": f"{day}T09:15:00.000+07:00",
         "client": "192.168.1.0/24",
+        "proto": "dns",
         "group": "primary",
-        "qname": "example.com",
+        "name": "example.com",
         "qtype": "A",
         "action": "block",
+        "reason": "category",
+        "list": "default-adult",
         "category": "adult",
     }
     assert rows[1]["client"] == "2001:db8:abcd::/48"
-    assert rows[1]["category"] is None
+    assert "category" not in rows[1] and rows[1]["reason"] is None  # unset: absent on disk, null if unknown
+    assert ql_read(tmp_path)[1]["category"] is None  # the reader fills absent fields in
     text = (tmp_path / f"querylog-{day}.jsonl").read_text()
     assert "192.168.1.23" not in text and "::99" not in text
 
@@ -71,7 +88,7 @@ def test_full_addresses_only_when_turned_off_explicitly(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="filterproxy.querylog"):
         ql = QueryLog(str(tmp_path), anonymise=False, tz=UTC7)
     assert "anonymisation is OFF" in caplog.text
-    ql.log(when, "192.168.1.23", "staff", "example.org", "A", "allow", None)
+    ql.log(when, "192.168.1.23", "staff", "example.org", "A", "allow")
     ql.close()
     assert read_day(tmp_path, when.date().isoformat())[0]["client"] == "192.168.1.23"
 
@@ -83,8 +100,8 @@ def test_one_file_per_local_day(tmp_path):
     with QueryLog(str(tmp_path), tz=UTC7, retention_days=3650) as ql:
         ql.log(before, "10.0.0.1", "primary", "a.example", "A", "allow")
         ql.log(after, "10.0.0.1", "primary", "b.example", "A", "allow")
-    assert [r["qname"] for r in read_day(tmp_path, "2026-03-02")] == ["a.example"]
-    assert [r["qname"] for r in read_day(tmp_path, "2026-03-03")] == ["b.example"]
+    assert [r["name"] for r in read_day(tmp_path, "2026-03-02")] == ["a.example"]
+    assert [r["name"] for r in read_day(tmp_path, "2026-03-03")] == ["b.example"]
 
 
 def _touch_day(path: Path, day: dt.date) -> Path:
@@ -140,9 +157,9 @@ def test_log_is_cheap_and_never_blocks(tmp_path):
     gate = threading.Event()
     original = ql._format
 
-    def slow_format(item):  # a disk that cannot keep up
+    def slow_format(item, offset):  # a disk that cannot keep up
         gate.wait(10)
-        return original(item)
+        return original(item, offset)
 
     ql._format = slow_format  # type: ignore[method-assign]
     try:
@@ -177,3 +194,139 @@ def test_flush_waits_for_the_writer(tmp_path):
         assert len(read_day(tmp_path, now.date().isoformat())) == 100
     finally:
         ql.close()
+
+
+# ----------------------------------------------------------------------------- per-process files, the reader
+
+
+def _write(path: Path, name: str, rows: list) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def test_reader_merges_the_processes_files_in_time_order_and_tolerates_old_and_bad_lines(tmp_path):
+    rec = lambda t, name, **kw: {"time": f"2026-03-02T{t}+07:00", "group": "teen", "name": name, **kw}  # noqa: E731
+    _write(tmp_path, "querylog-2026-03-02.dns-11.jsonl", [rec("09:00:00.000", "a"), rec("09:00:02.000", "c")])
+    _write(
+        tmp_path,
+        "querylog-2026-03-02.http-12.jsonl",
+        [rec("09:00:01.000", "b", action="block"), "not json", "[1, 2]"],
+    )
+    old = {"time": "2026-03-01T23:00:00.000+07:00", "qname": "old.example", "group": "kids", "action": "allow"}
+    _write(tmp_path, "querylog-2026-03-01.jsonl", [old])  # before the rename of qname, one file per day
+    assert [r["name"] for r in ql_read(tmp_path)] == ["old.example", "a", "b", "c"]
+    since = dt.datetime(2026, 3, 2, 9, 0, 1, tzinfo=UTC7)
+    assert [r["name"] for r in ql_read(tmp_path, since=since)] == ["b", "c"]
+    assert [r["name"] for r in ql_read(tmp_path, group="kids")] == ["old.example"]
+    assert [r["name"] for r in ql_read(tmp_path, action="block")] == ["b"]
+
+
+def ql_read(path: Path, **kw) -> list[dict]:
+    from filterproxy.querylog import read
+
+    return list(read(str(path), **kw))
+
+
+def test_parse_since_reads_iso_in_the_configured_zone_and_names_the_bad_input():
+    from filterproxy.querylog import parse_since
+
+    assert parse_since("2026-03-02", UTC7) == dt.datetime(2026, 3, 2, tzinfo=UTC7)
+    assert parse_since("2026-03-02T08:30+00:00", UTC7) == dt.datetime(2026, 3, 2, 8, 30, tzinfo=dt.UTC)
+    with pytest.raises(ValueError, match=r"--since 'last week': expected an ISO date or time"):
+        parse_since("last week", UTC7)
+
+
+def _cfg(tmp_path: Path, enabled: bool, path: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        path=str(tmp_path / "filterproxy.yaml"),
+        querylog=SimpleNamespace(enabled=enabled, path=path, retention_days=2, anonymise=True),
+        server=SimpleNamespace(state_dir=str(tmp_path / "state")),
+        timezone="Asia/Ho_Chi_Minh",
+    )
+
+
+def test_command_says_when_the_log_is_off(tmp_path):
+    from filterproxy.querylog import command
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(ValueError, match=r"filterproxy.yaml: the query log is off \(querylog.enabled: false\)"):
+        command(_cfg(tmp_path, False), since=None, group=None, action=None, as_json=True, out=out, err=err)
+    # turned off after an investigation: what is left is still shown, with a note
+    today = dt.date.today().isoformat()
+    _write(
+        tmp_path / "state" / "querylog", f"querylog-{today}.dns-1.jsonl", [{"time": f"{today}T10:00:00", "name": "x"}]
+    )
+    assert command(_cfg(tmp_path, False), since=None, group=None, action=None, as_json=True, out=out, err=err) == 0
+    assert json.loads(out.getvalue())["name"] == "x" and "the query log is off" in err.getvalue()
+
+
+def test_one_writer_per_process_and_folder(tmp_path):
+    from filterproxy.querylog import acquire, release
+
+    assert acquire(_cfg(tmp_path, False), "dns") is None  # off by default: nothing opened, no folder
+    assert not (tmp_path / "state").exists()
+    cfg = _cfg(tmp_path, True)
+    a, b = acquire(cfg, "dns"), acquire(cfg, "dns")
+    h = acquire(cfg, "http")
+    assert a is b and a is not h and a.path == str(tmp_path / "state" / "querylog")
+    release(a)
+    assert not a._closed  # still used by the second listener
+    a.put(time.monotonic(), "10.9.8.7", ("teen", "dns", "a.example", "A", "allow", None, None, None))
+    h.put(time.monotonic(), "10.9.8.7", ("teen", "http", "a.example", "GET", "allow", "default", None, None))
+    release(b)
+    release(h)
+    assert a._closed and h._closed
+    names = sorted(p.name for p in (tmp_path / "state" / "querylog").iterdir())
+    day = dt.datetime.now(ZoneInfo("Asia/Ho_Chi_Minh")).date().isoformat()
+    assert names == [f"querylog-{day}.dns-{os.getpid()}.jsonl", f"querylog-{day}.http-{os.getpid()}.jsonl"]
+    (rec,) = ql_read(tmp_path / "state" / "querylog", group="teen", action="allow")[:1]
+    assert rec["client"] == "10.9.8.0/24" and rec["qtype"] == "A" and rec["proto"] == "dns"
+
+
+def test_retention_covers_every_process_file(tmp_path):
+    today = dt.datetime.now(UTC7).date()
+    old = today - dt.timedelta(days=5)
+    _write(tmp_path, f"querylog-{old}.dns-7.jsonl", ["{}"])
+    _write(tmp_path, f"querylog-{old}.http-8.jsonl", ["{}"])
+    _write(tmp_path, f"querylog-{today}.http-8.jsonl", ["{}"])
+    QueryLog(str(tmp_path), retention_days=2, tz=UTC7).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"querylog-{today}.http-8.jsonl"]
+
+
+def test_the_bounded_buffer_counts_drops_in_the_metric(tmp_path):
+    from filterproxy import metrics
+
+    before = metrics.QUERYLOG_DROPPED.value()
+    written = metrics.QUERYLOG_WRITTEN.value()
+    ql = QueryLog(str(tmp_path), tz=UTC7, max_queue=10, interval=60)  # the writer sleeps: the buffer fills
+    what = ("teen", "dns", "a.example", "A", "allow", None, None, None)
+    for _ in range(25):
+        ql.put(time.monotonic(), "10.0.0.1", what)
+    assert len(ql.buf) == 10 and ql.dropped == 15
+    ql.close()
+    assert metrics.QUERYLOG_DROPPED.value() - before == 15
+    assert metrics.QUERYLOG_WRITTEN.value() - written == 10
+
+
+def test_a_packed_reply_keeps_its_record_when_its_ttls_age():
+    from filterproxy.dns.cache import ENTRY_LOG, aged, make_entry
+
+    what = ("teen", "dns", "a.example", "A", "allow", None, None, None)
+    msg = b"\x00\x01" + bytes(40)
+    e = make_entry(msg, [(30, 300)], expires=1e9, now=1000.0, fixed=False, slot=3, logged=what)
+    assert e[ENTRY_LOG] is what and aged(e, 1100)[ENTRY_LOG] is what
+    assert make_entry(msg, [], expires=1e9, now=1000.0, fixed=True, slot=3)[ENTRY_LOG] is None
+
+
+def test_config_errors_name_the_line_and_a_relative_path_follows_the_config_file(tmp_path):
+    from filterproxy.config import ConfigError, load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("querylog:\n  enabled: true\n  retention_days: 0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: 'querylog.retention_days' must be a whole number of days"):
+        load_config(str(bad))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "kids.yaml").write_text("name: Kids\n")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("querylog:\n  enabled: true\n  path: logs/ql\n")
+    assert load_config(str(ok)).querylog.path == str(tmp_path / "logs" / "ql")

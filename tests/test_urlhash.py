@@ -407,3 +407,18 @@ def test_scale_100k() -> None:
     # 20 expressions per URL; only a random 4-byte prefix entry can hit (≈ 5e-4 per URL)
     assert misses >= len(urls) - 5
     assert per_url < 2e-3, f"{per_url * 1e6:.0f} µs per 20-expression lookup"
+
+
+def test_hits_returns_every_list_with_digest_and_kind() -> None:
+    """Full hashes are marked full; a prefix listed by two lists comes back once per record, with the
+    expression's full digest for the endpoint check (docs/fullhash.md)."""
+    d = expression_hash("evil.com/")
+    s = _frozen([(d.hex()[:8], 1 << 32 | 3), (d.hex()[:8].upper(), 2 << 32 | 9), (_hex("evil.com/x"), 5)])
+    assert s.hits("http://evil.com/x") == [
+        ("evil.com/x", 5, expression_hash("evil.com/x"), True),
+        ("evil.com/", 1 << 32 | 3, d, False),
+        ("evil.com/", 2 << 32 | 9, d, False),
+    ]
+    assert s.hits("http://fine.com/") == []
+    fake = d[:4] + bytes(b ^ 0xFF for b in d[4:])  # same 4 bytes, another hash: no full match
+    assert _frozen([(fake.hex(), 1)]).hits("http://evil.com/") == []

@@ -12,7 +12,7 @@ from filterproxy.config.model import ClientRule
 from filterproxy.config.policy import parse_policy
 from filterproxy.config.sections import resolve_path
 from filterproxy.policy.model import Policy
-from filterproxy.vocabulary import ID_RE, ConfigError
+from filterproxy.vocabulary import DOH_ID_RE, ID_RE, ConfigError
 
 CLIENT_KINDS = ("user", "doh", "mac", "ip", "cidr")
 _MAC_RE = re.compile(r"(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}")
@@ -60,6 +60,8 @@ def _client_value(kind: str, value: str) -> str:
         return str(ipaddress.ip_address(value))
     if kind == "cidr":
         return str(ipaddress.ip_network(value, strict=False))
+    if kind == "doh" and not DOH_ID_RE.match(value):
+        raise ValueError(value)
     if kind == "mac":
         if not _MAC_RE.fullmatch(value):
             raise ValueError(value)

@@ -13,13 +13,14 @@ from typing import Any
 
 from filterproxy.config.loader import Section, where_item
 from filterproxy.config.sections import resolve_path
-from filterproxy.config.sources import Source, SourcesError, load_sources
+from filterproxy.config.sources import Source, SourcesError, download_setting, load_sources
 from filterproxy.lists.parsers import FORMATS
 from filterproxy.lists.source import ListSource
 from filterproxy.vocabulary import ID_RE, ConfigError
 
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_IGNORED_KEYS = ("licence", "license", "refresh", "max_bytes", "sha256", "description", "source")
+_IGNORED_KEYS = ("licence", "license", "description", "source")
+_DOWNLOAD_KEYS = ("sha256", "max_bytes", "refresh")  # how a downloaded list is fetched (lists/refresh)
 
 
 def _catalogue(sources_file: str | None, where: str) -> dict[str, Source]:
@@ -40,9 +41,40 @@ def _fill_from_catalogue(sec: Section, catalogue: dict[str, Source], sources_fil
             f"(known: {', '.join(sorted(catalogue)[:12])}, ...)"
         )
     c = catalogue[ref]
-    for key, val in (("id", c.id), ("url", c.url), ("format", c.format), ("category", c.category), ("match", c.match)):
+    for key in ("id", "url", "format", "category", "match", *_DOWNLOAD_KEYS):
+        val = getattr(c, key)
         if val is not None and sec.data.get(key) is None:
             sec.data[key] = val
+
+
+def _download_settings(sec: Section, lid: str) -> dict[str, Any]:
+    """``sha256`` / ``max_bytes`` / ``refresh`` of a list entry (or its catalogue source), checked."""
+    out: dict[str, Any] = {}
+    for key in _DOWNLOAD_KEYS:
+        raw = sec.get(key)
+        if raw is None:
+            continue
+        try:
+            out[key] = download_setting(key, raw)
+        except ValueError as exc:
+            raise ConfigError(f"{sec.where(key)}: list {lid!r}: {key}: {exc}") from None
+    return out
+
+
+def _fullhash_settings(sec: Section, lid: str, fmt: str) -> dict[str, Any]:
+    """``fullhash_url`` / ``fullhash_failure`` of a ``urlhash`` list (docs/fullhash.md), checked."""
+    url = sec.get("fullhash_url", None, types=(str,))
+    failure = sec.get("fullhash_failure", None, choices=("closed", "open"))
+    if url is None and failure is None:
+        return {}
+    key = "fullhash_url" if url is not None else "fullhash_failure"
+    if fmt != "urlhash":
+        raise ConfigError(f"{sec.where(key)}: list {lid!r}: '{key}' applies to format urlhash only, not {fmt}")
+    if url is None:
+        raise ConfigError(f"{sec.where(key)}: list {lid!r}: 'fullhash_failure' needs 'fullhash_url'")
+    if not url.startswith(("https://", "http://")) or len(url.split("/", 3)[2]) == 0:
+        raise ConfigError(f"{sec.where(key)}: list {lid!r}: 'fullhash_url' must be an http(s) URL, got {url!r}")
+    return {"fullhash_url": url, "fullhash_failure": failure}
 
 
 def _list_source(sec: Section, path: str, where: str) -> ListSource:
@@ -78,6 +110,8 @@ def _list_source(sec: Section, path: str, where: str) -> ListSource:
         legal=sec.get("legal", False, types=(bool,)),
         hashed=sec.get("hashed", fmt in ("urlhash", "imagehash"), types=(bool,)),
         where=where,
+        **_download_settings(sec, lid),
+        **_fullhash_settings(sec, lid, fmt),
     )
     for k in _IGNORED_KEYS:
         sec.get(k)

@@ -6,6 +6,7 @@ Relative paths are relative to the file that names them. Without a path the embe
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from filterproxy.config.groups import parse_clients, parse_groups
@@ -13,6 +14,7 @@ from filterproxy.config.lists import parse_lists
 from filterproxy.config.loader import Section, load_yaml
 from filterproxy.config.model import Config
 from filterproxy.config.policy import check_categories
+from filterproxy.config.proxy import check_listener_groups
 from filterproxy.config.sections import (
     parse_bundle,
     parse_cache,
@@ -54,6 +56,7 @@ def load_config(path: str | None = None) -> Config:
     lists = parse_lists(top.get("lists", [], types=(list,)), path, sources_file)
     groups = parse_groups(top, path)
     clients = parse_clients(top.get("clients", [], types=(list,)), path, groups)
+    check_listener_groups(top.data.get("http"), path, server.proxy_modes, groups)
     default_group = top.get("default_group", None, types=(str,))
     if default_group is not None and default_group not in groups:
         raise ConfigError(
@@ -64,7 +67,7 @@ def load_config(path: str | None = None) -> Config:
     for g in groups.values():
         check_categories(g, categories)
     top.done()
-    return Config(
+    cfg = Config(
         path,
         server,
         upstreams,
@@ -82,3 +85,18 @@ def load_config(path: str | None = None) -> Config:
         sources_file,
         bundle,
     )
+    cfg.digest = config_digest([path, sources_file, *(g.file for g in groups.values())])
+    return cfg
+
+
+def config_digest(files: list[str | None]) -> str:
+    """12 hex digits of a sha256 over the content of ``files`` (each once): which configuration is served."""
+    h = hashlib.sha256()
+    for f in dict.fromkeys(x for x in files if x):
+        h.update(f.encode() + b"\0")
+        try:
+            with open(f, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+        except OSError:  # read a moment ago; gone now: the digest says so by differing
+            h.update(b"?")
+    return h.hexdigest()[:12]

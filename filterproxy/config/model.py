@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from filterproxy.config.secrets import SecretFile
     from filterproxy.lists.source import ListSource
     from filterproxy.policy.model import Policy
 
@@ -21,12 +22,17 @@ class ServerConfig:
     dns_listen: tuple[str, int] | None = ("127.0.0.1", 5353)
     proxy_listen: tuple[str, int] | None = ("127.0.0.1", 8080)
     proxy_workers: int = 1
+    proxy_modes: list[str] = field(default_factory=lambda: ["regular"])  # the first on proxy_listen, then MODE@PORT
     dns_workers: int = 1
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9108)
     block_page_ipv4: str = "127.0.0.1"
     block_page_ipv6: str = "::1"
     gateway_id: str = field(default_factory=socket.gethostname)
     state_dir: str = ""
+    doh_listen: tuple[str, int] | None = None  # DNS over HTTPS (RFC 8484), on tls_cert_file/tls_key_file
+    dot_listen: tuple[str, int] | None = None  # DNS over TLS (RFC 7858)
+    tls_cert_file: str | None = None  # PEM certificate chain of the DoH/DoT listeners
+    tls_key_file: str | None = None
 
 
 @dataclass
@@ -82,6 +88,8 @@ class HttpConfig:
     image_hashing: bool = True
     pdq_max_distance: int = 31
     header_timeout: float = 30.0  # seconds a client connection gets to send each request head; 0 = off
+    inspect_https: bool = True  # off: HTTPS decided on the host (CONNECT/SNI) only, allowed tunnels pass through
+    listener_groups: dict[int, str] = field(default_factory=dict)  # port of a server.proxy_modes listener → group
 
 
 @dataclass
@@ -90,6 +98,7 @@ class ReportsConfig:
     spool: str | None = None
     url_mode: str = "host"  # full | host | hashed | none
     include_client: bool = False
+    token_file: SecretFile | None = None  # bearer token for the endpoint (read at start-up, config/secrets)
 
 
 @dataclass
@@ -98,7 +107,11 @@ class MetricsConfig:
     push_interval: int = 60
     push_grouping: dict[str, str] = field(default_factory=dict)
     basic_auth_user: str | None = None
-    basic_auth_hash: str | None = None
+    basic_auth_hash: str | None = None  # argon2id ($argon2id$...), filterproxy.passwords
+    push_basic_auth_user: str | None = None
+    push_password_file: SecretFile | None = None
+    tls_cert_file: str | None = None  # /metrics over HTTPS (PEM chain) with tls_key_file
+    tls_key_file: SecretFile | None = None
 
 
 @dataclass
@@ -147,6 +160,7 @@ class Config:
     timezone: str
     sources_file: str | None = None
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    digest: str = ""  # short sha256 of every file this configuration was read from (the reload log names it)
 
     def state_path(self, *parts: str) -> str:
         return os.path.join(self.server.state_dir, *parts)

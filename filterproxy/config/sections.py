@@ -6,8 +6,10 @@ validates it and returns the section's dataclass; relative paths are resolved ag
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import re
 import socket
 
 from filterproxy.config.loader import Section, check_upstream, parse_hostport
@@ -22,6 +24,9 @@ from filterproxy.config.model import (
     ServerConfig,
     UpstreamConfig,
 )
+from filterproxy.config.proxy import parse_listener_groups, parse_proxy_modes
+from filterproxy.config.secrets import secret_file
+from filterproxy.passwords import HOW_TO_HASH, check_hash
 from filterproxy.vocabulary import LANGUAGES, ConfigError
 
 
@@ -55,15 +60,34 @@ def parse_server(s: Section, path: str) -> ServerConfig:
         block_page_ipv6=s.get("block_page_ipv6", "::1", types=(str,)),
         gateway_id=s.get("gateway_id", socket.gethostname(), types=(str,)),
         state_dir=s.get("state_dir", "", types=(str,)),
+        doh_listen=_listen(s, "doh_listen", None, 443),
+        dot_listen=_listen(s, "dot_listen", None, 853),
+        tls_cert_file=s.get("tls_cert_file", None, types=(str,)),
+        tls_key_file=s.get("tls_key_file", None, types=(str,)),
     )
+    server.proxy_modes = parse_proxy_modes(s, server.proxy_listen, server.proxy_workers)
     for key in ("block_page_ipv4", "block_page_ipv6"):
         try:
             ipaddress.ip_address(getattr(server, key))
         except ValueError:
             raise ConfigError(f"{s.where(key)}: 'server.{key}' must be an IP address") from None
+    for key in ("tls_cert_file", "tls_key_file"):
+        if getattr(server, key):
+            setattr(server, key, resolve_path(path, getattr(server, key)))
+            if not os.path.isfile(getattr(server, key)):
+                raise ConfigError(f"{s.where(key)}: 'server.{key}': file not found: {getattr(server, key)}")
+    for key in ("doh_listen", "dot_listen"):
+        missing = tls_missing(server) if getattr(server, key) else None
+        if missing:
+            raise ConfigError(f"{s.where(key)}: 'server.{key}' needs 'server.{missing}' (the listener's certificate)")
     s.done()
     server.state_dir = resolve_path(path, server.state_dir) if server.state_dir else default_state_dir()
     return server
+
+
+def tls_missing(server: ServerConfig) -> str | None:
+    """The first of ``server.tls_cert_file`` / ``tls_key_file`` that DoH/DoT need and is not set."""
+    return next((k for k in ("tls_cert_file", "tls_key_file") if not getattr(server, k)), None)
 
 
 def parse_upstreams(u: Section, path: str) -> UpstreamConfig:
@@ -140,6 +164,8 @@ def parse_http(h: Section, path: str) -> HttpConfig:
         image_hashing=h.get("image_hashing", True, types=(bool,)),
         pdq_max_distance=h.get("pdq_max_distance", 31, types=(int,)),
         header_timeout=float(h.get("header_timeout", hd.header_timeout, types=(int, float))),
+        inspect_https=h.get("inspect_https", True, types=(bool,)),
+        listener_groups=parse_listener_groups(h),
     )
     if not 0 <= http.header_timeout < float("inf"):  # also NaN
         raise ConfigError(
@@ -158,6 +184,7 @@ def parse_reports(r: Section, path: str) -> ReportsConfig:
         spool=r.get("spool", None, types=(str,)),
         url_mode=r.get("url_mode", "host", choices=("full", "host", "hashed", "none")),
         include_client=r.get("include_client", False, types=(bool,)),
+        token_file=secret_file(r, "token_file", functools.partial(resolve_path, path)),
     )
     if reports.spool:
         reports.spool = resolve_path(path, reports.spool)
@@ -166,15 +193,52 @@ def parse_reports(r: Section, path: str) -> ReportsConfig:
 
 
 def parse_metrics(m: Section, path: str) -> MetricsConfig:
+    resolve = functools.partial(resolve_path, path)
+    if "basic_auth_password" in m.data:
+        raise ConfigError(
+            f"{m.where('basic_auth_password')}: 'metrics.basic_auth_password': no password in the configuration; "
+            f"set 'metrics.basic_auth_hash' to its hash instead: {HOW_TO_HASH}"
+        )
+    cert = m.get("tls_cert_file", None, types=(str,))
     metrics = MetricsConfig(
         push_url=m.get("push_url", None, types=(str,)),
         push_interval=m.get("push_interval", 60, types=(int,)),
         push_grouping={str(k): str(v) for k, v in m.get("push_grouping", {}, types=(dict,)).items()},
         basic_auth_user=m.get("basic_auth_user", None, types=(str,)),
         basic_auth_hash=m.get("basic_auth_hash", None, types=(str,)),
+        push_basic_auth_user=m.get("push_basic_auth_user", None, types=(str,)),
+        push_password_file=secret_file(m, "push_password_file", resolve),
+        tls_cert_file=resolve(cert) if cert else None,
+        tls_key_file=secret_file(m, "tls_key_file", resolve),
     )
+    _check_metrics(m, metrics)
     m.done()
     return metrics
+
+
+def _check_metrics(m: Section, metrics: MetricsConfig) -> None:
+    """Keys that go in pairs, the password hash's scheme, the push interval and grouping labels."""
+    pairs = (("basic_auth_user", "basic_auth_hash"), ("push_basic_auth_user", "push_password_file"))
+    for a, b in pairs + (("tls_cert_file", "tls_key_file"),):
+        if (getattr(metrics, a) is None) != (getattr(metrics, b) is None):
+            have, need = (a, b) if getattr(metrics, a) is not None else (b, a)
+            raise ConfigError(f"{m.where(have)}: 'metrics.{have}' needs 'metrics.{need}' as well")
+    if metrics.basic_auth_hash is not None:
+        try:
+            check_hash(metrics.basic_auth_hash)
+        except ValueError as exc:
+            raise ConfigError(f"{m.where('basic_auth_hash')}: 'metrics.basic_auth_hash': {exc}") from None
+    if metrics.push_interval < 1:
+        raise ConfigError(
+            f"{m.where('push_interval')}: 'metrics.push_interval' must be at least 1 (seconds), "
+            f"got {metrics.push_interval}"
+        )
+    for k, v in metrics.push_grouping.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or not v:
+            raise ConfigError(
+                f"{m.where('push_grouping')}: 'metrics.push_grouping': invalid label {k}={v!r} "
+                "(expected a Prometheus label name and a non-empty value)"
+            )
 
 
 def parse_querylog(q: Section, path: str) -> QueryLogConfig:
@@ -184,6 +248,10 @@ def parse_querylog(q: Section, path: str) -> QueryLogConfig:
         retention_days=q.get("retention_days", 7, types=(int,)),
         anonymise=q.get("anonymise", True, types=(bool,)),
     )
+    if querylog.retention_days < 1:
+        raise ConfigError(f"{q.where('retention_days')}: 'querylog.retention_days' must be a whole number of days >= 1")
+    if querylog.path:
+        querylog.path = resolve_path(path, querylog.path)
     q.done()
     return querylog
 

@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from filterproxy.lists.parsers import DOMAIN_FORMATS, FOLDER_FORMATS, FORMATS
+from filterproxy.lists.source import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
+from filterproxy.lists.source import DEFAULT_REFRESH as DEFAULT_REFRESH
 from filterproxy.vocabulary import KNOWN_CATEGORIES, SOURCE_ID_RE
 
 #: Formats a source may have: every list format the parsers read, plus a signed bundle.
 SOURCE_FORMATS = frozenset(FORMATS) | {"bundle"}
 MATCH_MODES = ("exact", "subdomains")
-DEFAULT_MAX_BYTES = 64 << 20
-DEFAULT_REFRESH = 86_400
 MIN_REFRESH = 300  # list hosts are shared infrastructure; none of them publishes more often
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -186,6 +186,19 @@ def parse_duration(value: object) -> int:
 # --- loading ------------------------------------------------------------------------------------
 
 _CONVERT: dict[str, Callable[[object], object]] = {"max_bytes": parse_size, "refresh": parse_duration}
+
+
+def download_setting(key: str, value: object) -> object:
+    """A ``sha256`` / ``max_bytes`` / ``refresh`` value as written in YAML → checked, in its stored form
+    (bytes, seconds, lower-case hex); ValueError says what was expected."""
+    if key in _CONVERT:
+        value = _CONVERT[key](value)
+    if key == "sha256" and isinstance(value, str):
+        value = value.lower()
+    _FIELD_CHECKS[key](value)
+    return value
+
+
 _FIELDS = tuple(f.name for f in fields(Source))
 
 

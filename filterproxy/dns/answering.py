@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from filterproxy import metrics
@@ -18,6 +19,8 @@ from filterproxy.dns.responses import Reply
 if TYPE_CHECKING:
     from filterproxy.dns.chain import Chain, Result
     from filterproxy.dns.clients import ClientState
+    from filterproxy.dns.decisions import Decisions
+    from filterproxy.querylog import Info, QueryLog
 
 log = logging.getLogger("filterproxy.dns")
 
@@ -31,9 +34,13 @@ class Tally:
     every other answer. Slots only ever grow; :meth:`flush` publishes the growth since the last flush
     into the metrics counters, so there is no read-and-reset race between the UDP thread and the loop.
     Cache entries hold the slot number (an int), which keeps them invisible to the garbage collector.
+
+    ``querylog`` (set before the listeners start; None when ``querylog.enabled`` is off) gets one record per
+    answered query: :meth:`record` on the slow paths, and the packed entry's own record on the UDP hit path.
     """
 
     def __init__(self) -> None:
+        self.querylog: QueryLog | None = None
         self.slots: dict[tuple, int] = {}
         self.keys: list[tuple] = []
         self.hits: list[int] = []
@@ -62,6 +69,36 @@ class Tally:
         self.other[i] += 1
         return i
 
+    def log_buffer(self) -> tuple[list | None, int, Callable[[], None]]:
+        """(buffer, capacity, drop) of the query log for the UDP hot loops; (None, 0, a no-op) when it is off."""
+        ql = self.querylog
+        if ql is None:
+            return None, 0, _nothing
+        return ql.buf, ql.cap, ql.drop
+
+    def record(
+        self, q: wire.Query, r: Reply, st: ClientState, now: float, decisions: Decisions | None = None
+    ) -> Info | None:
+        """Queue the query-log record of an answered query; return it for the packed entry (None: log off).
+
+        An allowed answer comes from upstream without a verdict: the question's verdict (reason "default",
+        or the allowlist that let it through) is the one the policy link memoised in ``decisions``.
+        """
+        ql = self.querylog
+        if ql is None:
+            return None
+        from filterproxy.querylog import info
+
+        group = st.group or ""
+        name = wire.policy_name(q.qname)
+        v = r.verdict
+        if v is None and name is not None and decisions is not None:
+            memo = decisions.memo.get(group)
+            v = memo.get(name) if memo is not None else None
+        what = info(group, "dns", name or q.name, q.qtype_name, r.action, v)  # unfilterable: as sent
+        ql.put(now, st.ip, what)
+        return what
+
     def flush(self) -> None:
         hits = 0
         for i in range(len(self.keys)):
@@ -78,6 +115,10 @@ class Tally:
             hits += da
         if hits:
             metrics.DNS_CACHE_HITS.inc(amount=hits)
+
+
+def _nothing() -> None:
+    pass
 
 
 def pack(q: wire.Query, r: Reply, now: float, max_size: int) -> tuple[bytes, list[tuple[int, int]]]:

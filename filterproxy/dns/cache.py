@@ -241,10 +241,11 @@ def _evict(d: dict, n: int) -> None:
         d.pop(k, None)
 
 
-# A packed entry: (expires, fresh until second, reply without its ID, tally slot, base second, ages) —
+# A packed entry: (expires, fresh until second, reply without its ID, tally slot, base second, ages, log) —
 # one flat tuple of atoms, so the garbage collector drops it from its lists at the first look.
 #   ages: b"" (fixed TTLs) or ">HI" (offset, TTL as of ``base``) per record
-ENTRY_EXPIRES, ENTRY_FRESH, ENTRY_BYTES, ENTRY_SLOT, ENTRY_BASE, ENTRY_AGES = range(6)
+#   log: the query log's record of this answer (a tuple of strings, see filterproxy.querylog.Info), or None
+ENTRY_EXPIRES, ENTRY_FRESH, ENTRY_BYTES, ENTRY_SLOT, ENTRY_BASE, ENTRY_AGES, ENTRY_LOG = range(7)
 NEVER = 1 << 62
 _AGE = struct.Struct(">HI")
 
@@ -283,11 +284,19 @@ class PackedCache:
             self.d.clear()
 
 
-def make_entry(msg: bytes, offsets: list[tuple[int, int]], expires: float, now: float, fixed: bool, slot: int) -> tuple:
-    """A packed-cache entry for ``msg`` (a full reply; its ID is cut off here)."""
+def make_entry(
+    msg: bytes,
+    offsets: list[tuple[int, int]],
+    expires: float,
+    now: float,
+    fixed: bool,
+    slot: int,
+    logged: tuple | None = None,
+) -> tuple:
+    """A packed-cache entry for ``msg`` (a full reply; its ID is cut off here); ``logged``: its query-log record."""
     sec = int(now)
     if fixed or not offsets:
-        return (expires, NEVER, msg[2:], slot, sec, b"")
+        return (expires, NEVER, msg[2:], slot, sec, b"", logged)
     pack = _AGE.pack
     parts = []
     low = 1 << 31
@@ -295,14 +304,14 @@ def make_entry(msg: bytes, offsets: list[tuple[int, int]], expires: float, now: 
         parts.append(pack(off - 2, ttl))
         if ttl < low:
             low = ttl
-    return (expires, sec + age_step(low) - 1, msg[2:], slot, sec, b"".join(parts))
+    return (expires, sec + age_step(low) - 1, msg[2:], slot, sec, b"".join(parts), logged)
 
 
 def aged(entry: tuple, sec: int) -> tuple:
     """The entry re-rendered for second ``sec``: every TTL lowered by the seconds since it was packed."""
-    expires, _fresh, body, slot, base, ages = entry
+    expires, _fresh, body, slot, base, ages, logged = entry
     if not ages:
-        return (expires, NEVER, body, slot, base, ages)
+        return (expires, NEVER, body, slot, base, ages, logged)
     el = sec - base
     buf = bytearray(body)
     pack = _U32.pack_into
@@ -314,7 +323,7 @@ def aged(entry: tuple, sec: int) -> tuple:
         if t < left:
             left = t
         pack(buf, off, t)
-    return (expires, sec + age_step(left) - 1, bytes(buf), slot, base, ages)
+    return (expires, sec + age_step(left) - 1, bytes(buf), slot, base, ages, logged)
 
 
 class PackedCaches:
@@ -324,7 +333,12 @@ class PackedCaches:
 
     def __init__(self, groups, size: int, sweep_interval: float = 30.0):
         self._lock = threading.Lock()
+        self.size, self.sweep_interval = size, sweep_interval
         self.by_group: dict[str, PackedCache] = {g: PackedCache(g, size, self._lock, sweep_interval) for g in groups}
+
+    def set_groups(self, groups) -> None:
+        """A reloaded configuration's groups: one empty cache each (swapped as one reference)."""
+        self.by_group = {g: PackedCache(g, self.size, self._lock, self.sweep_interval) for g in groups}
 
     def for_group(self, group: str | None) -> PackedCache | None:
         return self.by_group.get(group) if group is not None else None

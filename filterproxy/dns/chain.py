@@ -484,6 +484,13 @@ class Chain:
         self.decisions.clear(group)
         self.packed.clear(group)
 
+    def on_config(self, cfg) -> None:
+        """A reloaded configuration (already in the engine): new packed caches for its groups, the client
+        states rebuilt under its ACL, rate limit and client rules, every memoised verdict dropped."""
+        self.packed.set_groups(cfg.groups)
+        self.clients.configure(cfg.dns.allowed_networks, cfg.dns.rate_limit)
+        self.decisions.clear()
+
     async def close(self) -> None:
         for g in self.groups:
             await g.close()

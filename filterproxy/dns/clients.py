@@ -3,8 +3,9 @@
 The three first links of the chain share one small object per source address, :class:`ClientState`,
 so the UDP hot path pays one dict lookup for all of them. States are built on the first query from an
 address (ACL check, ``engine.clients.group_for`` by IP/CIDR, and by MAC from the neighbour table when the
-configuration has MAC rules) and rebuilt every ``refresh`` seconds, so a DHCP lease that moves to
-another device, or a MAC seen later in the ARP table, changes the group within that time.
+configuration has MAC rules; IPv4 and IPv6, :mod:`filterproxy.neighbours`) and rebuilt every ``refresh``
+seconds, so a DHCP lease that moves to another device changes the group within that time; a state built
+before the client's MAC was in the table is rebuilt after ``MAC_MISS_RETRY`` seconds.
 
 Rate limit: ``dns.rate_limit`` queries per second per address (0 = off). Past the limit the next
 ``rate_limit`` queries of that second are answered REFUSED, anything beyond is dropped (a flood must
@@ -23,6 +24,7 @@ from filterproxy.clients import Client, mac_for_ip
 log = logging.getLogger("filterproxy.dns")
 
 UNLIMITED = 1 << 62
+MAC_MISS_RETRY = 2.0  # seconds a state built without the client's MAC (not in the table yet) is kept
 
 
 class ClientState:
@@ -98,12 +100,16 @@ class ClientTable:
             allowed = any(addr.version == n.version and addr in n for n in self.nets)
         except ValueError:
             allowed = False
-        group, how = None, "refused"
+        group, how, ttl = None, "refused", self.refresh
         if allowed:
-            mac = mac_for_ip(canon) if self.engine.clients.uses_mac else None
+            mac = None
+            if self.engine.clients.uses_mac:
+                mac = mac_for_ip(canon)
+                if mac is None:  # not in the neighbour table yet: the reader was asked to look again soon
+                    ttl = min(ttl, MAC_MISS_RETRY)
             group, how = self.engine.clients.group_for(Client(ip=canon, mac=mac))
         pc = self.caches.for_group(group) if allowed else None
-        new = ClientState(canon, allowed, group, how, pc, self.limit, now + self.refresh)
+        new = ClientState(canon, allowed, group, how, pc, self.limit, now + ttl)
         if st is not None:  # keep the rate-limit window across a refresh
             new.sec, new.count = st.sec, st.count
         with self._lock:
@@ -111,6 +117,13 @@ class ClientTable:
                 self.table.clear()
             self.table[ip] = new
         return new
+
+    def configure(self, allowed_networks: list[str], rate_limit: int) -> None:
+        """A reloaded configuration's ACL and rate limit; every state is rebuilt (groups may have moved)."""
+        self.nets = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+        self.rate_limit = rate_limit
+        self.limit = rate_limit if rate_limit > 0 else UNLIMITED
+        self.reset()
 
     def reset(self) -> None:
         """Forget every state (configuration or cache objects changed)."""

@@ -11,8 +11,8 @@ from filterproxy.verdict import Reason, Verdict
 class Decisions:
     """``engine.decide`` with a memo per group: the same names come back all the time (short-TTL names,
     blocked names whose answers expired, CNAME targets shared by many names) and a decision costs
-    10-40 µs. Dropped with the packed replies — on a snapshot swap and when a group's schedules change —
-    so a memoised verdict is never staler than a packed reply."""
+    10-40 µs. Dropped with the packed replies — on a snapshot swap or config reload, and when a group's
+    schedules change — so a memoised verdict is never staler than a packed reply."""
 
     def __init__(self, engine, size: int = 65536):
         self.engine = engine

@@ -12,11 +12,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from filterproxy import gcpolicy, metrics
+from filterproxy import gcpolicy, metrics, querylog
 from filterproxy.dns.server import DnsServer
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
+    from filterproxy.dns.encrypted import Listener
     from filterproxy.policy.engine import Engine
 
 log = logging.getLogger("filterproxy.dns")
@@ -55,8 +56,10 @@ class DnsService:
             reuse_port=reuse_port,
             deadline=deadline,
         )
+        self.server.tally.querylog = querylog.acquire(cfg, "dns")  # before the listeners start (see Tally)
         self._timer: asyncio.Task | None = None
         self._schedules: dict[str, tuple[bool, ...]] = {}
+        self.encrypted: list[Listener] = []  # DoT / DoH (start_encrypted)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -64,19 +67,38 @@ class DnsService:
 
     async def start(self) -> None:
         self.chain.log()
+        if self.engine.clients.uses_mac:  # MAC rules: read the neighbour table before the first query
+            from filterproxy.neighbours import TABLE
+
+            await asyncio.get_running_loop().run_in_executor(None, TABLE.warm)
         await self.server.start()
         self._schedules = self._active_schedules()
         self._timer = asyncio.get_running_loop().create_task(self._housekeeping())
 
+    async def start_encrypted(self) -> None:
+        """The DoT and DoH listeners ``server.dot_listen`` / ``doh_listen`` turn on (main process only)."""
+        from filterproxy.dns.encrypted import start_encrypted
+
+        self.encrypted = await start_encrypted(self)
+
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for listener in self.encrypted:
+            await listener.stop()
         await self.server.stop()
         await self.chain.close()
+        querylog.release(self.server.tally.querylog)
 
     def on_swap(self) -> None:
         """Call after ``engine.swap``: packed replies carry old verdicts."""
         self.chain.on_swap()
+
+    def on_config(self, cfg: Config) -> None:
+        """Call after ``engine.swap`` with a new configuration: its groups, clients and ACL reach the chain
+        (and every listener that answers through it); every cached verdict and packed reply goes."""
+        self.chain.on_config(cfg)
+        self._schedules = self._active_schedules()
 
     def _active_schedules(self) -> dict[str, tuple[bool, ...]]:
         now = self.engine.now()

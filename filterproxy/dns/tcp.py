@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -125,25 +126,52 @@ class TcpListener:
         max_connections: int = 256,
         max_per_client: int = 16,
         deadline: float = 8.0,
+        protocol: str = "tcp",
     ) -> None:
         self.chain = chain
         self.tally = tally
+        self.protocol = protocol  # the metrics' protocol label: tcp, or dot over TLS (filterproxy.dns.dot)
         self.conns = Connections(max_connections, max_per_client, idle_timeout)
         self.deadline = deadline
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reactor: LoopReactor | None = None
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int, *, sock: socket.socket | None = None, reuse_port: bool = False) -> None:
-        """Listen on ``sock`` (bound) when given, else on ``host:port``."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """Listen on ``sock`` (bound) when given, else on ``host:port``; over TLS with ``tls``."""
         self.loop = asyncio.get_running_loop()
         self.reactor = LoopReactor(self.loop)
+        # a TLS handshake gets the idle timeout: a client that connects and stays silent holds no more
+        hs = self.conns.idle_timeout if tls is not None else None
         if sock is not None:
-            self._server = await asyncio.start_server(self._client, sock=sock, backlog=256)
+            self._server = await asyncio.start_server(
+                self._client, sock=sock, backlog=256, ssl=tls, ssl_handshake_timeout=hs
+            )
         else:
             self._server = await asyncio.start_server(
-                self._client, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=256
+                self._client,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                backlog=256,
+                ssl=tls,
+                ssl_handshake_timeout=hs,
             )
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
         if self._server is not None:
@@ -196,7 +224,7 @@ class TcpListener:
                     out = self._query(data, st, now)
                 except Exception:
                     metrics.DNS_ERRORS.inc("exception")
-                    log.exception("dns: error handling a tcp query; answered SERVFAIL")
+                    log.exception("dns: error handling a %s query; answered SERVFAIL", self.protocol)
                     out = wire.header_reply(data, wire.SERVFAIL)
             if out is None:
                 continue
@@ -216,7 +244,7 @@ class TcpListener:
         q, early = admit(data, st)
         if q is None:
             return early
-        r = handle(self.chain, q, st, "tcp", self.reactor, now)
+        r = handle(self.chain, q, st, self.protocol, self.reactor, now)
         if type(r) is Reply:
             return self._answer(q, r, st, now)
         return (q, r)
@@ -225,7 +253,8 @@ class TcpListener:
         msg, _ = pack(q, r, now, 65535)
         group = st.group
         assert group is not None  # admission.admit refuses clients without a group
-        self.tally.count(group, q.qtype, r, "tcp")
+        self.tally.count(group, q.qtype, r, self.protocol)
+        self.tally.record(q, r, st, now, self.chain.decisions)
         return msg
 
     async def _finish(
@@ -245,7 +274,7 @@ class TcpListener:
             msg = self._answer(q, r, st, time.monotonic())
         except Exception:
             metrics.DNS_ERRORS.inc("exception")
-            log.exception("dns: error packing a tcp reply; answered SERVFAIL")
+            log.exception("dns: error packing a %s reply; answered SERVFAIL", self.protocol)
             fallback = wire.header_reply(q.data, wire.SERVFAIL)
             assert fallback is not None  # q was parsed: its header is usable
             msg = fallback

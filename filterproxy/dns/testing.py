@@ -355,7 +355,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
 # ---------------------------------------------------------------- filterproxy as a subprocess
 
 _LISTEN_RE = re.compile(r"DNS listening on \[?([0-9a-fA-F:.]+)\]?:(\d+)")
-_METRICS_RE = re.compile(r"metrics on (http://\S+)/metrics")
+_METRICS_RE = re.compile(r"metrics on (https?://\S+)/metrics")
 
 
 class ServerProcess:

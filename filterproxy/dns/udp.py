@@ -154,6 +154,8 @@ class UdpListener:
         slow = self._udp_slow
         reactor = self._reactor
         hits = self.tally.hits
+        # the query log (when on): each packed hit is one record too, appended inline (QueryLog.put)
+        qbuf, qcap, qdrop = self.tally.log_buffer()
         poll_every = self.POLL_EVERY - 1
         n = 0
         tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
@@ -191,6 +193,11 @@ class UdpListener:
                         st.cache[key] = e
                     send(data[:2] + e[2], addr)
                     hits[e[3]] += 1
+                    if qbuf is not None:
+                        if len(qbuf) < qcap:
+                            qbuf.append((now, addr[0], e[6]))
+                        else:
+                            qdrop()
                     continue
                 slow(data, addr, st, now)
             except Exception:  # never let the listener die; the query gets SERVFAIL when possible
@@ -217,6 +224,8 @@ class UdpListener:
         slow = self._udp_slow
         reactor = self._reactor
         hits = self.tally.hits
+        # the query log (when on): each packed hit is one record too, appended inline (QueryLog.put)
+        qbuf, qcap, qdrop = self.tally.log_buffer()
         tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
         next_tick = 0.0
         recv, flush = bs.recv, bs.flush
@@ -293,6 +302,11 @@ class UdpListener:
                         else:
                             sendto(bytes(rbuf[off : off + 2]) + body, bs.addr(i, ip))
                         hits[e[3]] += 1
+                        if qbuf is not None:
+                            if len(qbuf) < qcap:
+                                qbuf.append((now, ip, e[6]))
+                            else:
+                                qdrop()
                         continue
                     data = bytes(rbuf[off:end])
                     slow(data, bs.addr(i, ip), st, now)
@@ -390,5 +404,6 @@ class UdpListener:
         group = st.group
         assert group is not None  # admission.admit refuses clients without a group
         slot = self.tally.count(group, q.qtype, r, "udp")
+        logged = self.tally.record(q, r, st, now, self.chain.decisions)
         if r.expires > now and st.packed is not None:
-            st.packed.put(q.data[2:], make_entry(msg, offsets, r.expires, now, r.fixed, slot))
+            st.packed.put(q.data[2:], make_entry(msg, offsets, r.expires, now, r.fixed, slot, logged))

@@ -9,7 +9,8 @@ pages are shared). Their counters reach the main process through the multi-proce
 
 * the main process binds first (port 0 is resolved there), then the workers join its address;
 * ``start()`` returns once every worker listens (a line on a pipe), or raises;
-* SIGHUP to the main process is forwarded (each worker rebuilds and swaps its own engine);
+* SIGHUP to the main process is forwarded (each worker re-reads configuration and lists and swaps its own
+  engine, one config generation more: :mod:`filterproxy.reload`);
 * a worker that dies is restarted (with back-off); workers exit when the main process is gone.
 """
 
@@ -48,6 +49,7 @@ class DnsWorkers:
         self.state_dir = state_dir
         self.ready_timeout = ready_timeout
         self.procs: list[subprocess.Popen | None] = [None] * count
+        self.generation = 1  # the parent's config generation: where a worker started now begins
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
 
@@ -77,6 +79,8 @@ class DnsWorkers:
                 str(os.getpid()),
                 "--ready-fd",
                 str(ready_fd),
+                "--config-generation",
+                str(self.generation),
             ]
         )
         if getattr(a, "config", None):

@@ -10,7 +10,8 @@ asking in :mod:`~filterproxy.http.identity`, the proxy's own answers in :mod:`~f
   not intercepted; blocked pass-through → closed (``server_connect`` refuses the upstream connection).
 * ``requestheaders``: ambiguous ``Host`` → 400; host rules, URL rules and hashes on the full URL,
   SafeSearch rewrites, the block page. ``request`` decides again if the URL changed since.
-* ``responseheaders`` / ``response``: response checks (:meth:`FilterAddon.add_response_check`, images).
+* ``responseheaders`` / ``response``: response checks (:meth:`FilterAddon.add_response_check`, images);
+  every other body streams, never buffered.
 * ``client_connected`` … ``client_disconnected``: request-head deadlines (:mod:`~filterproxy.http.header_timeout`).
 
 Every hook fails closed (see :mod:`~filterproxy.http.responses`).
@@ -28,6 +29,7 @@ from mitmproxy.proxy import layer, server_hooks
 from filterproxy import metrics
 from filterproxy.clients import Client
 from filterproxy.http import responses, safesearch
+from filterproxy.http.fullhash import FullHashConfirmer
 from filterproxy.http.header_timeout import HeaderDeadlines, close_client
 from filterproxy.http.identity import Conn, Identity
 from filterproxy.http.responses import KEY, ResponseCheck
@@ -53,6 +55,12 @@ async def _after(first: Awaitable, then: Callable[[http.HTTPFlow], Any], flow: h
     return then(flow)
 
 
+def _for_url(confirmed: tuple[str, frozenset[tuple[str, bytes]]] | None, url: str) -> frozenset | None:
+    """The full-hash answers kept on a flow, if they were for this URL (``request`` decides again when
+    an addon changed the URL: its prefix hits are asked about afresh)."""
+    return confirmed[1] if confirmed is not None and confirmed[0] == url else None
+
+
 class FilterAddon:
     """Child-safety filtering for mitmproxy: decisions by :class:`Engine`, block page, SafeSearch, pass-through."""
 
@@ -66,6 +74,7 @@ class FilterAddon:
         self._conns = self.identity.conns
         self.errors = responses.HookErrors()
         self.heads = HeaderDeadlines(lambda: self.keeper.header_timeout, close_client, self.errors)
+        self.fullhash = FullHashConfirmer()
 
     @property
     def state(self) -> HttpState | None:
@@ -86,9 +95,10 @@ class FilterAddon:
 
     # ------------------------------------------------------------ lifecycle
     def load(self, loader: Any) -> None:
-        from filterproxy.http.protocol import refuse_trailers
+        from filterproxy.http.protocol import cap_buffered_responses, refuse_trailers
 
         refuse_trailers()  # a request with HTTP trailers gets 400, not a mitmproxy crash
+        cap_buffered_responses()  # a check's body cap holds for chunked bodies too (flow.metadata[BODY_CAP])
         declare_options(loader)
 
     def configure(self, updated: set[str]) -> None:
@@ -100,6 +110,7 @@ class FilterAddon:
     def done(self) -> None:
         self.keeper.done()
         self.images.close()
+        self.fullhash.close()
 
     def reload(self) -> Future:
         """Rebuild the state in a thread and swap it in (a ``Future`` of True/False); see :class:`StateKeeper`."""
@@ -176,7 +187,10 @@ class FilterAddon:
         elif group is None:
             v = Verdict(Action.BLOCK, Reason.UNKNOWN_CLIENT, "")
         else:
-            v = st.engine.decide(client, host, url, group=group)
+            confirmed = flow.__dict__.get("_filterproxy_fullhash")
+            v = st.engine.decide(client, host, url, group=group, confirmed=_for_url(confirmed, url))
+            if v.pending:  # URL-hash prefix hits: confirm them off the loop, then decide again (docs/fullhash.md)
+                return _after(self._confirm(flow, url, v), self._on_request, flow)
             dest = req.host
             if v.action is not Action.BLOCK and dest != host and dest.lower() != host.lower():
                 # the address actually connected to: IP lists apply, not block_ip_literals (the client named `host`)
@@ -201,7 +215,12 @@ class FilterAddon:
             }
             flow._filterproxy_seen = fingerprint(req)  # type: ignore[attr-defined]  # for the request() guard
         responses.count(v)
+        self.keeper.log_decision(flow.client_conn, v, host.lower(), req.method)
         return None
+
+    async def _confirm(self, flow: http.HTTPFlow, url: str, v: Verdict) -> None:
+        """Ask the lists' endpoints about ``v.pending``; the answer is kept on the flow for this URL only."""
+        flow._filterproxy_fullhash = (url, await self.fullhash.confirm(v.pending))  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ CONNECT and TLS
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable | None:
@@ -239,6 +258,7 @@ class FilterAddon:
         else:
             v = st.engine.decide(client, host, None, group=group)
         responses.count(v)
+        self.keeper.log_decision(flow.client_conn, v, host, "CONNECT")
         if v.action is not Action.BLOCK:
             return None
         if st.is_passthrough(host, group):
@@ -286,6 +306,7 @@ class FilterAddon:
                 data.ignore_connection = True
                 conn.kill = True
                 responses.count(v)
+                self.keeper.log_decision(client_conn, v, host, "TLS")  # the SNI of a closed pass-through
             return
         inspect = self.keeper.inspect_https
         if v.action is Action.REWRITE and inspect:
@@ -332,6 +353,7 @@ class FilterAddon:
                 if len(k) == 7 and k.lower() == b"alt-svc":
                     del resp.headers["alt-svc"]  # keep browsers on TCP through the proxy (HTTP/3 would bypass it)
                     break
+            resp.stream = True  # every body streams, unless a check asks for it (the image check, under its cap)
             if self.response_checks:
                 info = flow.metadata.get(KEY) or {}
                 for check in self.response_checks:

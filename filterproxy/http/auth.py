@@ -2,17 +2,19 @@
 
 One user a line, ``#`` comments and blank lines ignored::
 
-    # user:group:salt$hash
-    lan.6a:primary:2f1c0e...$9a4b...
+    # user:group:argon2id hash
+    lan.6a:primary:$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$9wLV0OnWz...
 
-* ``salt$hash`` — scrypt (N=2^14, r=8, p=1, 32 bytes; RFC 7914) of the UTF-8 password, salt and hash
-  in hex. This is what :func:`hash_password` writes.
-* ``pbkdf2_sha256$ITERATIONS$salt$hash`` — PBKDF2-HMAC-SHA256, accepted for files made elsewhere.
+The hash is argon2id in its standard form (:mod:`filterproxy.passwords`, the same scheme as the
+``/metrics`` user); ``filterproxy passwd`` or ``python -m filterproxy.http.auth add`` make one. The old
+scrypt ``salt$hash`` and ``pbkdf2_sha256$…`` entries are refused with the line and how to replace them.
 
-A slow hash costs ~50 ms, so a verified ``Authorization`` value is remembered (a SHA-256 of the header
-value → user, bounded) and the hash runs once per credential and process, not per request.
+A hash costs ~50 ms, so it runs off the event loop (``http/identity``) and a verified
+``Proxy-Authorization`` value is remembered (bounded, keyed by an HMAC with a per-process key): the hash
+runs once per credential and process, not per request. A failed value is remembered too, so a browser
+resending a stale password costs no hashing; that cannot help guessing (each new guess is a new value).
 
-This module imports nothing from filterproxy, so it also works as a standalone helper::
+Standalone helper::
 
     python -m filterproxy.http.auth add /etc/filterproxy/users.txt lan.6a primary   # password on stdin
     python -m filterproxy.http.auth check /etc/filterproxy/users.txt lan.6a         # exit 0 if it matches
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import os
@@ -33,14 +34,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
+from filterproxy.passwords import check_hash, hash_password, read_password, verify_password
+
 __all__ = ["UserEntry", "UsersFile", "UsersFileError", "hash_password", "verify_password", "parse_basic"]
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 1 << 14, 8, 1, 32
-PBKDF2_MIN_ITERATIONS = 10_000
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 _CACHE_LIMIT = 4096
+_TAG_KEY = os.urandom(32)  # cache keys are HMACs: a memory dump holds nothing to crack offline
 
 
 class UsersFileError(ValueError):
@@ -55,61 +56,6 @@ class UserEntry:
     group: str
     hashed: str
     line: int = 0
-
-
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """``salt$hash`` (hex) with scrypt, as written to the users file."""
-    salt = salt if salt is not None else os.urandom(16)
-    digest = hashlib.scrypt(
-        password.encode("utf-8"),
-        salt=salt,
-        n=SCRYPT_N,
-        r=SCRYPT_R,
-        p=SCRYPT_P,
-        maxmem=64 * 1024 * 1024,
-        dklen=SCRYPT_LEN,
-    )
-    return f"{salt.hex()}${digest.hex()}"
-
-
-def _check_hash_syntax(hashed: str) -> None:
-    parts = hashed.split("$")
-    if len(parts) == 2:
-        salt, digest = parts
-    elif len(parts) == 4 and parts[0] == "pbkdf2_sha256":
-        if not parts[1].isdigit() or int(parts[1]) < PBKDF2_MIN_ITERATIONS:
-            raise ValueError(f"pbkdf2_sha256 needs at least {PBKDF2_MIN_ITERATIONS} iterations")
-        salt, digest = parts[2], parts[3]
-    else:
-        raise ValueError("expected salt$hash (scrypt) or pbkdf2_sha256$iterations$salt$hash")
-    for name, value, minimum in (("salt", salt, 8), ("hash", digest, 16)):
-        if not _HEX_RE.match(value) or len(value) % 2 or len(value) < 2 * minimum:
-            raise ValueError(f"{name} must be at least {minimum} bytes in hex")
-
-
-def verify_password(password: str, hashed: str) -> bool:
-    """True when ``password`` matches a ``salt$hash`` or ``pbkdf2_sha256$…`` entry (constant-time compare)."""
-    parts = hashed.split("$")
-    try:
-        if len(parts) == 2:
-            salt, want = bytes.fromhex(parts[0]), bytes.fromhex(parts[1])
-            got = hashlib.scrypt(
-                password.encode("utf-8"),
-                salt=salt,
-                n=SCRYPT_N,
-                r=SCRYPT_R,
-                p=SCRYPT_P,
-                maxmem=64 * 1024 * 1024,
-                dklen=len(want),
-            )
-        elif len(parts) == 4 and parts[0] == "pbkdf2_sha256":
-            salt, want = bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
-            got = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, int(parts[1]), len(want))
-        else:
-            return False
-    except ValueError:
-        return False
-    return hmac.compare_digest(got, want)
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -143,14 +89,14 @@ def _read_entries(path: str) -> list[UserEntry]:
             continue
         parts = s.split(":", 2)
         if len(parts) != 3:
-            raise UsersFileError(f"{path}:{n}: expected user:group:salt$hash")
+            raise UsersFileError(f"{path}:{n}: expected user:group:$argon2id$...")
         user, group, hashed = (p.strip() for p in parts)
         if not _USER_RE.match(user):
             raise UsersFileError(f"{path}:{n}: invalid user name {user!r} (letters, digits, '_', '.', '@', '-')")
         if not _GROUP_RE.match(group):
             raise UsersFileError(f"{path}:{n}: invalid group {group!r}")
         try:
-            _check_hash_syntax(hashed)
+            check_hash(hashed)
         except ValueError as exc:
             raise UsersFileError(f"{path}:{n}: user {user!r}: {exc}") from None
         key = user.lower()
@@ -171,8 +117,8 @@ class UsersFile:
     def __init__(self, path: str, entries: list[UserEntry]):
         self.path = path
         self.entries = {e.user.lower(): e for e in entries}
-        self._ok: dict[bytes, tuple[str, str]] = {}  # sha256(header) → (user, group)
-        self._bad: dict[bytes, None] = {}  # sha256(header) of recent failures (no hash on replay)
+        self._ok: dict[bytes, tuple[str, str]] = {}  # tag(header) → (user, group)
+        self._bad: dict[bytes, None] = {}  # tags of recent failures (no hash on replay)
 
     @classmethod
     def load(cls, path: str, groups: set[str] | None = None) -> UsersFile:
@@ -201,7 +147,7 @@ class UsersFile:
         result = None
         if creds is not None:
             entry = self.entries.get(creds[0].lower())
-            if entry is not None and verify_password(creds[1], entry.hashed):
+            if entry is not None and verify_password(entry.hashed, creds[1]):
                 result = (entry.user, entry.group)
         cache = self._ok if result is not None else self._bad
         if len(cache) >= _CACHE_LIMIT:
@@ -222,7 +168,7 @@ class UsersFile:
 
 def _tag(header: str) -> bytes:
     """Cache key of a Proxy-Authorization value (never kept in clear)."""
-    return hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+    return hmac.new(_TAG_KEY, header.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
 
 
 # ---------------------------------------------------------------- command line helper
@@ -245,15 +191,10 @@ def _write_atomic(path: str, lines: list[str]) -> None:
 
 
 def _read_password(confirm: bool) -> str:
-    if sys.stdin.isatty():
-        pw = getpass.getpass("Password: ")
-        if confirm and getpass.getpass("Repeat: ") != pw:
-            raise SystemExit("passwords differ")
-    else:
-        pw = sys.stdin.readline().rstrip("\r\n")
-    if not pw:
-        raise SystemExit("empty password")
-    return pw
+    try:
+        return read_password(confirm)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m filterproxy.http.auth",
-        description="Manage the filterproxy proxy users file (user:group:salt$hash).",
+        description="Manage the filterproxy proxy users file (user:group:$argon2id$...).",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("add", help="add or replace a user; the password is read from stdin")
@@ -274,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("remove", help="remove a user")
     r.add_argument("file")
     r.add_argument("user")
-    sub.add_parser("hash", help="print salt$hash for the password on stdin")
+    sub.add_parser("hash", help="print the $argon2id$ hash of the password on stdin")
     args = p.parse_args(argv)
 
     if args.cmd == "hash":
@@ -297,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "check":
         entry = next((e for e in _read_entries(args.file) if e.user.lower() == args.user.lower()), None)
-        ok = entry is not None and verify_password(_read_password(False), entry.hashed)
+        ok = entry is not None and verify_password(entry.hashed, _read_password(False))
         print("ok" if ok else "no match")
         return 0 if ok else 1
     if args.cmd == "remove":
@@ -311,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     out = [record if is_user(line) else line for line in lines]
     if record not in out:
         if not lines:
-            out = [
-                "# filterproxy proxy users: user:group:salt$hash (scrypt); manage with python -m filterproxy.http.auth"
-            ]
+            out = ["# filterproxy proxy users: user:group:$argon2id$...; manage with python -m filterproxy.http.auth"]
         out.append(record)
     _write_atomic(args.file, out)
     return 0

@@ -283,6 +283,7 @@ def _details(
     child: bool,
     settings: BlockPageSettings,
     policy_name: str | None,
+    policy_description: str | None = None,
 ) -> list[str]:
     """The paragraphs under the lead: what to do (child), category, schedule, policy, review link."""
     reason = verdict.reason
@@ -296,6 +297,8 @@ def _details(
         detail.append("<p>" + t["schedule"].format(schedule=_e(verdict.schedule)) + "</p>")
     if not child and policy_name and reason not in (Reason.ERROR, Reason.UNKNOWN_CLIENT):
         detail.append("<p>" + t["policy"].format(policy=_e(policy_name)) + "</p>")
+        if policy_description:  # the policy file's own words, as its administrator wrote them
+            detail.append(f'<p class="description">{_e(policy_description)}</p>')
     if not child and not legal and settings.review_url and reason not in (Reason.UNKNOWN_CLIENT,):
         sep = "&" if urlsplit(settings.review_url).query else ("" if settings.review_url.endswith("?") else "?")
         href = settings.review_url + sep + urlencode({"host": host, "reason": verdict.short_id})
@@ -339,11 +342,12 @@ def render(
     settings: BlockPageSettings,
     policy_name: str | None = None,
     policy_names: Mapping[str, str] | None = None,
+    policy_description: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of the block page for ``verdict`` on ``host``.
 
     The policy is shown as ``policy_names[lang]`` (a policy's localized ``names``) when present, else
-    ``policy_name`` (its default ``name``).
+    ``policy_name`` (its default ``name``), followed by its ``description`` (not on child-tone pages).
     """
     if lang not in LANGUAGES:
         lang = settings.default_language
@@ -356,7 +360,17 @@ def render(
     hotline = _e(settings.hotline)
     hotline_html = f'<a class="hotline" href="tel:{_e(settings.hotline.replace(" ", ""))}">{hotline}</a>'
     heading, lead = _headline(t, verdict.reason, host_html, legal=legal, child=child)
-    detail = _details(verdict, host, t, lang=lang, legal=legal, child=child, settings=settings, policy_name=policy_name)
+    detail = _details(
+        verdict,
+        host,
+        t,
+        lang=lang,
+        legal=legal,
+        child=child,
+        settings=settings,
+        policy_name=policy_name,
+        policy_description=policy_description,
+    )
     body = _TEMPLATE.substitute(
         lang=lang,
         title=_e(t["title"]),

@@ -1,7 +1,8 @@
 """Image-hash matching on the HTTP path: the first :class:`~filterproxy.http.responses.ResponseCheck`.
 
 For responses whose ``Content-Type`` is an image and whose size is within ``http.max_image_bytes``
-(checked at ``responseheaders``, so large bodies are streamed, never buffered), the body's exact
+(decided at ``responseheaders`` from ``Content-Length``; a chunked body is buffered up to the cap, then
+streams unhashed: :data:`~filterproxy.http.protocol.BODY_CAP`; larger bodies are never held), the body's exact
 hashes (MD5/SHA-1/SHA-256) and PDQ hash with its 8 rotations/flips are computed in a worker process
 (PDQ holds the GIL), matched against the snapshot's image-hash lists (exact, or PDQ Hamming distance
 <= ``http.pdq_max_distance``), and a match replaces the response, is counted, and becomes a report in
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from cachetools import LRUCache
 
 from filterproxy import metrics
+from filterproxy.http.protocol import BODY_CAP
 from filterproxy.lists.snapshot import unpack
 from filterproxy.verdict import Action, Reason, Verdict
 
@@ -71,12 +73,13 @@ class ImageCheck:
         length = flow.response.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > cap):
             return  # too large to hash: streamed through untouched
-        flow.response.stream = False  # buffer this one body (at most `cap` bytes) to hash it
+        flow.response.stream = False  # buffer this one body to hash it; no length (chunked): up to `cap` bytes,
+        flow.metadata[BODY_CAP] = max(cap, flow.metadata.get(BODY_CAP, 0))  # then it streams, unhashed
         flow.metadata[MARK] = True
 
     def response(self, flow, info: dict):
-        if not flow.metadata.get(MARK):
-            return None
+        if not flow.metadata.get(MARK) or flow.response.stream:
+            return None  # not an image to hash, or over the cap: streamed, no body kept
         st = self._state()
         assert st is not None  # MARK is set only when a state was loaded, and a loaded state is never unset
         body = flow.response.content or b""

@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from mitmproxy import http
+from mitmproxy.proxy import mode_specs
 
 from filterproxy import metrics
 from filterproxy.http import blockpage
@@ -37,7 +38,9 @@ class ResponseCheck(Protocol):
     """A response inspector (image hashing is the first). Registered with
     :meth:`FilterAddon.add_response_check`.
 
-    ``responseheaders`` may ask for the body (e.g. leave ``flow.response.stream`` off, cap the size);
+    Bodies stream by default (the addon sets ``flow.response.stream`` before the checks run). A check that
+    needs the body, or may replace the response, asks for it in ``responseheaders``: ``flow.response.stream
+    = False`` and a byte cap in ``flow.metadata[protocol.BODY_CAP]`` (past it the body streams: skip it);
     ``response`` returns a BLOCK verdict to replace the response with the block page, or None; it may
     return an awaitable (CPU-heavy work belongs in a thread). ``info`` is ``flow.metadata[KEY]``.
     """
@@ -68,15 +71,23 @@ def count(v: Verdict) -> None:
 def respond_block(flow: http.HTTPFlow, v: Verdict, host: str, st: HttpState | None) -> None:
     """The block page for ``v`` in the client's language and its group's tone."""
     tone = "child"  # unknown group: the most protective wording
-    policy_name, policy_names = None, None
+    policy_name, policy_names, description = None, None, None
     page = blockpage.BlockPageSettings()
     if st is not None:
         page = st.page
         tone = st.tones.get(v.group, "child")
         policy_name, policy_names = st.policy_names.get(v.group, (None, None))
+        description = st.descriptions.get(v.group)
     lang = blockpage.pick_language(flow.request.headers.get("accept-language"), page.default_language)
     status, headers, body = blockpage.render(
-        v, host, lang=lang, tone=tone, settings=page, policy_name=policy_name, policy_names=policy_names
+        v,
+        host,
+        lang=lang,
+        tone=tone,
+        settings=page,
+        policy_name=policy_name,
+        policy_names=policy_names,
+        policy_description=description,
     )
     flow.response = http.Response.make(status, body, headers)
     flow.metadata[KEY] = {
@@ -136,9 +147,12 @@ def accept_tunnel(flow: http.HTTPFlow) -> None:
 
 
 def is_self(flow: http.HTTPFlow, proxy_names: frozenset[str]) -> bool:
-    """Is the request addressed to this proxy (its listening address, or one of its names)?"""
+    """Is the request addressed to this proxy (its listening address, or one of its names)?
+
+    Only the explicit proxy serves itself: in transparent and WireGuard modes mitmproxy reports the
+    original destination as the socket address, so every request there would look addressed to us."""
     sock = flow.client_conn.sockname
-    if not sock or flow.request.port != sock[1]:
+    if not sock or flow.request.port != sock[1] or not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
         return False
     host = flow.request.host.lower()
     return host in SELF_NAMES or host == str(sock[0]) or host in proxy_names

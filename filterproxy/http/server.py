@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from filterproxy.config.proxy import PROXY_MODE_KINDS, UDP_MODE_KINDS, mode_kind
+
 log = logging.getLogger("filterproxy.http.server")
 
 __all__ = ["ProxyWorkers", "worker_main"]
@@ -37,13 +39,14 @@ __all__ = ["ProxyWorkers", "worker_main"]
 READY_TIMEOUT = 300.0  # seconds for a worker to load its lists and listen (1M domains load in a few s)
 
 
-_MODE_KINDS = ("regular", "transparent", "wireguard", "reverse", "upstream", "socks5", "local")
-_UDP_MODES = ("wireguard",)
+_MODE_KINDS = PROXY_MODE_KINDS
+_UDP_MODES = UDP_MODE_KINDS
+_mode_kind = mode_kind
 
 
-def _mode_kind(spec: str) -> str:
-    """``transparent@8081`` → ``transparent``; ``reverse:http://x@81`` → ``reverse``."""
-    return spec.split("@", 1)[0].split(":", 1)[0].strip().lower()
+def _config_modes(cfg) -> list[str]:
+    """``server.proxy_modes`` of the configuration (``--proxy-mode`` flags replace it)."""
+    return list(cfg.server.proxy_modes) if cfg is not None else ["regular"]
 
 
 def _bind_check(host: str, port: int) -> int:
@@ -77,7 +80,7 @@ class ProxyWorkers:
 
     ``args`` is the ``filterproxy run`` namespace (``config``, ``extra_list``, ``client_group``,
     ``state_dir``); ``cfg`` the loaded configuration (for ``state_dir``). ``mode`` is one mitmproxy mode
-    or a list (default ``args.proxy_mode``, else ``regular``): the first listens on ``listen``, the others
+    or a list (default ``args.proxy_mode``, else ``server.proxy_modes``): the first listens on ``listen``, the others
     on their own ``@PORT`` — ``regular`` (explicit proxy), ``transparent@8081`` (gateway + nftables
     redirect, deploy/transparent-proxy.md), ``wireguard@51820`` (deploy/wireguard.md; a UDP server that
     cannot be shared, so only worker 0 runs it). ``options``
@@ -103,7 +106,7 @@ class ProxyWorkers:
         self.cfg = cfg
         self.host, self.port = listen[0], int(listen[1])
         self.count = workers
-        modes = mode if mode is not None else (getattr(args, "proxy_mode", None) or ["regular"])
+        modes = mode if mode is not None else (getattr(args, "proxy_mode", None) or _config_modes(cfg))
         self.modes: list[str] = [modes] if isinstance(modes, str) else list(modes) or ["regular"]
         for m in self.modes:
             kind = _mode_kind(m)

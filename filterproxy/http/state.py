@@ -27,10 +27,14 @@ from filterproxy.http.auth import UsersFile
 from filterproxy.names import self_and_parents
 
 if TYPE_CHECKING:
+    from mitmproxy import connection
+
     from filterproxy.config import Config
     from filterproxy.http.images import ImageCheck
     from filterproxy.policy.engine import Engine
+    from filterproxy.querylog import QueryLog
     from filterproxy.reports import ReportSpool
+    from filterproxy.verdict import Verdict
 
 log = logging.getLogger("filterproxy.http")
 
@@ -54,6 +58,7 @@ class HttpState:
     levels: dict[str, tuple[str, str]]  # group → (safesearch, youtube)
     generation: int = 0
     loaded_at: float = field(default_factory=time.time)
+    descriptions: dict[str, str] = field(default_factory=dict)  # group → the policy's description
 
     @property
     def config(self) -> Config:
@@ -93,6 +98,10 @@ def load_state(
     from filterproxy.app import load_engine
 
     cfg, engine = load_engine(config_path, list(extra_lists), list(client_groups), state_dir=state_dir)
+    if engine.clients.uses_mac:  # MAC rules: read the neighbour table now, off the event loop
+        from filterproxy.neighbours import TABLE
+
+        TABLE.warm()
     users = UsersFile.load(cfg.http.users_file, set(cfg.groups)) if cfg.http.users_file else None
     glob = _passthrough_names(cfg)
     try:
@@ -113,6 +122,7 @@ def load_state(
         policy_names={g: (p.name, p.names) for g, p in cfg.groups.items()},
         levels={g: (p.safesearch, p.youtube) for g, p in cfg.groups.items()},
         generation=generation,
+        descriptions={g: p.description for g, p in cfg.groups.items() if p.description},
     )
 
 
@@ -145,7 +155,8 @@ def declare_options(loader: Any) -> None:
         Sequence[str],
         [],
         "Map a listener to a group, PORT=GROUP (repeatable): every client of the mode listening "
-        "on PORT (e.g. wireguard@51821, one tunnel per child) gets GROUP, after proxy login.",
+        "on PORT (e.g. wireguard@51821, one tunnel per child) gets GROUP, after proxy login. "
+        "Added to http.listener_groups of the configuration (these win).",
     )
     add(
         "filterproxy_inspect_https",
@@ -153,9 +164,17 @@ def declare_options(loader: Any) -> None:
         True,
         "Open allowed HTTPS connections (URL rules, URL hashes, SafeSearch parameters, images). "
         "Off: only the host (CONNECT/SNI) is decided, allowed connections pass through untouched "
-        "and blocked ones get the page if the CA is trusted, else are closed - for devices without the CA.",
+        "and blocked ones get the page if the CA is trusted, else are closed - for devices without the CA. "
+        "Off here or in http.inspect_https of the configuration is off.",
     )
     add("filterproxy_reload_signal", bool, True, "Reload configuration, lists and users file on SIGHUP.")
+    add(
+        "filterproxy_config_generation",
+        int,
+        0,
+        "Config generation of the first load ('filterproxy run' passes its own, so a restarted worker "
+        "reports the generation it serves); each reload adds one.",
+    )
     add(
         "filterproxy_spool",
         str | None,
@@ -217,10 +236,13 @@ class StateKeeper:
         self.state: HttpState | None = state
         self.images = images
         self.proxy_names: frozenset[str] = frozenset()
-        self.listener_groups: dict[int, str] = {}
-        self.inspect_https = True
+        self._opt_listener_groups: dict[int, str] = {}  # filterproxy_listener_group options
+        self._opt_inspect_https = True  # the filterproxy_inspect_https option
+        self._groups: tuple[HttpState | None, dict[int, str]] = (None, {})
         self.last_reload_error: str | None = None
         self.spool: ReportSpool | None = None  # set when the configuration is loaded
+        self.querylog: QueryLog | None = None  # querylog.enabled of the first configuration loaded
+        self._querylog_set = False
         self._loaded_options: tuple | None = None
         self._reload_lock = threading.Lock()
         self._reload_future: Future | None = None
@@ -239,7 +261,7 @@ class StateKeeper:
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
         if "filterproxy_inspect_https" in updated:
-            self.inspect_https = bool(o.filterproxy_inspect_https)
+            self._opt_inspect_https = bool(o.filterproxy_inspect_https)
         if "filterproxy_proxy_names" in updated:
             self.proxy_names = frozenset(n.strip().lower().rstrip(".") for n in o.filterproxy_proxy_names)
         reload = bool(LOAD_KEYS & updated)
@@ -247,29 +269,55 @@ class StateKeeper:
             self._load()
         if self.state is not None and (SPOOL_KEYS & updated or reload):
             self._setup_spool()
+        if self.state is not None and not self._querylog_set:  # read once: turning it on or off takes a restart
+            from filterproxy import querylog
+
+            self.querylog = querylog.acquire(self.state.config, "http")
+            self._querylog_set = True
         if "filterproxy_listener_group" in updated or reload:
             groups = set(self.state.config.groups) if self.state is not None else None
-            self.listener_groups = parse_listener_groups(o.filterproxy_listener_group, groups)
+            self._opt_listener_groups = parse_listener_groups(o.filterproxy_listener_group, groups)
+            self._groups = (None, {})
+
+    @property
+    def inspect_https(self) -> bool:
+        """``http.inspect_https`` of the loaded configuration and the option: off in either place is off."""
+        st = self.state
+        return self._opt_inspect_https and (st is None or st.config.http.inspect_https)
+
+    @property
+    def listener_groups(self) -> dict[int, str]:
+        """Port → group: ``http.listener_groups`` of the loaded configuration, then the options (which win)."""
+        st = self.state
+        if self._groups[0] is not st:  # rebuilt once per swap or option change, not per request
+            cfg_groups: dict[int, str] = st.config.http.listener_groups if st is not None else {}
+            self._groups = (st, {**cfg_groups, **self._opt_listener_groups})
+        return self._groups[1]
 
     def _load(self) -> None:
         opts = _option_values()
         if opts == self._loaded_options and self.state is not None:
             return
         t0 = time.monotonic()
+        first = max(1, ctx.options.filterproxy_config_generation)
         try:
             state = load_state(
-                *opts[:3], state_dir=opts[3], generation=(self.state.generation + 1) if self.state else 1
+                *opts[:3], state_dir=opts[3], generation=(self.state.generation + 1) if self.state else first
             )
         except Exception as exc:
             raise exceptions.OptionsError(f"filterproxy: {exc}") from None
         self.state = state
+        metrics.CONFIG_GENERATION.set("proxy", value=state.generation)
         self._loaded_options = opts
         gcpolicy.freeze_loaded()
         snap = state.engine.snapshot
         log.info(
-            "filterproxy http: %s loaded in %.1f s — %d groups, %d lists, %d entries%s",
+            "filterproxy http: %s loaded in %.1f s (config generation %d, digest %s) — "
+            "%d groups, %d lists, %d entries%s",
             state.config.path,
             time.monotonic() - t0,
+            state.generation,
+            state.config.digest,
             len(state.config.groups),
             len(snap.lists),
             snap.total_entries,
@@ -323,8 +371,22 @@ class StateKeeper:
         except (NotImplementedError, RuntimeError, ValueError):  # not on this platform / no loop
             log.debug("SIGHUP handler not installed", exc_info=True)
 
+    def log_decision(self, client: connection.Client, v: Verdict, host: str, method: str) -> None:
+        """One query-log record for a request decision (nothing when the log is off)."""
+        ql = self.querylog
+        if ql is not None:
+            from filterproxy.querylog import info
+
+            peer = client.peername[0] if client.peername else ""
+            ql.put(time.monotonic(), peer, info(v.group or "unknown", "http", host, method, v.action, v))
+
     def done(self) -> None:
         self._stop_delivery()
+        if self.querylog is not None:
+            from filterproxy import querylog
+
+            querylog.release(self.querylog)
+            self.querylog, self._querylog_set = None, False
         if self._signal_installed:
             try:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
@@ -358,12 +420,14 @@ class StateKeeper:
             return
         self.state = state  # the swap: one reference
         self.last_reload_error = None
+        metrics.CONFIG_GENERATION.set("proxy", value=state.generation)
         del old
         gcpolicy.freeze_loaded()
         log.info(
-            "filterproxy http: reloaded in %.1f s (generation %d, %d entries)",
+            "filterproxy http: reloaded in %.1f s (config generation %d, digest %s, %d entries)",
             time.monotonic() - t0,
             state.generation,
+            state.config.digest,
             state.engine.snapshot.total_entries,
         )
         fut.set_result(True)

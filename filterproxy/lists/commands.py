@@ -10,19 +10,16 @@ serving. Every command works on the state folder given by ``--state-dir`` (else 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from filterproxy.lists.guard import DEFAULT_MIN_RATIO, SnapshotRefused
-from filterproxy.lists.parsers import ListError, ParseStats, iter_entries
-from filterproxy.lists.snapshot import ListSource, load_snapshot
+from filterproxy.lists.parsers import ListError
+from filterproxy.lists.snapshot import load_snapshot
 from filterproxy.lists.snapshot_cache import (
     current_snapshot,
     load_or_build,
@@ -30,28 +27,8 @@ from filterproxy.lists.snapshot_cache import (
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
-    from filterproxy.config.sources import Source
 
 log = logging.getLogger("filterproxy.lists")
-
-
-def _fetch_sources(cfg: Config) -> list[tuple[ListSource, Source]]:
-    from filterproxy.lists import fetch as fetchmod
-
-    return [
-        (
-            s,
-            fetchmod.Source(
-                id=s.id,
-                url=s.url,
-                format=s.format if s.format != "ut1" else "domains",
-                category=s.category,
-                match=s.match,
-            ),
-        )
-        for s in cfg.lists
-        if s.url
-    ]
 
 
 def _update_bundle(cfg: Config, cache: str) -> int:
@@ -74,41 +51,20 @@ def _update_bundle(cfg: Config, cache: str) -> int:
     return 0
 
 
-def _parses_to_something(src: ListSource) -> Callable[[str], None]:
-    """A ``validate`` callback for fetch: the downloaded file must yield at least one entry."""
-
-    def validate(path: str) -> None:
-        for _ in iter_entries(src.format, path, lambda p: ParseStats(p), src.match):
-            return
-        raise ListError(f"{src.id}: downloaded file parses to zero entries")
-
-    return validate
-
-
 def _update_lists(cfg: Config, cache: str) -> int:
     """Fetch every downloaded list into ``cache``; the number of failures."""
     from filterproxy import metrics
-    from filterproxy.lists import fetch as fetchmod
+    from filterproxy.lists.refresh import failure_reason, fetch_list
 
     failures = 0
-    for src, fsrc in _fetch_sources(cfg):
-        res = fetchmod.fetch(fsrc, cache, validate=_parses_to_something(src))
+    for src in (s for s in cfg.lists if s.url):
+        res = fetch_list(src, cfg.server.state_dir)
         if res.status == "failed":
             failures += 1
-            reason = "timeout" if "timed out" in (res.error or "") else "download"
-            metrics.LISTS_UPDATE_FAILURES.inc(src.id, reason)
+            metrics.LISTS_UPDATE_FAILURES.inc(src.id, failure_reason(res.error))
             print(f"{src.id}: update failed, keeping the previous copy: {res.error}", file=sys.stderr)
             continue
         print(f"{src.id}: {res.status} ({res.bytes:,} bytes)")
-        local = src.local_path(cfg.server.state_dir)
-        if res.path and local and os.path.abspath(res.path) != os.path.abspath(local):
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            try:
-                shutil.copyfile(res.path, local)
-            except OSError as exc:
-                failures += 1
-                why = f"no space left on {os.path.dirname(local)}" if exc.errno == errno.ENOSPC else str(exc)
-                print(f"{src.id}: cannot copy into place, keeping the previous copy: {why}", file=sys.stderr)
     return failures
 
 

@@ -10,7 +10,9 @@
 * an optional SHA-256 pin over the stored bytes and an optional ``validate`` callback run on the new file;
 * retries with exponential backoff on connection errors, timeouts, truncation and 5xx - never on 4xx,
   size or pin failures, which would fail the same way again;
-* the cached file is replaced atomically and only on success (a byte-identical body is ``not-modified``).
+* the cached file is replaced atomically and only on success (a byte-identical body is ``not-modified``);
+* an optional ``deadline`` bounds the whole fetch, retries included (``filterproxy run`` fetches in the
+  background and must not hang on a server that drips bytes).
 
 A ``format: ut1`` source is a local category folder, read in place; a ``format: bundle`` source is cached
 as ``<id>.tar.gz`` without decompression. The catalogue itself is parsed by :mod:`filterproxy.config.sources`.
@@ -214,13 +216,15 @@ def fetch(
     backoff: float = 1.0,
     progress: bool | None = None,
     validate: Callable[[str], None] | None = None,
+    deadline: float | None = None,
 ) -> FetchResult:
     """Bring ``source`` into ``cache_dir``; never raises for download problems (status "failed").
 
     ``timeout`` is (connect, read) seconds; ``retries`` extra attempts follow a retryable failure
     after ``backoff``, ``2*backoff``, ``4*backoff``... seconds.  ``progress`` None means "when
     stderr is a terminal".  ``validate(path)`` may raise to refuse a downloaded file before it
-    replaces the cached one.
+    replaces the cached one.  ``deadline`` (a :func:`time.monotonic` time) ends the fetch, failed,
+    when it passes: no retry starts after it and a body still arriving is dropped.
     """
     os.makedirs(cache_dir, exist_ok=True)
     data_path, meta_path = cache_paths(source, cache_dir)
@@ -243,26 +247,23 @@ def fetch(
         )
 
     if source.format in FOLDER_FORMATS:
-        # A UT1 category folder on disk is read in place by the parser: nothing to download.
-        size = _folder_size(source.path or "")
-        if not size:
-            error = f"{source.path}: not a UT1 category folder with list files"
-            return FetchResult(source.id, None, "failed", 0, error, None, None)
-        return FetchResult(source.id, source.path, "not-modified", size, None, None, None)
-
+        return _folder_result(source)
     own_session = session is None
     sess = requests.Session() if session is None else session
     try:
         attempts = 1 if source.path else retries + 1
         last_error = "no attempt made"
+        tried = 0
         for attempt in range(attempts):
-            if attempt:
-                time.sleep(backoff * 2 ** (attempt - 1))
+            if attempt and not _pause_before_retry(backoff * 2 ** (attempt - 1), deadline):
+                last_error += " (no time left to retry)"
+                break
+            tried += 1
             try:
                 if source.path:
                     status, new_meta = _copy_local(source, data_path, meta, validate)
                 else:
-                    status, new_meta = _download(source, sess, data_path, meta, timeout, progress, validate)
+                    status, new_meta = _download(source, sess, data_path, meta, timeout, progress, validate, deadline)
             except _Retry as exc:
                 last_error = str(exc)
                 continue
@@ -277,11 +278,28 @@ def fetch(
             except OSError as exc:  # the list itself is in place; the next request is unconditional
                 log.warning("%s: could not write %s: %s", source.id, meta_path, exc)
             return result(status, None, new_meta)
-        suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+        suffix = f" (after {tried} attempts)" if tried > 1 else ""
         return result("failed", last_error + suffix)
     finally:
         if own_session:
             sess.close()
+
+
+def _pause_before_retry(pause: float, deadline: float | None) -> bool:
+    """Sleep ``pause`` seconds before a retry; False (and no sleep) when the deadline comes first."""
+    if deadline is not None and time.monotonic() + pause >= deadline:
+        return False
+    time.sleep(pause)
+    return True
+
+
+def _folder_result(source: Source) -> FetchResult:
+    """A UT1 category folder on disk is read in place by the parser: nothing to download."""
+    size = _folder_size(source.path or "")
+    if not size:
+        error = f"{source.path}: not a UT1 category folder with list files"
+        return FetchResult(source.id, None, "failed", 0, error, None, None)
+    return FetchResult(source.id, source.path, "not-modified", size, None, None, None)
 
 
 def _folder_size(path: str) -> int:
@@ -312,6 +330,7 @@ def _download(
     timeout: tuple[float, float],
     progress: bool,
     validate: Callable[[str], None] | None,
+    deadline: float | None = None,
 ) -> tuple[str, dict[str, Any]]:
     url = source.url
     assert url is not None
@@ -339,7 +358,7 @@ def _download(
             encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
             bar = _Progress(source.id, length, progress)
             try:
-                body = _body(resp, bar, source.max_bytes, None if encoded else length)
+                body = _body(resp, bar, source.max_bytes, None if encoded else length, deadline)
                 status_, new_meta = _store(source, body, data_path, meta, validate)
             finally:
                 bar.close()
@@ -383,12 +402,16 @@ def _content_length(resp: requests.Response) -> int | None:
     return n
 
 
-def _body(resp: requests.Response, bar: _Progress, limit: int, length: int | None) -> Iterator[bytes]:
+def _body(
+    resp: requests.Response, bar: _Progress, limit: int, length: int | None, deadline: float | None = None
+) -> Iterator[bytes]:
     """The response body in chunks; raises at the end if it was shorter than ``length``."""
     for chunk in resp.iter_content(_CHUNK):
         bar.add(len(chunk))
         if bar.done > limit:
             raise _Failed(f"larger than max_bytes ({limit} bytes)")
+        if deadline is not None and time.monotonic() > deadline:
+            raise _Failed(f"too slow: {bar.done} bytes received when the time allowed ran out")
         yield chunk
     # urllib3 already refuses a short body; this also covers a stream that ends early without
     # an error.  Only comparable when the body is not content-encoded (length counts wire bytes).

@@ -138,14 +138,20 @@ def _check_source(src: ListSource, seen_ids: set[str]) -> None:
 
 
 def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
-    """Parse one source: its ListInfo and what it yielded; ListError when it yields nothing."""
+    """Parse one source: its ListInfo and what it yielded; ListError when it yields nothing, or when a
+    URL-hash prefix entry has no endpoint to confirm it."""
     assert src.path is not None  # _check_source refused a source without a local file
     info = ListInfo(src, idx, version=src.version)
     stats: dict[str, ParseStats] = {}
     batch = _Collected()
     allow = ALLOW if src.allow else 0
     n = 0
-    for _file, e in iter_entries(src.format, src.path, lambda p: stats.setdefault(p, ParseStats(p)), src.match):
+    for file, e in iter_entries(src.format, src.path, lambda p: stats.setdefault(p, ParseStats(p)), src.match):
+        if e.kind == "urlhash" and len(e.value) == 8 and not src.fullhash_url:
+            raise ListError(  # a 32-bit match alone would block one URL in a few thousand (docs/fullhash.md)
+                f"{file}:{e.line}: list {src.id!r}: a 4-byte prefix entry needs a 'fullhash_url' on the list "
+                f"({src.where or 'its config entry'}) to confirm it, or give the 64-hex SHA-256 instead"
+            )
         _COLLECT[e.kind](batch, idx, e, e.flags | allow)
         n += 1
     if not n:
@@ -281,6 +287,8 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) ->
                         "hashed",
                         "where",
                         "version",
+                        "fullhash_url",
+                        "fullhash_failure",
                     )
                 },
                 "entries": li.entries,

@@ -93,6 +93,8 @@ def fingerprint(sources: list[ListSource]) -> str:
                     s.allow,
                     s.legal,
                     s.hashed,
+                    s.fullhash_url,  # a prefix entry needs one (a load error without), and it is in meta.json
+                    s.fullhash_failure,
                     _file_digests(s.path),
                 ],
                 sort_keys=True,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from filterproxy.lists.parsers import FORMATS, ListError
 
 LEGAL_CATEGORIES = frozenset({"illegal"})
+DEFAULT_MAX_BYTES = 64 << 20  # a download's size cap when its source gives no max_bytes
+DEFAULT_REFRESH = 86_400  # seconds between looks for a new version when its source gives no refresh
 
 
 def download_path(state_dir: str, list_id: str) -> str:
@@ -36,10 +38,23 @@ class ListSource:
     hashed: bool = False  # never show its rule text to users (URL-hash / image-hash lists)
     where: str = ""  # config file:line that defined it
     version: str = ""  # e.g. the signed bundle's serial
+    # downloaded lists only (the sources catalogue's fields): pinned content, size cap, refresh interval (s)
+    sha256: str | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    refresh: int = DEFAULT_REFRESH
+    fullhash_url: str | None = None  # urlhash: the endpoint that confirms 4-byte prefix entries (docs/fullhash.md)
+    fullhash_failure: str | None = None  # closed | open when that endpoint fails; None: closed for legal lists
 
     @property
     def is_legal(self) -> bool:
         return self.legal or self.category in LEGAL_CATEGORIES
+
+    @property
+    def fullhash_fails_closed(self) -> bool:
+        """Endpoint unreachable → block on the prefix? Closed for legal lists unless the list says open."""
+        if self.fullhash_failure is None:
+            return self.is_legal
+        return self.fullhash_failure == "closed"
 
     def local_path(self, state_dir: str) -> str | None:
         """The file to read: the configured ``path``, or the downloaded copy in ``state_dir``."""

@@ -304,13 +304,16 @@ class UrlHashSet:
     expression including SHA-256 (a 30-expression URL ≈ 40 µs; canonicalisation ≈ 11 µs more).
 
     A full-hash entry matches only on all 32 bytes; a prefix entry matches any expression whose hash
-    starts with it (Safe Browsing prefix-list semantics: the caller may confirm with a full-hash
-    source). When the same entry is added twice, the first record wins.
+    starts with it, and is only a candidate: :meth:`hits` returns it with the expression's full digest
+    for the caller to confirm with the list's full-hash endpoint (Safe Browsing prefix-list semantics;
+    a 4-byte match alone would block one URL in a few thousand for 100,000 prefixes). When the same
+    full hash is added twice, the first record wins; a prefix keeps every record that lists it, so two
+    lists sharing a prefix each ask their own endpoint.
     """
 
     def __init__(self) -> None:
         self._pending_full: dict[bytes, int] | None = {}
-        self._pending_prefix: dict[int, int] | None = {}
+        self._pending_prefix: dict[tuple[int, int], None] | None = {}  # (prefix, record), in order
         self._full_pfx = np.empty(0, dtype=np.uint32)
         self._full_rows = b""
         self._full_rec = np.empty(0, dtype=np.int64)
@@ -330,7 +333,7 @@ class UrlHashSet:
         if _HEX64.fullmatch(text):
             self._pending_full.setdefault(bytes.fromhex(text), record)
         elif _HEX8.fullmatch(text):
-            self._pending_prefix.setdefault(int(text, 16), record)
+            self._pending_prefix[(int(text, 16), record)] = None
         else:
             raise ValueError(f"expected 64 (SHA-256) or 8 (4-byte prefix) hex digits, got {entry[:70]!r}")
 
@@ -347,7 +350,7 @@ class UrlHashSet:
         self._full_rows = b"".join(h for h, _ in full)
         self._full_pfx = np.frombuffer(self._full_rows, dtype=">u4")[::8].astype(np.uint32)
         self._full_rec = np.fromiter((r for _, r in full), dtype=np.int64, count=len(full))
-        prefixes = sorted(self._pending_prefix.items())
+        prefixes = sorted(self._pending_prefix)
         self._pfx = np.fromiter((p for p, _ in prefixes), dtype=np.uint32, count=len(prefixes))
         self._pfx_rec = np.fromiter((r for _, r in prefixes), dtype=np.int64, count=len(prefixes))
         self._full_view = self._full_pfx.data
@@ -361,7 +364,7 @@ class UrlHashSet:
         return self._pending_full is None
 
     def __len__(self) -> int:
-        """Distinct entries (full hashes + prefixes)."""
+        """Entries: distinct full hashes + (prefix, record) pairs."""
         if self._pending_full is not None and self._pending_prefix is not None:
             return len(self._pending_full) + len(self._pending_prefix)
         return len(self._full_pfx) + len(self._pfx)
@@ -395,3 +398,33 @@ class UrlHashSet:
                 if j < n_pfx and pfx[j] == p:
                     return expr, int(self._pfx_rec[j]), False
         return None
+
+    def hits(self, url: str, *, canonical: bool = False) -> list[tuple[str, int, bytes, bool]]:
+        """Every listed expression of ``url``, in the documented order, as ``(expression, record, digest,
+        full)``: ``full`` is True for a full-hash match (all 32 bytes), False for a prefix-only candidate
+        whose ``digest`` (the expression's SHA-256) the caller must confirm. Empty when nothing matches.
+
+        Same cost as :meth:`lookup` on a miss (every expression is hashed either way).
+        """
+        if self._pending_full is not None:
+            raise RuntimeError("UrlHashSet.hits() before freeze()")
+        full_pfx, rows, pfx = self._full_view, self._full_rows, self._pfx_view
+        n_full, n_pfx = len(full_pfx), len(pfx)
+        bitmap, shift = self._bitmap, self._shift
+        out: list[tuple[str, int, bytes, bool]] = []
+        for expr in expressions(url if canonical else canonicalize(url)):
+            digest = hashlib.sha256(expr.encode("utf-8")).digest()
+            p = int.from_bytes(digest[:4], "big")
+            b = p >> shift
+            if not (bitmap[b >> 3] >> (b & 7)) & 1:
+                continue
+            j = bisect_left(full_pfx, p) if n_full else 0
+            while j < n_full and full_pfx[j] == p:
+                if rows[32 * j : 32 * j + 32] == digest:
+                    out.append((expr, int(self._full_rec[j]), digest, True))
+                j += 1
+            j = bisect_left(pfx, p) if n_pfx else 0
+            while j < n_pfx and pfx[j] == p:
+                out.append((expr, int(self._pfx_rec[j]), digest, False))
+                j += 1
+        return out

@@ -42,10 +42,11 @@ REFUSED_REASON = LabelSet(
 )
 LIST_FAILURE_REASON = LabelSet(
     "reason",
-    ("download", "http", "timeout", "parse", "empty", "signature", "expired", "too-large", "io", "config"),
+    ("download", "http", "timeout", "parse", "empty", "signature", "expired", "too-large", "sha256", "io", "config"),
     extra=4,
 )
 RELOAD_RESULT = LabelSet("result", ("success", "failure", "unchanged"))
+DATA_PATH = LabelSet("role", ("dns", "proxy"))
 UPSTREAM_ERROR_KIND = LabelSet(
     "kind", ("timeout", "refused", "servfail", "network", "tls", "protocol", "http", "truncated"), extra=4
 )
@@ -79,6 +80,7 @@ ENGINE = LabelSet(
 )
 DNS_CACHE_KIND = LabelSet("cache", ("answers", "packed"))
 IMAGE_MATCH_KIND = LabelSet("kind", ("exact", "pdq", "md5", "sha1", "sha256"), extra=4)
+FULLHASH_RESULT = LabelSet("result", ("confirmed", "not_listed", "failed_closed", "failed_open"))
 
 
 def configure_labels(
@@ -212,6 +214,17 @@ LISTS_UPDATE_FAILURES = Counter(
     (("list", LIST), ("reason", LIST_FAILURE_REASON)),
 )
 LISTS_RELOADS = Counter("filterproxy_lists_reloads_total", "Snapshot reloads, by result.", (("result", RELOAD_RESULT),))
+CONFIG_RELOADS = Counter(
+    "filterproxy_config_reloads_total",
+    "Configuration reloads (SIGHUP), by result; a failure keeps the running configuration.",
+    (("result", RELOAD_RESULT),),
+)
+CONFIG_GENERATION = Gauge(
+    "filterproxy_config_generation",
+    "Config generation served (1 at start, +1 per successful reload): the lowest of the role's processes.",
+    (("role", DATA_PATH),),
+    multiprocess_mode="min",
+)
 BUNDLE_INFO = Info(
     "filterproxy_bundle_info",
     "Publisher and serial of the signed list bundle in use (value is always 1).",
@@ -231,10 +244,25 @@ IMAGEHASH_DURATION = Histogram(
     "filterproxy_imagehash_duration_seconds", "Time to decode and hash one image.", buckets=_IMAGE_BUCKETS
 )
 
+# ---- fullhash (URL-hash prefix hits confirmed by the list's endpoint, docs/fullhash.md)
+FULLHASH_CHECKS = Counter(
+    "filterproxy_fullhash_checks_total",
+    "URL-hash prefix hits checked against the list's full-hash endpoint or its cached answers, by list and "
+    "result: confirmed (blocks), not_listed (a prefix collision, allowed), failed_closed / failed_open "
+    "(endpoint unreachable or invalid answer: blocked / allowed as the list says).",
+    (("list", LIST), ("result", FULLHASH_RESULT)),
+)
+
 # ---- reports
 REPORTS_QUEUE_DEPTH = Gauge("filterproxy_reports_queue_depth", "Reports waiting for delivery.", multiprocess_mode="sum")
 REPORTS_DELIVERED = Counter("filterproxy_reports_delivered_total", "Reports delivered.")
 REPORTS_DELIVERY_FAILURES = Counter("filterproxy_reports_delivery_failures_total", "Failed report deliveries.")
+
+# ---- querylog (aggregate counts only: the records themselves never leave the log files)
+QUERYLOG_WRITTEN = Counter("filterproxy_querylog_written_total", "Query log records written to disk.")
+QUERYLOG_DROPPED = Counter(
+    "filterproxy_querylog_dropped_total", "Query log records dropped because the writer could not keep up."
+)
 
 
 def _version() -> str:

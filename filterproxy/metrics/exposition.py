@@ -1,22 +1,20 @@
 """Exposition: serve the registry over HTTP(S) for Prometheus, or push it to a Pushgateway.
 
-``/metrics`` may be protected by Basic auth (bcrypt or SHA-256 hashes, never plain passwords) and
-TLS; ``/healthz`` stays open for load balancers and reveals nothing. Gateways that cannot be scraped
-push with :class:`Pusher` instead.
+``/metrics`` may be protected by Basic auth (argon2id hashes, never plain passwords) and TLS (the
+standard ``ssl`` module); ``/healthz`` stays open for load balancers and reveals nothing. Gateways that
+cannot be scraped push with :class:`Pusher` instead (Basic auth optional).
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import hmac
 import logging
 import re
 import socket
 import ssl
 import threading
-import warnings
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import basic_auth_handler, choose_encoder, default_handler, push_to_gateway
 
 from filterproxy.metrics.registry import REGISTRY
+from filterproxy.passwords import VerifiedCache, check_hash, verify_password
 
 log = logging.getLogger("filterproxy.metrics")
 
@@ -56,61 +55,34 @@ def parse_listen(listen: str, default_host: str = "127.0.0.1") -> tuple[str, int
 
 
 class _PasswordCheck:
-    """Verify a Basic-auth password against a bcrypt (``$2b$…``) or SHA-256 (``sha256:HEX``/``HEX``) hash."""
+    """Verify a Basic-auth password against an argon2id hash (:mod:`filterproxy.passwords`).
+
+    Runs in the connection's thread (never on an event loop); a verified header value is remembered so
+    a scrape every few seconds pays the ~50 ms hash once. Failures are not remembered.
+    """
 
     def __init__(self, user: str, hashed: str) -> None:
+        check_hash(hashed)  # ValueError: unsalted, bcrypt, malformed (with how to make a good one)
         self.user = user
         self.hashed = hashed.strip()
-        self._ok_cache: set[bytes] = set()  # digests of header values already verified (bcrypt is slow)
-        if self.hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            self.kind = "bcrypt"
-            self._bcrypt = _bcrypt_verifier()
-        else:
-            hexpart = self.hashed[7:] if self.hashed.lower().startswith("sha256:") else self.hashed
-            if not re.fullmatch(r"[0-9a-fA-F]{64}", hexpart):
-                raise ValueError("basic_auth hash must be bcrypt ($2b$...) or sha256:<64 hex digits>")
-            self.kind = "sha256"
-            self._digest = bytes.fromhex(hexpart)
+        self._ok = VerifiedCache(limit=64)
 
     def check_header(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
             return False
-        tag = hashlib.sha256(header.encode()).digest()
-        if tag in self._ok_cache:
+        tag = self._ok.tag(header)
+        if tag in self._ok:
             return True
         try:
             user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
         ok_user = hmac.compare_digest(user.encode(), self.user.encode())
-        if self.kind == "sha256":
-            ok_pw = hmac.compare_digest(hashlib.sha256(password.encode()).digest(), self._digest)
-        else:
-            ok_pw = self._bcrypt(password, self.hashed)
+        ok_pw = verify_password(self.hashed, password)  # always hashed: a wrong user name costs the same time
         if ok_user and ok_pw:
-            if len(self._ok_cache) > 16:
-                self._ok_cache.clear()
-            self._ok_cache.add(tag)
+            self._ok.add(tag)
             return True
         return False
-
-
-def _bcrypt_verifier() -> Callable[[str, str], bool]:
-    try:
-        import bcrypt  # type: ignore[import-not-found]
-
-        return lambda pw, h: bcrypt.checkpw(pw.encode(), h.encode())
-    except ImportError:
-        pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            import crypt  # Python < 3.13; glibc/libxcrypt understands $2b$
-        except ImportError:
-            crypt = None  # type: ignore[assignment]
-    if crypt is not None and (crypt.crypt("x", "$2b$04$" + "a" * 22) or "").startswith("$2b$"):
-        return lambda pw, h: hmac.compare_digest((crypt.crypt(pw, h) or "").encode(), h.encode())
-    raise ValueError("bcrypt hashes need the 'bcrypt' package here; use sha256:<hex> or install bcrypt")
 
 
 _INDEX = b'<html><body><a href="/metrics">metrics</a> <a href="/healthz">healthz</a></body></html>\n'
@@ -262,7 +234,7 @@ def serve(
     """Serve ``/metrics`` (Prometheus text or OpenMetrics, gzip when asked) and ``/healthz``.
 
     ``listen`` is ``"HOST:PORT"``; without a host it binds 127.0.0.1. ``basic_auth`` is
-    ``(user, hash)`` with a bcrypt or ``sha256:HEX`` hash; it protects ``/metrics`` (``/healthz``
+    ``(user, hash)`` with an argon2id hash (``filterproxy passwd``); it protects ``/metrics`` (``/healthz``
     reveals nothing and stays open for load balancers). ``certfile``/``keyfile`` turn on TLS.
     """
     host, port = parse_listen(listen)

@@ -233,11 +233,11 @@ def _merge_histograms(acc: dict, series: Mapping, mode: str) -> None:
         acc[key] = list(s) if prev is None else [a + b for a, b in zip(prev, s)]
 
 
-_COMBINE: dict[str, Callable[[float, float], float]] = {"sum": lambda a, b: a + b, "max": max}
+_COMBINE: dict[str, Callable[[float, float], float]] = {"sum": lambda a, b: a + b, "max": max, "min": min}
 
 
 def _merge_gauges(acc: dict, series: Mapping, mode: str) -> None:
-    """Gauges (and infos) by their ``multiprocess_mode``: ``mostrecent``, ``sum`` or ``max``."""
+    """Gauges (and infos) by their ``multiprocess_mode``: ``mostrecent``, ``sum``, ``max`` or ``min``."""
     combine = _COMBINE.get(mode)
     for key, (val, ts) in series.items():
         prev = acc.get(key)

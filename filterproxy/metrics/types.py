@@ -311,12 +311,12 @@ class Gauge(_Sampled):
     """A labelled gauge: ``set(*labelvalues, value=...)``, ``inc``/``dec``, or a function read at scrape time.
 
     ``multiprocess_mode`` says how the values of several live processes combine: ``"mostrecent"``
-    (the last one set wins), ``"sum"`` or ``"max"``. Gauges of exited processes are dropped: gauges
+    (the last one set wins), ``"sum"``, ``"max"`` or ``"min"``. Gauges of exited processes are dropped: gauges
     describe running processes, counters are history.
     """
 
     kind = "gauge"
-    MODES = ("mostrecent", "sum", "max")
+    MODES = ("mostrecent", "sum", "max", "min")
 
     def __init__(
         self,

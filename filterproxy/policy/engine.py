@@ -18,6 +18,7 @@ Precedence, first that applies wins (tested in tests/test_engine.py):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import linecache
@@ -27,7 +28,7 @@ import threading
 import zoneinfo
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from filterproxy.clients import Client, ClientMap
 from filterproxy.lists.parsers import ALLOW
@@ -35,7 +36,7 @@ from filterproxy.lists.snapshot import unpack
 from filterproxy.names import canonical_host, is_ip, self_and_parents
 from filterproxy.policy import safesearch
 from filterproxy.policy.model import Policy
-from filterproxy.verdict import Action, Reason, Verdict
+from filterproxy.verdict import Action, FullHashCheck, Reason, Verdict
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
@@ -68,6 +69,15 @@ def _allow_covers_subdomains(sub: bool) -> bool:
 def _block_covers_subdomains(hit: tuple[bool, int]) -> bool:
     """A policy ``block`` value (include subdomains, line): does the name cover its subdomains?"""
     return hit[0]
+
+
+def _group_of(clients: ClientMap, client: Client | str | None) -> str | None:
+    """The group of ``client`` in ``clients`` (the default group for None)."""
+    if client is None:
+        return clients.default_group
+    if isinstance(client, str):
+        client = Client.parse(client)
+    return clients.group_for(client)[0]
 
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -103,26 +113,63 @@ class _GroupTables:
     default: Verdict  # "nothing matched": one shared object (verdicts are frozen)
     ip_literal: Verdict | None = None  # the block for a host that is an IP literal (None: allowed)
     ip_exempt: tuple[_Network, ...] = ()  # networks the group may still open by address
+    hash_lists: frozenset[int] = frozenset()  # lists whose URL-hash prefix hits can change this group's verdict
+
+
+class _Loaded(NamedTuple):
+    """What one decision reads, swapped as ONE reference (CONTRIBUTING.md rule 4): a reload that changes
+    the configuration and the lists never lets a decision see the new groups with the old tables."""
+
+    snapshot: Snapshot
+    tables: dict[str, _GroupTables]
+    legal: frozenset[int]
+    allow_src: frozenset[int]
+    config: Config
+    clients: ClientMap
+    tz: zoneinfo.ZoneInfo
+
+
+class _HashHits:
+    """URL-hash prefix hits during one decision: counted when ``confirmed`` holds ``(list id, digest)``;
+    without ``confirmed``, gathered in ``pending`` (when it is a list) for the caller to confirm."""
+
+    __slots__ = ("confirmed", "pending")
+
+    def __init__(self, confirmed: Container[tuple[str, bytes]] | None, pending: list[FullHashCheck] | None):
+        self.confirmed = confirmed
+        self.pending = pending
+
+    def counts(self, info: ListInfo, t: _GroupTables, digest: bytes) -> bool:
+        """Is this prefix hit evidence? Only when confirmed; else it is remembered if it matters to the group."""
+        if self.confirmed is not None:
+            return (info.id, digest) in self.confirmed
+        if self.pending is not None and info.index in t.hash_lists:
+            src = info.source
+            self.pending.append(FullHashCheck(info.id, src.fullhash_url or "", src.fullhash_fails_closed, digest))
+        return False
 
 
 class Engine:
-    """Decides for one configuration and one list snapshot; :meth:`swap` replaces the snapshot atomically."""
+    """Decides for one configuration and one list snapshot; :meth:`swap` replaces either, or both, atomically."""
 
-    def __init__(self, config: Config, snapshot: Snapshot):
-        self.config = config
-        self.tz = zoneinfo.ZoneInfo(config.timezone)
-        self.clients = ClientMap(config.clients, config.default_group)
+    def __init__(self, config: Config, snapshot: Snapshot, clients: ClientMap | None = None):
         self._lock = threading.Lock()
-        self._state: tuple[Snapshot, dict[str, _GroupTables], frozenset[int], frozenset[int]]
-        self.swap(snapshot)
+        self._state: _Loaded
+        self.swap(snapshot, config, clients)
 
     # ------------------------------------------------------------------ snapshot
-    def swap(self, snapshot: Snapshot) -> None:
-        """Install a new snapshot: tables are built first, then one reference is replaced."""
+    def swap(self, snapshot: Snapshot, config: Config | None = None, clients: ClientMap | None = None) -> None:
+        """Install a new snapshot, and with ``config`` a new configuration (groups, client rules, time zone;
+        ``clients`` a client map already built for it). Tables are built first, then one reference is replaced."""
+        if config is None:
+            config, clients = self._state.config, clients or self._state.clients
+        elif clients is None:
+            clients = ClientMap(config.clients, config.default_group)
+        tz = zoneinfo.ZoneInfo(config.timezone)
         legal = frozenset(li.index for li in snapshot.lists if li.source.is_legal)
         allow_src = frozenset(li.index for li in snapshot.lists if li.source.allow)
         groups: dict[str, _GroupTables] = {}
-        for gid, pol in self.config.groups.items():
+        for gid, pol in config.groups.items():
             cats = pol.block_categories | {c for s in pol.schedules for c in s.block}
             blk = frozenset(
                 li.index for li in snapshot.lists if li.category in pol.block_categories and not li.source.allow
@@ -132,21 +179,30 @@ class Engine:
             )
             exempt = tuple(ipaddress.ip_network(n) for n in pol.ip_literal_exempt)
             default = Verdict(Action.ALLOW, Reason.DEFAULT, gid)
-            groups[gid] = _GroupTables(pol, blk, rx, default, _ip_literal_verdict(pol), exempt)
+            hl = legal | allow_src | {li.index for li in snapshot.lists if li.category in cats}
+            groups[gid] = _GroupTables(pol, blk, rx, default, _ip_literal_verdict(pol), exempt, frozenset(hl))
         with self._lock:
-            self._state = (snapshot, groups, legal, allow_src)
+            self._state = _Loaded(snapshot, groups, legal, allow_src, config, clients, tz)
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._state[0]
+        return self._state.snapshot
+
+    @property
+    def config(self) -> Config:
+        return self._state.config
+
+    @property
+    def clients(self) -> ClientMap:
+        return self._state.clients
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return self._state.tz
 
     # ------------------------------------------------------------------ clients
     def group_for(self, client: Client | str | None) -> str | None:
-        if client is None:
-            return self.clients.default_group
-        if isinstance(client, str):
-            client = Client.parse(client)
-        return self.clients.group_for(client)[0]
+        return _group_of(self.clients, client)
 
     def policy(self, group: str) -> Policy:
         return self.config.groups[group]
@@ -173,6 +229,7 @@ class Engine:
         explain: bool = False,
         canonical: bool = False,
         ip_literals: bool = True,
+        confirmed: Container[tuple[str, bytes]] | None = None,
     ) -> Verdict:
         """The verdict for ``client`` asking for ``host`` (and ``url`` on the HTTP path) at time ``at``.
 
@@ -182,12 +239,21 @@ class Engine:
         ``group`` skips the client look-up. ``explain`` fills the rule text from the source file.
         ``ip_literals=False`` when ``host`` is an address the client did not name (a DNS answer's, the
         destination of a transparent connection): IP lists apply to it, ``block_ip_literals`` does not.
+
+        A URL-hash entry that matched only on its 4-byte prefix is no evidence by itself. Without
+        ``confirmed``, such hits that could change the verdict come back in ``Verdict.pending`` (the verdict
+        itself ignores them); the caller asks the lists' endpoints and decides again with ``confirmed``, the
+        ``(list id, full digest)`` pairs the endpoints confirmed (docs/fullhash.md).
         """
+        hashes = None if url is None else _HashHits(confirmed, [] if confirmed is None else None)
         try:
-            return self._decide(client, host, url, at, group, explain, canonical, ip_literals)
+            v = self._decide(client, host, url, at, group, explain, canonical, ip_literals, hashes)
         except Exception:  # fail closed, on purpose (CONTRIBUTING.md rule 3)
             log.exception("decision failed for %r; blocking", host)
             return Verdict(Action.BLOCK, Reason.ERROR, group or "", category=None)
+        if hashes is not None and hashes.pending and v.reason is not Reason.LEGAL:  # a legal block stays
+            return dataclasses.replace(v, pending=tuple(hashes.pending))
+        return v
 
     def _decide(
         self,
@@ -199,10 +265,11 @@ class Engine:
         explain: bool,
         canonical: bool = False,
         ip_literals: bool = True,
+        hashes: _HashHits | None = None,
     ) -> Verdict:
-        snap, tables, legal, allow_src = self._state
+        snap, tables, legal, allow_src, _config, clients, _tz = self._state
         if group is None:
-            group = self.group_for(client)
+            group = _group_of(clients, client)
             if group is None:
                 return Verdict(Action.BLOCK, Reason.UNKNOWN_CLIENT, "")
         t = tables.get(group)
@@ -212,7 +279,7 @@ class Engine:
         if not canonical:
             host = canonical_host(host)  # an IP literal as browsers read it (0x7f.1 → 127.0.0.1)
 
-        matches = self._evidence(snap, t, host, url)
+        matches = self._evidence(snap, t, host, url, hashes)
 
         # 1. legal
         for m in matches:
@@ -295,7 +362,9 @@ class Engine:
         return None
 
     # ------------------------------------------------------------------ helpers
-    def _evidence(self, snap: Snapshot, t: _GroupTables, host: str, url: str | None) -> list[_Match]:
+    def _evidence(
+        self, snap: Snapshot, t: _GroupTables, host: str, url: str | None, hashes: _HashHits | None = None
+    ) -> list[_Match]:
         """Every rule that matches, gathered once: domain rules, regexes, IP literal, URL rules.
         Each is (list index, line, flags, rule text, hashed)."""
         matches: list[_Match] = []
@@ -311,7 +380,7 @@ class Engine:
                     if rx.search(host):
                         matches.append((li, line, flags, rx.pattern, False))
         if url is not None:
-            matches.extend(self._url_matches(snap, host, url))
+            matches.extend(self._url_matches(snap, t, host, url, hashes or _HashHits(None, None)))
         return matches
 
     def _block_verdict(
@@ -395,7 +464,7 @@ class Engine:
         )
 
     @staticmethod
-    def _url_matches(snap: Snapshot, host: str, url: str) -> list[_Match]:
+    def _url_matches(snap: Snapshot, t: _GroupTables, host: str, url: str, hashes: _HashHits) -> list[_Match]:
         out: list[_Match] = []
         if snap.urls is not None:
             from urllib.parse import urlsplit
@@ -410,11 +479,10 @@ class Engine:
                 li, line = unpack(rec)
                 out.append((li, line, 0, entry, False))
         if snap.urlhashes is not None:
-            hashed = snap.urlhashes.lookup(url)
-            if hashed:
-                expr, rec, _full = hashed
+            for expr, rec, digest, full in snap.urlhashes.hits(url):
                 li, line = unpack(rec)
-                out.append((li, line, 0, expr, True))
+                if full or hashes.counts(snap.lists[li], t, digest):
+                    out.append((li, line, 0, expr, True))
         return out
 
     @staticmethod
