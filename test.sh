@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 # binary → Debian package, for the real peers the tests start (DNS client, resolver, Prometheus, browser)
 bash scripts/apt-need.sh dig:bind9-dnsutils kdig:knot-dnsutils unbound:unbound unbound-checkconf:unbound prometheus:prometheus \
   promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium nft:nftables \
-  systemd-analyze:systemd nginx:nginx-light gcc:build-essential
+  systemd-analyze:systemd nginx:nginx-light gcc:build-essential '/usr/lib/postgresql/*/bin/initdb:postgresql'
 bash scripts/setup-venv.sh test
 if [ "${FILTERPROXY_NO_LINT:-}" != 1 ]; then
   echo "lint: ruff check, ruff format --check, mypy" >&2

@@ -27,7 +27,9 @@ What it does:
 filterproxy runs with every feature on: three groups by CIDR, the policy engine, EDE on blocked answers,
 metrics endpoint, conditional forwarding, TTL ageing, a (high) per-client rate limit. ``filterproxy-querylog``
 is the same server with the query log on (``querylog.enabled``); the summary prints its QPS against the
-log off (target >= 0.85x).
+log off (target >= 0.85x). ``filterproxy-live`` is the same server with ``--live-rules`` control-API
+overrides and 207 pauses seeded in its state store (:func:`seed_live`); the summary prints its QPS and CPU
+per query against none, and each against unbound.
 """
 
 from __future__ import annotations
@@ -327,9 +329,9 @@ forward-zone:
     )
     (pol / "staff.yaml").write_text("name: staff\nblock_categories: [malware]\nblock_mode: blockpage\n")
     (pol / "guest.yaml").write_text("name: guest\nblock_categories: [adult, malware]\nblock_mode: 'null'\n")
-    cfg = work / "filterproxy.yaml"
+    cfg = work / f"{kind}.yaml"
     cfg.write_text(f"""server:
-  state_dir: {work / "state"}
+  state_dir: {work / ("state-live" if kind == "filterproxy-live" else "state")}
 upstreams:
   servers: [127.0.0.1:{up}]
   timeout: 2.0
@@ -367,6 +369,42 @@ lists:
         "--metrics-listen",
         f"127.0.0.1:{metrics_port}",
     ]
+
+
+def seed_live(work: Path, data: dict, n_overrides: int) -> None:
+    """The control API's live state for ``filterproxy-live`` (its own state folder, seeded once per run):
+    ``n_overrides`` overrides, a quarter on names of the query mix (allow blocked names, block and allow
+    allowed names) and the rest on other names, over the three groups; pauses of the two groups the load
+    does not use, of 200 staff addresses, and of five addresses in the load's group (not dnsperf's own)."""
+    from filterproxy.state.model import Actor
+    from filterproxy.state.store import Store
+
+    db = work / "state-live" / "state.db"
+    if db.exists():
+        return
+    t0 = time.time()
+    rng = random.Random(11)
+    blocked = sorted({n for n, k in data["kinds"].items() if k == "blocked"})
+    allowed = sorted({n for n, k in data["kinds"].items() if k == "hit" and not n.endswith(".school.lan")})
+    mix = n_overrides // 4
+    rules = [(n, "allow") for n in rng.sample(blocked, mix // 2)]
+    rules += [(n, rng.choice(("allow", "block"))) for n in rng.sample(allowed, mix - mix // 2)]
+    rules += [(f"ov{i}.other{i % 97}.example", rng.choice(("allow", "block"))) for i in range(n_overrides - mix)]
+    system = Actor("bench", "system")
+    store = Store.open(f"sqlite:///{db}")
+    try:
+        for i, (name, action) in enumerate(rules):  # the query mix's names in the load's group
+            group = "bench" if i < mix else ("bench", "staff", "guest")[i % 3]
+            store.add_override(system, group, name, action, None if i % 2 else 600)
+        for group in ("staff", "guest"):
+            store.add_pause(system, 600, group=group)
+        for i in range(200):
+            store.add_pause(system, 600, client=f"10.1.{i // 250}.{i % 250 + 1}")
+        for i in range(2, 7):
+            store.add_pause(system, 600, client=f"127.0.0.{i}")
+    finally:
+        store.close()
+    log(f"live state: {len(rules)} overrides ({mix} on names of the query mix), 207 pauses in {time.time() - t0:.1f}s")
 
 
 # ---------------------------------------------------------------- dnsperf
@@ -499,6 +537,8 @@ def pct(values: list[float], p: float) -> float:
 def bench_one(kind: str, work: Path, data: dict, args, up_port: int) -> dict:
     port = free_port()
     mport = free_port()
+    if kind == "filterproxy-live":
+        seed_live(work, data, args.live_rules)
     cmd = ["taskset", "-c", str(args.server_core)] + server_cmd(kind, work, port, up_port, mport)
     logf = open(work / f"{kind}.log", "wb")
     t0 = time.monotonic()
@@ -596,8 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--servers",
         default="filterproxy,filterproxy-querylog,unbound,dnsmasq",
-        help="filterproxy-querylog: filterproxy with the query log on",
+        help="filterproxy-querylog: filterproxy with the query log on; "
+        "filterproxy-live: with --live-rules overrides and 207 pauses in the state store",
     )
+    p.add_argument("--live-rules", type=int, default=1000, help="overrides seeded for filterproxy-live")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--workdir", default="/tmp/filterproxy-bench")
@@ -689,6 +731,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"query log on / off: QPS {ql['qps']:,.0f} / {fp['qps']:,.0f} = {q:.2f}x "
                 f"(target >= 0.85x: {'OK' if q >= 0.85 else 'MISSED'}), CPU per query {c:.2f}x"
+            )
+        lv = by.get("filterproxy-live")
+        if lv:
+            q, c = lv["qps"] / fp["qps"], lv["cpu_us"] / fp["cpu_us"]
+            ub_ratio = lambda r: f", {r['qps'] / by['unbound']['qps']:.2f}x unbound" if "unbound" in by else ""  # noqa: E731
+            print(
+                f"live rules ({args.live_rules} overrides, 207 pauses) / none: QPS {lv['qps']:,.0f}{ub_ratio(lv)} / "
+                f"{fp['qps']:,.0f}{ub_ratio(fp)} = {q:.2f}x, CPU per query {lv['cpu_us']:.1f} / {fp['cpu_us']:.1f} µs"
+                f" = {c:.2f}x"
             )
         ub = by.get("unbound", {})
         peer = lambda k: f" (unbound {ub[k]:.2f})" if k in ub else ""  # noqa: E731

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from filterproxy import __version__
 from filterproxy.app import SetupError
@@ -43,14 +42,13 @@ def _parse_at(text: str | None) -> dt.datetime | None:
 
 
 def split_input(item: str) -> tuple[str, str | None]:
-    """A name or a URL → (host, url or None)."""
-    s = item.strip()
-    if "://" in s or "/" in s:
-        parts = urlsplit(s if "://" in s else "http://" + s)
-        if not parts.hostname:
-            raise CliError(f"{item!r}: no host name in this URL")
-        return parts.hostname, s if "://" in s else "http://" + s
-    return s, None
+    """A name or a URL → (host, url or None) (:func:`filterproxy.policy.explain.split_input`)."""
+    from filterproxy.policy.explain import split_input as split
+
+    try:
+        return split(item)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- commands
@@ -108,9 +106,12 @@ def _description(cfg: Config, group: str) -> str | None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from filterproxy.clients import Client
-    from filterproxy.names import canonical_ip
+    from filterproxy.policy.explain import explain_item, explain_json
 
     cfg, engine = load_engine(args.config, args.extra_list, args.client_group, strict_lists=False)
+    from filterproxy.state.watch import load_live
+
+    load_live(cfg, engine)  # the control API's overrides, pauses and devices, as `filterproxy run` applies them
     at = _parse_at(args.at)
     if args.group and args.group not in cfg.groups:
         raise CliError(f"--group {args.group!r}: unknown group (groups: {', '.join(cfg.groups)})")
@@ -127,54 +128,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
         items = [line.strip() for line in sys.stdin if line.strip()]
     status = 0
     for item in items:
+        if args.json:  # the same object GET /api/v1/explain answers (filterproxy.policy.explain)
+            d = explain_json(engine, item, client, group, how, at)
+            status = 1 if "error" in d else status
+            print(json.dumps(d, ensure_ascii=False))
+            continue
         try:
-            host, url = split_input(item)
-            address = canonical_ip(host)  # an IP literal as a browser reads it: 0x7f.1 → 127.0.0.1
-            v = engine.decide(client, host, url, at, group=group, explain=True)
+            v, host, address = explain_item(engine, item, client, group, at)
         except (CliError, ValueError) as exc:
             status = 1
-            if args.json:
-                print(json.dumps({"input": item, "error": str(exc)}), flush=False)
-            else:
-                print(f"{item}: error: {exc}", file=sys.stderr)
+            print(f"{item}: error: {exc}", file=sys.stderr)
             continue
         desc = _description(cfg, v.group)
-        if args.json:
-            d = {
-                "input": item,
-                "action": v.action.value,
-                "group": v.group,
-                "reason": v.reason.value,
-                "category": v.category,
-                "list": v.list_id,
-                "rule": v.rule,
-                "source": v.source,
-                "schedule": v.schedule,
-                "rewrite": v.rewrite,
-                "legal": v.legal,
-                "short_id": v.short_id,
-                "client_match": how,
-                "policy_description": desc,
-            }
-            print(json.dumps(d, ensure_ascii=False))
-        else:
-            print(f"{item}: {v.action.value.upper()} for group {v.group} ({how}) — reason: {v.reason.value}")
-            for label, val in (
-                ("address", address if address != host else None),
-                ("category", v.category),
-                ("list", v.list_id),
-                ("rule", v.rule),
-                ("source", v.source),
-                ("schedule", v.schedule),
-                ("rewrite to", v.rewrite),
-                ("policy", desc and f"{cfg.groups[v.group].name} — {desc}"),
-            ):
-                if val:
-                    print(f"    {label:<10} {val}")
-            if v.legal:
-                print("    legal      national/legal list: applies to every group, no allowlist overrides it")
-            for list_id in dict.fromkeys(c.list_id for c in v.pending):  # docs/fullhash.md
-                print(f"    prefix     {list_id}: a 4-byte prefix matched; the proxy asks the list's fullhash_url")
+        print(f"{item}: {v.action.value.upper()} for group {v.group} ({how}) — reason: {v.reason.value}")
+        for label, val in (
+            ("address", address if address != host else None),
+            ("category", v.category),
+            ("list", v.list_id),
+            ("rule", v.rule),
+            ("source", v.source),
+            ("schedule", v.schedule),
+            ("rewrite to", v.rewrite),
+            ("policy", desc and f"{cfg.groups[v.group].name} — {desc}"),
+        ):
+            if val:
+                print(f"    {label:<10} {val}")
+        if v.legal:
+            print("    legal      national/legal list: applies to every group, no allowlist overrides it")
+        for list_id in dict.fromkeys(c.list_id for c in v.pending):  # docs/fullhash.md
+            print(f"    prefix     {list_id}: a 4-byte prefix matched; the proxy asks the list's fullhash_url")
     return status
 
 
@@ -308,6 +290,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--metrics-listen", metavar="HOST:PORT|off")
     sp.add_argument("--doh-listen", metavar="HOST:PORT|off", help="DNS over HTTPS (needs server.tls_cert_file)")
     sp.add_argument("--dot-listen", metavar="HOST:PORT|off", help="DNS over TLS (needs server.tls_cert_file)")
+    sp.add_argument("--admin-listen", metavar="HOST:PORT|off", help="the control API (default 127.0.0.1:8088)")
     sp.add_argument(
         "--upstream",
         action="append",
@@ -433,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     from filterproxy.mobileconfig import add_parser as add_mobileconfig  # plistlib and uuid: cheap
 
     add_mobileconfig(sub)
+    from filterproxy.state.cli import add_parser as add_admin  # imports SQLAlchemy only when run
+
+    add_admin(sub)
     return p
 
 

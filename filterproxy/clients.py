@@ -6,6 +6,7 @@ longest matching CIDR > ``default_group``. Anything else is unknown (the DNS pat
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,6 +61,16 @@ class ClientMap:
         self._nets.insert(0, (ipaddress.ip_network(cidr, strict=False), group))
         self._nets.sort(key=lambda n: -n[0].prefixlen)
         self._cache.clear()
+
+    def with_rules(self, rules: tuple[ClientRule, ...] | list[ClientRule]) -> ClientMap:
+        """A copy joined by ``rules`` (the control API's devices: user, doh, mac or ip rules) at the same
+        precedence steps; for the same key a joined rule wins over the configuration's (it is newer)."""
+        joined = copy.copy(self)
+        joined._by = {k: dict(v) for k, v in self._by.items()}
+        for r in rules:
+            joined._by[r.kind][r.value.lower() if r.kind != "ip" else r.value] = r.group
+        joined._cache = {}
+        return joined
 
     @property
     def uses_mac(self) -> bool:

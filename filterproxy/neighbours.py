@@ -20,7 +20,16 @@ from collections.abc import Callable
 
 log = logging.getLogger("filterproxy.clients")
 
-__all__ = ["NeighbourTable", "TABLE", "parse_ip_neigh", "parse_proc_arp", "read_neighbours"]
+__all__ = [
+    "NeighbourTable",
+    "PRESENT",
+    "TABLE",
+    "parse_ip_neigh",
+    "parse_present",
+    "parse_proc_arp",
+    "read_neighbours",
+    "read_present",
+]
 
 REFRESH_INTERVAL = 30.0  # seconds between two reads of the table
 MISS_INTERVAL = 2.0  # a lookup that misses asks for an early read, at most this often
@@ -48,6 +57,35 @@ def parse_ip_neigh(text: str) -> dict[str, str]:
             continue
         table[ip] = mac
     return table
+
+
+PRESENT = frozenset({"REACHABLE", "STALE", "DELAY", "PROBE"})  # states of a neighbour that answered lately
+
+
+def parse_present(text: str) -> list[tuple[str, str, float]]:
+    """``ip -s -j neigh show`` → (address, mac, seconds since the kernel last confirmed it) of the entries
+    in a :data:`PRESENT` state, for devices' last-seen times (``FAILED``/``INCOMPLETE`` are left out)."""
+    out: list[tuple[str, str, float]] = []
+    for entry in json.loads(text or "[]"):
+        state = entry.get("state") or []
+        mac = str(entry.get("lladdr") or "").lower()
+        ip = _canonical(str(entry.get("dst", "")))
+        if ip is None or mac in _NO_MAC or not PRESENT.intersection(state):
+            continue
+        out.append((ip, mac, float(entry.get("confirmed", 0) or 0)))
+    return out
+
+
+def read_present(timeout: float = 5.0) -> list[tuple[str, str, float]]:
+    """The present neighbours of this network namespace (blocking: the last-seen writer's thread); none
+    without iproute2."""
+    try:
+        out = subprocess.run(
+            ["ip", "-s", "-j", "neigh", "show"], capture_output=True, text=True, timeout=timeout, check=True
+        ).stdout
+    except FileNotFoundError:
+        return []
+    return parse_present(out)
 
 
 def parse_proc_arp(text: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ endpoint, DNS listeners, proxy workers, then (main process only) the background 
     DNS listening on 127.0.0.1:5353 (udp, tcp)
     metrics on http://127.0.0.1:9108/metrics
     proxy listening on 127.0.0.1:8080 (2 workers)
+    admin API on http://127.0.0.1:8088/api/v1                (server.admin_listen / --admin-listen)
 
 Signals:
 
@@ -90,6 +91,7 @@ def apply_overrides(args: argparse.Namespace, cfg: Config) -> None:
     s.metrics_listen = _listen_flag(getattr(args, "metrics_listen", None), s.metrics_listen, 9108, "--metrics-listen")
     s.doh_listen = _listen_flag(getattr(args, "doh_listen", None), s.doh_listen, 443, "--doh-listen")
     s.dot_listen = _listen_flag(getattr(args, "dot_listen", None), s.dot_listen, 853, "--dot-listen")
+    s.admin_listen = _listen_flag(getattr(args, "admin_listen", None), s.admin_listen, 8088, "--admin-listen")
     _check_encrypted(cfg)
     for flag in ("proxy_workers", "dns_workers"):
         v = getattr(args, flag, None)
@@ -150,6 +152,10 @@ class Runner:
         self.secrets = Secrets()  # read in start() (main process): push password, reports token
         self._reports_stop: Any = None
         self.lists_refresh: Any = None  # filterproxy.lists.refresh.ListRefresher (the main process only)
+        self.admin: Any = None  # filterproxy.admin.server.AdminServer (the main process only)
+        self.live: Any = None  # filterproxy.state.watch.LiveWatcher (every deciding process)
+        self.stats: Any = None  # filterproxy.state.stats.StatsWriter (every deciding process)
+        self.seen: Any = None  # filterproxy.state.seen.SeenWriter (every deciding process)
         self.pidfile: str | None = None
         self._stop: asyncio.Event | None = None
         self._reloading = False
@@ -188,6 +194,12 @@ class Runner:
                 log.warning("metrics: cannot share counters with the worker processes: %s", exc)
 
         self._start_metrics()
+        from filterproxy.state import stats  # decision counts into the state database (roll-up: main only)
+
+        self.stats = stats.start_writer(cfg, housekeeping=not self.worker)
+        from filterproxy.state import seen  # named devices' last-seen times (the neighbour table: main only)
+
+        self.seen = seen.start_writer(cfg, live=None if self.worker else lambda: self.engine.live)
 
         if cfg.server.dns_listen is not None:
             from filterproxy.dns.service import DnsService
@@ -196,6 +208,7 @@ class Runner:
             self.dns = DnsService(cfg, self.engine, listen=cfg.server.dns_listen, reuse_port=n > 1 or bool(self.worker))
             await self.dns.start()
             config_reload.publish("dns", self.generation, cfg)
+            await self._start_live()
             host, port = self.dns.address
             if self.worker:
                 log.info("dns worker of %d listening on %s:%d", self.worker, host, port)
@@ -218,13 +231,33 @@ class Runner:
             )
         else:
             log.info("DNS off (--dns-listen off)")
+            await self._start_live()
 
         if cfg.server.proxy_listen is not None:
             await self._start_proxy()
             self._start_reports()
         else:
             log.info("proxy off (--proxy-listen off)")
+        if not self.worker:  # the control API (server.admin_listen): "admin API on http://H:P/api/v1"
+            from filterproxy.admin.server import start_admin
+
+            self.admin = await start_admin(self)
         self._start_lists_refresh()
+
+    async def _start_live(self) -> None:
+        """The control API's live rules (filterproxy.state.watch): polled in a thread; on a change the DNS
+        caches drop their verdicts on this loop (the UDP thread never waits for it, house rule 9)."""
+        from filterproxy.state.store import state_url
+        from filterproxy.state.watch import LiveWatcher
+
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:
+            if self.dns is not None:
+                loop.call_soon_threadsafe(self.dns.on_live)
+
+        watcher = LiveWatcher(state_url(self.cfg), lambda: self.engine, changed)
+        self.live = await loop.run_in_executor(None, watcher.start)
 
     def _start_lists_refresh(self) -> None:
         """Download missing lists in the background, then each on its refresh interval; a list that
@@ -289,6 +322,9 @@ class Runner:
         try:
             self.proxy = ProxyWorkers(self.args, self.cfg, listen, workers)
             self.proxy.options["filterproxy_config_generation"] = self.generation
+            # the block page's review form: someone can read the requests (the control API, or a shared store)
+            review_form = self.cfg.server.admin_listen is not None or bool(self.cfg.server.state_db)
+            self.proxy.options["filterproxy_review_form"] = "true" if review_form else "false"
             await asyncio.get_running_loop().run_in_executor(None, self.proxy.start)
         except Exception as exc:
             log.error("proxy: could not start on %s:%d: %s; serving DNS only", listen[0], listen[1], exc)
@@ -329,12 +365,20 @@ class Runner:
                 await asyncio.get_running_loop().run_in_executor(None, self.proxy.stop)
             except Exception:
                 log.exception("proxy: stop failed")
+        if self.live is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.live.stop)
         if self.dns is not None:
             await self.dns.stop()
+        if self.stats is not None:  # after the listeners (DnsServer.stop flushes its tally): their last counts too
+            await asyncio.get_running_loop().run_in_executor(None, self.stats.stop)
+        if self.seen is not None:  # writes the last times noted
+            await asyncio.get_running_loop().run_in_executor(None, self.seen.stop)
         if self._reports_stop is not None:
             self._reports_stop.set()
         if self.pusher is not None:
             self.pusher.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
         self._remove_pid()

@@ -23,7 +23,9 @@ class Reason(str, enum.Enum):
     """Why; in precedence order (the first that applies wins)."""
 
     LEGAL = "legal"  # national/legal list (CSAM, illegal content): every group, no allowlist overrides
+    OVERRIDE = "override"  # a live allow/block rule set through the control API (filterproxy.state)
     ALLOWLIST = "allowlist"  # group's allowlist
+    PAUSE = "pause"  # a live pause of the client or its group: everything not allowed above is blocked
     SCHEDULE = "schedule"  # a schedule window blocks this (e.g. social during school hours)
     CATEGORY = "category"  # a list of a category the group blocks
     BLOCKLIST = "blocklist"  # the group's own block additions

@@ -46,29 +46,39 @@ E2E_MODULES = frozenset(
         "test_dns_server",
         "test_dns_tcp",
         "test_dns_workers",
+        "test_devices_seen_e2e",
         "test_fullhash",
         "test_http_e2e",
         "test_http_header_timeout_e2e",
         "test_http_server",
         "test_http_stream_e2e",
+        "test_http_failclosed_e2e",
         "test_images_e2e",
         "test_ip_literals_e2e",
         "test_integration",
         "test_lists_refresh",
+        "test_live_e2e",
         "test_querylog_e2e",
+        "test_reviews_e2e",
         "test_metrics",
         "test_neighbours_e2e",
         "test_proxy_modes_e2e",
         "test_reports",
         "test_rpz",
+        "test_state_cli",
         "test_secrets_e2e",
+        "test_state_stats_e2e",
+        "test_stats_api_e2e",
+        "test_state_postgres_e2e",
         "test_http_host_e2e",
+        "test_admin_e2e",
     }
 )
 E2E_TESTS = frozenset(
     {
         "test_dns_fuzz.py::test_server_survives_fuzzing",
         "test_config.py::test_check_command_exit_codes",
+        "test_state_store.py::test_a_returned_change_survives_kill_9",
     }
 )
 

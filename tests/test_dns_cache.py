@@ -25,6 +25,7 @@ from filterproxy.dns.cache import (
 )
 from filterproxy.dns.responses import Reply
 from filterproxy.dns.wire import RR
+from filterproxy.policy.live import LiveTables
 
 NAME = b"\x01a\x04test\x00"
 ZONE = b"\x04test\x00"
@@ -244,6 +245,7 @@ class _Clients:
 class _Engine:
     def __init__(self, uses_mac: bool):
         self.clients = _Clients(uses_mac)
+        self.live = LiveTables()  # no control API rules
 
 
 @pytest.mark.parametrize(

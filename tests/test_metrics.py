@@ -71,6 +71,8 @@ EXPECTED_METRICS = {
     "filterproxy_reports_delivery_failures_total": ("counter", ()),
     "filterproxy_querylog_written_total": ("counter", ()),
     "filterproxy_querylog_dropped_total": ("counter", ()),
+    "filterproxy_admin_logins_total": ("counter", ("result",)),
+    "filterproxy_admin_errors_total": ("counter", ()),
 }
 
 
@@ -727,7 +729,19 @@ def test_pusher_rejects_bad_grouping_key():
 # ----------------------------------------------------------------------------- meta
 
 FORBIDDEN_LABEL = re.compile(r"(client|^ip$|_ip$|addr|domain|url|qname|host|user|mac|path|name|email)", re.I)
-SUBSYSTEMS = {"build", "dns", "http", "lists", "bundle", "imagehash", "reports", "config", "querylog", "fullhash"}
+SUBSYSTEMS = {
+    "build",
+    "dns",
+    "http",
+    "lists",
+    "bundle",
+    "imagehash",
+    "reports",
+    "config",
+    "querylog",
+    "fullhash",
+    "admin",
+}
 
 
 def test_exactly_the_specified_metrics_are_defined():

@@ -91,6 +91,7 @@ def test_dns_client_state_without_mac_is_rebuilt_soon(monkeypatch):
     """A client seen before its MAC was in the table gets its MAC group after the short retry, not 30 s later."""
     from filterproxy.dns import clients as clmod
     from filterproxy.dns.cache import PackedCaches
+    from filterproxy.policy.live import LiveTables
 
     class _Clients:
         uses_mac = True
@@ -101,6 +102,7 @@ def test_dns_client_state_without_mac_is_rebuilt_soon(monkeypatch):
 
     class _Engine:
         clients = _Clients()
+        live = LiveTables()  # no control-API rules: no pauses, no devices
 
     macs: dict[str, str] = {}
     monkeypatch.setattr(clmod, "mac_for_ip", macs.get)

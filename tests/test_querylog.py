@@ -38,9 +38,11 @@ def test_anonymise_ip(address, expected):
     assert anonymise_ip(address) == expected
 
 
-def read_day(path: Path, day: str) -> list[dict]:
-    f = path / f"querylog-{day}.jsonl"
-    return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
+def read_day(path: Path, day: str, tz: dt.tzinfo = UTC7) -> list[dict]:
+    from filterproxy.querylog import parse
+
+    f = path / f"querylog-{day}.qlog"
+    return [rec for _when, rec in parse(f.read_text(encoding="utf-8"), tz)]
 
 
 def _today_at(hour: int, minute: int) -> dt.datetime:
@@ -77,9 +79,8 @@ def test_entries_are_anonymised_by_default(tmp_path):
         "category": "adult",
     }
     assert rows[1]["client"] == "2001:db8:abcd::/48"
-    assert "category" not in rows[1] and rows[1]["reason"] is None  # unset: absent on disk, null if unknown
-    assert ql_read(tmp_path)[1]["category"] is None  # the reader fills absent fields in
-    text = (tmp_path / f"querylog-{day}.jsonl").read_text()
+    assert rows[1]["category"] is None and rows[1]["reason"] is None  # unset: empty on disk, null when read
+    text = (tmp_path / f"querylog-{day}.qlog").read_text()
     assert "192.168.1.23" not in text and "::99" not in text
 
 
@@ -105,8 +106,8 @@ def test_one_file_per_local_day(tmp_path):
 
 
 def _touch_day(path: Path, day: dt.date) -> Path:
-    f = path / f"querylog-{day.isoformat()}.jsonl"
-    f.write_text('{"qname":"old.example"}\n')
+    f = path / f"querylog-{day.isoformat()}.qlog"
+    f.write_text("#filterproxy-querylog 1\n")
     return f
 
 
@@ -115,7 +116,7 @@ def test_retention_deletes_old_files_at_start_and_keeps_others(tmp_path):
     days = {n: _touch_day(tmp_path, today - dt.timedelta(days=n)) for n in (0, 1, 6, 7, 8, 30)}
     other = tmp_path / "notes.txt"
     other.write_text("not a log file")
-    bad = tmp_path / "querylog-2026-13-45.jsonl"
+    bad = tmp_path / "querylog-2026-13-45.qlog"
     bad.write_text("x")
     ql = QueryLog(str(tmp_path), retention_days=7, tz=UTC7)
     ql.close()
@@ -131,8 +132,8 @@ def test_sweep_on_day_change(tmp_path):
         assert removed == []
         _touch_day(tmp_path, dt.date(2026, 5, 8))
         _touch_day(tmp_path, dt.date(2026, 5, 9))
-        assert ql.sweep(today=dt.date(2026, 5, 10)) == ["querylog-2026-05-08.jsonl"]
-        assert (tmp_path / "querylog-2026-05-09.jsonl").exists()
+        assert ql.sweep(today=dt.date(2026, 5, 10)) == ["querylog-2026-05-08.qlog"]
+        assert (tmp_path / "querylog-2026-05-09.qlog").exists()
     finally:
         ql.close()
 
@@ -143,7 +144,7 @@ def test_entries_already_past_retention_are_never_written(tmp_path):
         ql.log(old, "10.0.0.1", "primary", "old.example", "A", "allow")
         ql.log(dt.datetime.now(UTC7), "10.0.0.1", "primary", "new.example", "A", "allow")
     names = sorted(os.listdir(tmp_path))
-    assert names == [f"querylog-{dt.datetime.now(UTC7).date().isoformat()}.jsonl"]
+    assert names == [f"querylog-{dt.datetime.now(UTC7).date().isoformat()}.qlog"]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "7"])
@@ -155,13 +156,13 @@ def test_retention_must_be_whole_days(tmp_path, bad):
 def test_log_is_cheap_and_never_blocks(tmp_path):
     ql = QueryLog(str(tmp_path), tz=UTC7, max_queue=1000)
     gate = threading.Event()
-    original = ql._format
+    original = ql._encode
 
-    def slow_format(item, offset):  # a disk that cannot keep up
+    def slow_encode(wall, refs):  # a disk that cannot keep up
         gate.wait(10)
-        return original(item, offset)
+        return original(wall, refs)
 
-    ql._format = slow_format  # type: ignore[method-assign]
+    ql._encode = slow_encode  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
         for i in range(5000):
@@ -199,26 +200,57 @@ def test_flush_waits_for_the_writer(tmp_path):
 # ----------------------------------------------------------------------------- per-process files, the reader
 
 
-def _write(path: Path, name: str, rows: list) -> None:
+def _write(path: Path, name: str, rows: list, tail: str = "") -> None:
+    """A daily file in the compact form (QueryLog._encode): dict rows become T/C/D/record lines, strings are
+    written as they are (bad lines); ``tail`` is appended without a newline (a line cut by a crash)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    out = ["#filterproxy-querylog 1"]
+    for i, r in enumerate(rows):
+        if isinstance(r, str):
+            out.append(r)
+            continue
+        when = dt.datetime.fromisoformat(r["time"])
+        if when.tzinfo is None:
+            when = when.astimezone()
+        sec = int(when.timestamp())
+        fields = [r.get("group", "teen"), "dns", r["name"], "A", r.get("action", "allow"), "", "", ""]
+        out += [f"T {sec}", f"C {i} 10.0.0.0/24", f"D {i}\t" + "\t".join(fields), f"{when.microsecond // 1000} {i} {i}"]
+    (path / name).write_text("\n".join(out) + "\n" + tail)
 
 
-def test_reader_merges_the_processes_files_in_time_order_and_tolerates_old_and_bad_lines(tmp_path):
+def test_reader_merges_the_processes_files_in_time_order_and_tolerates_bad_lines(tmp_path):
     rec = lambda t, name, **kw: {"time": f"2026-03-02T{t}+07:00", "group": "teen", "name": name, **kw}  # noqa: E731
-    _write(tmp_path, "querylog-2026-03-02.dns-11.jsonl", [rec("09:00:00.000", "a"), rec("09:00:02.000", "c")])
+    _write(tmp_path, "querylog-2026-03-02.dns-11.qlog", [rec("09:00:00.000", "a"), rec("09:00:02.000", "c")])
     _write(
         tmp_path,
-        "querylog-2026-03-02.http-12.jsonl",
-        [rec("09:00:01.000", "b", action="block"), "not json", "[1, 2]"],
+        "querylog-2026-03-02.http-12.qlog",
+        [rec("09:00:01.000", "b", action="block"), "not a record", "5 77 99", "T x"],  # bad, undefined ids
+        tail="12 0 0",  # cut by a crash: never whole, never read
     )
-    old = {"time": "2026-03-01T23:00:00.000+07:00", "qname": "old.example", "group": "kids", "action": "allow"}
-    _write(tmp_path, "querylog-2026-03-01.jsonl", [old])  # before the rename of qname, one file per day
+    old = {"time": "2026-03-01T23:00:00.000+07:00", "name": "old.example", "group": "kids", "action": "allow"}
+    _write(tmp_path, "querylog-2026-03-01.dns-3.qlog", [old])
     assert [r["name"] for r in ql_read(tmp_path)] == ["old.example", "a", "b", "c"]
     since = dt.datetime(2026, 3, 2, 9, 0, 1, tzinfo=UTC7)
     assert [r["name"] for r in ql_read(tmp_path, since=since)] == ["b", "c"]
     assert [r["name"] for r in ql_read(tmp_path, group="kids")] == ["old.example"]
     assert [r["name"] for r in ql_read(tmp_path, action="block")] == ["b"]
+    assert ql_read(tmp_path, tz=UTC7)[1]["time"] == "2026-03-02T09:00:00.000+07:00"
+
+
+def test_a_reopened_file_starts_its_id_tables_again_and_a_cut_line_stays_apart(tmp_path):
+    day = dt.datetime.now(UTC7)
+    with QueryLog(str(tmp_path), tz=UTC7) as ql:
+        ql.log(day, "10.0.0.1", "teen", "a.example", "A", "allow")
+    f = tmp_path / f"querylog-{day.date().isoformat()}.qlog"
+    with open(f, "a") as out:
+        out.write("3 0")  # a crash in the middle of a line
+    with QueryLog(str(tmp_path), tz=UTC7) as ql:  # a restart appends: new ids, after a header on a new line
+        ql.log(day, "10.9.9.9", "kids", "b.example", "AAAA", "block")
+    rows = read_day(tmp_path, day.date().isoformat())
+    assert [(r["name"], r["client"], r["group"]) for r in rows] == [
+        ("a.example", "10.0.0.0/24", "teen"),
+        ("b.example", "10.9.9.0/24", "kids"),
+    ]
 
 
 def ql_read(path: Path, **kw) -> list[dict]:
@@ -253,9 +285,8 @@ def test_command_says_when_the_log_is_off(tmp_path):
         command(_cfg(tmp_path, False), since=None, group=None, action=None, as_json=True, out=out, err=err)
     # turned off after an investigation: what is left is still shown, with a note
     today = dt.date.today().isoformat()
-    _write(
-        tmp_path / "state" / "querylog", f"querylog-{today}.dns-1.jsonl", [{"time": f"{today}T10:00:00", "name": "x"}]
-    )
+    rows = [{"time": f"{today}T10:00:00", "name": "x"}]
+    _write(tmp_path / "state" / "querylog", f"querylog-{today}.dns-1.qlog", rows)
     assert command(_cfg(tmp_path, False), since=None, group=None, action=None, as_json=True, out=out, err=err) == 0
     assert json.loads(out.getvalue())["name"] == "x" and "the query log is off" in err.getvalue()
 
@@ -278,7 +309,7 @@ def test_one_writer_per_process_and_folder(tmp_path):
     assert a._closed and h._closed
     names = sorted(p.name for p in (tmp_path / "state" / "querylog").iterdir())
     day = dt.datetime.now(ZoneInfo("Asia/Ho_Chi_Minh")).date().isoformat()
-    assert names == [f"querylog-{day}.dns-{os.getpid()}.jsonl", f"querylog-{day}.http-{os.getpid()}.jsonl"]
+    assert names == [f"querylog-{day}.dns-{os.getpid()}.qlog", f"querylog-{day}.http-{os.getpid()}.qlog"]
     (rec,) = ql_read(tmp_path / "state" / "querylog", group="teen", action="allow")[:1]
     assert rec["client"] == "10.9.8.0/24" and rec["qtype"] == "A" and rec["proto"] == "dns"
 
@@ -286,11 +317,11 @@ def test_one_writer_per_process_and_folder(tmp_path):
 def test_retention_covers_every_process_file(tmp_path):
     today = dt.datetime.now(UTC7).date()
     old = today - dt.timedelta(days=5)
-    _write(tmp_path, f"querylog-{old}.dns-7.jsonl", ["{}"])
-    _write(tmp_path, f"querylog-{old}.http-8.jsonl", ["{}"])
-    _write(tmp_path, f"querylog-{today}.http-8.jsonl", ["{}"])
+    _write(tmp_path, f"querylog-{old}.dns-7.qlog", [])
+    _write(tmp_path, f"querylog-{old}.http-8.qlog", [])
+    _write(tmp_path, f"querylog-{today}.http-8.qlog", [])
     QueryLog(str(tmp_path), retention_days=2, tz=UTC7).close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"querylog-{today}.http-8.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"querylog-{today}.http-8.qlog"]
 
 
 def test_the_bounded_buffer_counts_drops_in_the_metric(tmp_path):
@@ -302,7 +333,7 @@ def test_the_bounded_buffer_counts_drops_in_the_metric(tmp_path):
     what = ("teen", "dns", "a.example", "A", "allow", None, None, None)
     for _ in range(25):
         ql.put(time.monotonic(), "10.0.0.1", what)
-    assert len(ql.buf) == 10 and ql.dropped == 15
+    assert ql.queued() == 10 and ql.dropped == 15
     ql.close()
     assert metrics.QUERYLOG_DROPPED.value() - before == 15
     assert metrics.QUERYLOG_WRITTEN.value() - written == 10
@@ -311,11 +342,11 @@ def test_the_bounded_buffer_counts_drops_in_the_metric(tmp_path):
 def test_a_packed_reply_keeps_its_record_when_its_ttls_age():
     from filterproxy.dns.cache import ENTRY_LOG, aged, make_entry
 
-    what = ("teen", "dns", "a.example", "A", "allow", None, None, None)
+    what = 0x01000007  # a verdict id (QueryLog.verdict)
     msg = b"\x00\x01" + bytes(40)
     e = make_entry(msg, [(30, 300)], expires=1e9, now=1000.0, fixed=False, slot=3, logged=what)
-    assert e[ENTRY_LOG] is what and aged(e, 1100)[ENTRY_LOG] is what
-    assert make_entry(msg, [], expires=1e9, now=1000.0, fixed=True, slot=3)[ENTRY_LOG] is None
+    assert e[ENTRY_LOG] == what and aged(e, 1100)[ENTRY_LOG] == what
+    assert make_entry(msg, [], expires=1e9, now=1000.0, fixed=True, slot=3)[ENTRY_LOG] == 0  # the log is off
 
 
 def test_config_errors_name_the_line_and_a_relative_path_follows_the_config_file(tmp_path):
@@ -330,3 +361,74 @@ def test_config_errors_name_the_line_and_a_relative_path_follows_the_config_file
     ok = tmp_path / "ok.yaml"
     ok.write_text("querylog:\n  enabled: true\n  path: logs/ql\n")
     assert load_config(str(ok)).querylog.path == str(tmp_path / "logs" / "ql")
+
+
+# ----------------------------------------------------------------------------- id tables, the hot path's buffers
+
+FIELDS = ("teen", "dns", "a.example", "A", "allow", "default", None, None)
+
+
+def test_ids_are_deduplicated_per_network_and_per_verdict(tmp_path):
+    with QueryLog(str(tmp_path), tz=UTC7) as ql:
+        a, b, c = ql.client("10.1.2.3"), ql.client("10.1.2.200"), ql.client("10.1.3.1")
+        assert a == b != c and a != 0 and c != 0  # one id per /24, never 0 ("no record")
+        v = ql.verdict(FIELDS)
+        assert ql.verdict(list(FIELDS)) == v and ql.verdict(FIELDS[:2] + ("b.example",) + FIELDS[3:]) != v
+        assert ql.clients.value(a) == "10.1.2.0/24" and ql.verdicts.value(v) == FIELDS
+        with pytest.raises(ValueError):
+            ql.verdict(FIELDS[:7])
+
+
+def test_the_hot_path_buffer_writes_records_from_two_ints(tmp_path):
+    """What the UDP loops do per packed hit: two appends (time, client id << 32 | verdict id)."""
+    with QueryLog(str(tmp_path), tz=UTC7) as ql:
+        ids, add_time, add_id, cap, drop = ql.buffer()
+        ref = ql.client("192.168.7.9") << 32
+        blocked = ql.verdict(("kids", "dns", "bad.example", "AAAA", "block", "category", "adult", "adult"))
+        for vid in (ql.verdict(FIELDS), blocked, blocked):
+            add_time(time.monotonic())
+            add_id(ref | vid)
+        assert len(ids) == 3 and cap == ql.cap
+    rows = read_day(tmp_path, dt.datetime.now(UTC7).date().isoformat())
+    assert [(r["client"], r["group"], r["name"], r["qtype"], r["action"], r["list"]) for r in rows] == [
+        ("192.168.7.0/24", "teen", "a.example", "A", "allow", None),
+        ("192.168.7.0/24", "kids", "bad.example", "AAAA", "block", "adult"),
+        ("192.168.7.0/24", "kids", "bad.example", "AAAA", "block", "adult"),
+    ]
+    assert rows[0]["reason"] == "default" and rows[1]["category"] == "adult"
+    text = (tmp_path / f"querylog-{dt.datetime.now(UTC7).date().isoformat()}.qlog").read_text()
+    assert text.count("\nD ") == 2 and text.count("\nC ") == 1  # each id defined once per file
+
+
+def test_a_new_id_generation_keeps_records_correct_and_tells_the_id_holders(tmp_path):
+    rolled = []
+    now = dt.datetime.now(UTC7)
+    ql = QueryLog(str(tmp_path), tz=UTC7, max_verdicts=4, interval=60)  # one batch, written at close
+    ql.on_roll(lambda: rolled.append(ql.verdicts.serial))
+    names = [f"n{i}.example" for i in range(10)]
+    vids = [ql.verdict(FIELDS[:2] + (n,) + FIELDS[3:]) for n in names]
+    assert rolled == [2, 3]  # 10 verdicts in tables of 4: two new generations, the holders told each time
+    assert len({v >> 24 for v in vids}) == 3 and len(set(vids)) == 10
+    cid = ql.client("10.0.0.1")
+    for vid in vids[4:]:  # the current and the previous generation resolve
+        ql.put(now, cid, vid)
+    ql.put(now, cid, vids[0])  # the first generation is gone: that record is dropped and counted, never mislabelled
+    ql.put(now, "10.0.0.1", FIELDS[:2] + ("n2.example",) + FIELDS[3:])  # by its fields: a new id, written
+    ql.close()
+    rows = read_day(tmp_path, now.date().isoformat())
+    assert [r["name"] for r in rows] == names[4:] + ["n2.example"]
+    assert ql.dropped == 1 and ql.written == 7
+
+
+def test_a_batch_spanning_midnight_goes_to_two_files_each_with_its_definitions(tmp_path):
+    before = dt.datetime(2026, 3, 2, 23, 59, 59, 500_000, tzinfo=UTC7)
+    after = dt.datetime(2026, 3, 3, 0, 0, 0, 250_000, tzinfo=UTC7)
+    ql = QueryLog(str(tmp_path), tz=UTC7, retention_days=3650, interval=60)  # one batch, written at close
+    for when, ip in ((before, "10.0.0.1"), (after, "10.0.0.2"), (before, "10.0.0.3")):  # not in time order
+        ql.put(when, ip, FIELDS)
+    ql.close()
+    first, second = read_day(tmp_path, "2026-03-02"), read_day(tmp_path, "2026-03-03")
+    assert [r["time"] for r in first] == ["2026-03-02T23:59:59.500+07:00"] * 2
+    assert [(r["time"], r["client"], r["name"]) for r in second] == [
+        ("2026-03-03T00:00:00.250+07:00", "10.0.0.0/24", "a.example")
+    ]

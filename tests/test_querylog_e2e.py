@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from filterproxy.dns.testing import FakeUpstream, ServerProcess
+from filterproxy.querylog import parse
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_http_e2e import free_port  # noqa: E402
@@ -132,9 +133,9 @@ def backend():
 
 
 def test_dns_and_http_decisions_are_logged_anonymised(tmp_path, backend):
-    stale = tmp_path / "state" / "querylog" / "querylog-2020-01-01.dns-1.jsonl"  # past the retention
+    stale = tmp_path / "state" / "querylog" / "querylog-2020-01-01.dns-1.qlog"  # past the retention
     stale.parent.mkdir(parents=True)
-    stale.write_text('{"name": "old.example"}\n')
+    stale.write_text("#filterproxy-querylog 1\n")
     up, cfg, proc, proxy_port = _start(tmp_path, {"enabled": True, "retention_days": 2})
     try:
         _traffic(proc, proxy_port, backend)
@@ -211,5 +212,7 @@ def test_each_dns_worker_writes_its_own_file(tmp_path):
     assert len(rows) == 200 and {r["name"] for r in rows} == {f"n{i}.example" for i in range(7)}
     files = sorted((tmp_path / "state" / "querylog").iterdir())
     assert len(files) == 2 and all(f.name.split(".")[1].startswith("dns-") for f in files)
-    for f in files:  # whole lines only: one writer per file
-        assert all(json.loads(line)["proto"] == "dns" for line in f.read_text().splitlines())
+    for f in files:  # whole records only: one writer per file
+        text = f.read_text()
+        assert text.endswith("\n") and all(rec["proto"] == "dns" for _when, rec in parse(text))
+    assert sum(len(list(parse(f.read_text()))) for f in files) == 200

@@ -210,6 +210,21 @@ def test_match(rules: list[str], host: str, path: str, expected: tuple[str, int]
         m.add(rule, i)
     m.freeze()
     assert m.match(host, path) == expected
+    assert (m.matches(host, path) or [None])[0] == expected  # the most specific rule comes first
+
+
+def test_matches_returns_every_rule_and_every_list() -> None:
+    """A rule in two lists keeps both records, and shorter rules or parent hosts are not hidden by a more
+    specific one: the engine must see a legal list's rule whatever else matches (tests/test_engine_overlap.py)."""
+    m = UrlPrefixMatcher()
+    for rule, rec in [("x.com/a", 1), ("x.com/a/b", 2), ("m.x.com/a/b/c", 3), ("x.com/a", 4), ("x.com/a", 1)]:
+        m.add(rule, rec)
+    m.freeze()
+    assert len(m) == 3
+    assert m.matches("m.x.com", "/a/b/c/d") == [("m.x.com/a/b/c", 3), ("x.com/a/b", 2), ("x.com/a", 1), ("x.com/a", 4)]
+    assert m.matches("x.com", "/a/") == [("x.com/a", 1), ("x.com/a", 4)]
+    assert m.matches("x.com", "/ab") == []
+    assert m.match("m.x.com", "/a/b/c/d") == ("m.x.com/a/b/c", 3)
 
 
 def test_lifecycle() -> None:

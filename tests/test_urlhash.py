@@ -372,14 +372,15 @@ def test_add_rejects_bad_hex(line: str) -> None:
 def test_len_counts_distinct_entries_and_lifecycle() -> None:
     s = UrlHashSet()
     s.add(_hex("a.com/"), 1)
-    s.add(_hex("a.com/"), 2)
+    s.add(_hex("a.com/"), 1)  # the same list twice: one entry
+    s.add(_hex("a.com/"), 2)  # another list: its own entry (a legal list must not be hidden by an earlier one)
     s.add(_hex("b.com/")[:8], 3)
-    assert len(s) == 2
+    assert len(s) == 3
     with pytest.raises(RuntimeError):
         s.lookup("http://a.com/")
     s.freeze()
     s.freeze()  # harmless
-    assert len(s) == 2 and s.frozen
+    assert len(s) == 3 and s.frozen
     with pytest.raises(RuntimeError):
         s.add(_hex("c.com/"), 4)
 
@@ -420,5 +421,8 @@ def test_hits_returns_every_list_with_digest_and_kind() -> None:
         ("evil.com/", 2 << 32 | 9, d, False),
     ]
     assert s.hits("http://fine.com/") == []
+    both = _frozen([(d.hex(), 4 << 32 | 1), (d.hex(), 1 << 32 | 7), (d.hex(), 4 << 32 | 1)])  # one full hash, 2 lists
+    assert both.hits("http://evil.com/") == [("evil.com/", 1 << 32 | 7, d, True), ("evil.com/", 4 << 32 | 1, d, True)]
+    assert both.lookup("http://evil.com/") == ("evil.com/", 1 << 32 | 7, True)
     fake = d[:4] + bytes(b ^ 0xFF for b in d[4:])  # same 4 bytes, another hash: no full match
     assert _frozen([(fake.hex(), 1)]).hits("http://evil.com/") == []

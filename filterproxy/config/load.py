@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from filterproxy.config.admin import parse_admin
 from filterproxy.config.groups import parse_clients, parse_groups
 from filterproxy.config.lists import parse_lists
 from filterproxy.config.loader import Section, load_yaml
@@ -49,6 +50,7 @@ def load_config(path: str | None = None) -> Config:
     metrics = parse_metrics(top.section("metrics"), path)
     querylog = parse_querylog(top.section("querylog"), path)
     bundle = parse_bundle(top.section("bundle"), path)
+    admin = parse_admin(top.section("admin"), path)
     timezone = parse_timezone(top)
     sources_file = top.get("sources", None, types=(str,))
     if sources_file:
@@ -84,6 +86,7 @@ def load_config(path: str | None = None) -> Config:
         timezone,
         sources_file,
         bundle,
+        admin,
     )
     cfg.digest = config_digest([path, sources_file, *(g.file for g in groups.values())])
     return cfg

@@ -29,10 +29,25 @@ class ServerConfig:
     block_page_ipv6: str = "::1"
     gateway_id: str = field(default_factory=socket.gethostname)
     state_dir: str = ""
+    state_db: str | None = None  # postgresql://… for a shared state store; None: sqlite at <state_dir>/state.db
     doh_listen: tuple[str, int] | None = None  # DNS over HTTPS (RFC 8484), on tls_cert_file/tls_key_file
     dot_listen: tuple[str, int] | None = None  # DNS over TLS (RFC 7858)
     tls_cert_file: str | None = None  # PEM certificate chain of the DoH/DoT listeners
     tls_key_file: str | None = None
+    admin_listen: tuple[str, int] | None = ("127.0.0.1", 8088)  # the control API (filterproxy.admin)
+
+
+@dataclass
+class AdminConfig:
+    """The control API (``admin:``): its own TLS certificate, session length, teachers' longest allow."""
+
+    tls_cert_file: str | None = None  # PEM chain: the admin API over HTTPS (with tls_key_file)
+    tls_key_file: str | None = None
+    session_hours: float = 8.0  # a login session (cookie) lasts this long
+    teacher_max_minutes: int = 120  # the longest temporary allow a teacher may make
+    stats_retention_days: int = 90  # statistics rows older than this are deleted (filterproxy.state.stats)
+    stats_flush_seconds: float = 30.0  # each process adds its counts to the state database this often
+    devices_seen_seconds: float = 30.0  # each process writes named devices' last-seen times this often
 
 
 @dataclass
@@ -160,6 +175,7 @@ class Config:
     timezone: str
     sources_file: str | None = None
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     digest: str = ""  # short sha256 of every file this configuration was read from (the reload log names it)
 
     def state_path(self, *parts: str) -> str:

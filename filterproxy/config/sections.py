@@ -60,10 +60,12 @@ def parse_server(s: Section, path: str) -> ServerConfig:
         block_page_ipv6=s.get("block_page_ipv6", "::1", types=(str,)),
         gateway_id=s.get("gateway_id", socket.gethostname(), types=(str,)),
         state_dir=s.get("state_dir", "", types=(str,)),
+        state_db=s.get("state_db", None, types=(str,)),
         doh_listen=_listen(s, "doh_listen", None, 443),
         dot_listen=_listen(s, "dot_listen", None, 853),
         tls_cert_file=s.get("tls_cert_file", None, types=(str,)),
         tls_key_file=s.get("tls_key_file", None, types=(str,)),
+        admin_listen=_listen(s, "admin_listen", ("127.0.0.1", 8088), 8088),
     )
     server.proxy_modes = parse_proxy_modes(s, server.proxy_listen, server.proxy_workers)
     for key in ("block_page_ipv4", "block_page_ipv6"):
@@ -76,6 +78,11 @@ def parse_server(s: Section, path: str) -> ServerConfig:
             setattr(server, key, resolve_path(path, getattr(server, key)))
             if not os.path.isfile(getattr(server, key)):
                 raise ConfigError(f"{s.where(key)}: 'server.{key}': file not found: {getattr(server, key)}")
+    if server.state_db is not None and not server.state_db.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{s.where('state_db')}: 'server.state_db' must be postgresql://user@host[:port]/db "
+            "(leave it out for sqlite at <state_dir>/state.db)"
+        )
     for key in ("doh_listen", "dot_listen"):
         missing = tls_missing(server) if getattr(server, key) else None
         if missing:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -15,12 +17,13 @@ from filterproxy import metrics
 from filterproxy.dns import responses, wire
 from filterproxy.dns.chain import Request
 from filterproxy.dns.responses import Reply
+from filterproxy.state import stats
 
 if TYPE_CHECKING:
     from filterproxy.dns.chain import Chain, Result
     from filterproxy.dns.clients import ClientState
     from filterproxy.dns.decisions import Decisions
-    from filterproxy.querylog import Info, QueryLog
+    from filterproxy.querylog import QueryLog
 
 log = logging.getLogger("filterproxy.dns")
 
@@ -69,24 +72,22 @@ class Tally:
         self.other[i] += 1
         return i
 
-    def log_buffer(self) -> tuple[list | None, int, Callable[[], None]]:
-        """(buffer, capacity, drop) of the query log for the UDP hot loops; (None, 0, a no-op) when it is off."""
+    def log_buffer(self) -> tuple[array | None, Callable, Callable, int, Callable[[], None]]:
+        """A query-log buffer of its own for one UDP hot loop (QueryLog.buffer); (None, …, 0, a no-op) when off."""
         ql = self.querylog
         if ql is None:
-            return None, 0, _nothing
-        return ql.buf, ql.cap, ql.drop
+            return None, _nothing, _nothing, 0, _nothing
+        return ql.buffer()
 
-    def record(
-        self, q: wire.Query, r: Reply, st: ClientState, now: float, decisions: Decisions | None = None
-    ) -> Info | None:
-        """Queue the query-log record of an answered query; return it for the packed entry (None: log off).
+    def record(self, q: wire.Query, r: Reply, st: ClientState, now: float, decisions: Decisions | None = None) -> int:
+        """Queue the query-log record of an answered query; return its verdict id for the packed entry (0: off).
 
         An allowed answer comes from upstream without a verdict: the question's verdict (reason "default",
         or the allowlist that let it through) is the one the policy link memoised in ``decisions``.
         """
         ql = self.querylog
         if ql is None:
-            return None
+            return 0
         from filterproxy.querylog import info
 
         group = st.group or ""
@@ -96,11 +97,12 @@ class Tally:
             memo = decisions.memo.get(group)
             v = memo.get(name) if memo is not None else None
         what = info(group, "dns", name or q.name, q.qtype_name, r.action, v)  # unfilterable: as sent
-        ql.put(now, st.ip, what)
-        return what
+        return ql.put(now, st.qlid >> 32 or st.ip, what)
 
     def flush(self) -> None:
+        """The growth since the last flush into the metrics and the statistics (once a second, not per query)."""
         hits = 0
+        now = time.time()
         for i in range(len(self.keys)):
             a, b = self.hits[i], self.other[i]
             sa, sb = self._seen[i]
@@ -112,12 +114,13 @@ class Tally:
             metrics.DNS_QUERIES.inc(group, qtype, action, protocol, amount=da + db)
             if blocked is not None:
                 metrics.DNS_BLOCKED.inc(*blocked, amount=da + db)
+            stats.COUNTER.add(group, blocked[1] if blocked else "none", action, protocol, da + db, now)
             hits += da
         if hits:
             metrics.DNS_CACHE_HITS.inc(amount=hits)
 
 
-def _nothing() -> None:
+def _nothing(*_args: object) -> None:
     pass
 
 
@@ -147,9 +150,9 @@ def handle(chain: Chain, q: wire.Query, st: ClientState, protocol: str, reactor:
     try:
         group = st.group
         assert group is not None  # admission.admit refuses clients without a group
-        return chain.handle(
-            Request(q.qname, wire.policy_name(q.qname), q.qtype, q.qclass, q.do, q.cd, group, protocol, now, reactor)
-        )
+        name = wire.policy_name(q.qname)
+        req = Request(q.qname, name, q.qtype, q.qclass, q.do, q.cd, group, protocol, now, reactor, client=st.paused)
+        return chain.handle(req)
     except Exception:
         metrics.DNS_ERRORS.inc("exception")
         log.exception("dns: chain failed for %s/%s; answered SERVFAIL", q.name, q.qtype_name)

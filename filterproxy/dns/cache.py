@@ -244,7 +244,7 @@ def _evict(d: dict, n: int) -> None:
 # A packed entry: (expires, fresh until second, reply without its ID, tally slot, base second, ages, log) —
 # one flat tuple of atoms, so the garbage collector drops it from its lists at the first look.
 #   ages: b"" (fixed TTLs) or ">HI" (offset, TTL as of ``base``) per record
-#   log: the query log's record of this answer (a tuple of strings, see filterproxy.querylog.Info), or None
+#   log: the query log's verdict id of this answer (an int, QueryLog.verdict), 0 when the log is off
 ENTRY_EXPIRES, ENTRY_FRESH, ENTRY_BYTES, ENTRY_SLOT, ENTRY_BASE, ENTRY_AGES, ENTRY_LOG = range(7)
 NEVER = 1 << 62
 _AGE = struct.Struct(">HI")
@@ -291,9 +291,9 @@ def make_entry(
     now: float,
     fixed: bool,
     slot: int,
-    logged: tuple | None = None,
+    logged: int = 0,
 ) -> tuple:
-    """A packed-cache entry for ``msg`` (a full reply; its ID is cut off here); ``logged``: its query-log record."""
+    """A packed-cache entry for ``msg`` (a full reply; its ID is cut off here); ``logged``: its query-log verdict id."""
     sec = int(now)
     if fixed or not offsets:
         return (expires, NEVER, msg[2:], slot, sec, b"", logged)

@@ -73,6 +73,7 @@ class Request:
     key: bytes = b""  # the answer-cache key (set by the cache link)
     pending: Any = None  # the upstream exchange this request started (set by the cache link)
     rewrite: Any = None  # SafeSearch: (question name, target name, verdict, block mode) (set by the policy link)
+    client: Any = None  # a paused client (filterproxy.clients.Client): decided for itself, never from the memo
 
 
 class Link:
@@ -142,7 +143,7 @@ class PolicyLink(Link):
     def pre(self, req: Request) -> Reply | None:
         if not req.name:  # the root: not a host
             return None
-        v = self.decisions.decide(req.name, req.group)
+        v = self.decisions.decide(req.name, req.group, req.client)
         if v.action is Action.BLOCK:
             if v.reason is Reason.ERROR:
                 metrics.DNS_ERRORS.inc("policy")

@@ -18,8 +18,13 @@ import ipaddress
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from filterproxy.clients import Client, mac_for_ip
+from filterproxy.state.seen import SEEN
+
+if TYPE_CHECKING:
+    from filterproxy.querylog import QueryLog
 
 log = logging.getLogger("filterproxy.dns")
 
@@ -30,7 +35,21 @@ MAC_MISS_RETRY = 2.0  # seconds a state built without the client's MAC (not in t
 class ClientState:
     """Per source address: ACL result, group, rate-limit window and the group's packed-reply cache."""
 
-    __slots__ = ("ip", "allowed", "group", "how", "cache", "packed", "limit", "sec", "count", "expires")
+    __slots__ = (
+        "ip",
+        "allowed",
+        "group",
+        "how",
+        "cache",
+        "packed",
+        "limit",
+        "sec",
+        "count",
+        "expires",
+        "paused",
+        "device",
+        "qlid",
+    )
 
     def __init__(self, ip: str, allowed: bool, group: str | None, how: str, packed, limit: int, expires: float):
         self.ip = ip
@@ -43,6 +62,10 @@ class ClientState:
         self.sec = 0
         self.count = 0
         self.expires = expires
+        # a paused client (control API): decided for itself, without the group's packed replies and memo
+        self.paused: Client | None = None
+        self.device: int | None = None  # the named device (control API) this address is: its last-seen time
+        self.qlid = 0  # the query log's client id << 32 (0: log off, or look the address up)
 
 
 class ClientTable:
@@ -66,6 +89,9 @@ class ClientTable:
         self.refresh = refresh
         self.max_clients = max_clients
         self.table: dict[str, ClientState] = {}
+        self.devices: dict[str, ClientState] = {}  # the states of named devices: swept for their last-seen times
+        self._swept = 0  # the monotonic second of the last sweep
+        self.querylog: QueryLog | None = None  # the query log (when on): each state carries its client id
         self._lock = threading.Lock()
 
     def describe_acl(self) -> str:
@@ -108,15 +134,39 @@ class ClientTable:
                 if mac is None:  # not in the neighbour table yet: the reader was asked to look again soon
                     ttl = min(ttl, MAC_MISS_RETRY)
             group, how = self.engine.clients.group_for(Client(ip=canon, mac=mac))
-        pc = self.caches.for_group(group) if allowed else None
+        paused = self.engine.live.client_pause(Client(ip=canon, mac=mac), None) if allowed else None
+        pc = self.caches.for_group(group) if allowed and paused is None else None
         new = ClientState(canon, allowed, group, how, pc, self.limit, now + ttl)
+        if paused is not None:
+            new.paused = Client(ip=canon, mac=mac)
+        if self.querylog is not None:  # anonymised once per state, not per query
+            new.qlid = self.querylog.client(canon) << 32
         if st is not None:  # keep the rate-limit window across a refresh
             new.sec, new.count = st.sec, st.count
+        new.device = self.engine.live.device_of(Client(ip=canon, mac=mac)) if allowed else None
         with self._lock:
             if len(self.table) >= self.max_clients:
                 self.table.clear()
+                self.devices.clear()
             self.table[ip] = new
+            if new.device is not None:
+                self.devices[ip] = new
+            elif st is not None and st.device is not None:
+                self.devices.pop(ip, None)
+        if new.device is not None:
+            SEEN.note(new.device)
         return new
+
+    def sweep_seen(self, now: float | None = None) -> None:
+        """Once a second (housekeeping): note the named devices that asked something since the last sweep
+        (their rate-limit window moved), so the hot path writes nothing for last-seen times."""
+        if not self.devices:
+            return
+        since = self._swept
+        self._swept = int(time.monotonic() if now is None else now)
+        for st in list(self.devices.values()):
+            if st.sec >= since and st.device is not None:
+                SEEN.note(st.device)
 
     def configure(self, allowed_networks: list[str], rate_limit: int) -> None:
         """A reloaded configuration's ACL and rate limit; every state is rebuilt (groups may have moved)."""
@@ -129,3 +179,4 @@ class ClientTable:
         """Forget every state (configuration or cache objects changed)."""
         with self._lock:
             self.table.clear()
+            self.devices.clear()

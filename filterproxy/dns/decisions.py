@@ -19,7 +19,9 @@ class Decisions:
         self.size = size
         self.memo: dict[str, dict[str, Verdict]] = {}
 
-    def decide(self, name: str, group: str) -> Verdict:
+    def decide(self, name: str, group: str, client=None) -> Verdict:
+        if client is not None:  # a paused client (control API): its own verdict, not the group's memo
+            return self.engine.decide(client, name, group=group, canonical=True, ip_literals=False)
         m = self.memo.get(group)
         if m is None:
             m = self.memo.setdefault(group, {})

@@ -34,6 +34,7 @@ from filterproxy.dns.answering import failed_reply, handle, pack
 from filterproxy.dns.clients import ClientState
 from filterproxy.dns.deferred import LoopReactor, to_future
 from filterproxy.dns.responses import Reply, servfail
+from filterproxy.state.seen import SEEN
 from filterproxy.vocabulary import DOH_ID_RE
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class DohApp:
         group, how = table.engine.clients.group_for(Client(doh=doh_id))
         if how != "doh":  # no rule for this id: the address decides
             return base, base
+        SEEN.note_client(table.engine.live, Client(doh=doh_id))  # a named device by its DoH id: last seen now
         st = ClientState(base.ip, True, group, "doh", table.caches.for_group(group), base.limit, base.expires)
         return base, st
 

@@ -67,7 +67,7 @@ def ede_for(v: Verdict) -> tuple[int, str]:
     """The Extended DNS Error for a blocking verdict (code, EXTRA-TEXT)."""
     if v.legal or v.reason is Reason.LEGAL:
         code = wire.EDE_CENSORED
-    elif v.reason in (Reason.CATEGORY, Reason.SCHEDULE):
+    elif v.reason in (Reason.CATEGORY, Reason.SCHEDULE, Reason.PAUSE):
         code = wire.EDE_FILTERED
     else:  # blocklist additions, bypass defences, unknown client, internal error
         code = wire.EDE_BLOCKED

@@ -56,7 +56,10 @@ class DnsService:
             reuse_port=reuse_port,
             deadline=deadline,
         )
-        self.server.tally.querylog = querylog.acquire(cfg, "dns")  # before the listeners start (see Tally)
+        ql = self.server.tally.querylog = querylog.acquire(cfg, "dns")  # before the listeners start (see Tally)
+        if ql is not None:
+            self.chain.clients.querylog = ql  # client states carry their client ids
+            ql.on_roll(self._querylog_rolled)
         self._timer: asyncio.Task | None = None
         self._schedules: dict[str, tuple[bool, ...]] = {}
         self.encrypted: list[Listener] = []  # DoT / DoH (start_encrypted)
@@ -90,9 +93,20 @@ class DnsService:
         await self.chain.close()
         querylog.release(self.server.tally.querylog)
 
+    def _querylog_rolled(self) -> None:
+        """The query log started a new id generation: packed replies and client states holding ids go."""
+        self.chain.packed.clear()
+        self.chain.clients.reset()
+
     def on_swap(self) -> None:
         """Call after ``engine.swap``: packed replies carry old verdicts."""
         self.chain.on_swap()
+
+    def on_live(self) -> None:
+        """Call (on the loop) after ``engine.set_live``: memoised verdicts and packed replies go, and client
+        states are rebuilt (a device may have moved a client to another group)."""
+        self.chain.on_swap()
+        self.chain.clients.reset()
 
     def on_config(self, cfg: Config) -> None:
         """Call after ``engine.swap`` with a new configuration: its groups, clients and ACL reach the chain
@@ -119,6 +133,7 @@ class DnsService:
     def _tick(self, ticks: int) -> None:
         """One second of housekeeping (``ticks`` since the start)."""
         self.server.tally.flush()
+        self.chain.clients.sweep_seen()  # named devices that asked something this second: last-seen times
         metrics.DNS_CACHE_ENTRIES.set("answers", value=len(self.chain.answer_cache))
         metrics.DNS_CACHE_ENTRIES.set("packed", value=len(self.chain.packed))
         cur = self._active_schedules()

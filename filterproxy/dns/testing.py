@@ -376,8 +376,12 @@ class ServerProcess:
         env.update(self.env or {})
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "ab")
+        args = list(self.args)
+        if not any(a.startswith("--admin-listen") for a in args):
+            # the admin API is on by default (127.0.0.1:8088): tests that do not use it leave the port alone
+            args += ["--admin-listen", "off"]
         self.proc = subprocess.Popen(
-            [self.python, "-m", "filterproxy", "run", *self.args],
+            [self.python, "-m", "filterproxy", "run", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

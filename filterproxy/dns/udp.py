@@ -154,8 +154,8 @@ class UdpListener:
         slow = self._udp_slow
         reactor = self._reactor
         hits = self.tally.hits
-        # the query log (when on): each packed hit is one record too, appended inline (QueryLog.put)
-        qbuf, qcap, qdrop = self.tally.log_buffer()
+        # the query log (when on): each packed hit is one record too, two ints appended inline (QueryLog.buffer)
+        qids, qtime, qid, qcap, qdrop = self.tally.log_buffer()
         poll_every = self.POLL_EVERY - 1
         n = 0
         tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
@@ -193,9 +193,10 @@ class UdpListener:
                         st.cache[key] = e
                     send(data[:2] + e[2], addr)
                     hits[e[3]] += 1
-                    if qbuf is not None:
-                        if len(qbuf) < qcap:
-                            qbuf.append((now, addr[0], e[6]))
+                    if qids is not None:
+                        if len(qids) < qcap:
+                            qtime(now)
+                            qid(st.qlid | e[6])
                         else:
                             qdrop()
                     continue
@@ -224,8 +225,8 @@ class UdpListener:
         slow = self._udp_slow
         reactor = self._reactor
         hits = self.tally.hits
-        # the query log (when on): each packed hit is one record too, appended inline (QueryLog.put)
-        qbuf, qcap, qdrop = self.tally.log_buffer()
+        # the query log (when on): each packed hit is one record too, two ints appended inline (QueryLog.buffer)
+        qids, qtime, qid, qcap, qdrop = self.tally.log_buffer()
         tick, sweep, idle_budget = self._tick, self.chain.sweep, self.IDLE_SWEEP
         next_tick = 0.0
         recv, flush = bs.recv, bs.flush
@@ -302,9 +303,10 @@ class UdpListener:
                         else:
                             sendto(bytes(rbuf[off : off + 2]) + body, bs.addr(i, ip))
                         hits[e[3]] += 1
-                        if qbuf is not None:
-                            if len(qbuf) < qcap:
-                                qbuf.append((now, ip, e[6]))
+                        if qids is not None:
+                            if len(qids) < qcap:
+                                qtime(now)
+                                qid(st.qlid | e[6])
                             else:
                                 qdrop()
                         continue

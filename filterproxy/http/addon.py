@@ -28,7 +28,7 @@ from mitmproxy.proxy import layer, server_hooks
 
 from filterproxy import metrics
 from filterproxy.clients import Client
-from filterproxy.http import responses, safesearch
+from filterproxy.http import responses, review, safesearch
 from filterproxy.http.fullhash import FullHashConfirmer
 from filterproxy.http.header_timeout import HeaderDeadlines, close_client
 from filterproxy.http.identity import Conn, Identity
@@ -36,6 +36,7 @@ from filterproxy.http.responses import KEY, ResponseCheck
 from filterproxy.http.state import HttpState, StateKeeper, declare_options, load_state, reload_all
 from filterproxy.http.target import fingerprint, host_problem
 from filterproxy.http.target import target as _target
+from filterproxy.state.seen import SEEN
 from filterproxy.verdict import Action, Reason, Verdict
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class FilterAddon:
         self.errors = responses.HookErrors()
         self.heads = HeaderDeadlines(lambda: self.keeper.header_timeout, close_client, self.errors)
         self.fullhash = FullHashConfirmer()
+        self.reviews = review.ReviewDesk()  # the block page's "blocked by mistake" form
 
     @property
     def state(self) -> HttpState | None:
@@ -111,6 +113,7 @@ class FilterAddon:
         self.keeper.done()
         self.images.close()
         self.fullhash.close()
+        self.reviews.close()
 
     def reload(self) -> Future:
         """Rebuild the state in a thread and swap it in (a ``Future`` of True/False); see :class:`StateKeeper`."""
@@ -145,6 +148,8 @@ class FilterAddon:
         try:
             if flow.response is not None:
                 return None
+            if review.MARK in flow.metadata:  # the review form's body is read now: store it, answer
+                return self._guard(self.reviews.submit(flow, self._loaded()), flow, "request")
             seen = flow.__dict__.get("_filterproxy_seen")
             if seen is not None and seen == fingerprint(flow.request):
                 return None
@@ -163,7 +168,7 @@ class FilterAddon:
     def _on_request(self, flow: http.HTTPFlow) -> Awaitable | None:
         st = self._loaded()
         req = flow.request
-        if responses.is_self(flow, self.keeper.proxy_names):
+        if responses.is_self(flow, self.keeper.proxy_names) and not review.is_review(req):
             responses.serve_self(flow)
             return None
         conn = self._conns.get(flow.client_conn.id)
@@ -174,6 +179,10 @@ class FilterAddon:
                 return None
             return _after(who, self._on_request, flow)
         client, group = who
+        SEEN.note_client(st.engine.live, client)  # a named device: last seen now (one dict store)
+        if group is not None and review.is_review(req):  # the block page's form, on any host: never forwarded
+            self.reviews.start(flow, st, group)
+            return None
         host, url, has_auth = _target(req)
         if has_auth:
             del req.headers["proxy-authorization"]  # never forward proxy credentials upstream
@@ -214,7 +223,7 @@ class FilterAddon:
                 "url": url,
             }
             flow._filterproxy_seen = fingerprint(req)  # type: ignore[attr-defined]  # for the request() guard
-        responses.count(v)
+        responses.count(v, req.scheme)  # http, or https inside a tunnel
         self.keeper.log_decision(flow.client_conn, v, host.lower(), req.method)
         return None
 
@@ -248,6 +257,7 @@ class FilterAddon:
                 return None
             return _after(who, self._on_connect, flow)
         client, group = who
+        SEEN.note_client(st.engine.live, client)  # a tunnel (maybe never intercepted): last seen now
         if "proxy-authorization" in flow.request.headers:
             del flow.request.headers["proxy-authorization"]
         conn.group = group
@@ -257,7 +267,7 @@ class FilterAddon:
             v = Verdict(Action.BLOCK, Reason.UNKNOWN_CLIENT, "")
         else:
             v = st.engine.decide(client, host, None, group=group)
-        responses.count(v)
+        responses.count(v, "connect")
         self.keeper.log_decision(flow.client_conn, v, host, "CONNECT")
         if v.action is not Action.BLOCK:
             return None
@@ -305,7 +315,7 @@ class FilterAddon:
                 # Do not intercept a pinned client; close it: server_connect refuses the upstream connection.
                 data.ignore_connection = True
                 conn.kill = True
-                responses.count(v)
+                responses.count(v, "connect")
                 self.keeper.log_decision(client_conn, v, host, "TLS")  # the SNI of a closed pass-through
             return
         inspect = self.keeper.inspect_https
@@ -359,7 +369,9 @@ class FilterAddon:
                 for check in self.response_checks:
                     check.responseheaders(flow, info)
         except Exception:
-            self.errors.fail_flow(flow, "responseheaders", self.keeper.state)
+            # fail closed: a block page set here would carry the upstream body (mitmproxy reads it into the
+            # new response, or streams it after its headers): close the connection, forward no body byte
+            self.errors.kill_flow(flow, "responseheaders")
 
     def response(self, flow: http.HTTPFlow) -> Awaitable | None:
         """Hook point for response checks (image hashing): a BLOCK verdict replaces the response."""
@@ -380,7 +392,7 @@ class FilterAddon:
                 elif r is not None:
                     pending.append(r)
         except Exception:
-            self.errors.fail_flow(flow, "response", self.keeper.state)
+            self._fail_response(flow)
             return None
         return self._await_checks(pending, flow) if pending else None
 
@@ -392,6 +404,15 @@ class FilterAddon:
                     self._block_response(flow, v)
                     return
         except Exception:
+            self._fail_response(flow)
+
+    def _fail_response(self, flow: http.HTTPFlow) -> None:
+        """Fail closed in ``response``: a buffered body is replaced by the block page; a streamed one already
+        left with its headers, so the connection is closed before the end of the message (a truncated body)."""
+        resp = flow.response
+        if resp is not None and resp.stream:
+            self.errors.kill_flow(flow, "response")
+        else:
             self.errors.fail_flow(flow, "response", self.keeper.state)
 
     def _block_response(self, flow: http.HTTPFlow, v: Verdict) -> None:

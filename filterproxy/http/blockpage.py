@@ -3,7 +3,8 @@
 * Status **403**, or **451** (RFC 7725) when the block is mandated by law (``verdict.legal``).
 * Language from ``Accept-Language`` (``vi``/``en``; anything else → ``http.default_language``).
 * Tone from the group's policy: ``child`` is short, friendly and simple; ``teen``/``adult`` explain the
-  category and offer a "request a review" link (``http.review_url``).
+  category and offer a "request a review" link (``http.review_url``); with ``review_form`` every tone has a
+  "blocked by mistake" form posted to the page's own origin, answered by the proxy (:mod:`.review`).
 * The policy's display name in the page's language (``names`` in the policy file), else its ``name``.
 * Always: the category in words, ``verdict.short_id`` (never the rule text — hashed lists must not be
   revealed), the national child-protection hotline (``http.hotline``, 111), a "report abuse" link
@@ -67,6 +68,8 @@ CATEGORY_NAMES: dict[str, tuple[str, str]] = {  # id → (vi, en)
     "search": ("Máy tìm kiếm", "Search engines"),
     "custom": ("Danh sách chặn của nhà trường hoặc gia đình", "Blocked by your school or family"),
     "schedule": ("Ngoài giờ được phép", "Outside allowed hours"),
+    "override": ("Thầy cô hoặc quản trị viên đã chặn trang này", "Blocked by a teacher or an administrator"),
+    "pause": ("Internet đang tạm dừng", "Internet paused for now"),
 }
 
 _TEXT: dict[str, dict[str, str]] = {
@@ -102,6 +105,11 @@ _TEXT: dict[str, dict[str, str]] = {
         "policy": "Chính sách áp dụng: {policy}.",
         "review": "Nếu bạn cho rằng trang này bị chặn nhầm, hãy {link} và ghi kèm mã lý do bên dưới.",
         "review_link": "yêu cầu xem xét lại",
+        "form_lead": "Nếu bạn cần trang này để học hoặc nghĩ rằng nó bị chặn nhầm, hãy báo cho thầy cô:",
+        "form_message": "Lời nhắn (không bắt buộc, đừng ghi tên hay thông tin cá nhân)",
+        "form_send": "Gửi yêu cầu mở trang",
+        "form_child": "Em cần trang này để học? Bấm nút để báo thầy cô nhé.",
+        "form_child_send": "Báo thầy cô",
         "help_child": (
             "Nếu em thấy buồn, sợ hãi hoặc bị ai đó bắt nạt, làm hại, hãy gọi ngay {hotline} "
             "— Tổng đài quốc gia bảo vệ trẻ em, miễn phí, 24/7."
@@ -151,6 +159,11 @@ _TEXT: dict[str, dict[str, str]] = {
         "policy": "Policy: {policy}.",
         "review": "If you think this page was blocked by mistake, {link} and include the reason code below.",
         "review_link": "request a review",
+        "form_lead": "If you need this page for school or think it was blocked by mistake, tell your teachers:",
+        "form_message": "Message (optional; do not write your name or anything personal)",
+        "form_send": "Ask to open this page",
+        "form_child": "Do you need this page for school? Press the button to tell your teacher.",
+        "form_child_send": "Tell my teacher",
         "help_child": (
             "If you feel sad or scared, or someone is bullying or hurting you, call {hotline} now "
             "— the national child protection hotline, free, 24/7."
@@ -183,6 +196,7 @@ class BlockPageSettings:
     review_url: str | None = None
     ca_help_url: str | None = "http://mitm.it/"
     default_language: str = "vi"
+    review_form: bool = False  # the "blocked by mistake" form, posted to the proxy (http/review)
 
     def __post_init__(self) -> None:
         for name in ("report_url", "review_url", "ca_help_url"):
@@ -191,8 +205,9 @@ class BlockPageSettings:
             object.__setattr__(self, "default_language", "vi")
 
     @classmethod
-    def from_config(cls, http_cfg) -> BlockPageSettings:
+    def from_config(cls, http_cfg, review_form: bool = False) -> BlockPageSettings:
         return cls(
+            review_form=review_form,
             hotline=str(http_cfg.hotline),
             report_url=http_cfg.report_url,
             review_url=http_cfg.review_url,
@@ -299,12 +314,45 @@ def _details(
         detail.append("<p>" + t["policy"].format(policy=_e(policy_name)) + "</p>")
         if policy_description:  # the policy file's own words, as its administrator wrote them
             detail.append(f'<p class="description">{_e(policy_description)}</p>')
+    if has_form(verdict, settings):
+        detail.append(_form(verdict, host, t, child=child))
     if not child and not legal and settings.review_url and reason not in (Reason.UNKNOWN_CLIENT,):
         sep = "&" if urlsplit(settings.review_url).query else ("" if settings.review_url.endswith("?") else "?")
         href = settings.review_url + sep + urlencode({"host": host, "reason": verdict.short_id})
         link = f'<a id="review" href="{_e(href)}" rel="noreferrer">{t["review_link"]}</a>'
         detail.append("<p>" + t["review"].format(link=link) + "</p>")
     return detail
+
+
+REVIEW_PATH = "/.well-known/filterproxy/review"  # answered by the proxy on every host (http/review)
+
+
+def has_form(verdict: Verdict, settings: BlockPageSettings) -> bool:
+    """The review form is shown when on, except for the legal list, an unknown device and a filter error."""
+    return settings.review_form and status_for(verdict) != 451 and verdict.reason not in _NO_FORM
+
+
+_NO_FORM = (Reason.UNKNOWN_CLIENT, Reason.ERROR)
+_SELF, _NONE = "'self'", "'none'"  # the CSP's form-action: the form posts to the page's own origin
+
+
+def _form(verdict: Verdict, host: str, t: Mapping[str, str], *, child: bool) -> str:
+    """The "blocked by mistake" form: posted to the page's own origin, where the proxy answers it. It carries
+    the host and the reason code only (never the full URL); the child tone is one button."""
+    hidden = (
+        f'<input type="hidden" name="host" value="{_e(host)}">'
+        f'<input type="hidden" name="reason" value="{_e(verdict.short_id)}">'
+    )
+    if child:
+        return (
+            f'<form id="review-form" class="review" method="post" action="{REVIEW_PATH}"><p>{t["form_child"]}</p>'
+            f'{hidden}<button type="submit">{t["form_child_send"]}</button></form>'
+        )
+    return (
+        f'<form id="review-form" class="review" method="post" action="{REVIEW_PATH}"><p>{t["form_lead"]}</p>'
+        f'{hidden}<label>{t["form_message"]}<br><textarea name="message" rows="3" cols="40" maxlength="500">'
+        f'</textarea></label><br><button type="submit">{t["form_send"]}</button></form>'
+    )
 
 
 def _links(t: Mapping[str, str], settings: BlockPageSettings) -> list[str]:
@@ -317,7 +365,7 @@ def _links(t: Mapping[str, str], settings: BlockPageSettings) -> list[str]:
     return links
 
 
-def _headers(lang: str, verdict: Verdict) -> dict[str, str]:
+def _headers(lang: str, verdict: Verdict, form: bool = False) -> dict[str, str]:
     """Response headers: no caching, no referrer, a locked-down CSP, and the reason's short id."""
     return {
         "Content-Type": "text/html; charset=utf-8",
@@ -328,7 +376,7 @@ def _headers(lang: str, verdict: Verdict) -> dict[str, str]:
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-        "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+        f"form-action {_SELF if form else _NONE}; base-uri 'none'; frame-ancestors 'none'",
         "X-Filterproxy-Reason": verdict.short_id.encode("ascii", "replace").decode("ascii"),
     }
 
@@ -385,4 +433,4 @@ def render(
         reason_label=_e(t["reason"]),
         reason_id=_e(verdict.short_id),
     ).encode("utf-8")
-    return status_for(verdict), _headers(lang, verdict), body
+    return status_for(verdict), _headers(lang, verdict, has_form(verdict, settings)), body

@@ -19,6 +19,7 @@ from mitmproxy.proxy import mode_specs
 from filterproxy import metrics
 from filterproxy.http import blockpage
 from filterproxy.http.pac import PAC_CONTENT_TYPE, PAC_PATHS, render_pac
+from filterproxy.state import stats
 from filterproxy.verdict import Action, Reason, Verdict
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class ResponseCheck(Protocol):
     = False`` and a byte cap in ``flow.metadata[protocol.BODY_CAP]`` (past it the body streams: skip it);
     ``response`` returns a BLOCK verdict to replace the response with the block page, or None; it may
     return an awaitable (CPU-heavy work belongs in a thread). ``info`` is ``flow.metadata[KEY]``.
+    ``responseheaders`` never replaces the response (mitmproxy 11 would send the upstream body in it); an
+    exception there closes the client connection (:meth:`HookErrors.kill_flow`).
     """
 
     def responseheaders(self, flow: http.HTTPFlow, info: dict) -> None: ...
@@ -61,11 +64,13 @@ def _mark(flow: http.HTTPFlow, action: str) -> None:
     }
 
 
-def count(v: Verdict) -> None:
+def count(v: Verdict, protocol: str = "http") -> None:
+    """A proxy decision into the metrics and the statistics (``protocol``: http, https, or connect for a tunnel)."""
     group = v.group or "unknown"
     metrics.HTTP_REQUESTS.inc(group, v.action.value, v.reason.value)
     if v.action is Action.BLOCK:
         metrics.HTTP_BLOCKED.inc(group, v.category)
+    stats.COUNTER.add(group, v.category or "none", v.action.value, protocol)
 
 
 def respond_block(flow: http.HTTPFlow, v: Verdict, host: str, st: HttpState | None) -> None:
@@ -212,6 +217,20 @@ class HookErrors:
                     flow.response = http.Response.make(403, b"blocked\n", NO_STORE)
             except Exception:
                 pass
+
+    def kill_flow(self, flow: http.HTTPFlow, hook: str) -> None:
+        """Fail closed once the response is under way: close the client connection, forward nothing more.
+
+        A block page set in ``responseheaders`` is not sent alone: mitmproxy 11 then reads the upstream body
+        into it (or streams it after its headers). On a streamed body the headers and bytes already left."""
+        self.count(hook)
+        try:
+            info = flow.metadata.get(KEY) or {}
+            count(Verdict(Action.BLOCK, Reason.ERROR, info.get("group") or ""))
+        except Exception:
+            pass  # the kill below must happen whatever the counting did
+        if flow.killable:
+            flow.kill()
 
     def fail_connect(self, flow: http.HTTPFlow) -> None:
         """A CONNECT whose hook failed: refused (403)."""

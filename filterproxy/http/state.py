@@ -39,7 +39,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("filterproxy.http")
 
 LOAD_KEYS = frozenset(
-    {"filterproxy_config", "filterproxy_extra_list", "filterproxy_client_group", "filterproxy_state_dir"}
+    {
+        "filterproxy_config",
+        "filterproxy_extra_list",
+        "filterproxy_client_group",
+        "filterproxy_state_dir",
+        "filterproxy_review_form",
+    }
 )
 SPOOL_KEYS = frozenset({"filterproxy_spool", "filterproxy_report_endpoint", "filterproxy_deliver_reports"})
 
@@ -90,6 +96,7 @@ def load_state(
     *,
     state_dir: str | None = None,
     generation: int = 0,
+    review_form: bool = False,
 ) -> HttpState:
     """Load configuration, lists, engine and users file (slow: run it off the event loop).
 
@@ -115,7 +122,7 @@ def load_state(
     return HttpState(
         engine=engine,
         users=users,
-        page=blockpage.BlockPageSettings.from_config(cfg.http),
+        page=blockpage.BlockPageSettings.from_config(cfg.http, review_form),
         passthrough={g: frozenset(glob | set(p.passthrough)) for g, p in cfg.groups.items()},
         passthrough_any=frozenset(glob),
         tones={g: p.tone for g, p in cfg.groups.items()},
@@ -143,6 +150,13 @@ def declare_options(loader: Any) -> None:
         "Map a client network to a group, CIDR=GROUP (repeatable), as 'filterproxy run --client-group'.",
     )
     add("filterproxy_state_dir", str | None, None, "State folder (overrides server.state_dir).")
+    add(
+        "filterproxy_review_form",
+        bool,
+        False,
+        "Show the 'blocked by mistake' form on block pages (review requests go to the state store; "
+        "'filterproxy run' turns it on while its control API or a shared state_db is on).",
+    )
     add(
         "filterproxy_proxy_names",
         Sequence[str],
@@ -218,6 +232,7 @@ def _option_values() -> tuple:
         tuple(o.filterproxy_extra_list),
         tuple(o.filterproxy_client_group),
         o.filterproxy_state_dir or None,
+        bool(o.filterproxy_review_form),
     )
 
 
@@ -250,6 +265,9 @@ class StateKeeper:
         self._running = False
         self._spool_key: tuple | None = None
         self._deliver_stop: threading.Event | None = None
+        self._live: Any = None  # filterproxy.state.watch.LiveWatcher, once a configuration is loaded
+        self._stats: Any = None  # filterproxy.state.stats.StatsWriter, while running
+        self._seen: Any = None  # filterproxy.state.seen.SeenWriter, while running
         _KEEPERS.add(self)
 
     @property
@@ -301,14 +319,14 @@ class StateKeeper:
         t0 = time.monotonic()
         first = max(1, ctx.options.filterproxy_config_generation)
         try:
-            state = load_state(
-                *opts[:3], state_dir=opts[3], generation=(self.state.generation + 1) if self.state else first
-            )
+            gen = (self.state.generation + 1) if self.state else first
+            state = load_state(*opts[:3], state_dir=opts[3], generation=gen, review_form=opts[4])
         except Exception as exc:
             raise exceptions.OptionsError(f"filterproxy: {exc}") from None
         self.state = state
         metrics.CONFIG_GENERATION.set("proxy", value=state.generation)
         self._loaded_options = opts
+        self._watch_live(state.config)
         gcpolicy.freeze_loaded()
         snap = state.engine.snapshot
         log.info(
@@ -323,6 +341,16 @@ class StateKeeper:
             snap.total_entries,
             f", {len(state.users)} proxy users" if state.users is not None else "",
         )
+
+    def _watch_live(self, cfg: Config) -> None:
+        """The control API's live rules (filterproxy.state.watch), polled in a thread; the watcher installs
+        them into each engine this keeper loads (the HTTP path caches no verdicts)."""
+        from filterproxy.state.store import state_url
+        from filterproxy.state.watch import LiveWatcher
+
+        if self._live is None:
+            self._live = LiveWatcher(state_url(cfg), lambda: self.state.engine if self.state else None)
+            self._live.start(sync=False)
 
     # ------------------------------------------------------------ report spool
     def _setup_spool(self) -> None:
@@ -363,6 +391,14 @@ class StateKeeper:
     def running(self) -> None:
         self._running = True
         self._start_delivery()
+        if self.state is not None and self._stats is None:  # decision counts (roll-up: filterproxy run's main)
+            from filterproxy.state import stats
+
+            self._stats = stats.start_writer(self.state.config, housekeeping=False)
+        if self.state is not None and self._seen is None:  # named devices' last-seen times
+            from filterproxy.state import seen
+
+            self._seen = seen.start_writer(self.state.config)
         if not ctx.options.filterproxy_reload_signal or threading.current_thread() is not threading.main_thread():
             return
         try:
@@ -382,6 +418,15 @@ class StateKeeper:
 
     def done(self) -> None:
         self._stop_delivery()
+        if self._stats is not None:
+            self._stats.stop()  # writes what is left
+            self._stats = None
+        if self._seen is not None:
+            self._seen.stop()  # writes what is left
+            self._seen = None
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         if self.querylog is not None:
             from filterproxy import querylog
 
@@ -408,11 +453,12 @@ class StateKeeper:
         return fut
 
     def _reload_worker(self, fut: Future) -> None:
-        opts = self._loaded_options or (None, (), (), None)
+        opts = self._loaded_options or (None, (), (), None, False)
         t0 = time.monotonic()
         try:
             old = self.state
-            state = load_state(*opts[:3], state_dir=opts[3], generation=(old.generation + 1) if old else 1)
+            gen = (old.generation + 1) if old else 1
+            state = load_state(*opts[:3], state_dir=opts[3], generation=gen, review_form=opts[4])
         except BaseException as exc:  # keep serving with the last good state
             self.last_reload_error = str(exc)
             log.error("filterproxy http: reload failed, keeping the current lists: %s", exc)

@@ -62,7 +62,7 @@ class Snapshot:
     lists: list[ListInfo]
     domains: DomainMatcher
     regexes: dict[int, list[tuple[re.Pattern[str], int, int]]]  # list index → (pattern, line, flags)
-    ips: dict[str, tuple[int, int]]  # address → (list index, line)
+    ips: dict[str, tuple[tuple[int, int], ...]]  # address → (list index, line) of every list naming it
     urls: UrlPrefixMatcher | None = None
     urlhashes: UrlHashSet | None = None
     images: ImageHashIndex | None = None
@@ -97,16 +97,16 @@ class _Collected:
     def __init__(self) -> None:
         self.domains: list[tuple[str, int, int, int]] = []
         self.regexes: dict[int, list[tuple[re.Pattern[str], int, int]]] = {}
-        self.ips: dict[str, tuple[int, int]] = {}
+        self.ips: dict[str, tuple[tuple[int, int], ...]] = {}
         self.urls: list[tuple[str, int]] = []
         self.urlhashes: list[tuple[str, int]] = []
         self.images: list[tuple[str, str | None, int]] = []  # (kind:hash, item id, record)
 
     def merge(self, other: _Collected) -> None:
-        """Add what one list yielded (an address keeps the first list that named it)."""
+        """Add what one list yielded (an address keeps every list that named it: a legal one is never hidden)."""
         self.domains.extend(other.domains)
         for ip, val in other.ips.items():
-            self.ips.setdefault(ip, val)
+            self.ips[ip] = self.ips.get(ip, ()) + val
         for idx, rxs in other.regexes.items():
             self.regexes.setdefault(idx, []).extend(rxs)
         self.urls.extend(other.urls)
@@ -117,7 +117,7 @@ class _Collected:
 # entry kind → how one entry of list ``idx`` is recorded (flags already include ALLOW for an allow source)
 _COLLECT = {
     "domain": lambda c, idx, e, flags: c.domains.append((e.value, idx, e.line, flags)),
-    "ip": lambda c, idx, e, flags: c.ips.setdefault(e.value, (idx, e.line)),
+    "ip": lambda c, idx, e, flags: c.ips.setdefault(e.value, ((idx, e.line),)),  # a list's first line
     "regex": lambda c, idx, e, flags: c.regexes.setdefault(idx, []).append((re.compile(e.value), e.line, flags)),
     "url": lambda c, idx, e, flags: c.urls.append((e.value, record(idx, e.line))),
     "urlhash": lambda c, idx, e, flags: c.urlhashes.append((e.value, record(idx, e.line))),
@@ -228,7 +228,10 @@ def _attach_url_and_image_matchers(
         from filterproxy.match.imagehash import ImageHashIndex
 
         ix = ImageHashIndex()
-        for value, item, rec in image_entries:
+        legal = {li.index for li in snap.lists if li.source.is_legal}
+        # the index answers with the first record added: legal lists first, so a picture listed by several
+        # lists is blocked and reported as the legal list's (reason legal), whatever the configuration order
+        for value, item, rec in sorted(image_entries, key=lambda e: unpack(e[2])[0] not in legal):
             kind, _, hexhash = value.partition(":")
             ix.add(kind, hexhash, rec)
             if item:
@@ -244,8 +247,9 @@ def describe(lists: Iterable[ListInfo]) -> str:
 # ---------------------------------------------------------------- persistence
 
 # 2: one packed 7-byte record per domain name (domains.records.npy);
-# 3: the same records as a raw file (domains.records), memory-mapped without numpy
-SNAPSHOT_FORMAT = 3
+# 3: the same records as a raw file (domains.records), memory-mapped without numpy;
+# 4: an IP address keeps every list that names it (extra.pickle "ips": address → ((list, line), ...))
+SNAPSHOT_FORMAT = 4
 
 
 def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) -> None:

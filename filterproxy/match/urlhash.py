@@ -306,13 +306,14 @@ class UrlHashSet:
     A full-hash entry matches only on all 32 bytes; a prefix entry matches any expression whose hash
     starts with it, and is only a candidate: :meth:`hits` returns it with the expression's full digest
     for the caller to confirm with the list's full-hash endpoint (Safe Browsing prefix-list semantics;
-    a 4-byte match alone would block one URL in a few thousand for 100,000 prefixes). When the same
-    full hash is added twice, the first record wins; a prefix keeps every record that lists it, so two
-    lists sharing a prefix each ask their own endpoint.
+    a 4-byte match alone would block one URL in a few thousand for 100,000 prefixes). A full hash or a
+    prefix keeps every record that lists it (one row each): :meth:`hits` returns them all, so a legal list
+    is seen even when an earlier list has the same hash, and two lists sharing a prefix each ask their own
+    endpoint; :meth:`lookup` returns the lowest record (the first list).
     """
 
     def __init__(self) -> None:
-        self._pending_full: dict[bytes, int] | None = {}
+        self._pending_full: dict[tuple[bytes, int], None] | None = {}  # (hash, record), in order
         self._pending_prefix: dict[tuple[int, int], None] | None = {}  # (prefix, record), in order
         self._full_pfx = np.empty(0, dtype=np.uint32)
         self._full_rows = b""
@@ -331,7 +332,7 @@ class UrlHashSet:
             raise RuntimeError("UrlHashSet is frozen; build a new one")
         text = entry.strip()
         if _HEX64.fullmatch(text):
-            self._pending_full.setdefault(bytes.fromhex(text), record)
+            self._pending_full[(bytes.fromhex(text), record)] = None
         elif _HEX8.fullmatch(text):
             self._pending_prefix[(int(text, 16), record)] = None
         else:
@@ -346,7 +347,7 @@ class UrlHashSet:
         """Compile to sorted numpy arrays and drop the build-time dicts. Calling it twice is harmless."""
         if self._pending_full is None or self._pending_prefix is None:
             return
-        full = sorted(self._pending_full.items())
+        full = sorted(self._pending_full)  # by hash, then record: a hash's rows sit together, first list first
         self._full_rows = b"".join(h for h, _ in full)
         self._full_pfx = np.frombuffer(self._full_rows, dtype=">u4")[::8].astype(np.uint32)
         self._full_rec = np.fromiter((r for _, r in full), dtype=np.int64, count=len(full))
@@ -364,7 +365,7 @@ class UrlHashSet:
         return self._pending_full is None
 
     def __len__(self) -> int:
-        """Entries: distinct full hashes + (prefix, record) pairs."""
+        """Entries: distinct (full hash, record) + (prefix, record) pairs."""
         if self._pending_full is not None and self._pending_prefix is not None:
             return len(self._pending_full) + len(self._pending_prefix)
         return len(self._full_pfx) + len(self._pfx)

@@ -264,6 +264,14 @@ QUERYLOG_DROPPED = Counter(
     "filterproxy_querylog_dropped_total", "Query log records dropped because the writer could not keep up."
 )
 
+# ---- admin (the control API)
+ADMIN_LOGINS = Counter(
+    "filterproxy_admin_logins_total",
+    "Control API logins, by result (locked: refused while the address is locked out).",
+    (("result", LabelSet("result", ("success", "failure", "locked"))),),
+)
+ADMIN_ERRORS = Counter("filterproxy_admin_errors_total", "Control API requests that failed with an internal error.")
+
 
 def _version() -> str:
     """The installed package's version, else the source tree's."""

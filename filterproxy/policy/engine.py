@@ -5,15 +5,18 @@ Precedence, first that applies wins (tested in tests/test_engine.py):
 
 1. **legal**     a national/legal list matches (domain, URL, URL hash): blocked for every group,
                  no allowlist overrides it
-2. **allowlist** the group's ``allow`` names, or an allow source (e.g. a school whitelist)
-3. **schedule**  an active schedule window blocks the name's category (or everything, ``allow_only``)
-4. **category**  a list of a category the group blocks (minus that category's ``@@`` exceptions),
+2. **override**  a live allow or block rule of the group for the name or a parent (control API,
+                 :mod:`filterproxy.policy.live`)
+3. **allowlist** the group's ``allow`` names, or an allow source (e.g. a school whitelist)
+   **pause**     a live pause of the client or its group blocks everything the steps above did not allow
+4. **schedule**  an active schedule window blocks the name's category (or everything, ``allow_only``)
+5. **category**  a list of a category the group blocks (minus that category's ``@@`` exceptions),
                  then the group's own ``block`` additions, then the built-in bypass canaries
-5. **ip-literal** the host is an IP address the client named (``http://203.0.113.7/``, CONNECT, no SNI) and
+6. **ip-literal** the host is an IP address the client named (``http://203.0.113.7/``, CONNECT, no SNI) and
                  the group has ``block_ip_literals``, outside its ``ip_literal_exempt`` networks (private,
                  loopback, link-local by default). Not for the resolver: its addresses come from answers.
-6. **safesearch** a search host is rewritten to its safe variant
-7. **default**   allow
+7. **safesearch** a search host is rewritten to its safe variant
+8. **default**   allow
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from filterproxy.lists.parsers import ALLOW
 from filterproxy.lists.snapshot import unpack
 from filterproxy.names import canonical_host, is_ip, self_and_parents
 from filterproxy.policy import safesearch
+from filterproxy.policy.live import EMPTY as _NO_LIVE
+from filterproxy.policy.live import LiveTables
 from filterproxy.policy.model import Policy
 from filterproxy.verdict import Action, FullHashCheck, Reason, Verdict
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
     from filterproxy.lists.snapshot import ListInfo, Snapshot
+    from filterproxy.state.model import LiveRules
 
 log = logging.getLogger("filterproxy.policy")
 
@@ -125,8 +131,10 @@ class _Loaded(NamedTuple):
     legal: frozenset[int]
     allow_src: frozenset[int]
     config: Config
-    clients: ClientMap
+    clients: ClientMap  # the configuration's rules, joined by the live devices
     tz: zoneinfo.ZoneInfo
+    live: LiveTables  # overrides and pauses (filterproxy.policy.live)
+    base_clients: ClientMap  # the configuration's rules alone
 
 
 class _HashHits:
@@ -155,6 +163,7 @@ class Engine:
     def __init__(self, config: Config, snapshot: Snapshot, clients: ClientMap | None = None):
         self._lock = threading.Lock()
         self._state: _Loaded
+        self._rules: LiveRules | None = None
         self.swap(snapshot, config, clients)
 
     # ------------------------------------------------------------------ snapshot
@@ -162,7 +171,7 @@ class Engine:
         """Install a new snapshot, and with ``config`` a new configuration (groups, client rules, time zone;
         ``clients`` a client map already built for it). Tables are built first, then one reference is replaced."""
         if config is None:
-            config, clients = self._state.config, clients or self._state.clients
+            config, clients = self._state.config, clients or self._state.base_clients
         elif clients is None:
             clients = ClientMap(config.clients, config.default_group)
         tz = zoneinfo.ZoneInfo(config.timezone)
@@ -182,7 +191,23 @@ class Engine:
             hl = legal | allow_src | {li.index for li in snapshot.lists if li.category in cats}
             groups[gid] = _GroupTables(pol, blk, rx, default, _ip_literal_verdict(pol), exempt, frozenset(hl))
         with self._lock:
-            self._state = _Loaded(snapshot, groups, legal, allow_src, config, clients, tz)
+            live = LiveTables.build(self._rules, tz) if self._rules is not None else _NO_LIVE
+            joined = clients.with_rules(live.device_rules) if live.device_rules else clients
+            self._state = _Loaded(snapshot, groups, legal, allow_src, config, joined, tz, live, clients)
+
+    def set_live(self, rules: LiveRules) -> None:
+        """Install the control API's live rules (overrides, pauses, devices): compiled here, then one
+        reference is replaced; the configuration and the lists stay."""
+        with self._lock:
+            st = self._state
+            live = LiveTables.build(rules, st.tz)
+            joined = st.base_clients.with_rules(live.device_rules) if live.device_rules else st.base_clients
+            self._rules = rules
+            self._state = st._replace(clients=joined, live=live)
+
+    @property
+    def live(self) -> LiveTables:
+        return self._state.live
 
     @property
     def snapshot(self) -> Snapshot:
@@ -267,7 +292,7 @@ class Engine:
         ip_literals: bool = True,
         hashes: _HashHits | None = None,
     ) -> Verdict:
-        snap, tables, legal, allow_src, _config, clients, _tz = self._state
+        snap, tables, legal, allow_src, _config, clients, _tz, live, _base = self._state
         if group is None:
             group = _group_of(clients, client)
             if group is None:
@@ -282,27 +307,35 @@ class Engine:
         matches = self._evidence(snap, t, host, url, hashes)
 
         # 1. legal
-        for m in matches:
-            if m[0] in legal and not m[2] & ALLOW:
-                return self._block_verdict(snap, group, Reason.LEGAL, m, explain)
+        blocked = self._legal(snap, legal, matches, group, explain)
+        if blocked is not None:
+            return blocked
 
-        # 2. allowlist (group names, then allow sources)
-        allowed = self._allowlisted(pol, host)
-        if allowed is None and matches:
-            allowed = self._allow_source(snap, allow_src, matches, group)
+        # 2. live overrides of the group (allow or block)
+        over = self._live_override(live, pol, host, group, at)
+        if over is not None:
+            return over
+
+        # 3. allowlist (group names, then allow sources)
+        allowed = self._allowed(snap, allow_src, pol, matches, host, group)
         if allowed is not None:
-            return self._safesearch(pol, host, group) or allowed
+            return allowed
+
+        # a live pause of the client or its group blocks everything else
+        paused = live.pause(group, client, at)
+        if paused is not None:
+            return paused
 
         # category exceptions (@@ rules inside block lists) void blocks of their own category
         excepted = {snap.lists[m[0]].category for m in matches if m[2] & ALLOW} if matches else ()
 
-        # 3. schedules
+        # 4. schedules
         if pol.schedules:
             blocked = self._scheduled(snap, pol, matches, excepted, allow_src, at, group, explain)
             if blocked is not None:
                 return blocked
 
-        # 4. categories, then the group's own block additions, then bypass canaries
+        # 5. categories, then the group's own block additions, then bypass canaries
         for m in matches:
             if m[0] in t.block_lists and not m[2] & ALLOW and snap.lists[m[0]].category not in excepted:
                 return self._block_verdict(snap, group, Reason.CATEGORY, m, explain)
@@ -310,12 +343,23 @@ class Engine:
         if blocked is not None:
             return blocked
 
-        # 5. IP literals the client named, outside the group's exempt (private) networks
+        # 6. IP literals the client named, outside the group's exempt (private) networks
         if ip_literals and t.ip_literal is not None and is_ip(host) and not _exempt(t.ip_exempt, host):
             return t.ip_literal
 
-        # 6. SafeSearch, 7. default
+        # 7. SafeSearch, 8. default
         return self._safesearch(pol, host, group) or t.default
+
+    def _allowed(
+        self, snap: Snapshot, allow_src: frozenset[int], pol: Policy, matches: list[_Match], host: str, group: str
+    ) -> Verdict | None:
+        """Step 3: the group's allow names, then allow sources; SafeSearch still applies to what they allow."""
+        allowed = self._allowlisted(pol, host)
+        if allowed is None and matches:
+            allowed = self._allow_source(snap, allow_src, matches, group)
+        if allowed is not None:
+            return self._safesearch(pol, host, group) or allowed
+        return None
 
     def _allow_source(
         self, snap: Snapshot, allow_src: frozenset[int], matches: list[_Match], group: str
@@ -362,6 +406,26 @@ class Engine:
         return None
 
     # ------------------------------------------------------------------ helpers
+    def _legal(
+        self, snap: Snapshot, legal: frozenset[int], matches: list[_Match], group: str, explain: bool
+    ) -> Verdict | None:
+        """Step 1: the first match from a legal list (no allowlist and no override opens it)."""
+        for m in matches:
+            if m[0] in legal and not m[2] & ALLOW:
+                return self._block_verdict(snap, group, Reason.LEGAL, m, explain)
+        return None
+
+    def _live_override(
+        self, live: LiveTables, pol: Policy, host: str, group: str, at: dt.datetime | None
+    ) -> Verdict | None:
+        """Step 2: the group's live override for ``host``; an allow still gets SafeSearch, like the allowlist."""
+        if not live.overrides:
+            return None
+        over = live.override(group, host, at)
+        if over is None or over.action is not Action.ALLOW:
+            return over
+        return self._safesearch(pol, host, group) or over
+
     def _evidence(
         self, snap: Snapshot, t: _GroupTables, host: str, url: str | None, hashes: _HashHits | None = None
     ) -> list[_Match]:
@@ -369,9 +433,8 @@ class Engine:
         Each is (list index, line, flags, rule text, hashed)."""
         matches: list[_Match] = []
         if is_ip(host):
-            hit = snap.ips.get(host)
-            if hit:
-                matches.append((hit[0], hit[1], 0, host, False))
+            for li, line in snap.ips.get(host, ()):  # every list naming the address, in list order
+                matches.append((li, line, 0, host, False))
         else:
             for m in snap.domains.lookup(host):
                 matches.append((m.list_idx, m.line, m.flags, m.name, False))
@@ -473,9 +536,7 @@ class Engine:
             path = parts.path or "/"
             if parts.query:
                 path += "?" + parts.query
-            hit = snap.urls.match(host, path)
-            if hit:
-                entry, rec = hit
+            for entry, rec in snap.urls.matches(host, path):  # every rule and list: a legal one is never hidden
                 li, line = unpack(rec)
                 out.append((li, line, 0, entry, False))
         if snap.urlhashes is not None:
