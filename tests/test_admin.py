@@ -24,7 +24,7 @@ def test_admin_listens_on_localhost_by_default_and_can_be_turned_off(tmp_path):
 
     cfg = load_config()
     assert cfg.server.admin_listen == ("127.0.0.1", 8088)
-    assert cfg.admin.tls_cert_file is None and cfg.admin.teacher_max_minutes == 120
+    assert cfg.admin.tls_cert_file is None and cfg.admin.teacher_max_minutes == 480
     apply_overrides(argparse.Namespace(admin_listen="off"), cfg)
     assert cfg.server.admin_listen is None
     apply_overrides(argparse.Namespace(admin_listen="0.0.0.0:9000"), cfg)

@@ -44,7 +44,7 @@ class AdminConfig:
     tls_cert_file: str | None = None  # PEM chain: the admin API over HTTPS (with tls_key_file)
     tls_key_file: str | None = None
     session_hours: float = 8.0  # a login session (cookie) lasts this long
-    teacher_max_minutes: int = 120  # the longest temporary allow a teacher may make
+    teacher_max_minutes: int = 480  # the longest temporary allow a teacher may make: one school day
     stats_retention_days: int = 90  # statistics rows older than this are deleted (filterproxy.state.stats)
     stats_flush_seconds: float = 30.0  # each process adds its counts to the state database this often
     devices_seen_seconds: float = 30.0  # each process writes named devices' last-seen times this often
