@@ -75,3 +75,34 @@ def test_an_outage_keeps_the_last_rules_and_expiry_rebuilds(tmp_path, caplog):
     assert w.check() and eng2.installed == [eng.installed[-1]]
     s.close()
     w.stop()
+
+
+def test_an_error_in_applying_the_rules_does_not_stop_the_watcher(tmp_path, caplog):
+    """A failing set_live is logged and retried at the next poll: a dead watcher thread would leave every
+    later change unapplied, silently."""
+
+    class Flaky(_Engine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fail = 2
+
+        def set_live(self, rules: LiveRules) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise RuntimeError("engine busy")
+            super().set_live(rules)
+
+    s = Store.open(f"sqlite:///{tmp_path}/state.db")
+    eng = Flaky()
+    w = LiveWatcher(s.url, lambda: eng, poll=0.05)  # type: ignore[arg-type,return-value]
+    with caplog.at_level(logging.ERROR, logger="filterproxy.state"):
+        w.start()
+        o = s.add_override(ADMIN, "home", "a.example", "block")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (eng.installed and eng.installed[-1].overrides):
+            time.sleep(0.02)
+    assert w._thread is not None and w._thread.is_alive()
+    assert [x.id for x in eng.installed[-1].overrides] == [o.id]
+    assert "could not apply the live rules" in caplog.text
+    w.stop()
+    s.close()

@@ -68,7 +68,7 @@ class LiveWatcher:
     def start(self, sync: bool = True) -> LiveWatcher:
         """Start polling; ``sync``: read the rules now, before the first query is served (off the event loop)."""
         if sync:
-            self.check()
+            self._check_logged()
         self._thread = threading.Thread(target=self._run, name="filterproxy-state-watch", daemon=True)
         self._thread.start()
         return self
@@ -82,15 +82,23 @@ class LiveWatcher:
 
     def _run(self) -> None:
         if self._applied is None:
-            self.check()
+            self._check_logged()
         pg = self.url.startswith(("postgresql://", "postgres://"))
         notified = PgNotifyWait(self.url, self._stop) if pg else None
         while not self._stop.wait(0 if notified else self._wait()):
             if notified is not None:
                 notified.wait(self._wait())  # the poll's sleep, cut short by the store's NOTIFY
-            self.check()
+            self._check_logged()
         if notified is not None:
             notified.close()
+
+    def _check_logged(self) -> None:
+        """:meth:`check` for the thread: an error in applying the rules is logged and tried again at the next
+        poll; the thread never dies of it (a dead watcher would leave every later change unapplied)."""
+        try:
+            self.check()
+        except Exception:
+            log.exception("state: could not apply the live rules; trying again at the next poll")
 
     def _wait(self) -> float:
         nxt = self.rules.next_expiry
