@@ -8,11 +8,24 @@ assert that nothing of a refused request ever reached it.
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 from conftest import REPO
-from test_http_e2e import MITMDUMP
+from test_http_e2e import MITMDUMP, free_port, wait_port
+
+ROUTE = """
+# test only: every name goes to the local backend (after filterproxy decided)
+PORT = {port}
+
+class Route:
+    def server_connect(self, data):
+        if data.server.error is None:
+            data.server.address = ("127.0.0.1", PORT)
+
+addons = [Route()]
+"""
 
 
 class RecordingBackend:
@@ -75,3 +88,18 @@ def mitmdump_cmd(tmp: Path, port: int, config: Path, *extra: str) -> list[str]:
         "--set",
         f"filterproxy_config={config}",
     ]
+
+
+def routed_proxy(
+    tmp: Path, config: Path, backend_port: int, *scripts: Path, group: str = "pupil"
+) -> tuple[int, subprocess.Popen]:
+    """A real ``mitmdump`` with the addon on ``config`` whose every allowed connection goes to the local
+    backend (``ROUTE``), more addon ``scripts`` after it, and 127.0.0.0/8 in ``group``; returns (port, process)
+    once it listens. Stop it with ``test_http_e2e.stop``."""
+    (tmp / "route.py").write_text(ROUTE.format(port=backend_port))
+    port = free_port()
+    extra = [a for s in (tmp / "route.py", *scripts) for a in ("-s", str(s))]
+    cmd = mitmdump_cmd(tmp, port, config, *extra, "--set", f"filterproxy_client_group=127.0.0.0/8={group}")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_port(port, p)
+    return port, p

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import write_config
-from http_peers import RecordingBackend, mitmdump_cmd
-from test_http_e2e import free_port, stop, wait_port
+from http_peers import RecordingBackend, routed_proxy
+from test_http_e2e import free_port, stop
 
 from filterproxy import metrics
 from filterproxy.config import ConfigError, load_config
@@ -31,17 +31,6 @@ from filterproxy.lists.snapshot import build_snapshot
 from filterproxy.match.urlhash import expression_hash
 from filterproxy.policy.engine import Engine
 from filterproxy.verdict import Action, FullHashCheck, Reason
-
-ROUTE = """
-PORT = {port}
-
-class Route:  # test only: every allowed request goes to the local backend
-    def server_connect(self, data):
-        if data.server.error is None:
-            data.server.address = ("127.0.0.1", PORT)
-
-addons = [Route()]
-"""
 
 
 def _other(digest: bytes) -> bytes:
@@ -298,13 +287,7 @@ def proxy(tmp_path_factory):
         """,
         {"pupil": "name: Pupil\ntone: child\nblock_categories: [adult]\n"},
     )
-    (tmp / "route.py").write_text(ROUTE.format(port=backend.port))
-    port = free_port()
-    cmd = mitmdump_cmd(
-        tmp, port, cfg, "-s", str(tmp / "route.py"), "--set", "filterproxy_client_group=127.0.0.0/8=pupil"
-    )
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_port(port, p)
+    port, p = routed_proxy(tmp, cfg, backend.port)
     yield {"port": port, "backend": backend, "endpoint": ep}
     stop(p)
     backend.close()

@@ -13,14 +13,12 @@ The failing check is a second script (``boom.py``) that registers itself with th
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import numpy as np
 import pytest
 from conftest import write_config
-from http_peers import mitmdump_cmd
-from test_http_e2e import free_port, stop, wait_port
-from test_http_host_e2e import ROUTE
+from http_peers import routed_proxy
+from test_http_e2e import stop
 from test_http_stream_e2e import BlobServer
 from test_imagehash import jpeg, natural
 
@@ -86,13 +84,8 @@ def proxy(tmp_path_factory):
     """,
         {"pupil": "name: Pupil\ntone: child\nblock_categories: []\n"},
     )
-    (tmp / "route.py").write_text(ROUTE.format(port=backend.port))
     (tmp / "boom.py").write_text(BOOM)
-    port = free_port()
-    extra = ("-s", str(tmp / "route.py"), "-s", str(tmp / "boom.py"))
-    cmd = mitmdump_cmd(tmp, port, cfg, *extra, "--set", "filterproxy_client_group=127.0.0.0/8=pupil")
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_port(port, p)
+    port, p = routed_proxy(tmp, cfg, backend.port, tmp / "boom.py")
     yield port
     stop(p)
     backend.close()

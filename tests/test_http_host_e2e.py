@@ -9,24 +9,11 @@ filter never decided on; the proxy must answer 400 and forward nothing.
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import pytest
 from conftest import write_config
-from http_peers import RecordingBackend, mitmdump_cmd
-from test_http_e2e import free_port, stop, wait_port
-
-ROUTE = """
-# test only: every name goes to the local backend (after filterproxy decided)
-PORT = {port}
-
-class Route:
-    def server_connect(self, data):
-        if data.server.error is None:
-            data.server.address = ("127.0.0.1", PORT)
-
-addons = [Route()]
-"""
+from http_peers import RecordingBackend, routed_proxy
+from test_http_e2e import stop
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +30,7 @@ def setup(tmp_path_factory):
     """,
         {"pupil": "name: Pupil\ntone: child\nblock_categories: [adult]\n"},
     )
-    (tmp / "route.py").write_text(ROUTE.format(port=backend.port))
-    port = free_port()
-    cmd = mitmdump_cmd(
-        tmp, port, cfg, "-s", str(tmp / "route.py"), "--set", "filterproxy_client_group=127.0.0.0/8=pupil"
-    )
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_port(port, p)
+    port, p = routed_proxy(tmp, cfg, backend.port)
     yield {"port": port, "backend": backend, "proc": p}
     stop(p)
     backend.close()

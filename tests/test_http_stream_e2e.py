@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -22,9 +21,8 @@ import numpy as np
 import pytest
 import requests
 from conftest import write_config
-from http_peers import mitmdump_cmd
-from test_http_e2e import free_port, stop, wait_port
-from test_http_host_e2e import ROUTE
+from http_peers import routed_proxy
+from test_http_e2e import stop
 from test_imagehash import jpeg, natural, png
 
 from filterproxy.match.imagehash import hash_image_bytes
@@ -121,13 +119,7 @@ def proxy(tmp_path_factory):
     """,
         {"pupil": "name: Pupil\ntone: child\nblock_categories: [adult]\n"},
     )
-    (tmp / "route.py").write_text(ROUTE.format(port=backend.port))
-    port = free_port()
-    cmd = mitmdump_cmd(
-        tmp, port, cfg, "-s", str(tmp / "route.py"), "--set", "filterproxy_client_group=127.0.0.0/8=pupil"
-    )
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_port(port, p)
+    port, p = routed_proxy(tmp, cfg, backend.port)
     yield {"port": port, "proc": p, "files": files}
     stop(p)
     backend.close()
