@@ -46,6 +46,7 @@ E2E_MODULES = frozenset(
         "test_dns_server",
         "test_dns_tcp",
         "test_dns_workers",
+        "test_console_e2e",
         "test_devices_seen_e2e",
         "test_fullhash",
         "test_http_e2e",
@@ -72,6 +73,12 @@ E2E_MODULES = frozenset(
         "test_state_postgres_e2e",
         "test_http_host_e2e",
         "test_admin_e2e",
+        "test_users_api_e2e",
+        "test_lists_api_e2e",
+        "test_console_reviews_e2e",
+        "test_console_admin_e2e",
+        "test_console_querylog_e2e",
+        "test_console_pages_e2e",
     }
 )
 E2E_TESTS = frozenset(

@@ -36,11 +36,20 @@ async def explain(call: Call) -> dict[str, Any]:
     return explain_json(engine, q["q"], client, group, how)
 
 
+def _signature(li: Any) -> str | None:
+    """``verified``: a signed bundle's list (checked again when loaded); ``pinned``: a sha256 pin; else None."""
+    if li.id.startswith("bundle-") and li.version.startswith("serial-"):
+        return "verified"
+    return "pinned" if li.source.sha256 else None
+
+
 def _lists(call: Call) -> list[dict[str, Any]]:
+    from filterproxy.admin.api_lists import last_errors
     from filterproxy.lists.snapshot_cache import list_version
 
     out = []
     now = time.time()
+    errors = last_errors(call.ctx)  # each list's failure in the last update run from the API
     for li in call.ctx.engine.snapshot.lists:
         version, ts = list_version(li)
         serial = int(version.removeprefix("serial-")) if version.startswith("serial-") else None
@@ -53,6 +62,10 @@ def _lists(call: Call) -> list[dict[str, Any]]:
                 "serial": serial,
                 "updated_at": iso(dt.datetime.fromtimestamp(ts, dt.UTC)) if ts else None,
                 "age_seconds": round(now - ts) if ts else None,
+                # a downloaded list is refreshed this often (None: a local file); older than it: stale
+                "refresh_seconds": li.source.refresh if li.source.url else None,
+                "signature": _signature(li),
+                "error": errors.get(li.id),
             }
         )
     return out
@@ -81,16 +94,18 @@ def _upstreams(call: Call) -> list[dict[str, Any]]:
     return out
 
 
-def _reports_pending(call: Call) -> int | None:
+def _reports(call: Call) -> dict[str, int | None]:
+    """How many image-match reports wait in the spool, and how many were sent (None: unreadable)."""
     spool = call.ctx.served.reports
     try:
         if spool is None:
             from filterproxy.reports import ReportSpool
 
             spool = ReportSpool.from_config(call.ctx.served.cfg, None)
-        return len(spool.list().get("pending", []))
+        found = spool.list()
+        return {"pending": len(found.get("pending", [])), "sent": len(found.get("sent", []))}
     except (OSError, ValueError):
-        return None
+        return {"pending": None, "sent": None}
 
 
 async def status(call: Call) -> dict[str, Any]:
@@ -104,7 +119,7 @@ async def status(call: Call) -> dict[str, Any]:
         "config": {"generation": ctx.served.generation, "digest": cfg.digest, "path": cfg.path},
         "lists": _lists(call),
         "upstreams": _upstreams(call),
-        "reports": {"pending": await call.run(_reports_pending, call)},
+        "reports": await call.run(_reports, call),
         "live": {"serial": await call.run(ctx.store.serial)},
     }
 
@@ -132,6 +147,9 @@ def _read_querylog(call: Call, since: dt.datetime | None) -> list[dict]:
     recs = querylog.read(
         querylog.directory(call.ctx.engine.config), since=since, group=q.get("group"), action=q.get("action")
     )
+    name = q.get("name")
+    if name:  # a part of the name, as typed: "youtube" finds www.youtube.com
+        recs = (r for r in recs if name.lower() in (r.get("name") or ""))
     return list(collections.deque(recs, maxlen=q.get("limit", 1000)))  # the newest, oldest first
 
 
@@ -151,6 +169,7 @@ _QUERYLOG = {
     "since": Field(max_len=40, doc="ISO 8601"),
     "group": Field(max_len=64),
     "action": Field(choices=("block", "allow", "rewrite", "refused", "error")),
+    "name": Field(max_len=253, doc="only records whose name contains this"),
     "limit": Field("int", low=1, high=10000, doc="the newest this many records (default 1000)"),
 }
 

@@ -29,6 +29,7 @@ from filterproxy.admin.routes import Call, Context, Endpoint, Principal, iso
 from filterproxy.metrics.catalogue import ADMIN_LOGINS
 
 COOKIE = "filterproxy_session"
+COOKIE_PATH = "/"  # the API under /api/v1 and the console's pages under / (filterproxy.admin.console) read it
 CSRF_HEADER = "x-csrf-token"
 MAX_FAILURES = 5
 WINDOW = 15 * 60.0
@@ -149,7 +150,7 @@ async def login(call: Call) -> JSONResponse:
     body = {"user": user.name, "role": user.role, "groups": list(user.groups), "csrf_token": csrf}
     resp = JSONResponse({**body, "expires_at": iso(expires)})
     resp.set_cookie(
-        COOKIE, secret, max_age=int(hours * 3600), path="/api/v1", secure=ctx.tls, httponly=True, samesite="strict"
+        COOKIE, secret, max_age=int(hours * 3600), path=COOKIE_PATH, secure=ctx.tls, httponly=True, samesite="strict"
     )
     return resp
 
@@ -159,7 +160,7 @@ async def logout(call: Call) -> JSONResponse:
     if p is not None and p.via == "session" and p.secret:
         await call.run(call.ctx.store.end_session, p.secret)
     resp = JSONResponse({"logged_out": True})
-    resp.delete_cookie(COOKIE, path="/api/v1", secure=call.ctx.tls, httponly=True, samesite="strict")
+    resp.delete_cookie(COOKIE, path=COOKIE_PATH, secure=call.ctx.tls, httponly=True, samesite="strict")
     return resp
 
 
@@ -172,10 +173,17 @@ async def me(call: Call) -> dict[str, Any]:
     return out
 
 
+async def setup(call: Call) -> dict[str, Any]:
+    """Whether any user exists (the console's first-start hint); no names: it needs no login."""
+    users = await call.run(call.ctx.store.users)
+    return {"users": bool(users)}
+
+
 _LOGIN = {"user": Field(required=True, max_len=64), "password": Field(required=True, max_len=1024)}
 
 ENDPOINTS = [
     Endpoint("POST", "/login", login, "Log in: sets the session cookie, answers the CSRF token", "public", _LOGIN),
     Endpoint("POST", "/logout", logout, "End the session of the cookie", "user", {}),
+    Endpoint("GET", "/setup", setup, "First start: whether any user exists yet ({users: bool}, no names)", "public"),
     Endpoint("GET", "/me", me, "Who am I: user, role, groups (and the CSRF token of a session)"),
 ]

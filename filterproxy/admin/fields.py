@@ -19,7 +19,8 @@ MAX_BODY = 64 * 1024  # bytes: a larger request body is refused with 413
 
 @dataclass(frozen=True)
 class Field:
-    """One field: ``kind`` is ``str``, ``int``, ``number`` (int or float) or ``bool``."""
+    """One field: ``kind`` is ``str``, ``int``, ``number`` (int or float), ``bool`` or ``list`` (of strings,
+    each at most ``max_len``; a query string gives it comma-separated)."""
 
     kind: str = "str"
     required: bool = False
@@ -32,7 +33,8 @@ class Field:
 
 Fields = Mapping[str, Field]
 
-_JSON_TYPES = {"str": "string", "int": "integer", "number": "number", "bool": "boolean"}
+_JSON_TYPES = {"str": "string", "int": "integer", "number": "number", "bool": "boolean", "list": "array"}
+MAX_ITEMS = 100  # items of a list field
 
 
 def _typed(name: str, f: Field, v: Any) -> Any:
@@ -41,10 +43,15 @@ def _typed(name: str, f: Field, v: Any) -> Any:
         "int": isinstance(v, int) and not isinstance(v, bool),
         "number": isinstance(v, int | float) and not isinstance(v, bool),
         "bool": isinstance(v, bool),
+        "list": isinstance(v, list) and len(v) <= MAX_ITEMS and all(isinstance(x, str) for x in v),
     }[f.kind]
     if not ok:
-        raise ApiError(400, f"{name!r}: expected {_JSON_TYPES[f.kind]}, got {type(v).__name__}")
-    if f.kind == "str":
+        what = f"a list of at most {MAX_ITEMS} strings" if f.kind == "list" else _JSON_TYPES[f.kind]
+        raise ApiError(400, f"{name!r}: expected {what}, got {type(v).__name__}")
+    if f.kind == "list":
+        if any(len(x) > f.max_len for x in v):
+            raise ApiError(400, f"{name!r}: an item is longer than {f.max_len} characters")
+    elif f.kind == "str":
         if len(v) > f.max_len:
             raise ApiError(400, f"{name!r}: longer than {f.max_len} characters")
         if f.choices and v not in f.choices:
@@ -94,6 +101,8 @@ def parse_query(params: Mapping[str, str], fields: Fields) -> dict[str, Any]:
             data[name] = text
         elif f.kind == "bool":
             data[name] = text.lower() in ("1", "true", "yes")
+        elif f.kind == "list":
+            data[name] = [x for x in text.split(",") if x]
         else:
             try:
                 data[name] = int(text) if f.kind == "int" else float(text)
@@ -109,6 +118,9 @@ def schema(fields: Fields) -> dict[str, Any]:
         p: dict[str, Any] = {"type": _JSON_TYPES[f.kind]}
         if f.kind == "str":
             p["maxLength"] = f.max_len
+        if f.kind == "list":
+            p["items"] = {"type": "string", "maxLength": f.max_len}
+            p["maxItems"] = MAX_ITEMS
         if f.choices:
             p["enum"] = list(f.choices)
         if f.low is not None:

@@ -50,6 +50,8 @@ class Context:
     tls: bool = False
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     review_limiter: RequestLimiter = field(default_factory=RequestLimiter)  # POST /reviews per address
+    jobs: dict[str, Any] = field(default_factory=dict)  # background jobs by name (api_lists: "lists.update")
+    endpoints: list[Endpoint] = field(default_factory=list)  # the API's, set by build_app (the console reads)
 
     @property
     def engine(self) -> Engine:

@@ -3,8 +3,10 @@
 :func:`build_app` mounts the endpoint tables of the ``api_*`` modules (``AREAS``: reviews and statistics
 plug in as two more modules) under ``/api/v1``; each request goes through one wrapper: body size cap
 (413), authentication (401), role (403), CSRF for cookie sessions (403), body and query tables (400),
-then the handler; every exception becomes JSON (:mod:`.errors`). :class:`AdminServer` binds
-``server.admin_listen`` (port 0: any free port, logged), over TLS when ``admin.tls_cert_file`` is set.
+then the handler; every exception becomes JSON (:mod:`.errors`). The web console's pages (``/``) and files
+(``/static``) are mounted next to it (:mod:`.console`: they read and change through this API).
+:class:`AdminServer` binds ``server.admin_listen`` (port 0: any free port, logged), over TLS when
+``admin.tls_cert_file`` is set.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from filterproxy.admin import api_devices, api_info, api_reviews, api_rules, api_stats, auth
+from filterproxy.admin import (
+    api_devices,
+    api_groups,
+    api_info,
+    api_lists,
+    api_reviews,
+    api_rules,
+    api_stats,
+    api_users,
+    auth,
+)
 from filterproxy.admin.errors import ApiError, from_exception, http_exception, internal
 from filterproxy.admin.fields import MAX_BODY, parse_body, parse_query
 from filterproxy.admin.routes import Call, Context, Endpoint, Served
@@ -30,7 +42,8 @@ from filterproxy.vocabulary import ConfigError
 
 log = logging.getLogger("filterproxy.admin")
 
-AREAS = (auth, api_rules, api_devices, api_info, api_reviews, api_stats)  # one module per area, each with ENDPOINTS
+# one module per area, each with ENDPOINTS
+AREAS = (auth, api_rules, api_devices, api_groups, api_info, api_reviews, api_stats, api_users, api_lists)
 
 
 async def _openapi(call: Call) -> dict[str, Any]:
@@ -84,8 +97,11 @@ def _route(ctx: Context, ep: Endpoint) -> Route:
 
 
 def build_app(ctx: Context) -> Starlette:
+    from filterproxy.admin import console
+
+    ctx.endpoints = endpoints()  # the console calls them in process (it imports nothing from here: no cycle)
     return Starlette(
-        routes=[_route(ctx, ep) for ep in endpoints()],
+        routes=[_route(ctx, ep) for ep in ctx.endpoints] + console.routes(ctx),  # the web console at / and /static
         exception_handlers={HTTPException: http_exception, Exception: internal},
     )
 

@@ -10,7 +10,8 @@ from filterproxy.admin.fields import schema
 from filterproxy.admin.routes import Endpoint
 
 PREFIX = "/api/v1"
-_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+_PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
+_PATH_TYPES = {"int": "integer", None: "string", "str": "string"}  # Starlette's converters
 _ERROR = {
     "description": "an error",
     "content": {
@@ -45,7 +46,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
     if ep.access == "admin":
         op["description"] = "admins only"
     params: list[dict[str, Any]] = [
-        {"name": m.group(1), "in": "path", "required": True, "schema": {"type": "integer"}}
+        {"name": m.group(1), "in": "path", "required": True, "schema": {"type": _PATH_TYPES[m.group(2)]}}
         for m in _PARAM.finditer(ep.path)
     ]
     for name, p in schema(ep.query or {})["properties"].items():

@@ -111,7 +111,7 @@ def _schedule(item: Any, i: int, where: str) -> Schedule:
     if not block and not allow_only:
         raise ConfigError(f"{where}: schedule {name!r} needs 'block_categories' or 'allow_only: true'")
     s.done()
-    return Schedule(name, days, start, end, block, allow_only)
+    return Schedule(name, days, start, end, block, allow_only, source=where)
 
 
 def parse_policy(raw: Any, gid: str, path: str) -> Policy:
@@ -136,4 +136,5 @@ def parse_policy(raw: Any, gid: str, path: str) -> Policy:
     for i, item in enumerate(scheds):
         p.schedules.append(_schedule(item, i, scheds.where(i) if hasattr(scheds, "where") else f"{path}:?"))
     sec.done()
+    p.sources = {str(k): sec.where(str(k)) for k in sec.data}
     return p

@@ -38,6 +38,7 @@ class Schedule:
     end: int
     block: frozenset[str] = frozenset()
     allow_only: bool = False
+    source: str = field(default="", compare=False)  # file:line of the schedule's item in the policy file
 
     def active(self, at: dt.datetime) -> bool:
         minute = at.hour * 60 + at.minute
@@ -73,6 +74,7 @@ class Policy:
     block_ip_literals: bool | None = None  # as written; None: by tone (see ip_literals_blocked)
     ip_literal_exempt: tuple[str, ...] = IP_LITERAL_EXEMPT  # CIDRs, canonical text
     ip_literals_source: str = ""  # file:line that decides it: block_ip_literals, else tone
+    sources: dict[str, str] = field(default_factory=dict)  # top-level key → file:line (read-only views show it)
 
     @property
     def ip_literals_blocked(self) -> bool:
