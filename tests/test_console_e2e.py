@@ -115,6 +115,10 @@ def test_first_start_shows_how_to_create_a_user(tmp_path, page):
         hint = page.locator("#first-start")
         assert "filterproxy admin user add NAME --role admin" in hint.inner_text()
         assert "password" not in hint.inner_text().lower().replace("mật khẩu", "")  # never a default password
+        # and the log of `filterproxy run` (what ./run.sh prints) says the same, with the console's address
+        out = c.proc.output()
+        assert "no user yet: create one with 'filterproxy admin user add NAME --role admin" in out
+        assert c.url("/") in out
     finally:
         c.proc.stop()
         up.stop()

@@ -220,5 +220,19 @@ async def start_admin(served: Served) -> AdminServer | None:
         await server.stop()
         return None
     shown = f"[{host}]" if ":" in host else host
-    log.info("admin API on %s://%s:%d%s", "https" if tls else "http", shown, port, PREFIX)
+    scheme = "https" if tls else "http"
+    log.info("admin API on %s://%s:%d%s", scheme, shown, port, PREFIX)
+    try:
+        anyone = bool(await loop.run_in_executor(None, store.users))
+    except Exception:  # the hint is a courtesy: the API answers anyway
+        anyone = True
+    if not anyone:  # first start: say how to get in (there is never a default password)
+        log.warning(
+            "admin: no user yet: create one with 'filterproxy admin user add NAME --role admin%s' "
+            "(the password is read from stdin), then open the console at %s://%s:%d/",
+            f" --config {cfg.path}" if cfg.path else "",
+            scheme,
+            shown,
+            port,
+        )
     return server
