@@ -38,6 +38,7 @@ from filterproxy.admin.errors import ApiError, from_exception, http_exception, i
 from filterproxy.admin.fields import MAX_BODY, parse_body, parse_query
 from filterproxy.admin.routes import Call, Context, Endpoint, Served
 from filterproxy.admin.spec import PREFIX, document
+from filterproxy.asgi import AsgiListener
 from filterproxy.vocabulary import ConfigError
 
 log = logging.getLogger("filterproxy.admin")
@@ -126,68 +127,22 @@ class AdminServer:
         self.ctx = ctx
         self.tls = tls
         self.app = build_app(ctx)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self.sock: socket.socket | None = None  # the listening socket, once started
+        self.listener = AsgiListener("admin: the control API", log, errorlog="filterproxy.admin.hypercorn")
+
+    @property
+    def sock(self) -> socket.socket | None:
+        """The listening socket, once started."""
+        return self.listener.sock
 
     async def start(self, host: str, port: int) -> int:
         """Bind, start serving in a task; returns the bound port."""
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.config import Config, Sockets
-        from hypercorn.utils import wrap_app
-
-        tls = self.tls
-
-        class _Config(Config):
-            def create_ssl_context(self) -> ssl.SSLContext:  # the one loaded (and checked) above
-                assert tls is not None
-                return tls
-
-        config = _Config()
-        if tls is not None:
-            config.certfile = config.keyfile = "-"  # "TLS on" for hypercorn; the context above is what is used
-        config.graceful_timeout = 1.0
-        config.include_server_header = False
-        config.accesslog = None
-        quiet = logging.getLogger("filterproxy.admin.hypercorn")
-        quiet.setLevel(logging.WARNING)  # hypercorn's "Running on" line; ours is logged by start_admin
-        config.errorlog = quiet
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, reuse_port=False, backlog=64)
-        sock.set_inheritable(False)
-        # accepted connections inherit it: hypercorn writes a response's head and body apart, and with Nagle
-        # the body of every answer after the first on a keep-alive connection waited for the client's
-        # delayed ACK (~40 ms a call; docs/performance.md, "Admin server")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-        bound = int(sock.getsockname()[1])
-        app: Any = self.app
-        insecure = [] if tls is not None else [sock]
-        secure = [sock] if tls is not None else []
-        self._task = asyncio.get_running_loop().create_task(
-            worker_serve(
-                wrap_app(app, config.wsgi_max_body_size, "asgi"),
-                config,
-                sockets=Sockets(secure, insecure, []),
-                shutdown_trigger=self._stop.wait,
-            )
-        )
-        self._task.add_done_callback(self._ended)
-        return bound
-
-    def _ended(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None and not self._stop.is_set():
-            log.error("admin: the control API stopped: %r", task.exception())
+        # TCP_NODELAY: hypercorn writes a response's head and body apart, and with Nagle the body of every
+        # answer after the first on a keep-alive connection waited for the client's delayed ACK (~40 ms a call;
+        # docs/performance.md, "Admin server")
+        return await self.listener.start(self.app, host, port, self.tls, nodelay=True)
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5.0)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
-            except Exception:
-                log.exception("admin: stopping the server failed")
+        await self.listener.stop()
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.ctx.store.close)
         except Exception:

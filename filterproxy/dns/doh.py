@@ -19,7 +19,6 @@ import base64
 import binascii
 import logging
 import re
-import socket
 import ssl
 import time
 import urllib.parse
@@ -27,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from filterproxy import metrics
+from filterproxy.asgi import AsgiListener
 from filterproxy.clients import Client
 from filterproxy.dns import wire
 from filterproxy.dns.admission import admit, limited, over_limit
@@ -228,56 +228,13 @@ class DohServer:
     def __init__(self, service: DnsService) -> None:
         self.app = DohApp(service)
         self.idle_timeout = service.cfg.dns.tcp_idle_timeout
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self.listener = AsgiListener("dns: the DoH listener", log, errorlog="filterproxy.dns.doh", backlog=256)
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext) -> int:
         """Bind, start serving in a task; returns the bound port."""
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.config import Config, Sockets
-        from hypercorn.utils import wrap_app
-
-        class _Config(Config):
-            def create_ssl_context(self) -> ssl.SSLContext:  # the one loaded (and checked) by the caller
-                return tls
-
-        config = _Config()
-        config.certfile = config.keyfile = "-"  # "TLS on" for hypercorn; the context above is what is used
-        config.alpn_protocols = ["h2", "http/1.1"]
-        config.keep_alive_timeout = self.idle_timeout
-        config.ssl_handshake_timeout = self.idle_timeout
-        config.graceful_timeout = 1.0
-        config.include_server_header = False
-        config.accesslog = None  # no per-client log (deploy/privacy.md)
-        quiet = logging.getLogger("filterproxy.dns.doh")
-        quiet.setLevel(logging.WARNING)  # hypercorn's "Running on" line; ours is logged by the caller
-        config.errorlog = quiet
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, reuse_port=False, backlog=256)
-        sock.set_inheritable(False)
-        bound = int(sock.getsockname()[1])
         app: Any = self.app  # a plain ASGI callable on dicts; hypercorn types its scopes as TypedDicts
-        self._task = asyncio.get_running_loop().create_task(
-            worker_serve(
-                wrap_app(app, config.wsgi_max_body_size, "asgi"),
-                config,
-                sockets=Sockets([sock], [], []),
-                shutdown_trigger=self._stop.wait,
-            )
-        )
-        self._task.add_done_callback(self._ended)
-        return bound
-
-    def _ended(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None and not self._stop.is_set():
-            log.error("dns: the DoH listener stopped: %r", task.exception())
+        alpn = ["h2", "http/1.1"]
+        return await self.listener.start(app, host, port, tls, alpn=alpn, idle_timeout=self.idle_timeout)
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5.0)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
-            except Exception:
-                log.exception("dns: stopping the DoH listener failed")
+        await self.listener.stop()
