@@ -109,6 +109,14 @@ def test_dns_client_state_without_mac_is_rebuilt_soon(monkeypatch):
     table = clmod.ClientTable(_Engine(), ["fd00::/8"], 0, PackedCaches(["kid", "teen"], 16), refresh=30.0)
     assert table.state("fd00::7", now=100.0).group == "teen"
     macs["fd00::7"] = "aa:bb:cc:00:00:07"
+    # the UDP hot loops read table.get(ip) and never look at expires: housekeeping (once a second) must drop
+    # the state built without the MAC, or the client keeps the wrong group until the 30 s rebuild
+    table.expire_misses(now=100.0 + clmod.MAC_MISS_RETRY / 2)
+    assert table.table["fd00::7"].group == "teen"  # not yet: within the retry
+    table.expire_misses(now=100.0 + clmod.MAC_MISS_RETRY + 0.1)
+    assert "fd00::7" not in table.table
     assert table.state("fd00::7", now=100.0 + clmod.MAC_MISS_RETRY + 0.1).group == "kid"
     st = table.state("fd00::7", now=103.0)
-    assert table.state("fd00::7", now=110.0) is st  # found: kept for the full refresh period
+    table.expire_misses(now=110.0)
+    assert table.table.get("fd00::7") is st  # found: kept for the full refresh period
+    assert table.state("fd00::7", now=110.0) is st

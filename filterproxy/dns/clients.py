@@ -90,6 +90,9 @@ class ClientTable:
         self.max_clients = max_clients
         self.table: dict[str, ClientState] = {}
         self.devices: dict[str, ClientState] = {}  # the states of named devices: swept for their last-seen times
+        # states built without the client's MAC (not in the neighbour table yet) → when to rebuild them: the hot
+        # loops read ``table`` without looking at ``expires``, so housekeeping drops these (expire_misses)
+        self.misses: dict[str, float] = {}
         self._swept = 0  # the monotonic second of the last sweep
         self.querylog: QueryLog | None = None  # the query log (when on): each state carries its client id
         self._lock = threading.Lock()
@@ -148,7 +151,12 @@ class ClientTable:
             if len(self.table) >= self.max_clients:
                 self.table.clear()
                 self.devices.clear()
+                self.misses.clear()
             self.table[ip] = new
+            if ttl < self.refresh and allowed:
+                self.misses[ip] = now + ttl
+            else:
+                self.misses.pop(ip, None)
             if new.device is not None:
                 self.devices[ip] = new
             elif st is not None and st.device is not None:
@@ -156,6 +164,21 @@ class ClientTable:
         if new.device is not None:
             SEEN.note(new.device)
         return new
+
+    def expire_misses(self, now: float | None = None) -> None:
+        """Once a second (housekeeping): forget the states built while the client's MAC was unknown, once
+        their short life (``MAC_MISS_RETRY``) is over, so the next query looks the MAC up again."""
+        if not self.misses:
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for ip, until in list(self.misses.items()):
+                if until <= now:
+                    del self.misses[ip]
+                    st = self.table.get(ip)
+                    if st is not None and st.expires <= now:
+                        del self.table[ip]
+                        self.devices.pop(ip, None)
 
     def sweep_seen(self, now: float | None = None) -> None:
         """Once a second (housekeeping): note the named devices that asked something since the last sweep
@@ -180,3 +203,4 @@ class ClientTable:
         with self._lock:
             self.table.clear()
             self.devices.clear()
+            self.misses.clear()

@@ -133,6 +133,7 @@ class DnsService:
     def _tick(self, ticks: int) -> None:
         """One second of housekeeping (``ticks`` since the start)."""
         self.server.tally.flush()
+        self.chain.clients.expire_misses()  # states built before the neighbour table knew the client's MAC
         self.chain.clients.sweep_seen()  # named devices that asked something this second: last-seen times
         metrics.DNS_CACHE_ENTRIES.set("answers", value=len(self.chain.answer_cache))
         metrics.DNS_CACHE_ENTRIES.set("packed", value=len(self.chain.packed))
