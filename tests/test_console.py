@@ -64,3 +64,72 @@ def test_every_nav_entry_and_page_path_is_unique():
     assert len(paths) == len(set(paths))
     assert {"/", "/login", "/logout"} <= set(paths)
     assert all(p.nav in {n.key for n in NAV} for p in console.all_pages() if p.nav is not None)
+
+
+def test_unnamed_devices_are_the_neighbours_no_named_device_matches():
+    """One row per MAC (IPv4 first), newest first; a MAC or an address of a named device leaves it out."""
+    import time
+    from types import SimpleNamespace
+
+    from filterproxy.admin.api_devices import _unnamed
+
+    named = [SimpleNamespace(mac="02:00:00:00:00:01", ip=None), SimpleNamespace(mac=None, ip="10.0.0.9")]
+    present = [
+        ("fd00::5", "02:00:00:00:00:05", 2.0),
+        ("10.0.0.5", "02:00:00:00:00:05", 1.0),
+        ("10.0.0.1", "02:00:00:00:00:01", 0.0),  # named by its MAC
+        ("10.0.0.9", "02:00:00:00:00:09", 0.0),  # named by its address
+        ("10.0.0.7", "02:00:00:00:00:07", 60.0),
+    ]
+    rows = _unnamed(named, present)
+    assert [(r["mac"], r["addresses"]) for r in rows] == [
+        ("02:00:00:00:00:05", ["10.0.0.5", "fd00::5"]),
+        ("02:00:00:00:00:07", ["10.0.0.7"]),
+    ]
+    seen = dt_parse(rows[0]["last_seen"])
+    assert abs(seen - (time.time() - 1.0)) < 5  # the newest confirmation of its addresses
+
+
+def dt_parse(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def test_the_devices_page_offers_to_name_each_new_device_by_its_mac():
+    """The page lists what ``GET /devices/unnamed`` answers, each with a form that posts its MAC, a name and a
+    group to ``POST /api/v1/devices`` (the browser tests drive the same form kind for added devices)."""
+    import asyncio
+    import re
+    from types import SimpleNamespace
+
+    from filterproxy.admin.console.pages.devices import devices_page
+
+    answers: dict[str, Any] = {
+        "/groups": [{"id": "kids", "name": "Kids", "names": {}}, {"id": "teens", "name": "Teens", "names": {}}],
+        "/pause": [],
+        "/devices": [],
+        "/devices/unnamed": [
+            {
+                "mac": "02:00:00:99:00:02",
+                "addresses": ["10.99.0.2", "fd00:99::2"],
+                "last_seen": "2026-12-06T01:00:00+00:00",
+            }
+        ],
+    }
+    ctx = SimpleNamespace(engine=SimpleNamespace(config=SimpleNamespace(timezone="Asia/Ho_Chi_Minh")))
+    view = View(ctx, _request(), None, "en", "devices")  # type: ignore[arg-type]
+
+    async def api(path: str, query: dict[str, Any] | None = None) -> Any:
+        return answers[path]
+
+    view.api = api  # type: ignore[method-assign]
+    html = bytes(asyncio.run(devices_page(view)).body).decode()
+    form = re.search(r'<li class="card device unnamed" data-mac="02:00:00:99:00:02">(.*?)</li>', html, re.S)
+    assert form, html
+    body = form.group(1)
+    assert 'hx-post="/api/v1/devices"' in body and 'name="mac" value="02:00:00:99:00:02"' in body
+    assert "10.99.0.2, fd00:99::2" in body and 'name="name"' in body and 'value="teens"' in body
+    assert "New on the network" in html
+    answers["/devices/unnamed"] = []
+    assert "unnamed" not in bytes(asyncio.run(devices_page(view)).body).decode()  # nothing new: no section

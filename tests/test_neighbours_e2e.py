@@ -162,3 +162,93 @@ def test_mac_rule_gives_the_group_to_ipv6_and_ipv4_clients(lan, tmp_path):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5)
+
+
+def _api(ip: str, ns: str, method: str, url: str, token: str, body: dict | None = None) -> object:
+    """One admin API call from inside the gateway namespace (the only place its address exists)."""
+    code = (
+        "import json, sys, urllib.request\n"
+        "method, url, token, body = sys.argv[1:5]\n"
+        "req = urllib.request.Request(url, method=method, data=body.encode() or None,\n"
+        "    headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(req, timeout=30).read().decode())\n"
+    )
+    payload = json.dumps(body) if body is not None else ""
+    r = subprocess.run(
+        [ip, "netns", "exec", ns, sys.executable, "-c", code, method, url, token, payload],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_new_device_on_the_lan_is_listed_for_naming_then_named_by_its_mac(lan, tmp_path):
+    """``GET /devices/unnamed`` on a real ``filterproxy run`` in the gateway namespace lists the client (its MAC,
+    both addresses) from the kernel's neighbour table; once named by that MAC (``POST /devices``, what the
+    console's form sends) it leaves the list, and its queries get the group it was put in."""
+    from filterproxy.config import load_config
+    from filterproxy.passwords import hash_password
+    from filterproxy.state.model import Actor
+    from filterproxy.state.store import Store
+
+    ip, gw, cl = lan
+    cfg = write_config(
+        tmp_path,
+        f"""
+        timezone: Asia/Ho_Chi_Minh
+        server: {{state_dir: "{tmp_path / "state"}"}}
+        upstreams: {{servers: ["127.0.0.1:9"]}}
+        default_group: other
+        lists: []
+        """,
+        POLICIES,
+    )
+    store = Store.for_config(load_config(str(cfg)))
+    try:
+        store.add_user(Actor("system", "system"), "boss", "admin", hash_password("not-used-here"))
+        token = store.create_token(Actor("system", "system"), "test", "boss")[1]
+    finally:
+        store.close()
+    port, admin = 5353, 8099
+    cmd = [ip, "netns", "exec", gw, sys.executable, "-m", "filterproxy", "run", "--config", str(cfg)]
+    cmd += ["--dns-listen", f"[::]:{port}", "--proxy-listen", "off", "--metrics-listen", "off"]
+    cmd += ["--admin-listen", f"127.0.0.1:{admin}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    out: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            out.append(line)
+            text = "".join(out)
+            if "admin API on" in text and "DNS listening on" in text:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    base = f"http://127.0.0.1:{admin}/api/v1"
+    try:
+        assert ready.wait(90), "".join(out)
+        unnamed = _api(ip, gw, "GET", f"{base}/devices/unnamed", token)
+        assert isinstance(unnamed, list)
+        row = next((u for u in unnamed if u["mac"] == MAC), None)
+        assert row is not None, unnamed
+        assert row["addresses"] == [CLIENT_V4, CLIENT_V6], row
+        assert "status: NOERROR" in dig(ip, cl, GW_V4, port, "blocked.test", "A")  # unnamed: the default group
+        named = _api(ip, gw, "POST", f"{base}/devices", token, {"name": "new-tablet", "group": "kid", "mac": MAC})
+        assert isinstance(named, dict) and named["mac"] == MAC, named
+        assert all(u["mac"] != MAC for u in _api(ip, gw, "GET", f"{base}/devices/unnamed", token))  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while "status: NXDOMAIN" not in (answer := dig(ip, cl, GW_V4, port, "blocked.test", "A")):
+            assert time.monotonic() < deadline, answer  # the live state and the neighbour table: seconds
+            time.sleep(0.3)
+    finally:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)

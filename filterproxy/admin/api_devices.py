@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 from filterproxy.admin.errors import ApiError
@@ -28,6 +30,35 @@ def _shaped(call: Call, body: dict[str, Any]) -> dict[str, Any]:
 
 async def list_devices(call: Call) -> list[dict[str, Any]]:
     return [record(d) for d in await call.run(call.ctx.store.devices)]
+
+
+UNNAMED_MAX = 200  # a home or a classroom LAN; a school's routed subnets are grouped by network, not named
+
+
+def _unnamed(devices: list[Any], present: list[tuple[str, str, float]]) -> list[dict[str, Any]]:
+    """The neighbours no named device matches (by MAC, or by any of its addresses), one row per MAC with
+    its addresses and when the kernel last confirmed it, newest first."""
+    macs = {d.mac for d in devices if d.mac}
+    ips = {d.ip for d in devices if d.ip}
+    now = time.time()
+    rows: dict[str, dict[str, Any]] = {}
+    for ip, mac, age in present:
+        if mac in macs:
+            continue
+        row = rows.setdefault(mac, {"mac": mac, "addresses": [], "last_seen": 0.0})
+        row["addresses"].append(ip)
+        row["last_seen"] = max(row["last_seen"], now - age)
+    out = [r for r in rows.values() if not ips.intersection(r["addresses"])]
+    out.sort(key=lambda r: (-r["last_seen"], r["mac"]))
+    for r in out:
+        r["addresses"].sort(key=lambda a: (":" in a, a))  # IPv4 first: the one people recognise
+        r["last_seen"] = dt.datetime.fromtimestamp(r["last_seen"], dt.UTC).isoformat(timespec="seconds")
+    return out[:UNNAMED_MAX]
+
+
+async def unnamed_devices(call: Call) -> list[dict[str, Any]]:
+    devices = await call.run(call.ctx.store.devices)
+    return _unnamed(devices, await call.run(call.ctx.neighbours))
 
 
 async def add_device(call: Call) -> dict[str, Any]:
@@ -65,6 +96,13 @@ def _fields(required: bool) -> dict[str, Field]:
 
 ENDPOINTS = [
     Endpoint("GET", "/devices", list_devices, "The named devices, with last_seen", "admin"),
+    Endpoint(
+        "GET",
+        "/devices/unnamed",
+        unnamed_devices,
+        "Devices present on the local network (the neighbour table) that no named device matches, to name",
+        "admin",
+    ),
     Endpoint(
         "POST", "/devices", add_device, "Name a device (ip, mac or doh_id → group)", "admin", _fields(True), status=201
     ),

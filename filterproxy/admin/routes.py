@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from filterproxy.admin.errors import ApiError
 from filterproxy.admin.fields import Fields
+from filterproxy.neighbours import read_present as _read_present
 from filterproxy.state.model import Actor, User
 from filterproxy.state.reviews import RequestLimiter
 
@@ -52,6 +53,8 @@ class Context:
     review_limiter: RequestLimiter = field(default_factory=RequestLimiter)  # POST /reviews per address
     jobs: dict[str, Any] = field(default_factory=dict)  # background jobs by name (api_lists: "lists.update")
     endpoints: list[Endpoint] = field(default_factory=list)  # the API's, set by build_app (the console reads)
+    # the kernel's present neighbours (address, MAC, seconds since confirmed), for GET /devices/unnamed
+    neighbours: Callable[[], list[tuple[str, str, float]]] = field(default=_read_present)
 
     @property
     def engine(self) -> Engine:

@@ -1,6 +1,8 @@
-"""The devices (admins): named devices with their group and when they were last seen; the forms add one
-(``POST /api/v1/devices``), rename it or move it to another group (``PATCH``), forget it (``DELETE``) and
-pause it for 15 minutes, 1 hour or until 07:00 in the configured time zone (``POST /api/v1/pause``).
+"""The devices (admins): named devices with their group and when they were last seen, and the devices
+present on the network that have no name yet (``GET /api/v1/devices/unnamed``); the forms add one
+(``POST /api/v1/devices``, a new device by its MAC), rename it or move it to another group (``PATCH``),
+forget it (``DELETE``) and pause it for 15 minutes, 1 hour or until 07:00 in the configured time zone
+(``POST /api/v1/pause``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,18 @@ async def devices_page(view: View) -> Response:
                 "pauses": [{"id": p["id"], "until": local_time(view, p["expires_at"], tz)} for p in paused],
             }
         )
-    return view.render("devices.html", devices=devices, groups=groups, morning=minutes_until_morning(tz), timezone=tz)
+    unnamed = [
+        {**u, "seen": local_time(view, u["last_seen"], tz), "suggested": "device-" + u["mac"][-5:].replace(":", "")}
+        for u in await view.api("/devices/unnamed")
+    ]
+    return view.render(
+        "devices.html",
+        devices=devices,
+        unnamed=unnamed,
+        groups=groups,
+        morning=minutes_until_morning(tz),
+        timezone=tz,
+    )
 
 
 PAGES = [Page("/devices", devices_page, nav="devices", access="admin")]
