@@ -5,6 +5,7 @@ the first-start hint without users, the 360 px layout, the security headers and 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,20 +106,57 @@ def test_language_switch(console: Console, signed_in):
     assert page.locator("h1").inner_text() == i18n.VI["dashboard.title"]
 
 
-def test_first_start_shows_how_to_create_a_user(tmp_path, page):
-    up = FakeUpstream().start()
+def test_first_start_walk_through_from_the_printed_command_to_a_policy_change(tmp_path, page):
+    """A new user's first minutes: the run log (what ./run.sh prints) and the login page show the same
+    ready-to-paste command (this installation's own executable and config; never a default password); running
+    it creates the admin, who signs in, opens a group and blocks a name for it, and DNS answers the change."""
+    import re
+    import shlex
+    import subprocess
+
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    up = FakeUpstream(zone={"games.example": [("A", "192.0.2.44")]}).start()
     c = start_console(tmp_path, up, users=False, stats=False)
     try:
         assert requests.get(c.url("/api/v1/setup"), timeout=10).json() == {"users": False}
+        out = c.proc.output()
+        m = re.search(r"no user yet: create one with '([^']+)' \(the password is read from stdin\)", out)
+        assert m and c.url("/") in out, out[-3000:]
+        printed = m.group(1)
+        assert f"admin user add NAME --role admin --config {c.cfg}" in printed
         page.goto(c.url("/"))
         page.wait_for_url(c.url("/login?next=/"))
         hint = page.locator("#first-start")
-        assert "filterproxy admin user add NAME --role admin" in hint.inner_text()
+        assert page.inner_text("#first-start code") == printed  # the page and the log agree
         assert "password" not in hint.inner_text().lower().replace("mật khẩu", "")  # never a default password
-        # and the log of `filterproxy run` (what ./run.sh prints) says the same, with the console's address
-        out = c.proc.output()
-        assert "no user yet: create one with 'filterproxy admin user add NAME --role admin" in out
-        assert c.url("/") in out
+        argv = [a if a != "NAME" else "parent" for a in shlex.split(printed)]
+        r = subprocess.run(argv, input=PASSWORD + "\n", capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        page.goto(c.url("/login"))
+        assert page.locator("#first-start").count() == 0
+        page.fill("#login-user", "parent")
+        page.fill("#login-password", PASSWORD)
+        page.click("#login button[type=submit]")
+        page.wait_for_url(c.url("/"))
+        page.click("nav.nav a[href='/groups']")
+        page.click("#group-list a[href='/groups/kids']")
+        page.wait_for_url(c.url("/groups/kids"))
+
+        def rcode() -> int:
+            q = dns.message.make_query("games.example", "A")
+            return dns.query.udp(q, "127.0.0.1", port=c.proc.port, timeout=2).rcode()
+
+        assert rcode() == dns.rcode.NOERROR
+        page.fill("#block-name", "games.example")
+        page.click("#block-form button[type=submit]")
+        page.wait_for_selector("#overrides tr[data-name='games.example']")
+        deadline = time.monotonic() + 5
+        while rcode() != dns.rcode.NXDOMAIN:  # the group blocks with block_mode: nxdomain
+            assert time.monotonic() < deadline, "games.example still answered 5 s after the block"
+            time.sleep(0.1)
     finally:
         c.proc.stop()
         up.stop()

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import os
+import shlex
+import shutil
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -27,6 +31,9 @@ from filterproxy.admin.errors import ApiError
 from filterproxy.admin.fields import Field
 from filterproxy.admin.routes import Call, Context, Endpoint, Principal, iso
 from filterproxy.metrics.catalogue import ADMIN_LOGINS
+
+if TYPE_CHECKING:
+    from filterproxy.config import Config
 
 COOKIE = "filterproxy_session"
 COOKIE_PATH = "/"  # the API under /api/v1 and the console's pages under / (filterproxy.admin.console) read it
@@ -180,6 +187,22 @@ async def setup(call: Call) -> dict[str, Any]:
 
 
 _LOGIN = {"user": Field(required=True, max_len=64), "password": Field(required=True, max_len=1024)}
+
+
+def first_user_command(cfg: Config) -> str:
+    """The command that creates the first admin of this very installation, ready to paste: this process's own
+    ``filterproxy`` (``.venv/bin/filterproxy`` after ``./run.sh``, which is not on PATH) and its config file."""
+    exe = sys.argv[0] if sys.argv else ""
+    if os.path.basename(exe) == "filterproxy" and os.path.isfile(exe):
+        full = os.path.abspath(exe)
+        cmd = "filterproxy" if shutil.which("filterproxy") == full else shlex.quote(full)
+    elif exe.endswith(os.path.join("filterproxy", "__main__.py")):  # python -m filterproxy
+        cmd = f"{shlex.quote(sys.executable)} -m filterproxy"
+    else:
+        cmd = "filterproxy"
+    config = f" --config {shlex.quote(cfg.path)}" if cfg.path else ""
+    return f"{cmd} admin user add NAME --role admin{config}"
+
 
 ENDPOINTS = [
     Endpoint("POST", "/login", login, "Log in: sets the session cookie, answers the CSRF token", "public", _LOGIN),

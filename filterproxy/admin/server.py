@@ -183,9 +183,9 @@ async def start_admin(served: Served) -> AdminServer | None:
         anyone = True
     if not anyone:  # first start: say how to get in (there is never a default password)
         log.warning(
-            "admin: no user yet: create one with 'filterproxy admin user add NAME --role admin%s' "
-            "(the password is read from stdin), then open the console at %s://%s:%d/",
-            f" --config {cfg.path}" if cfg.path else "",
+            "admin: no user yet: create one with '%s' (the password is read from stdin), then open the console "
+            "at %s://%s:%d/",
+            auth.first_user_command(cfg),
             scheme,
             shown,
             port,

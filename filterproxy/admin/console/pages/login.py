@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
+from filterproxy.admin.auth import first_user_command
 from filterproxy.admin.console import Page, View, signed_in
 
 
@@ -17,7 +18,8 @@ async def login_page(view: View) -> Response:
     if await signed_in(view.ctx, view.request) is not None:
         return RedirectResponse(_next(view), status_code=303)  # already signed in
     setup = await view.api("/setup")
-    return view.render("login.html", has_users=setup["users"], next=_next(view))
+    command = "" if setup["users"] else first_user_command(view.ctx.served.cfg)  # the one the run log prints
+    return view.render("login.html", has_users=setup["users"], command=command, next=_next(view))
 
 
 async def logout_page(view: View) -> Response:
