@@ -80,6 +80,11 @@ def test_dashboard_shows_figures_chart_lists_and_upstreams(console: Console, sig
     assert resp.value.status == 200
     page.locator("#trend canvas").wait_for()
     assert page.locator("button[data-range='2592000']").get_attribute("aria-pressed") == "true"
+    # one group's trend, over the chosen range (admins: all groups by default, or any one)
+    with page.expect_response(lambda r: "/api/v1/stats" in r.url and "group=kids" in r.url) as resp:
+        page.select_option("#trend-group", "kids")
+    assert resp.value.status == 200 and "step=86400" in resp.value.url
+    page.locator("#trend canvas").wait_for()
     # every nav entry is there for an admin
     assert page.locator("nav.nav a").count() == 8
 
@@ -89,6 +94,26 @@ def test_teacher_sees_their_group_and_no_admin_entries(console: Console, signed_
     assert page.locator("nav.nav a").count() == 5  # devices, query log and audit are admins' only
     assert page.locator("#by-group td", has_text="teens").count() == 0
     page.locator("#trend canvas").wait_for()
+    assert page.locator("#trend").get_attribute("data-group") == "kids"  # one group: no choice to make
+    assert page.locator("#trend-group").count() == 0
+
+
+def test_a_teacher_of_two_groups_picks_the_chart_group(console: Console, signed_in):
+    from filterproxy.passwords import hash_password
+    from filterproxy.state.model import Actor
+
+    store = console.store()
+    try:
+        store.add_user(Actor("system", "system"), "mr", "teacher", hash_password(PASSWORD), ("kids", "teens"))
+    finally:
+        store.close()
+    page = signed_in("mr")
+    page.locator("#trend canvas").wait_for()
+    options = page.locator("#trend-group option").evaluate_all("els => els.map(e => e.value)")
+    assert sorted(options) == ["kids", "teens"]  # theirs only, and no "all groups"
+    with page.expect_response(lambda r: "/api/v1/stats" in r.url and "group=teens" in r.url) as resp:
+        page.select_option("#trend-group", "teens")
+    assert resp.value.status == 200
 
 
 def test_language_switch(console: Console, signed_in):

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from filterproxy.admin.console import Page, View
 from filterproxy.admin.console.i18n import duration
+from filterproxy.admin.console.pages.groups import display_name
 
 
 async def _today(view: View) -> list[dict[str, Any]]:
@@ -56,7 +57,11 @@ async def dashboard_page(view: View) -> Response:
         by_group[r["group"]] += r["count"]
     user = view.user
     assert user is not None
-    chart_group = "" if view.admin else (sorted(user.groups) or [""])[0]
+    names = {g["id"]: display_name(view, g) for g in await view.api("/groups")}
+    # the chart's choice of group: admins all groups (the default) or one; a teacher one of theirs at a time
+    chart_groups = ([("", view.t("dashboard.all_groups"))] if view.admin else []) + sorted(
+        ((gid, name) for gid, name in names.items() if view.admin or gid in user.groups), key=lambda g: g[1]
+    )
     return view.render(
         "dashboard.html",
         queries=queries,
@@ -68,7 +73,7 @@ async def dashboard_page(view: View) -> Response:
         reports=status["reports"],
         status=status,
         uptime=duration(view.lang, status["uptime_seconds"]),
-        chart_group=chart_group,
+        chart_groups=chart_groups,
     )
 
 

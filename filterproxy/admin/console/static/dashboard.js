@@ -71,6 +71,16 @@
       .then(draw, function () { message(box.getAttribute("data-msg-failed")); });
   }
 
+  function reload() {
+    var on = document.querySelector(".ranges button[aria-pressed=true]") || buttons[0];
+    load(parseInt(on.getAttribute("data-range"), 10), parseInt(on.getAttribute("data-step"), 10));
+  }
+
+  var choice = document.getElementById("trend-group");  // admins: all or one group; teachers: one of theirs
+  if (choice) {
+    choice.addEventListener("change", function () { box.setAttribute("data-group", choice.value); reload(); });
+  }
+
   buttons.forEach(function (b) {
     b.addEventListener("click", function () {
       buttons.forEach(function (o) { o.setAttribute("aria-pressed", o === b ? "true" : "false"); });
