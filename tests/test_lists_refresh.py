@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -351,7 +352,15 @@ def test_refresh_picks_up_a_changed_list_with_a_conditional_get(tmp_path, lists_
             assert await rcode("remote-one.example.") == dns.rcode.NOERROR
             etag = lists_server.hits[-1][1].get("If-None-Match")
             assert etag, "the refresh was a conditional GET"
+            cached = tmp_path / "state" / "lists" / "remote.txt"
+            day_ago = time.time() - 86_400
+            os.utime(cached, (day_ago, day_ago))  # fetched a day ago
             assert await refresher.refresh_due(time.time() + 5 * 86_400) == 0  # unchanged: 304
+            # confirmed current just now: its age starts again (the console's freshness, the metric, the alert)
+            from filterproxy.lists.snapshot_cache import list_version
+
+            [li] = [li for li in runner.engine.snapshot.lists if li.id == "remote"]
+            assert time.time() - list_version(li)[1] < 60 and time.time() - cached.stat().st_mtime < 60
             assert lists_server.hits[-1][1].get("If-None-Match") == '"' + hashlib.sha256(V2).hexdigest()[:16] + '"'
             del lists_server.files["/remote.txt"]  # the host breaks: the last good copy keeps serving
             assert await refresher.refresh_due(time.time() + 9 * 86_400) == 0

@@ -92,6 +92,8 @@ def fetch_list(
         timeout=timeout,
     )
     local = src.local_path(state_dir)
+    if res.status == "not-modified":  # checked now and still current: its age (mtime) starts again
+        _touch(res.path, local)
     if res.status == "failed" or not res.path or not local or os.path.abspath(res.path) == os.path.abspath(local):
         return res
     if res.status == "updated" or not os.path.exists(local):
@@ -102,6 +104,16 @@ def fetch_list(
             why = f"no space left on {os.path.dirname(local)}" if exc.errno == errno.ENOSPC else str(exc)
             return dataclasses.replace(res, status="failed", error=f"cannot copy into place: {why}")
     return res
+
+
+def _touch(*paths: str | None) -> None:
+    """Mark copies as verified now: a list's age (``filterproxy_lists_age_seconds``, the console's freshness,
+    the fleet's stale-list alert) is the time since it was last fetched *or confirmed unchanged* (HTTP 304, same
+    bytes), not since its content last changed, or a quiet upstream would look like a broken gateway."""
+    for p in paths:
+        if p and os.path.exists(p):
+            with contextlib.suppress(OSError):
+                os.utime(p)
 
 
 def failure_reason(error: str | None) -> str:
@@ -278,4 +290,5 @@ class ListRefresher:
             log.info("lists: %s: fetched %s bytes", src.id, f"{res.bytes:,}")
             return True
         log.info("lists: %s: unchanged (%s bytes)", src.id, f"{res.bytes:,}")
+        metrics.LISTS_LAST_SUCCESS.set(src.id, value=now)  # confirmed current (no reload: nothing changed)
         return False
