@@ -46,6 +46,7 @@ E2E_MODULES = frozenset(
         "test_dns_server",
         "test_dns_tcp",
         "test_dns_workers",
+        "test_console_a11y_e2e",
         "test_console_e2e",
         "test_devices_seen_e2e",
         "test_fullhash",
