@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 # binary → Debian package, for the real peers the tests start (DNS client, resolver, Prometheus, browser)
-bash scripts/apt-need.sh dig:bind9-dnsutils kdig:knot-dnsutils unbound:unbound unbound-checkconf:unbound prometheus:prometheus \
+bash scripts/apt-need.sh dig:bind9-dnsutils kdig:knot-dnsutils /usr/sbin/knotd:knot unbound:unbound unbound-checkconf:unbound prometheus:prometheus \
   promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium nft:nftables \
   systemd-analyze:systemd nginx:nginx-light gcc:build-essential '/usr/lib/postgresql/*/bin/initdb:postgresql'
 bash scripts/setup-venv.sh test

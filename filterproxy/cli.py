@@ -201,12 +201,22 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from filterproxy.lists.rpz import export_rpz
+    from filterproxy.lists.rpz import RpzSerialError, export_rpz, write_rpz_file
 
+    if args.serial is not None and not 0 <= args.serial < 1 << 32:
+        raise CliError(f"--serial {args.serial}: a SOA serial is between 0 and 4294967295")
     cfg, engine = load_engine(args.config, args.extra_list, None)
     if args.group not in cfg.groups:
         raise CliError(f"--group {args.group!r}: unknown group (groups: {', '.join(cfg.groups)})")
-    export_rpz(engine, args.group, sys.stdout)
+    if not args.out:
+        export_rpz(engine, args.group, sys.stdout, serial=args.serial)
+        return 0
+    try:
+        res = write_rpz_file(engine, args.group, args.out, serial=args.serial)
+    except RpzSerialError as exc:
+        raise CliError(str(exc)) from None
+    state = "written" if res.changed else "unchanged, not rewritten"
+    print(f"{args.out}: serial {res.serial} ({state}), {res.counts['block']} blocked names", file=sys.stderr)
     return 0
 
 
@@ -382,10 +392,16 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
 def _add_export_reports(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("export", help="export a group's effective block policy")
     esub = sp.add_subparsers(dest="export_command", required=True)
-    ep = esub.add_parser("rpz", help="Response Policy Zone for BIND/Unbound/PowerDNS/Knot, to stdout")
+    ep = esub.add_parser("rpz", help="Response Policy Zone for BIND/Unbound/PowerDNS/Knot, to stdout or --out")
     _config_arg(ep)
     _extra_arg(ep)
     ep.add_argument("--group", required=True)
+    ep.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the zone to FILE atomically; its serial (YYYYMMDDnn) increases only when the content changes",
+    )
+    ep.add_argument("--serial", type=int, metavar="N", help="SOA serial to use (e.g. a list version) instead")
     ep.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("reports", help="list pending and sent image-match reports")

@@ -67,6 +67,7 @@ E2E_MODULES = frozenset(
         "test_proxy_modes_e2e",
         "test_reports",
         "test_rpz",
+        "test_rpz_ixfr_e2e",
         "test_state_cli",
         "test_secrets_e2e",
         "test_state_stats_e2e",
