@@ -14,7 +14,7 @@ from typing import Any
 from filterproxy.config.loader import Section, where_item
 from filterproxy.config.sections import resolve_path
 from filterproxy.config.sources import Source, SourcesError, download_setting, load_sources
-from filterproxy.lists.parsers import FORMATS
+from filterproxy.lists.parsers import FORMATS, HASHED_FORMATS
 from filterproxy.lists.source import ListSource
 from filterproxy.vocabulary import ID_RE, ConfigError
 
@@ -108,7 +108,7 @@ def _list_source(sec: Section, path: str, where: str) -> ListSource:
         match=sec.get("match", None, choices=("exact", "subdomains")),
         allow=sec.get("allow", False, types=(bool,)),
         legal=sec.get("legal", False, types=(bool,)),
-        hashed=sec.get("hashed", fmt in ("urlhash", "imagehash"), types=(bool,)),
+        hashed=sec.get("hashed", fmt in HASHED_FORMATS, types=(bool,)),
         where=where,
         **_download_settings(sec, lid),
         **_fullhash_settings(sec, lid, fmt),

@@ -4,7 +4,7 @@ For responses whose ``Content-Type`` is an image and whose size is within ``http
 (decided at ``responseheaders`` from ``Content-Length``; a chunked body is buffered up to the cap, then
 streams unhashed: :data:`~filterproxy.http.protocol.BODY_CAP`; larger bodies are never held), the body's exact
 hashes (MD5/SHA-1/SHA-256) and PDQ hash with its 8 rotations/flips are computed in a worker process
-(PDQ holds the GIL), matched against the snapshot's image-hash lists (exact, or PDQ Hamming distance
+(CPU-bound), matched against the snapshot's image-hash lists (exact, or PDQ Hamming distance
 <= ``http.pdq_max_distance``), and a match replaces the response, is counted, and becomes a report in
 the durable spool: list id, item id, match kind, distance and the URL as configured — never the image,
 never the child's identity. Results are cached per (URL, ETag or length, SHA-256 of the body).
@@ -53,7 +53,7 @@ class ImageCheck:
 
     def _pool(self) -> Executor:
         if self._executor is None:
-            # one extra process: PDQ (~5-15 ms a picture) never stalls the proxy's event loop. Spawned, not
+            # one extra process: hashing (~4-8 ms a 1 MP JPEG) never stalls the proxy's event loop. Spawned, not
             # forked: the proxy has threads (reload, metrics) whose locks a fork could copy held.
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         return self._executor

@@ -18,8 +18,12 @@ ut1        folder with ``domains`` (squidGuard: d and subdomains), ``urls``, ``e
 regex      one ``/regex/`` (or bare regex) per line, searched in the name
 urls       UT1-style ``host[:port]/path`` prefixes (HTTP only)
 urlhash    SHA-256 hex of a Safe Browsing URL expression, or an 8-hex-digit prefix (HTTP only)
-imagehash  ``md5:``/``sha1:``/``sha256:``/``pdq:`` hashes (HTTP image responses)
+imagehash  ``md5:``/``sha1:``/``sha256:``/``pdq:`` hashes (HTTP image responses); the other image formats:
+           ``threatexchange`` (ThreatExchange/HMA CSV or TSV export), ``md5``/``sha1`` (one digest a line)
 ========== =================================================================================
+
+Image-hash formats yield one ``imageblock`` entry per stretch of the file: arrays of digests
+(:class:`~filterproxy.match.imagehash.listfile.ImageHashBlock`), not one object per hash.
 
 A source may override the domain semantics with ``match: exact`` or ``match: subdomains``.
 """
@@ -29,12 +33,20 @@ from __future__ import annotations
 import gzip
 import io
 import ipaddress
+import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from filterproxy.names import NameError_, normalize_host
+
+if TYPE_CHECKING:
+    from filterproxy.match.imagehash.listfile import ImageHashBlock
+
+log = logging.getLogger("filterproxy.lists")
 
 # Domain match flags (combined per record).
 EXACT = 1  # the name itself
@@ -44,8 +56,10 @@ BOTH = EXACT | SUBS
 
 DOMAIN_FORMATS = ("hosts", "domains", "adblock", "wildcard", "rpz", "ut1", "regex")
 URL_FORMATS = ("urls", "urlhash")
-IMAGE_FORMATS = ("imagehash",)
+IMAGE_FORMATS = ("imagehash", "threatexchange", "md5", "sha1")  # = listfile.IMAGE_LIST_FORMATS
 FORMATS = DOMAIN_FORMATS + URL_FORMATS + IMAGE_FORMATS
+# Formats whose rule text is never shown to users (a source's ``hashed`` default).
+HASHED_FORMATS = frozenset({"urlhash", *IMAGE_FORMATS})
 # Formats read in place from a local category folder (never downloaded as one file).
 FOLDER_FORMATS = frozenset({"ut1"})
 
@@ -58,13 +72,14 @@ class ListError(Exception):
 
 @dataclass(slots=True)
 class Entry:
-    """One parsed rule. ``kind`` is domain | ip | regex | url | urlhash | imagehash."""
+    """One parsed rule. ``kind`` is domain | ip | regex | url | urlhash | imagehash | imageblock."""
 
     kind: str
     value: str
     flags: int
     line: int
-    extra: str | None = None  # imagehash: hash kind / item id
+    extra: str | None = None  # imagehash: item id
+    block: ImageHashBlock | None = None  # imageblock: the hashes of many lines (value: their kind)
 
 
 @dataclass
@@ -76,6 +91,7 @@ class ParseStats:
     skipped: int = 0
     ips: int = 0
     comments: int = 0
+    other: int = 0  # rows of a kind the list carries but filterproxy does not use (a video hash): not errors
     errors: list[str] = field(default_factory=list)
     header_count: int | None = None  # "Number of entries: N" stated by the list itself
 
@@ -412,18 +428,34 @@ def parse_urlhash(f: io.TextIOBase, stats: ParseStats) -> Iterator[Entry]:
         yield Entry("urlhash", token.lower(), 0, n)
 
 
-def parse_imagehash(path: str, stats: ParseStats) -> Iterator[Entry]:
-    """Image hash list (see :mod:`filterproxy.match.imagehash` for the accepted forms)."""
-    from filterproxy.match import imagehash
+def parse_image_blocks(fmt: str, path: str, stats: ParseStats) -> Iterator[Entry]:
+    """An image-hash list (formats: :mod:`filterproxy.match.imagehash.listfile`) as ``imageblock``
+    entries; rows of other signal types are counted in ``stats.other`` and logged once."""
+    from filterproxy.match.imagehash.listfile import read_image_blocks
 
-    for item in imagehash.parse_imagehash_list(path, skip_errors=True):
-        if isinstance(item, str):  # an error message "file:line: why"
-            stats.skipped += 1
-            if len(stats.errors) < MAX_REPORTED_ERRORS:
-                stats.errors.append(item)
-            continue
-        kind, hexhash, item_id, line = item
-        yield Entry("imagehash", f"{kind}:{hexhash}", 0, line, item_id)
+    others: Counter[str] = Counter()
+
+    def other(signal_type: str) -> None:
+        stats.other += 1
+        others[signal_type] += 1
+
+    try:
+        for block in read_image_blocks(fmt, path, stats.skip, other):
+            yield Entry("imageblock", block.kind, 0, int(block.lines[0]), None, block)
+    except OSError as exc:
+        raise ListError(f"{path}: cannot read list: {exc.strerror or exc}") from None
+    if others:
+        kinds = ", ".join(f"{k} {n}" for k, n in others.most_common())
+        log.info("%s: %d rows of signal types not used for images left out (%s)", path, stats.other, kinds)
+
+
+def parse_imagehash(path: str, stats: ParseStats, fmt: str = "imagehash") -> Iterator[Entry]:
+    """One ``imagehash`` entry (``kind:hex``, item id in ``extra``) per hash of an image-hash list."""
+    for e in parse_image_blocks(fmt, path, stats):
+        assert e.block is not None  # parse_image_blocks yields imageblock entries only
+        items = e.block.items or [None] * len(e.block.lines)
+        for digest, line, item in zip(e.block.digests, e.block.lines.tolist(), items, strict=True):
+            yield Entry("imagehash", f"{e.block.kind}:{digest.tobytes().hex()}", 0, line, item)
 
 
 def parse_ut1(path: str, stats_for: Callable[[str], ParseStats]) -> Iterator[tuple[str, Entry]]:
@@ -466,9 +498,11 @@ def iter_entries(
         if not os.path.isdir(path):
             raise ListError(f"{path}: format ut1 expects a category folder")
         it: Iterator[tuple[str, Entry]] = parse_ut1(path, stats_for)
-    elif fmt == "imagehash":
+    elif fmt in IMAGE_FORMATS:
+        if os.path.isdir(path):
+            raise ListError(f"{path}: is a folder; format {fmt} expects a file")
         st = stats_for(path)
-        it = ((path, e) for e in parse_imagehash(path, st))
+        it = ((path, e) for e in parse_image_blocks(fmt, path, st))
     else:
         if os.path.isdir(path):
             raise ListError(f"{path}: is a folder; format {fmt} expects a file")

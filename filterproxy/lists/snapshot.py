@@ -26,6 +26,8 @@ from filterproxy.match.domain import DomainMatch, DomainMatcher
 
 if TYPE_CHECKING:
     from filterproxy.match.imagehash import ImageHashIndex
+    from filterproxy.match.imagehash.items import ImageItems
+    from filterproxy.match.imagehash.listfile import ImageHashBlock
     from filterproxy.match.url import UrlPrefixMatcher
     from filterproxy.match.urlhash import UrlHashSet
 
@@ -68,7 +70,8 @@ class Snapshot:
     images: ImageHashIndex | None = None
     built_at: float = field(default_factory=time.time)
     raw: dict[str, list[Any]] = field(default_factory=dict)  # raw URL / hash entries, kept to save the snapshot
-    image_items: dict[int, str] = field(default_factory=dict)  # image record → item id from the hash list
+    # image record → item id from the hash list (ImageItems: mapped arrays; a dict for hand-built snapshots)
+    image_items: ImageItems | dict[int, str] = field(default_factory=dict)
     folder: str | None = None  # the cached folder it was mapped from (its name is the inputs' fingerprint)
 
     def by_id(self, list_id: str) -> ListInfo | None:
@@ -100,7 +103,7 @@ class _Collected:
         self.ips: dict[str, tuple[tuple[int, int], ...]] = {}
         self.urls: list[tuple[str, int]] = []
         self.urlhashes: list[tuple[str, int]] = []
-        self.images: list[tuple[str, str | None, int]] = []  # (kind:hash, item id, record)
+        self.images: list[tuple[int, ImageHashBlock]] = []  # (list index, hashes of many lines)
 
     def merge(self, other: _Collected) -> None:
         """Add what one list yielded (an address keeps every list that named it: a legal one is never hidden)."""
@@ -121,7 +124,7 @@ _COLLECT = {
     "regex": lambda c, idx, e, flags: c.regexes.setdefault(idx, []).append((re.compile(e.value), e.line, flags)),
     "url": lambda c, idx, e, flags: c.urls.append((e.value, record(idx, e.line))),
     "urlhash": lambda c, idx, e, flags: c.urlhashes.append((e.value, record(idx, e.line))),
-    "imagehash": lambda c, idx, e, flags: c.images.append((e.value, e.extra, record(idx, e.line))),
+    "imageblock": lambda c, idx, e, flags: c.images.append((idx, e.block)),
 }
 
 
@@ -153,7 +156,7 @@ def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
                 f"({src.where or 'its config entry'}) to confirm it, or give the 64-hex SHA-256 instead"
             )
         _COLLECT[e.kind](batch, idx, e, e.flags | allow)
-        n += 1
+        n += len(e.block.lines) if e.block is not None else 1
     if not n:
         detail = "; ".join(e for st in stats.values() for e in st.errors[:3])
         raise ListError(
@@ -204,7 +207,7 @@ def _attach_url_and_image_matchers(
     snap: Snapshot,
     url_entries: list[tuple[str, int]],
     urlhash_entries: list[tuple[str, int]],
-    image_entries: list[tuple[str, str | None, int]],
+    image_entries: list[tuple[int, ImageHashBlock]],
 ) -> None:
     """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
     snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}
@@ -231,13 +234,17 @@ def _attach_url_and_image_matchers(
         legal = {li.index for li in snap.lists if li.source.is_legal}
         # the index answers with the first record added: legal lists first, so a picture listed by several
         # lists is blocked and reported as the legal list's (reason legal), whatever the configuration order
-        for value, item, rec in sorted(image_entries, key=lambda e: unpack(e[2])[0] not in legal):
-            kind, _, hexhash = value.partition(":")
-            ix.add(kind, hexhash, rec)
-            if item:
-                snap.image_items[rec] = item  # the hotline's opaque item id, for reports
+        from filterproxy.match.imagehash.items import ImageItems
+
+        items: list[tuple[Any, list[str | None]]] = []
+        for idx, block in sorted(image_entries, key=lambda e: e[0] not in legal):
+            records = (idx << 32) | block.lines  # record(idx, line) for every row at once
+            ix.add_many(block.kind, block.digests, records)
+            if block.items:  # the hotline's opaque item ids, for reports
+                items.append((records, block.items))
         ix.freeze()
         snap.images = ix
+        snap.image_items = ImageItems.from_blocks(items)
 
 
 def describe(lists: Iterable[ListInfo]) -> str:
@@ -248,8 +255,10 @@ def describe(lists: Iterable[ListInfo]) -> str:
 
 # 2: one packed 7-byte record per domain name (domains.records.npy);
 # 3: the same records as a raw file (domains.records), memory-mapped without numpy;
-# 4: an IP address keeps every list that names it (extra.pickle "ips": address → ((list, line), ...))
-SNAPSHOT_FORMAT = 4
+# 4: an IP address keeps every list that names it (extra.pickle "ips": address → ((list, line), ...));
+# 5: image hashes as arrays (extra.pickle "images": (list index, ImageHashBlock) pairs);
+# 6: the compiled image index and item ids as memory-mapped .npy files (images/), not re-built per process
+SNAPSHOT_FORMAT = 6
 
 
 def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) -> None:
@@ -263,12 +272,14 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) ->
 
     os.makedirs(directory, exist_ok=True)
     snap.domains.save(directory)
+    if snap.images is not None:
+        _save_images(snap, os.path.join(directory, "images"))
     extra = {
         "regexes": {i: [(rx.pattern, line, flags) for rx, line, flags in v] for i, v in snap.regexes.items()},
         "ips": snap.ips,
         "urls": snap.raw.get("urls", []),
         "urlhashes": snap.raw.get("urlhashes", []),
-        "images": snap.raw.get("images", []),
+        "images": [],  # the compiled index is in images/ (mapped by load_snapshot)
     }
     with open(os.path.join(directory, "extra.pickle"), "wb") as f:
         pickle.dump(extra, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -307,6 +318,32 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) ->
         ],
     }
     atomic_write(os.path.join(directory, "meta.json"), json.dumps(meta))
+
+
+def _save_images(snap: Snapshot, directory: str) -> None:
+    """The image index and item ids as .npy files that every process maps (``images/``)."""
+    from filterproxy.match.imagehash.items import ImageItems
+
+    assert snap.images is not None
+    snap.images.save(directory)
+    items = snap.image_items
+    (items if isinstance(items, ImageItems) else ImageItems.build(items.items())).save(directory)
+
+
+def _map_images(snap: Snapshot, directory: str) -> None:
+    """Map the image index of a saved snapshot, when it has one (an unreadable one raises ListError)."""
+    import os
+
+    if not os.path.isdir(directory):
+        return
+    from filterproxy.match.imagehash import ImageHashIndex
+    from filterproxy.match.imagehash.items import ImageItems
+
+    try:
+        snap.images = ImageHashIndex.load(directory)
+        snap.image_items = ImageItems.load(directory)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ListError(f"{directory}: unreadable image index: {exc}") from None
 
 
 def _read_meta(directory: str) -> dict[str, Any]:
@@ -364,5 +401,6 @@ def load_snapshot(directory: str) -> Snapshot:
     snap = Snapshot(
         lists, domains, regexes, extra["ips"], built_at=meta["built_at"], folder=os.path.realpath(directory)
     )
-    _attach_url_and_image_matchers(snap, extra["urls"], extra["urlhashes"], extra["images"])
+    _attach_url_and_image_matchers(snap, extra["urls"], extra["urlhashes"], [])
+    _map_images(snap, os.path.join(directory, "images"))
     return snap

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from filterproxy.lists.parsers import FORMATS, ListError
+from filterproxy.lists.parsers import FORMATS, HASHED_FORMATS, ListError
 
 LEGAL_CATEGORIES = frozenset({"illegal"})
 DEFAULT_MAX_BYTES = 64 << 20  # a download's size cap when its source gives no max_bytes
@@ -37,7 +37,7 @@ class ListSource:
     legal: bool = False  # national/legal list: blocks for every group, no allowlist overrides it
     hashed: bool = False  # never show its rule text to users (URL-hash / image-hash lists)
     where: str = ""  # config file:line that defined it
-    version: str = ""  # e.g. the signed bundle's serial
+    version: str = ""  # e.g. the published version of a list from the distribution repository
     # downloaded lists only (the sources catalogue's fields): pinned content, size cap, refresh interval (s)
     sha256: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -76,6 +76,4 @@ def parse_extra_list(spec: str, *, where: str = "--extra-list") -> ListSource:
     if fmt not in FORMATS:
         raise ListError(f"{where}: unknown format {fmt!r} in {spec!r} (expected one of {', '.join(FORMATS)})")
     list_id = f"extra-{category}-{os.path.basename(path.rstrip('/'))}"
-    return ListSource(
-        id=list_id, category=category, format=fmt, path=path, where=where, hashed=fmt in ("urlhash", "imagehash")
-    )
+    return ListSource(id=list_id, category=category, format=fmt, path=path, where=where, hashed=fmt in HASHED_FORMATS)

@@ -1,9 +1,11 @@
 """Image hashes: exact (MD5/SHA-1/SHA-256 of the bytes) and perceptual (PDQ), lists of them, and an index.
 
 * :mod:`.kinds` — hash kinds, hex forms, PDQ distance (shared vocabulary);
-* :mod:`.hashing` — decode, downscale and hash one image (:func:`hash_image_bytes`, and its async form);
+* :mod:`.hashing` — decode and hash one image, PDQ as the reference computes it (:func:`hash_image_bytes`);
 * :mod:`.listfile` — parse ``md5:``/``sha1:``/``sha256:``/``pdq:`` list files (:func:`parse_imagehash_list`);
-* :mod:`.index` — :class:`ImageHashIndex`, exact sets plus the PDQ near-match search;
+* :mod:`.index` — :class:`ImageHashIndex`, exact sets plus the PDQ near-match search, saved and mapped as
+  files, changed by delta + tombstones (``with_changes``) and compacted (:mod:`.compact`, in a child);
+* :mod:`.mih` — the PDQ multi-index tables; :mod:`.items` — item ids of records as mapped arrays;
 * :mod:`.cli` — ``python -m filterproxy.match.imagehash FILE...`` / ``filterproxy imagehash FILE...``.
 
 The names below are re-exported so callers keep importing from ``filterproxy.match.imagehash``.
@@ -12,8 +14,8 @@ The names below are re-exported so callers keep importing from ``filterproxy.mat
 from __future__ import annotations
 
 # Besides __all__, callers import DEFAULT_MAX_SIDE, MAX_DECODE_PIXELS, EXACT_KINDS, HEX_LENGTHS, PDQ_BYTES,
-# pdq_available, main (filterproxy/cli.py) and, in tests, _EXPECTED and _popcount_table from here.
-from filterproxy.match.imagehash.cli import imagehash_file_json, main  # noqa: F401
+# pdq_available and, in tests, _EXPECTED and _popcount_table from here. The command line (.cli) is not
+# re-exported: it compiles lists through filterproxy.lists, which imports this package.
 from filterproxy.match.imagehash.hashing import (  # noqa: F401
     DEFAULT_MAX_SIDE,
     MAX_DECODE_PIXELS,
@@ -53,7 +55,6 @@ __all__ = [
     "ImageMatch",
     "hash_image_bytes",
     "hash_image_bytes_async",
-    "imagehash_file_json",
     "parse_imagehash_entries",
     "parse_imagehash_list",
     "pdq_distance",

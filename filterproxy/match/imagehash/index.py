@@ -1,18 +1,37 @@
 """Match index over image hashes: exact MD5/SHA-1/SHA-256 sets and an exact PDQ near-neighbour search.
 
 Built once from the loaded lists, then frozen and shared read-only by all request handlers. Entries
-hold numpy arrays only (no Python object per hash), so millions of hashes fit on a small gateway;
+hold numpy arrays only (no Python object per hash), so ten million hashes fit on a small gateway;
 each keeps an opaque int record that the caller maps back to (list, item). PDQ search is multi-index
-hashing that never misses a hash within the distance (see :class:`_PdqIndex`); why not faiss or a
-brute-force scan: docs/decisions/imagehash-pdq-index.md. Needs numpy >= 2 (``np.bitwise_count``);
+hashing that never misses a hash within the distance (:class:`~.mih.PdqTables`); why not faiss or a
+brute-force scan: docs/decisions/imagehash-pdq-index.md.
+
+Files and sharing. :meth:`ImageHashIndex.save` writes plain ``.npy`` files into a folder;
+:meth:`ImageHashIndex.load` maps them read-only (``np.load(mmap_mode="r")``), so every proxy worker
+mapping the same snapshot folder shares one copy of the pages.
+
+Changes without a rebuild. An index is a *base* (the big, mapped tables) plus a small *delta* of added
+hashes and *tombstones* of removed ones, both consulted at query time:
+
+* ``ix.with_changes(added=[(kind, hex, record), ...], removed=[(kind, hex), ...])`` returns a new frozen
+  index sharing the base (seconds for 10,000 changes against 10M hashes); removals apply to what the
+  index held before, so a hash removed and added again in one call is listed with its new record;
+* ``ix.compacted(folder)`` rebuilds base + delta − tombstones into one new base (written into ``folder``
+  when given). Run it off the serving path (a child process:
+  :func:`filterproxy.match.imagehash.compact.compact_in_child`) and swap the reference in; same answers;
+* ``ix.save(folder)`` writes the delta and tombstones too, and hard-links the base files when the base is
+  already mapped from another folder on the same disk, so a new snapshot of a changed list costs its delta.
+
+Lookups answer with the first record added (base before delta). Needs numpy >= 2 (``np.bitwise_count``);
 older numpy falls back to a lookup table, several times slower.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
+import os
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,9 +48,13 @@ from filterproxy.match.imagehash.kinds import (
     check_hex,
     pdq_bytes,
 )
+from filterproxy.match.imagehash.mih import PdqTables, map_npy, readonly
+from filterproxy.match.imagehash.mih import _popcount_table as _popcount_table  # re-exported for tests
 
 if TYPE_CHECKING:
     from filterproxy.match.imagehash.hashing import ImageHashes
+
+_INDEX_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,49 +68,19 @@ class ImageMatch:
     variant: str | None = None
 
 
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount_table(a: np.ndarray) -> np.ndarray:
-    """Bits set per element, for numpy 1.x (no ``np.bitwise_count``)."""
-    a = np.ascontiguousarray(a)
-    counts: np.ndarray = _POP8[a.view(np.uint8)].reshape(*a.shape, a.itemsize).sum(axis=-1, dtype=np.uint8)
-    return counts
-
-
-_popcount: Callable[[np.ndarray], np.ndarray] = getattr(np, "bitwise_count", _popcount_table)
-
-
-_N_HALVES = 16  # 16-bit halves of the 8 32-bit words
-_BUCKETS = 1 << 16
-_MIH_MIN_SIZE = 4096  # below this a brute-force scan is as fast and needs no tables
-_MIH_MAX_DISTANCE = 63  # R = 7, r = 3: 697 probes per table; above that scan everything
-
-
-def _masks(radius: int) -> np.ndarray:
-    out = [0]
-    for k in range(1, radius + 1):
-        out.extend(sum(1 << b for b in bits) for bits in itertools.combinations(range(16), k))
-    return np.array(out, dtype=np.uint16)
-
-
-_PROBE_MASKS = tuple(_masks(r) for r in range(4))
-_PROBE_WEIGHTS = tuple(_popcount(m).astype(np.int16) for m in _PROBE_MASKS)
-_COMPANION = np.arange(_N_HALVES) ^ 1  # halves 2w and 2w+1 form word w
-_TABLE_BASE = np.arange(_N_HALVES, dtype=np.int64) * (_BUCKETS + 1)
-
-
 class _ExactSet:
     """Sorted digests of one length: 8-byte big-endian key, full digest and record, in key order."""
 
     __slots__ = ("keys", "digests", "records")
 
-    def __init__(self, digests: np.ndarray, records: np.ndarray) -> None:
+    def __init__(self, keys: np.ndarray, digests: np.ndarray, records: np.ndarray) -> None:
+        self.keys, self.digests, self.records = keys, digests, records
+
+    @classmethod
+    def build(cls, digests: np.ndarray, records: np.ndarray) -> _ExactSet:
         keys = digests[:, :8].copy().view(">u8").ravel().astype(np.uint64)
         order = np.argsort(keys, kind="stable")  # stable: the first added record wins on duplicates
-        self.keys = _readonly(keys[order])
-        self.digests = _readonly(digests[order])
-        self.records = _readonly(records[order])
+        return cls(readonly(keys[order]), readonly(digests[order]), readonly(records[order]))
 
     def get(self, digest: bytes) -> int | None:
         key = np.uint64(int.from_bytes(digest[:8], "big"))  # a numpy scalar: no slow object comparison
@@ -99,123 +92,47 @@ class _ExactSet:
             i += 1
         return None
 
+    def positions(self, digests: Iterable[bytes]) -> np.ndarray:
+        """Positions (in key order) of every entry equal to one of ``digests``: a search per digest, not a
+        pass over the table (a tombstone set is small, the table may hold millions)."""
+        out: list[int] = []
+        n = len(self.keys)
+        for digest in digests:
+            key = np.uint64(int.from_bytes(digest[:8], "big"))
+            i = int(np.searchsorted(self.keys, key))
+            while i < n and self.keys[i] == key:
+                if self.digests[i].tobytes() == digest:
+                    out.append(i)
+                i += 1
+        return np.array(out, dtype=np.int64)
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(digests, records) in insertion order (the sort was stable on insertion order per key)."""
+        return np.asarray(self.digests), np.asarray(self.records)
+
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.digests.nbytes + self.records.nbytes
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
+_Entries = dict[str, tuple[np.ndarray, np.ndarray]]  # kind → (digests, records), insertion order
 
 
-class _PdqIndex:
-    """Exact Hamming-radius search over packed PDQ hashes (multi-index hashing, never misses a match).
+def _empty(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((0, HEX_LENGTHS[kind] // 2), np.uint8), np.empty(0, np.int64)
 
-    * the 256 bits are 8 words of 32 bits; if the distance is <= d, some word differs in at most
-      R = d // 8 bits (pigeonhole), and within that word one 16-bit half differs in at most r = R // 2
-      bits while its companion half differs in at most R minus that;
-    * so there are 16 tables, one per 16-bit half, each sorted by that half (bucket offsets, the
-      companion half, and the hash number in that order). A query enumerates the half's values within
-      r bits (17 probes for d = 31), filters every bucket entry by its companion half in one vectorised
-      step (which drops most candidates, reading each bucket contiguously), and checks the few
-      survivors against the full hashes;
-    * d > 63 falls back to a vectorised brute-force scan, as do indexes smaller than 4096 hashes.
 
-    Memory: 32 (hash) + 16 × (2 + 4) (companion + hash number) + 8 (record) = 136 bytes per hash,
-    plus 4.2 MB of bucket offsets.
-    """
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    parts = [p for p in parts if len(p[1])]
+    if not parts:
+        return _empty(kind)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    __slots__ = ("hashes", "words", "records", "perm", "companion", "offsets", "n")
 
-    def __init__(self, hashes: np.ndarray, records: np.ndarray) -> None:
-        self.n = n = len(hashes)
-        self.hashes = _readonly(np.ascontiguousarray(hashes, dtype=np.uint8))
-        self.words = self.hashes.view(np.uint64)  # (n, 4), for the final distance
-        self.records = _readonly(records)
-        self.perm = self.companion = self.offsets = None
-        if n < _MIH_MIN_SIZE:
-            return
-        halves = self.hashes.view(np.uint16)  # (n, 16); byte order is irrelevant as queries use the same view
-        id_type = np.uint32 if n < 2**32 else np.uint64
-        perm = np.empty((_N_HALVES, n), dtype=id_type)
-        companion = np.empty((_N_HALVES, n), dtype=np.uint16)
-        offsets = np.empty((_N_HALVES, _BUCKETS + 1), dtype=np.uint32 if _N_HALVES * n < 2**32 else np.int64)
-        for c in range(_N_HALVES):
-            col = halves[:, c]
-            order = np.argsort(col, kind="stable")  # radix sort for 16-bit keys
-            perm[c] = order
-            companion[c] = halves[order, _COMPANION[c]]
-            offsets[c, 0] = c * n  # global positions in the flattened (16*n) arrays
-            offsets[c, 1:] = np.cumsum(np.bincount(col, minlength=_BUCKETS)) + c * n
-            del order
-        self.perm = _readonly(perm.reshape(-1))
-        self.companion = _readonly(companion.reshape(-1))
-        self.offsets = _readonly(offsets.reshape(-1))
-
-    @property
-    def nbytes(self) -> int:
-        parts = (self.hashes, self.records, self.perm, self.companion, self.offsets)
-        return sum(p.nbytes for p in parts if p is not None)
-
-    def search(self, queries: np.ndarray, max_distance: int) -> tuple[int, int, int] | None:
-        """Nearest hash within ``max_distance`` of any query row: (distance, position, query row) or None.
-
-        Ties go to the lowest position (the first added), then the lowest query row.
-        """
-        if self.n == 0 or max_distance < 0:
-            return None
-        if self.perm is None or max_distance > _MIH_MAX_DISTANCE:
-            return self._scan(queries, max_distance)
-        return self._probe(queries, max_distance)
-
-    def _scan(self, queries: np.ndarray, max_distance: int) -> tuple[int, int, int] | None:
-        best: tuple[int, int, int] | None = None
-        block = 1 << 18  # bound the temporaries on big indexes
-        for qi, q in enumerate(queries.view(np.uint64)):
-            for start in range(0, self.n, block):
-                d = _popcount(self.words[start : start + block] ^ q).sum(axis=1, dtype=np.int32)
-                k = int(np.argmin(d))
-                cand = (int(d[k]), start + k, qi)
-                if cand[0] <= max_distance and (best is None or cand < best):
-                    best = cand
-        return best
-
-    def _probe(self, queries: np.ndarray, max_distance: int) -> tuple[int, int, int] | None:
-        offsets, companion, perm = self.offsets, self.companion, self.perm
-        assert offsets is not None and companion is not None and perm is not None
-        nq = len(queries)
-        word_radius = max_distance // 8
-        half_radius = word_radius // 2
-        masks = _PROBE_MASKS[half_radius]
-        budget = (word_radius - _PROBE_WEIGHTS[half_radius]).astype(np.int16)  # allowed companion distance
-        n_probe = len(masks)
-        q_halves = queries.view(np.uint16)  # (nq, 16)
-        keys = ((q_halves[:, :, None] ^ masks).astype(np.int64) + _TABLE_BASE[:, None]).ravel()
-        starts = offsets[keys].astype(np.int64)
-        lengths = offsets[keys + 1].astype(np.int64) - starts
-        nonempty = np.flatnonzero(lengths)
-        if len(nonempty) == 0:
-            return None
-        starts = starts[nonempty]
-        lengths = lengths[nonempty]
-        total = int(lengths.sum())
-        # positions of every entry of every probed bucket, concatenated
-        ends = np.cumsum(lengths)
-        pos = np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
-        want = np.broadcast_to(q_halves[:, _COMPANION, None], (nq, _N_HALVES, n_probe)).ravel()[nonempty]
-        allowed = np.broadcast_to(budget, (nq, _N_HALVES, n_probe)).ravel()[nonempty]
-        ok = np.flatnonzero(_popcount(companion[pos] ^ np.repeat(want, lengths)) <= np.repeat(allowed, lengths))
-        if len(ok) == 0:
-            return None
-        ids = perm[pos[ok]].astype(np.int64)
-        qrow = np.repeat(nonempty // (_N_HALVES * n_probe), lengths)[ok]
-        dist = _popcount(self.words[ids] ^ queries.view(np.uint64)[qrow]).sum(axis=1, dtype=np.int32)
-        hit = np.flatnonzero(dist <= max_distance)
-        if len(hit) == 0:
-            return None
-        k = hit[np.lexsort((qrow[hit], ids[hit], dist[hit]))[0]]
-        return int(dist[k]), int(ids[k]), int(qrow[k])
+def _rows(digests: np.ndarray) -> np.ndarray:
+    """Each digest row as one opaque scalar, for set operations on whole rows."""
+    d = np.ascontiguousarray(digests)
+    return d.view(f"V{d.shape[1]}").ravel() if len(d) else np.empty(0, "V1")
 
 
 class ImageHashIndex:
@@ -224,7 +141,8 @@ class ImageHashIndex:
     Build with :meth:`add` (or :meth:`add_many`), then :meth:`freeze` once; after that the index is
     immutable, safe to share between threads, and only then can it be queried. The record is whatever
     int the caller uses to find (list id, item id) — the index never stores list or image data.
-    Duplicate hashes keep all records; lookups return the first one added.
+    Duplicate hashes keep all records; lookups return the first one added. Changes after freezing:
+    :meth:`with_changes` and :meth:`compacted` (see the module docstring).
     """
 
     def __init__(self) -> None:
@@ -232,7 +150,14 @@ class ImageHashIndex:
         self._pending: dict[str, tuple[bytearray, array[int]]] | None = {k: (bytearray(), array("q")) for k in KINDS}
         self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in KINDS}
         self._exact: dict[str, _ExactSet] = {}
-        self._pdq: _PdqIndex | None = None
+        self._pdq: PdqTables | None = None
+        # changes on top of the base: added entries (their own small tables), removed base entries
+        self._added: _Entries = {}
+        self._exact_delta: dict[str, _ExactSet] = {}
+        self._pdq_delta: PdqTables | None = None
+        self._dead_exact: dict[str, frozenset[bytes]] = {}
+        self._dead_pdq = np.empty(0, np.int64)  # sorted base positions
+        self._base_dir: str | None = None  # the folder the base is mapped from
         self._count = 0
 
     # ---- building
@@ -261,7 +186,7 @@ class ImageHashIndex:
 
     def _building(self, kind: str) -> tuple[str, tuple[bytearray, array[int]]]:
         if self._pending is None:
-            raise RuntimeError("ImageHashIndex is frozen; build a new one to change it")
+            raise RuntimeError("ImageHashIndex is frozen; use with_changes() or build a new one")
         key = kind.lower() if isinstance(kind, str) else ""
         store = self._pending.get(key)
         if store is None:
@@ -279,22 +204,170 @@ class ImageHashIndex:
             )
             self._pending[kind] = (bytearray(), array("q"))
 
-    def freeze(self) -> None:
-        """Compile the added hashes into the lookup structures (≈2 s per million PDQ hashes)."""
+    def freeze(self, directory: str | None = None) -> None:
+        """Compile the added hashes into the lookup structures (≈1.2 s per million PDQ hashes); with
+        ``directory``, the index is written there (as by :meth:`save`) and its PDQ tables mapped back."""
         if self._pending is None:
             return
+        entries: _Entries = {}
         for kind in KINDS:
             self._flush(kind)
-            chunks = self._chunks[kind]
-            width = HEX_LENGTHS[kind] // 2
-            digests = np.concatenate([c[0] for c in chunks]) if chunks else np.empty((0, width), np.uint8)
-            records = np.concatenate([c[1] for c in chunks]) if chunks else np.empty(0, np.int64)
-            chunks.clear()
-            if kind == "pdq":
-                self._pdq = _PdqIndex(digests, records)
-            elif len(digests):
-                self._exact[kind] = _ExactSet(digests, records)
+            entries[kind] = _concat(self._chunks[kind], kind)
+            self._chunks[kind].clear()
         self._pending = None
+        self._set_base(entries, directory)
+
+    def _set_base(self, entries: _Entries, directory: str | None) -> None:
+        for kind in EXACT_KINDS:
+            if len(entries[kind][1]):
+                self._exact[kind] = _ExactSet.build(*entries[kind])
+        self._pdq = PdqTables.build(*entries["pdq"], directory=directory)
+        self._base_dir = directory
+        self._count = sum(len(e[1]) for e in entries.values())
+        if directory is not None:
+            self.save(directory)  # the exact sets and index.json beside the tables: loadable as it is
+
+    # ---- changes on a frozen index
+
+    def with_changes(
+        self, added: Iterable[tuple[str, str, int]] = (), removed: Iterable[tuple[str, str]] = ()
+    ) -> ImageHashIndex:
+        """A new frozen index: this one without the ``removed`` (kind, hex) hashes (every record of
+        each), plus the ``added`` (kind, hex, record) entries. The base tables are shared, not copied."""
+        self._check_frozen()
+        gone: dict[str, set[bytes]] = {k: set() for k in KINDS}
+        for kind, hexhash in removed:
+            kind = kind.lower()
+            problem = check_hex(kind, hexhash) if kind in HEX_LENGTHS else f"unknown hash kind {kind!r}"
+            if problem:
+                raise ValueError(problem)
+            gone[kind].add(bytes.fromhex(hexhash))
+        new = ImageHashIndex()
+        for kind, hexhash, rec in added:
+            new.add(kind, hexhash, rec)
+        for kind in KINDS:
+            new._flush(kind)
+        new._pending, fresh = None, {k: _concat(new._chunks[k], k) for k in KINDS}
+        new._exact, new._pdq, new._base_dir = self._exact, self._pdq, self._base_dir
+        new._dead_exact = {k: self._dead_exact.get(k, frozenset()) | gone[k] for k in EXACT_KINDS}
+        new._dead_pdq = self._dead_pdq
+        if gone["pdq"] and self._pdq is not None:
+            q = np.frombuffer(b"".join(sorted(gone["pdq"])), dtype=np.uint8).reshape(-1, PDQ_BYTES)
+            pos = self._pdq.find_exact(q)
+            new._dead_pdq = readonly(np.union1d(self._dead_pdq, pos).astype(np.int64))
+        added_before: _Entries = {}
+        for kind in KINDS:
+            d, r = self._added.get(kind, _empty(kind))
+            if gone[kind] and len(r):
+                keep = ~np.isin(_rows(d), _rows(np.frombuffer(b"".join(gone[kind]), np.uint8).reshape(-1, d.shape[1])))
+                d, r = d[keep], r[keep]
+            added_before[kind] = (d, r)
+        new._added = {k: _concat([added_before[k], fresh[k]], k) for k in KINDS}
+        new._build_delta()
+        return new
+
+    def _build_delta(self) -> None:
+        self._exact_delta = {k: _ExactSet.build(*self._added[k]) for k in EXACT_KINDS if len(self._added[k][1])}
+        d, r = self._added["pdq"]
+        self._pdq_delta = PdqTables.build(d, r) if len(r) else None
+        base = sum(len(t.keys) for t in self._exact.values()) + (self._pdq.n if self._pdq else 0)
+        dead = sum(self._dead_count(k) for k in KINDS)
+        self._count = base - dead + sum(len(v[1]) for v in self._added.values())
+
+    def _dead_count(self, kind: str) -> int:
+        if kind == "pdq":
+            return len(self._dead_pdq)
+        table, dead = self._exact.get(kind), self._dead_exact.get(kind)
+        if table is None or not dead:
+            return 0
+        return len(table.positions(dead))
+
+    def live_entries(self) -> _Entries:
+        """Every live entry per kind, (digests, records) in lookup order: base minus tombstones, then delta."""
+        self._check_frozen()
+        out: _Entries = {}
+        for kind in KINDS:
+            if kind == "pdq":
+                base = _empty(kind)
+                if self._pdq is not None:
+                    keep = np.ones(self._pdq.n, bool)
+                    keep[self._dead_pdq] = False
+                    base = (np.asarray(self._pdq.hashes)[keep], np.asarray(self._pdq.records)[keep])
+            else:
+                table = self._exact.get(kind)
+                base = table.entries() if table is not None else _empty(kind)
+                dead = self._dead_exact.get(kind)
+                if dead and table is not None:
+                    keep = np.ones(len(base[1]), bool)
+                    keep[table.positions(dead)] = False
+                    base = (base[0][keep], base[1][keep])
+            out[kind] = _concat([base, self._added.get(kind, _empty(kind))], kind)
+        return out
+
+    def compacted(self, directory: str | None = None) -> ImageHashIndex:
+        """A new index whose base holds every live entry (no delta, no tombstones), same answers; slow
+        (a full build): run it off the serving path, then swap the reference in."""
+        new = ImageHashIndex()
+        new._pending = None
+        new._set_base(self.live_entries(), directory)
+        return new
+
+    @property
+    def pending_changes(self) -> int:
+        """Entries in the delta plus tombstoned base positions: when to compact."""
+        return (
+            sum(len(v[1]) for v in self._added.values())
+            + len(self._dead_pdq)
+            + sum(len(v) for v in self._dead_exact.values())
+        )
+
+    # ---- files
+
+    def save(self, directory: str) -> None:
+        """Write the index into ``directory`` (created): the base tables (hard links to the files of a
+        base mapped from another folder, when possible), the exact sets, the delta and the tombstones."""
+        self._check_frozen()
+        os.makedirs(directory, exist_ok=True)
+        if self._pdq is not None:
+            _save_pdq_base(self._pdq, self._base_dir, directory)
+        for kind, table in self._exact.items():
+            for part in ("keys", "digests", "records"):
+                np.save(os.path.join(directory, f"{kind}.{part}.npy"), np.asarray(getattr(table, part)))
+        for kind, (d, r) in self._added.items():
+            if len(r):
+                np.save(os.path.join(directory, f"delta.{kind}.digests.npy"), d)
+                np.save(os.path.join(directory, f"delta.{kind}.records.npy"), r)
+        np.save(os.path.join(directory, "dead.pdq.npy"), self._dead_pdq)
+        dead = {k: sorted(v.hex() for v in s) for k, s in self._dead_exact.items() if s}
+        meta = {"format": _INDEX_FORMAT, "exact": sorted(self._exact), "dead": dead}
+        with open(os.path.join(directory, "index.json"), "w") as f:
+            json.dump(meta, f)
+
+    @classmethod
+    def load(cls, directory: str) -> ImageHashIndex:
+        """Map an index written by :meth:`save` (or by :meth:`freeze` with a folder) read-only."""
+        with open(os.path.join(directory, "index.json")) as f:
+            meta = json.load(f)
+        if meta.get("format") != _INDEX_FORMAT:
+            raise ValueError(f"{directory}: image index format {meta.get('format')} (expected {_INDEX_FORMAT})")
+        ix = cls()
+        ix._pending = None
+        ix._pdq = PdqTables.load(directory)
+        ix._base_dir = directory
+        for kind in meta["exact"]:
+            parts = (map_npy(os.path.join(directory, f"{kind}.{p}.npy")) for p in _EXACT_PARTS)
+            ix._exact[kind] = _ExactSet(*parts)
+        ix._dead_pdq = np.load(os.path.join(directory, "dead.pdq.npy"))
+        ix._dead_exact = {k: frozenset(bytes.fromhex(h) for h in v) for k, v in meta["dead"].items()}
+        for kind in KINDS:
+            path = os.path.join(directory, f"delta.{kind}.digests.npy")
+            ix._added[kind] = (
+                (np.load(path), np.load(os.path.join(directory, f"delta.{kind}.records.npy")))
+                if os.path.exists(path)
+                else _empty(kind)
+            )
+        ix._build_delta()
+        return ix
 
     # ---- queries
 
@@ -304,36 +377,53 @@ class ImageHashIndex:
         """Exact hashes first, then PDQ over all 8 dihedral variants (only if quality >= ``min_quality``)."""
         self._check_frozen()
         for kind in EXACT_KINDS:
-            table = self._exact.get(kind)
-            if table is not None:
-                rec = table.get(bytes.fromhex(getattr(h, kind)))
-                if rec is not None:
-                    return ImageMatch(kind, 0, rec)
-        if h.pdq is None or self._pdq is None or self._pdq.n == 0:
+            rec = self._exact_get(kind, bytes.fromhex(getattr(h, kind)))
+            if rec is not None:
+                return ImageMatch(kind, 0, rec)
+        if h.pdq is None or (self._pdq is None and self._pdq_delta is None):
             return None
         if h.quality is None or h.quality < min_quality:
             return None
         variants = h.pdq_dihedral or (h.pdq,)
         queries = np.frombuffer(bytes.fromhex("".join(variants)), dtype=np.uint8).reshape(-1, PDQ_BYTES)
-        found = self._pdq.search(queries, max_distance)
+        found = self._pdq_search(queries, max_distance)
         if found is None:
             return None
-        dist, pos, row = found
+        dist, rec, row = found
         name = DIHEDRAL_NAMES[row] if len(variants) == len(DIHEDRAL_NAMES) else None
-        return ImageMatch("pdq", dist, int(self._pdq.records[pos]), name)
+        return ImageMatch("pdq", dist, rec, name)
 
     def nearest(
         self, pdq_hex_or_bytes: str | bytes, max_distance: int = DEFAULT_MAX_DISTANCE
     ) -> tuple[int, int] | None:
         """(distance, record) of the closest PDQ hash within ``max_distance`` of one hash, or None."""
         self._check_frozen()
-        if self._pdq is None:
-            return None
         query = np.frombuffer(pdq_bytes(pdq_hex_or_bytes), dtype=np.uint8).reshape(1, PDQ_BYTES)
-        found = self._pdq.search(query, max_distance)
-        if found is None:
-            return None
-        return found[0], int(self._pdq.records[found[1]])
+        found = self._pdq_search(query, max_distance)
+        return None if found is None else (found[0], found[1])
+
+    def _exact_get(self, kind: str, digest: bytes) -> int | None:
+        table = self._exact.get(kind)
+        dead = self._dead_exact.get(kind)
+        if table is not None and not (dead and digest in dead):
+            rec = table.get(digest)
+            if rec is not None:
+                return rec
+        delta = self._exact_delta.get(kind)
+        return delta.get(digest) if delta is not None else None
+
+    def _pdq_search(self, queries: np.ndarray, max_distance: int) -> tuple[int, int, int] | None:
+        """(distance, record, query row) of the nearest live PDQ hash; base wins ties (added first)."""
+        best: tuple[int, int, int] | None = None
+        if self._pdq is not None:
+            found = self._pdq.search(queries, max_distance, self._dead_pdq)
+            if found is not None:
+                best = (found[0], int(self._pdq.records[found[1]]), found[2])
+        if self._pdq_delta is not None:
+            found = self._pdq_delta.search(queries, best[0] - 1 if best else max_distance)
+            if found is not None:
+                best = (found[0], int(self._pdq_delta.records[found[1]]), found[2])
+        return best
 
     def _check_frozen(self) -> None:
         if self._pending is not None:
@@ -343,15 +433,41 @@ class ImageHashIndex:
         return self._count
 
     def stats(self) -> dict[str, int | float]:
-        """Entries per kind, total bytes, and bytes per PDQ hash (for logs and the bench)."""
+        """Live entries per kind, total bytes, bytes per PDQ hash and pending changes (logs, the bench)."""
         out: dict[str, int | float] = {k: 0 for k in KINDS}
         total = 0
         for kind, t in self._exact.items():
-            out[kind] = len(t.keys)
+            out[kind] = len(t.keys) - self._dead_count(kind)
             total += t.nbytes
-        if self._pdq is not None:
-            out["pdq"] = self._pdq.n
-            total += self._pdq.nbytes
-            out["pdq_bytes_per_hash"] = round(self._pdq.nbytes / self._pdq.n, 1) if self._pdq.n else 0.0
+        for kind, t in self._exact_delta.items():
+            out[kind] += len(t.keys)
+            total += t.nbytes
+        n_pdq = 0
+        for tables in (self._pdq, self._pdq_delta):
+            if tables is not None:
+                n_pdq += tables.n
+                total += tables.nbytes
+        out["pdq"] = n_pdq - len(self._dead_pdq)
+        out["pdq_bytes_per_hash"] = round(total / n_pdq, 1) if n_pdq else 0.0
         out["bytes"] = total
+        out["pending_changes"] = self.pending_changes
         return out
+
+
+_EXACT_PARTS = ("keys", "digests", "records")
+
+
+def _save_pdq_base(tables: PdqTables, base_dir: str | None, directory: str) -> None:
+    """The base's ``pdq.*.npy`` files in ``directory``: hard links when mapped from another folder (no
+    copy; the page cache stays shared), otherwise written."""
+    if base_dir is not None and os.path.realpath(base_dir) == os.path.realpath(directory):
+        return
+    names = [n for n in os.listdir(base_dir) if n.startswith("pdq.")] if base_dir is not None else []
+    try:
+        for name in names:
+            os.link(os.path.join(base_dir, name), os.path.join(directory, name))  # type: ignore[arg-type]
+        if names:
+            return
+    except OSError:  # another file system: write them instead
+        pass
+    tables.save(directory)

@@ -1,17 +1,30 @@
-"""Image-hash list files: parse ``kind:hex[,item id]``, bare hex, or CSV ``hash,kind,list_id,item_id`` lines.
+"""Image-hash list files: hotline and ThreatExchange formats read into arrays of digests, and line by line.
 
-The list loader (lists/parsers.py) reads entries through :func:`parse_imagehash_list`; bad lines are
-reported as ``file:line: why`` so an operator can fix the list, and 64-digit bare hex is SHA-256
-unless the file declares itself PDQ (the two are the same length).
+Formats (the ``format`` of a list source; docs/configuration.md#list-formats):
+
+* ``imagehash`` — ``kind:hex[,item id]`` lines, bare hex, or CSV ``hash,kind,list_id,item_id``;
+* ``threatexchange`` — a ThreatExchange / HMA export, CSV or TSV with a header row naming the
+  ``signal_type`` and ``signal_str`` columns (and an item ``id``); PDQ and photo MD5 rows are read, rows of
+  other signal types (video, text, URL) are counted and left out;
+* ``md5`` / ``sha1`` — one bare hex digest per line (IWF style); the kind follows from the length.
+
+:func:`read_image_blocks` is what the list loader uses: ``kind:hex`` and bare-digest lines are decoded
+with numpy a chunk of the file at a time (10M PDQ lines in seconds, no Python object per hash), every
+other line goes through the line grammar; bad lines are reported as ``file:line: why``.
+:func:`parse_imagehash_entries` reads an ``imagehash`` file line by line (with the CSV form's list ids).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from typing import NamedTuple
+import gzip
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from filterproxy.match.imagehash.kinds import HEXDIGITS, KINDS, check_hex
+from filterproxy.match.imagehash.kinds import HEX_LENGTHS, HEXDIGITS, KINDS, check_hex
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class ImageHashListError(ValueError):
@@ -32,6 +45,29 @@ class ImageHashEntry(NamedTuple):
     item_id: str | None
     line: int
     list_id: str | None = None
+
+
+class ImageHashBlock(NamedTuple):
+    """Hashes of one kind from one stretch of a list file, in line order: ``digests`` (n, bytes) uint8,
+    ``lines`` (n,) int64 line numbers, ``items`` the item ids by row (None when no row has one)."""
+
+    kind: str
+    digests: np.ndarray
+    lines: np.ndarray
+    items: list[str | None] | None = None
+
+
+class OtherSignal(NamedTuple):
+    """A row the format carries that is not an image hash (a ThreatExchange video or text signal)."""
+
+    signal_type: str
+
+
+Parsed = ImageHashEntry | OtherSignal | str | None  # an entry, a row left out, an error text, nothing
+
+
+class _LineGrammar(Protocol):
+    def line(self, text: str, entry_before: bool = False) -> Parsed: ...
 
 
 _EXPECTED = (
@@ -81,10 +117,325 @@ def _parse_line(text: str, declared: str | None, header_ok: bool) -> ImageHashEn
     return problem or ImageHashEntry(kind, value.lower(), item_id, 0)
 
 
+class _ImageHashLines:
+    """The ``imagehash`` format's line grammar and its state: a ``# kind: pdq`` declaration counts only
+    before the first entry, a CSV header only as the first line with content."""
+
+    def __init__(self, declared: str | None = None) -> None:
+        self.declared = declared
+        self.seen_entry = False
+        self.header_ok = True
+
+    def line(self, text: str, entry_before: bool = False) -> Parsed:
+        if entry_before:  # an entry read by the fast path came first
+            self.seen_entry, self.header_ok = True, False
+        if text[0] == "#":
+            body = text[1:].strip().lower()
+            if not self.seen_entry and body.startswith(_DECLARE_PREFIXES):
+                value = body.partition(":")[2].strip()
+                if value in KINDS:
+                    self.declared = self.declared or value
+            return None
+        parsed = _parse_line(text, self.declared, self.header_ok)
+        self.header_ok = False
+        if isinstance(parsed, ImageHashEntry):
+            self.seen_entry = True
+        return parsed
+
+
+_DIGEST_KINDS = {32: "md5", 40: "sha1"}
+
+
+class _DigestLines:
+    """``md5`` / ``sha1`` lists: one bare hex digest per line (optionally ``,item id``); ``#`` comments."""
+
+    def line(self, text: str, entry_before: bool = False) -> Parsed:
+        if text[0] == "#":
+            return None
+        value, _, item = text.partition(",")
+        value, item = value.strip(), item.strip()
+        kind = _DIGEST_KINDS.get(len(value))
+        if kind is None:
+            return f"expected a hex digest of 32 (md5) or 40 (sha1) digits, got {value[:70]!r}"
+        return check_hex(kind, value) or ImageHashEntry(kind, value.lower(), item or None, 0)
+
+
+# ThreatExchange / HMA exports: header names (lower case) of the columns read, and the signal types kept.
+_TE_TYPE = ("signal_type", "indicator_type", "hash_type", "type")
+_TE_VALUE = ("signal_str", "signal_value", "signal", "indicator", "hash", "value")
+_TE_ID = ("id", "item_id", "content_id", "bank_content_id", "indicator_id", "signal_id")
+_TE_KINDS = {"pdq": "pdq", "hash_pdq": "pdq", "photo_md5": "md5", "md5": "md5", "hash_md5": "md5"}
+
+
+class _ThreatExchangeLines:
+    """A CSV or TSV export with a header row (``threatexchange dataset -P --csv``, an HMA bank export):
+    TSV when the file name ends in ``.tsv``/``.tab`` or the header has a tab, CSV otherwise."""
+
+    def __init__(self, path: str) -> None:
+        name = path.lower().removesuffix(".gz")
+        self.delimiter = "\t" if name.endswith((".tsv", ".tab")) else None
+        self.columns: tuple[int, int, int | None] | None = None
+        self.failed = False
+
+    def line(self, text: str, entry_before: bool = False) -> Parsed:
+        if self.failed or text[0] == "#":
+            return None
+        if self.delimiter is None:
+            self.delimiter = "\t" if "\t" in text else ","
+        try:
+            fields = [f.strip() for f in next(csv.reader([text], delimiter=self.delimiter))]
+        except (csv.Error, StopIteration) as exc:
+            return f"bad CSV quoting ({exc})"
+        if self.columns is None:
+            return self._header(fields)
+        t, v, i = self.columns
+        if len(fields) <= max(t, v):
+            return f"{len(fields)} fields; the header names {max(t, v) + 1} or more"
+        signal_type = fields[t].lower()
+        kind = _TE_KINDS.get(signal_type)
+        if kind is None:
+            return OtherSignal(signal_type or "(empty)")
+        value = fields[v].replace(",", " ").split()[0] if fields[v] else ""  # "hex quality" → hex
+        item = fields[i] if i is not None and i < len(fields) and fields[i] else None
+        return check_hex(kind, value) or ImageHashEntry(kind, value.lower(), item, 0)
+
+    def _header(self, fields: list[str]) -> str | None:
+        names = [f.lower().lstrip("\ufeff") for f in fields]
+
+        def find(options: tuple[str, ...]) -> int | None:
+            return next((names.index(o) for o in options if o in names), None)
+
+        t, v, i = find(_TE_TYPE), find(_TE_VALUE), find(_TE_ID)
+        if t is None or v is None:
+            self.failed = True
+            return f"expected a header row naming the signal_type and signal_str columns, got {fields[:6]!r}"
+        self.columns = (t, v, i)
+        return None
+
+
+# format → (its line grammar for a file, the fast-path line forms: (prefix, kind) with hex after the prefix)
+_FORMATS: dict[str, tuple[Callable[[str], _LineGrammar], tuple[tuple[bytes, str], ...]]] = {
+    "imagehash": (lambda path: _ImageHashLines(), tuple((f"{k}:".encode(), k) for k in KINDS)),
+    "threatexchange": (_ThreatExchangeLines, ()),
+    "md5": (lambda path: _DigestLines(), ((b"", "md5"), (b"", "sha1"))),
+    "sha1": (lambda path: _DigestLines(), ((b"", "md5"), (b"", "sha1"))),
+}
+IMAGE_LIST_FORMATS = tuple(_FORMATS)
+_CHUNK = 32 << 20  # bytes of the file decoded at a time: bounds the temporary arrays
+# kind → (row numbers in the chunk, digests, item ids by row or None)
+_FastRows = dict[str, tuple["np.ndarray", "np.ndarray", "list[str | None] | None"]]
+_SlowRows = dict[str, tuple[list[int], list[bytes], list[str | None]]]  # kind → (rows, digests, item ids)
+
+
+def _chunks(path: str) -> Iterator[tuple[int, bytes]]:
+    """(number of the first line, whole lines) of a file, about ``_CHUNK`` bytes at a time; gzip is read
+    transparently. An unreadable file raises OSError."""
+    with open(path, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+        raw.seek(0)
+        first, rest = 1, b""
+        while data := stream.read(_CHUNK):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            rest, data = data[cut:], data[:cut]
+            if data:
+                yield first, data
+                first += data.count(b"\n")
+        if rest:
+            yield first, rest + b"\n"
+
+
+def _nibbles() -> np.ndarray:
+    import numpy as np
+
+    table = np.full(256, 255, dtype=np.uint8)
+    for i, c in enumerate(b"0123456789abcdef"):
+        table[c] = i
+        table[ord(chr(c).upper())] = i
+    return table
+
+
+class _Chunk:
+    """One chunk's lines as offsets into its bytes (a trailing CR is not part of a line)."""
+
+    def __init__(self, data: bytes) -> None:
+        import numpy as np
+
+        self.data = data
+        self.buf = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(self.buf == 10)
+        self.starts = np.concatenate(([0], ends[:-1] + 1))
+        has_cr = (ends > self.starts) & (self.buf[ends - 1] == 13)
+        self.ends = ends - has_cr
+        self.lengths = self.ends - self.starts
+
+    def fast_rows(self, forms: tuple[tuple[bytes, str], ...], nibbles: np.ndarray) -> _FastRows:
+        """kind → (row numbers, (n, bytes) digests, item ids) of the lines that are exactly ``prefix`` + hex,
+        or that plus ``,item id`` without quotes or further commas (the grammar would read them alike)."""
+        import numpy as np
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        out: _FastRows = {}
+        for prefix, kind in forms:
+            width = len(prefix) + HEX_LENGTHS[kind]
+            rows = np.flatnonzero(self.lengths == width)
+            with_item = self._with_item(width)
+            rows = np.concatenate((rows, with_item))
+            if prefix and len(rows):
+                heads = sliding_window_view(self.buf, len(prefix))[self.starts[rows]]
+                rows = rows[(heads == np.frombuffer(prefix, dtype=np.uint8)).all(axis=1)]
+            if not len(rows):
+                continue
+            nib = nibbles[sliding_window_view(self.buf, HEX_LENGTHS[kind])[self.starts[rows] + len(prefix)]]
+            ok = (nib < 16).all(axis=1)
+            rows, nib = rows[ok], nib[ok]
+            items: list[str | None] | None = None
+            if len(with_item):  # rows whose item is not UTF-8 are left to the line grammar (it says so)
+                items, utf8 = self._items(rows, width)
+                rows, nib, items = rows[utf8], nib[utf8], [i for i, ok in zip(items, utf8.tolist(), strict=True) if ok]
+            if len(rows):
+                out[kind] = (rows, (nib[:, 0::2] << 4) | nib[:, 1::2], items)
+        return out
+
+    def _with_item(self, width: int) -> np.ndarray:
+        """Rows that are ``width`` bytes, a comma and an item with neither quote nor comma."""
+        import numpy as np
+
+        rows: np.ndarray = np.flatnonzero(self.lengths > width + 1)
+        rows = rows[self.buf[self.starts[rows] + width] == ord(",")]
+        if not len(rows):
+            return rows
+        special = (self.buf == ord(",")) | (self.buf == ord('"'))
+        bounds = np.empty(2 * len(rows), dtype=np.int64)
+        bounds[0::2] = self.starts[rows] + width + 1
+        bounds[1::2] = self.ends[rows]
+        counts = np.add.reduceat(special, bounds, dtype=np.int64)[0::2]
+        clean: np.ndarray = rows[counts == 0]
+        return clean
+
+    def _items(self, rows: np.ndarray, width: int) -> tuple[list[str | None], np.ndarray]:
+        """The item id after ``width`` bytes and the comma of each row (None without one), and which rows
+        are UTF-8."""
+        import numpy as np
+
+        out: list[str | None] = []
+        utf8 = np.ones(len(rows), dtype=bool)
+        data = self.data
+        for n, (s, e) in enumerate(
+            zip((self.starts[rows] + width + 1).tolist(), self.ends[rows].tolist(), strict=True)
+        ):
+            try:
+                out.append(data[s:e].decode("utf-8").strip() or None)
+            except UnicodeDecodeError:
+                out.append(None)
+                utf8[n] = False
+        return out, utf8
+
+    def text(self, row: int) -> str | None:
+        """The stripped text of a line, None when it is not UTF-8."""
+        try:
+            return self.data[self.starts[row] : self.ends[row]].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+
+
+def read_image_blocks(
+    fmt: str,
+    path: str,
+    skip: Callable[[int, str], None],
+    other: Callable[[str], None] = lambda signal_type: None,
+) -> Iterator[ImageHashBlock]:
+    """The hashes of a list file of format ``fmt`` (:data:`IMAGE_LIST_FORMATS`) as blocks in line order.
+
+    A bad line calls ``skip(line, why)`` (nothing is kept of it); a row of another signal type calls
+    ``other(signal_type)``. An unreadable file raises OSError.
+    """
+    import numpy as np
+
+    grammar_for, forms = _FORMATS[fmt]
+    grammar = grammar_for(path)
+    nibbles = _nibbles()
+    fast_seen = False
+    for first, data in _chunks(path):
+        chunk = _Chunk(data)
+        fast = chunk.fast_rows(forms, nibbles)
+        first_fast = min((int(rows.min()) for rows, _, _ in fast.values()), default=len(chunk.starts))
+        is_fast = np.zeros(len(chunk.starts), dtype=bool)
+        for rows, _, _ in fast.values():
+            is_fast[rows] = True
+        slow: _SlowRows = {}
+        for row in np.flatnonzero(~is_fast & (chunk.lengths > 0)).tolist():
+            line = first + row
+            text = chunk.text(row)
+            if text is None:
+                skip(line, "line is not UTF-8 text")
+                continue
+            if line == 1:
+                text = text.lstrip("\ufeff").strip()
+            if not text:
+                continue
+            parsed = grammar.line(text, fast_seen or first_fast < row)
+            if isinstance(parsed, ImageHashEntry):
+                rows_, digests, items = slow.setdefault(parsed.kind, ([], [], []))
+                rows_.append(row)
+                digests.append(bytes.fromhex(parsed.hex))
+                items.append(parsed.item_id)
+            elif isinstance(parsed, OtherSignal):
+                other(parsed.signal_type)
+            elif parsed is not None:
+                skip(line, parsed)
+        fast_seen = fast_seen or bool(fast)
+        yield from _blocks(first, fast, slow)
+
+
+def _blocks(first: int, fast: _FastRows, slow: _SlowRows) -> Iterator[ImageHashBlock]:
+    """One chunk's fast and line-by-line rows merged into one block per kind, in line order."""
+    import numpy as np
+
+    for kind in KINDS:
+        parts: list[tuple[np.ndarray, np.ndarray, list[str | None] | None]] = []
+        if kind in fast:
+            parts.append(fast[kind])
+        if kind in slow:
+            rows, digests, slow_items = slow[kind]
+            width = HEX_LENGTHS[kind] // 2
+            slow_digests = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, width)
+            parts.append((np.array(rows, dtype=np.int64), slow_digests, slow_items))
+        if not parts:
+            continue
+        rows_all = np.concatenate([p[0] for p in parts])
+        order = np.argsort(rows_all, kind="stable")
+        digests_all = np.concatenate([p[1] for p in parts])[order]
+        items: list[str | None] | None = None
+        if any(p[2] is not None and any(p[2]) for p in parts):
+            merged = [i for p in parts for i in (p[2] if p[2] is not None else [None] * len(p[0]))]
+            items = [merged[i] for i in order.tolist()]
+        yield ImageHashBlock(kind, digests_all, rows_all[order].astype(np.int64) + first, items)
+
+
+def listed_hex(fmt: str, path: str, line: int) -> str | None:
+    """The hash on line ``line`` of a list file of format ``fmt``, lower-case hex (None if that line holds
+    none): what names a listed hash that has no item id. Reads the file up to that line."""
+    grammar = _FORMATS[fmt][0](path)
+    with open(path, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+        raw.seek(0)
+        for n, data in enumerate(stream, 1):
+            header = isinstance(grammar, _ThreatExchangeLines) and grammar.columns is None
+            if n < line and not header:
+                continue
+            text = data.decode("utf-8", "replace").lstrip("\ufeff").strip()
+            parsed = grammar.line(text) if text else None
+            if n >= line:
+                return parsed.hex if isinstance(parsed, ImageHashEntry) else None
+    return None
+
+
 def parse_imagehash_entries(
     path: str, *, kind: str | None = None, skip_errors: bool = False
 ) -> Iterator[ImageHashEntry | str]:
-    """Parse an image-hash list, yielding :class:`ImageHashEntry` (with ``list_id`` for CSV rows).
+    """Parse an ``imagehash`` list line by line, yielding :class:`ImageHashEntry` (with ``list_id`` for
+    CSV rows).
 
     Accepted, one per line (``#`` lines and blank lines ignored, UTF-8, optional BOM):
 
@@ -102,33 +453,21 @@ def parse_imagehash_entries(
     declared = kind.lower() if kind else None
     if declared is not None and declared not in KINDS:
         raise ValueError(f"unknown declared hash kind {kind!r} (expected one of {', '.join(KINDS)})")
-    seen_entry = False
-    header_ok = True
+    grammar = _ImageHashLines(declared)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                parsed: ImageHashEntry | str | None = "line is not UTF-8 text"
+                parsed: Parsed = "line is not UTF-8 text"
             else:
-                if lineno == 1:
-                    text = text.lstrip("\ufeff")
-                text = text.strip()
+                text = (text.lstrip("\ufeff") if lineno == 1 else text).strip()
                 if not text:
                     continue
-                if text[0] == "#":
-                    body = text[1:].strip().lower()
-                    if not seen_entry and body.startswith(_DECLARE_PREFIXES):
-                        value = body.partition(":")[2].strip()
-                        if value in KINDS:
-                            declared = declared or value
-                    continue
-                parsed = _parse_line(text, declared, header_ok)
-                header_ok = False
-                if parsed is None:  # the CSV header
-                    continue
+                parsed = grammar.line(text)
+            if parsed is None or isinstance(parsed, OtherSignal):
+                continue
             if isinstance(parsed, ImageHashEntry):
-                seen_entry = True
                 yield parsed._replace(line=lineno)
                 continue
             exc = ImageHashListError(path, lineno, str(parsed))
