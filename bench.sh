@@ -8,6 +8,7 @@
 #   ./bench.sh imagehash            PDQ + exact hashes, 1M-hash search
 #   ./bench.sh stats [--postgres]   statistics: 30 days of per-minute counts, stats() over them, ~2 min (+2 min)
 #   ./bench.sh admin                the control API's RSS in the main process (admin off vs on), ~1 min
+#   ./bench.sh distribution         2,000 gateways updating a 1M-hash list from nginx: delta vs full, ~3 min
 #   ./bench.sh all
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,14 +18,17 @@ case "$what" in
   dns) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux" ;;
   reload) pairs="dnsperf:dnsperf taskset:util-linux" ;;
   http) pairs="wrk:wrk nginx:nginx-light squid:squid" ;;
-  domains|imagehash|admin) pairs="" ;;
+  distribution) pairs="nginx:nginx-light" ;;
+  domains|admin) pairs="" ;;
+  imagehash) pairs="/usr/share/backgrounds/mate/nature/Dune.jpg:mate-backgrounds" ;;  # real photographs
   stats) pairs="/usr/lib/postgresql/*/bin/initdb:postgresql" ;;
-  all) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux wrk:wrk nginx:nginx-light squid:squid" ;;
-  *) echo "usage: $0 dns|http|reload|domains|imagehash|stats|admin|all [benchmark options]" >&2; exit 2 ;;
+  all) pairs="dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base taskset:util-linux wrk:wrk nginx:nginx-light squid:squid
+    /usr/share/backgrounds/mate/nature/Dune.jpg:mate-backgrounds" ;;
+  *) echo "usage: $0 dns|http|reload|domains|imagehash|stats|admin|distribution|all [benchmark options]" >&2; exit 2 ;;
 esac
 bash scripts/apt-need.sh $pairs
 bash scripts/setup-venv.sh test
-for b in dns http reload domains imagehash stats admin; do
+for b in dns http reload domains imagehash stats admin distribution; do
   if [ "$what" = all ] || [ "$what" = "$b" ]; then
     echo "== bench/bench_$b.py" >&2
     .venv/bin/python "bench/bench_$b.py" "$@"

@@ -48,9 +48,6 @@ install -d -m 0755 "$opt"
 if [ "$live" = 1 ]; then
   [ -x "$opt/.venv/bin/python" ] || python3 -m venv "$opt/.venv"
   "$opt/.venv/bin/python" -m pip install -q --upgrade pip wheel
-  # pdqhash builds from source and needs numpy first (see scripts/setup-venv.sh)
-  "$opt/.venv/bin/python" -m pip install -q "numpy>=1.26" Cython
-  "$opt/.venv/bin/python" -m pip install -q --no-build-isolation "pdqhash>=0.2.8" || true
   "$opt/.venv/bin/python" -m pip install -q "$src"
 fi
 rm -rf "$opt/deploy" "$opt/policies" "$opt/blocklists"

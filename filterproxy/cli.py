@@ -1,4 +1,4 @@
-"""Command line: ``filterproxy run | check | passwd | explain | urlhash | imagehash | lists | bundle | export``
+"""Command line: ``filterproxy run | check | passwd | explain | urlhash | imagehash | lists | publish | export``
 and ``reports | mobileconfig``.
 
 The argument shapes here are contracts (acceptance checks and admins' scripts use them): keep them stable
@@ -177,9 +177,9 @@ def cmd_urlhash(args: argparse.Namespace) -> int:
 
 
 def cmd_imagehash(args: argparse.Namespace) -> int:
-    from filterproxy.match.imagehash.cli import main
+    from filterproxy.match.imagehash.cli import run
 
-    return main(args.files)
+    return run(args.files, args.list, args.max_distance)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -192,12 +192,6 @@ def cmd_lists(args: argparse.Namespace) -> int:
     from filterproxy.lists import commands
 
     return commands.cli(args)
-
-
-def cmd_bundle(args: argparse.Namespace) -> int:
-    from filterproxy.lists import bundle_cli
-
-    return bundle_cli.cli(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -269,7 +263,7 @@ def _extra_arg(sp: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FORMAT:CATEGORY:PATH",
         help="add a list for this run only (formats: hosts, domains, adblock, wildcard, rpz, ut1, "
-        "regex, urls, urlhash, imagehash)",
+        "regex, urls, urlhash, imagehash, threatexchange, md5, sha1)",
     )
 
 
@@ -339,7 +333,9 @@ def _add_check_explain_hashes(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("urls", nargs="+", metavar="URL")
     sp.set_defaults(func=cmd_urlhash)
 
-    sp = sub.add_parser("imagehash", help="MD5/SHA-1/SHA-256 and PDQ hashes of image files (JSON lines)")
+    sp = sub.add_parser("imagehash", help="MD5/SHA-1/SHA-256 and PDQ hashes of image files, and hash-list matches")
+    sp.add_argument("--list", action="append", default=[], metavar="FORMAT:PATH", help="hash list to match (repeat)")
+    sp.add_argument("--max-distance", type=int, metavar="N", help="PDQ match distance (default 31, the proxy's)")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=cmd_imagehash)
 
@@ -348,7 +344,7 @@ def _add_lists(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("lists", help="download, compile, reload and show lists")
     lsub = sp.add_subparsers(dest="lists_command", required=True)
     for name, helptext in (
-        ("update", "fetch sources, parse, write a compiled snapshot (keeps the last good one)"),
+        ("update", "fetch sources and distributed lists, compile a snapshot (keeps the last good one)"),
         ("reload", "tell the running filterproxy to re-read configuration, policies and lists (SIGHUP)"),
         ("show", "lists in the current snapshot with counts and versions"),
     ):
@@ -362,31 +358,7 @@ def _add_lists(sub: argparse._SubParsersAction) -> None:
                 default=None,
                 help="refuse an update with fewer than this fraction of the previous entries (default 0.5)",
             )
-            lp.add_argument("--bundle", metavar="FILE", help="install a signed bundle instead of fetching sources")
-            lp.add_argument("--key", action="append", default=[], metavar="PUBLIC", help="pinned bundle key(s)")
         lp.set_defaults(func=cmd_lists)
-
-
-def _add_bundle(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("bundle", help="signed list bundles (ministry → gateways)")
-    bsub = sp.add_subparsers(dest="bundle_command", required=True)
-    bp = bsub.add_parser("keygen", help="write an Ed25519 key pair")
-    bp.add_argument("--out", required=True, metavar="DIR")
-    bp = bsub.add_parser("build", help="build an unsigned bundle")
-    bp.add_argument("--out", required=True, metavar="FILE")
-    bp.add_argument("--serial", required=True, type=int)
-    bp.add_argument("--expires", metavar="ISO")
-    bp.add_argument("--publisher", default="filterproxy")
-    bp.add_argument("--list", action="append", required=True, metavar="FORMAT:CATEGORY:PATH")
-    bp = bsub.add_parser("sign", help="sign a bundle in place")
-    bp.add_argument("--key", required=True, metavar="PRIVATE")
-    bp.add_argument("file", metavar="FILE")
-    bp = bsub.add_parser("verify", help="verify a bundle (exit 0 valid, non-zero with the reason)")
-    bp.add_argument("--key", required=True, action="append", metavar="PUBLIC")
-    bp.add_argument("--min-serial", type=int)
-    bp.add_argument("file", metavar="FILE")
-    for bp in bsub.choices.values():
-        bp.set_defaults(func=cmd_bundle)
 
 
 def _add_export_reports(sub: argparse._SubParsersAction) -> None:
@@ -427,8 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"filterproxy {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_check_explain_hashes, _add_lists, _add_bundle, _add_export_reports):
+    for add in (_add_run, _add_check_explain_hashes, _add_lists, _add_export_reports):
         add(sub)
+    from filterproxy.distribution.cli import add_parser as add_publish  # imports tuf only when run
+
+    add_publish(sub)
     from filterproxy.mobileconfig import add_parser as add_mobileconfig  # plistlib and uuid: cheap
 
     add_mobileconfig(sub)

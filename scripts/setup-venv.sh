@@ -20,10 +20,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$extras-$(cat pyproject.toml | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
-  # pdqhash builds from source and imports numpy at build time: numpy first, without build isolation for it
   .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
-  .venv/bin/python -m pip install -q "numpy>=2" Cython
-  if ! .venv/bin/python -c 'import pdqhash' 2>/dev/null; then
+  # the tests' reference PDQ (pdqhash, not needed to run the filter) builds from source and imports numpy at
+  # build time: numpy first, without build isolation for it
+  if [ "$extras" = test ] && ! .venv/bin/python -c 'import pdqhash' 2>/dev/null; then
+    .venv/bin/python -m pip install -q "numpy>=2" Cython
     if ! command -v gcc >/dev/null || ! "$PYTHON" -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"]+"/Python.h"))'; then
       as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential python3-dev || true
     fi

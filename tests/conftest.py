@@ -36,10 +36,10 @@ def write_config(tmp_path: Path, body: str, policies: dict[str, str] | None = No
 # unit layer runs in about a minute (`./test.sh -m unit`). A module is e2e as a whole, or single tests are.
 E2E_MODULES = frozenset(
     {
-        "test_bundle_cli",
         "test_cli",
         "test_config_reload",
         "test_deploy",
+        "test_distribution_e2e",
         "test_dns_encrypted",
         "test_dns_mmsg",
         "test_dns_schedules",

@@ -384,15 +384,6 @@ def test_gzip_bomb_is_capped(server, session, tmp_path):
     assert r.status == "failed" and "larger than max_bytes" in r.error
 
 
-def test_bundle_source_is_kept_compressed(server, session, tmp_path):
-    blob = gzip.compress(b"not really a tar, but gzip")
-    server.routes["/b.tar.gz"] = lambda h: send(h, blob)
-    s = Source(id="ministry", url=server.url("/b.tar.gz"), format="bundle", signing_key="/etc/keys/m.pub")
-    r = fetch(s, str(tmp_path), session=session, **quick())
-    assert r.status == "updated" and r.path == str(tmp_path / "ministry.tar.gz")
-    assert (tmp_path / "ministry.tar.gz").read_bytes() == blob
-
-
 # --- local files and progress ---------------------------------------------------------------------
 
 
@@ -506,7 +497,7 @@ sources:
             6,
             "max_bytes",
         ),
-        ("  - id: a\n    url: http://x.example/a\n    format: bundle\n", 2, "needs signing_key"),
+        ("  - id: a\n    url: http://x.example/a\n    format: bundle\n", 4, "unknown format"),
         (
             "  - id: a\n    url: http://x.example/a\n    format: domains\n    category: adult\n"
             "  - id: a\n    url: http://x.example/b\n    format: domains\n    category: adult\n",
@@ -550,8 +541,8 @@ def test_load_sources_needs_a_sources_list(tmp_path, text):
 def test_source_validates_when_built_directly():
     with pytest.raises(ValueError, match="unknown format"):
         Source(id="x", url="https://x.example/", format="csv", category="adult")
-    with pytest.raises(ValueError, match="signing_key is only for format: bundle"):
-        Source(id="x", url="https://x.example/", format="domains", category="adult", signing_key="k.pub")
+    with pytest.raises(ValueError, match="category is required"):
+        Source(id="x", url="https://x.example/", format="domains")
 
 
 def test_shipped_sources_file_loads_and_covers_the_product_categories():
@@ -570,7 +561,7 @@ def test_shipped_sources_file_loads_and_covers_the_product_categories():
         "malware",
         "phishing",
         "ads",
-    }  # "illegal" has no public source: national signed bundles
+    }  # "illegal" has no public source: the ministry's distribution repository (docs/distribution.md)
     assert {s.category for s in sources} >= core
     for s in sources:
         assert s.url and s.url.startswith("https://"), s.id

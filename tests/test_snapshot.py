@@ -139,7 +139,7 @@ def test_update_with_server_down_keeps_serving(tmp_path, served):
 
 
 def _local_config(tmp_path):
-    """A config with one local domain list and no bundle keys."""
+    """A config with one local domain list and no distribution repository."""
     (tmp_path / "blocked.txt").write_text("".join(f"n{i}.example\n" for i in range(50)))
     return load_config(
         str(
@@ -206,8 +206,8 @@ print(heavy, bool(engine.snapshot.domain_matches("www.n7.example")))
 
 
 def test_serving_domain_lists_imports_neither_numpy_nor_cryptography(tmp_path):
-    """Without bundle keys the serving process needs neither (~15 MB + ~8 MB of RSS): compiling the
-    snapshot (numpy) happens in a child process, bundles (cryptography) only when keys are pinned."""
+    """Without a distribution repository the serving process needs neither (~15 MB + ~8 MB of RSS):
+    compiling the snapshot (numpy) happens in a child process, TUF (cryptography) only with distribution.url."""
     _local_config(tmp_path)
     r = subprocess.run(
         [sys.executable, "-c", _SERVE_IMPORTS, str(tmp_path / "filterproxy.yaml")],

@@ -37,22 +37,32 @@ async def explain(call: Call) -> dict[str, Any]:
 
 
 def _signature(li: Any) -> str | None:
-    """``verified``: a signed bundle's list (checked again when loaded); ``pinned``: a sha256 pin; else None."""
-    if li.id.startswith("bundle-") and li.version.startswith("serial-"):
+    """``verified``: installed from the distribution repository (TUF metadata checked by the updater);
+    ``pinned``: a sha256 pin; else None."""
+    from filterproxy.distribution.gateway import is_distributed
+
+    if is_distributed(li.source):
         return "verified"
     return "pinned" if li.source.sha256 else None
 
 
 def _lists(call: Call) -> list[dict[str, Any]]:
     from filterproxy.admin.api_lists import last_errors
+    from filterproxy.distribution.gateway import is_distributed, list_errors
     from filterproxy.lists.snapshot_cache import list_version
 
     out = []
     now = time.time()
     errors = last_errors(call.ctx)  # each list's failure in the last update run from the API
+    cfg = call.ctx.engine.config
+    # the distribution's refusals (bad signature, rollback, expiry, hash...): the last good copy still serves
+    refused = list_errors(cfg.server.state_dir) if cfg.distribution.url else {}
     for li in call.ctx.engine.snapshot.lists:
         version, ts = list_version(li)
-        serial = int(version.removeprefix("serial-")) if version.startswith("serial-") else None
+        distributed = is_distributed(li.source)
+        serial = int(version) if distributed and version.isdigit() else None  # the published list version
+        if distributed and li.id not in errors and (li.id in refused or "*" in refused):
+            errors[li.id] = refused.get(li.id) or refused["*"]
         out.append(
             {
                 "id": li.id,
@@ -108,6 +118,35 @@ def _reports(call: Call) -> dict[str, int | None]:
         return {"pending": None, "sent": None}
 
 
+def _distribution(cfg: Any) -> dict[str, Any] | None:
+    """The ministry's repository this gateway follows (``distribution:``), as its last update left it: None
+    when not configured."""
+    d = cfg.distribution
+    if not d.url:
+        return None
+    from filterproxy.distribution.gateway import read_state
+
+    state = read_state(cfg.server.state_dir)
+
+    def when(key: str) -> str | None:
+        t = state.get(key)
+        return iso(dt.datetime.fromtimestamp(t, dt.UTC)) if isinstance(t, int | float) else None
+
+    return {
+        "url": d.url,
+        "mirrors": list(d.mirrors),
+        "province": d.province,
+        "served_from": state.get("url"),
+        "root_version": state.get("root_version"),
+        "snapshot_version": state.get("snapshot_version"),
+        "checked_at": when("checked_at"),
+        "last_success": when("last_success"),
+        "error": state.get("error"),  # {reason, message} of a refused update; the last good lists serve
+        "refused": state.get("refused") or [],
+        "lists": {k: v.get("version") for k, v in (state.get("lists") or {}).items()},
+    }
+
+
 async def status(call: Call) -> dict[str, Any]:
     ctx = call.ctx
     cfg = ctx.engine.config
@@ -118,6 +157,7 @@ async def status(call: Call) -> dict[str, Any]:
         "uptime_seconds": round((now - ctx.started).total_seconds()),
         "config": {"generation": ctx.served.generation, "digest": cfg.digest, "path": cfg.path},
         "lists": _lists(call),
+        "distribution": _distribution(cfg),
         "upstreams": _upstreams(call),
         "reports": await call.run(_reports, call),
         "live": {"serial": await call.run(ctx.store.serial)},

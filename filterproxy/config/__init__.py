@@ -10,10 +10,10 @@ Section), ``model`` (the dataclasses), ``sections`` (one parser per simple secti
 from filterproxy.config.load import DEFAULT_CONFIG, REPO_ROOT, load_config
 from filterproxy.config.loader import Section, check_upstream, load_yaml, parse_hostport
 from filterproxy.config.model import (
-    BundleConfig,
     CacheConfig,
     ClientRule,
     Config,
+    DistributionConfig,
     DnsConfig,
     HttpConfig,
     MetricsConfig,
@@ -27,11 +27,11 @@ from filterproxy.vocabulary import ConfigError
 __all__ = [
     "DEFAULT_CONFIG",
     "REPO_ROOT",
-    "BundleConfig",
     "CacheConfig",
     "ClientRule",
     "Config",
     "ConfigError",
+    "DistributionConfig",
     "DnsConfig",
     "HttpConfig",
     "MetricsConfig",

@@ -17,8 +17,8 @@ from filterproxy.config.model import Config
 from filterproxy.config.policy import check_categories
 from filterproxy.config.proxy import check_listener_groups
 from filterproxy.config.sections import (
-    parse_bundle,
     parse_cache,
+    parse_distribution,
     parse_dns,
     parse_http,
     parse_metrics,
@@ -49,7 +49,7 @@ def load_config(path: str | None = None) -> Config:
     reports = parse_reports(top.section("reports"), path)
     metrics = parse_metrics(top.section("metrics"), path)
     querylog = parse_querylog(top.section("querylog"), path)
-    bundle = parse_bundle(top.section("bundle"), path)
+    distribution = parse_distribution(top.section("distribution"), path)
     admin = parse_admin(top.section("admin"), path)
     timezone = parse_timezone(top)
     sources_file = top.get("sources", None, types=(str,))
@@ -85,7 +85,7 @@ def load_config(path: str | None = None) -> Config:
         default_group,
         timezone,
         sources_file,
-        bundle,
+        distribution,
         admin,
     )
     cfg.digest = config_digest([path, sources_file, *(g.file for g in groups.values())])

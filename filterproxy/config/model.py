@@ -118,13 +118,8 @@ class ReportsConfig:
 
 @dataclass
 class MetricsConfig:
-    push_url: str | None = None
-    push_interval: int = 60
-    push_grouping: dict[str, str] = field(default_factory=dict)
     basic_auth_user: str | None = None
     basic_auth_hash: str | None = None  # argon2id ($argon2id$...), filterproxy.passwords
-    push_basic_auth_user: str | None = None
-    push_password_file: SecretFile | None = None
     tls_cert_file: str | None = None  # /metrics over HTTPS (PEM chain) with tls_key_file
     tls_key_file: SecretFile | None = None
 
@@ -138,11 +133,15 @@ class QueryLogConfig:
 
 
 @dataclass
-class BundleConfig:
-    """Signed list bundles from a ministry: pinned public keys (two during a key change-over), optional URL."""
+class DistributionConfig:
+    """Lists from a ministry's TUF repository (docs/distribution.md): where, which root to trust, what to follow."""
 
-    keys: list[str] = field(default_factory=list)
     url: str | None = None
+    mirrors: list[str] = field(default_factory=list)
+    root: str | None = None  # the trusted root metadata shipped with the installation (1.root.json)
+    province: str | None = None  # the province role followed besides the national lists
+    refresh: int = 3600  # seconds between updates while filterproxy run serves
+    jitter: int = 900  # up to this many seconds added at random to each wait (spreads a fleet)
 
 
 @dataclass
@@ -174,7 +173,7 @@ class Config:
     default_group: str | None
     timezone: str
     sources_file: str | None = None
-    bundle: BundleConfig = field(default_factory=BundleConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     digest: str = ""  # short sha256 of every file this configuration was read from (the reload log names it)
 

@@ -27,7 +27,7 @@ log = logging.getLogger("filterproxy.config")
 
 @dataclass(frozen=True)
 class SecretFile:
-    """A secret kept in a file: ``key`` (e.g. ``metrics.push_password_file``) named ``path`` at ``where``."""
+    """A secret kept in a file: ``key`` (e.g. ``reports.token_file``) named ``path`` at ``where``."""
 
     path: str
     where: str
@@ -78,7 +78,6 @@ def secret_file(sec: Section, key: str, resolve: Callable[[str], str]) -> Secret
 class Secrets:
     """The secrets ``filterproxy run`` uses, read once at start-up."""
 
-    push_password: str | None = None
     reports_token: str | None = None
 
 
@@ -96,6 +95,5 @@ def load_secrets(cfg: Config) -> Secrets:
                 f"{m.tls_key_file.path}: {exc} (expected PEM files: a certificate chain and its private key)"
             ) from None
     return Secrets(
-        push_password=m.push_password_file.read() if m.push_password_file else None,
         reports_token=cfg.reports.token_file.read() if cfg.reports.token_file else None,
     )

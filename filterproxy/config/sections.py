@@ -14,8 +14,8 @@ import socket
 
 from filterproxy.config.loader import Section, check_upstream, parse_hostport
 from filterproxy.config.model import (
-    BundleConfig,
     CacheConfig,
+    DistributionConfig,
     DnsConfig,
     HttpConfig,
     MetricsConfig,
@@ -199,8 +199,17 @@ def parse_reports(r: Section, path: str) -> ReportsConfig:
     return reports
 
 
+_PUSH_REMOVED = (
+    "the Pushgateway push was removed; run a Prometheus agent that scrapes this gateway and remote-writes "
+    "(deploy/ministry.md §5), and delete the 'metrics.push_*' keys"
+)
+
+
 def parse_metrics(m: Section, path: str) -> MetricsConfig:
     resolve = functools.partial(resolve_path, path)
+    for key in m.data:
+        if str(key).startswith("push_"):  # before the generic unknown-key error: say what replaced it
+            raise ConfigError(f"{m.where(key)}: 'metrics.{key}': {_PUSH_REMOVED}")
     if "basic_auth_password" in m.data:
         raise ConfigError(
             f"{m.where('basic_auth_password')}: 'metrics.basic_auth_password': no password in the configuration; "
@@ -208,13 +217,8 @@ def parse_metrics(m: Section, path: str) -> MetricsConfig:
         )
     cert = m.get("tls_cert_file", None, types=(str,))
     metrics = MetricsConfig(
-        push_url=m.get("push_url", None, types=(str,)),
-        push_interval=m.get("push_interval", 60, types=(int,)),
-        push_grouping={str(k): str(v) for k, v in m.get("push_grouping", {}, types=(dict,)).items()},
         basic_auth_user=m.get("basic_auth_user", None, types=(str,)),
         basic_auth_hash=m.get("basic_auth_hash", None, types=(str,)),
-        push_basic_auth_user=m.get("push_basic_auth_user", None, types=(str,)),
-        push_password_file=secret_file(m, "push_password_file", resolve),
         tls_cert_file=resolve(cert) if cert else None,
         tls_key_file=secret_file(m, "tls_key_file", resolve),
     )
@@ -224,9 +228,8 @@ def parse_metrics(m: Section, path: str) -> MetricsConfig:
 
 
 def _check_metrics(m: Section, metrics: MetricsConfig) -> None:
-    """Keys that go in pairs, the password hash's scheme, the push interval and grouping labels."""
-    pairs = (("basic_auth_user", "basic_auth_hash"), ("push_basic_auth_user", "push_password_file"))
-    for a, b in pairs + (("tls_cert_file", "tls_key_file"),):
+    """Keys that go in pairs and the password hash's scheme."""
+    for a, b in (("basic_auth_user", "basic_auth_hash"), ("tls_cert_file", "tls_key_file")):
         if (getattr(metrics, a) is None) != (getattr(metrics, b) is None):
             have, need = (a, b) if getattr(metrics, a) is not None else (b, a)
             raise ConfigError(f"{m.where(have)}: 'metrics.{have}' needs 'metrics.{need}' as well")
@@ -235,17 +238,6 @@ def _check_metrics(m: Section, metrics: MetricsConfig) -> None:
             check_hash(metrics.basic_auth_hash)
         except ValueError as exc:
             raise ConfigError(f"{m.where('basic_auth_hash')}: 'metrics.basic_auth_hash': {exc}") from None
-    if metrics.push_interval < 1:
-        raise ConfigError(
-            f"{m.where('push_interval')}: 'metrics.push_interval' must be at least 1 (seconds), "
-            f"got {metrics.push_interval}"
-        )
-    for k, v in metrics.push_grouping.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or not v:
-            raise ConfigError(
-                f"{m.where('push_grouping')}: 'metrics.push_grouping': invalid label {k}={v!r} "
-                "(expected a Prometheus label name and a non-empty value)"
-            )
 
 
 def parse_querylog(q: Section, path: str) -> QueryLogConfig:
@@ -263,15 +255,35 @@ def parse_querylog(q: Section, path: str) -> QueryLogConfig:
     return querylog
 
 
-def parse_bundle(b: Section, path: str) -> BundleConfig:
-    bundle_cfg = BundleConfig(
-        keys=[resolve_path(path, k) for k in b.get("keys", [], types=(list,))], url=b.get("url", None, types=(str,))
+_PROVINCE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def parse_distribution(d: Section, path: str) -> DistributionConfig:
+    """The ``distribution:`` section: a TUF repository URL needs its trusted root file."""
+    cfg = DistributionConfig(
+        url=d.get("url", None, types=(str,)),
+        mirrors=list(d.get("mirrors", [], types=(list,))),
+        root=d.get("root", None, types=(str,)),
+        province=d.get("province", None, types=(str,)),
+        refresh=d.get("refresh", 3600, types=(int,)),
+        jitter=d.get("jitter", 900, types=(int,)),
     )
-    for k in bundle_cfg.keys:
-        if not os.path.exists(k):
-            raise ConfigError(f"{b.where('keys')}: pinned bundle key not found: {k}")
-    b.done()
-    return bundle_cfg
+    for key, url in [("url", cfg.url), *(("mirrors", m) for m in cfg.mirrors)]:
+        if url is not None and (not isinstance(url, str) or not url.startswith(("https://", "http://"))):
+            raise ConfigError(f"{d.where(key)}: distribution.{key}: expected an http(s):// URL, got {url!r}")
+    if cfg.url is None and (cfg.mirrors or cfg.root or cfg.province):
+        raise ConfigError(f"{d.where('url')}: distribution needs url (the repository) when any other key is set")
+    if cfg.url is not None:
+        if not cfg.root:
+            raise ConfigError(f"{d.where('url')}: distribution.root is required: the trusted root file (1.root.json)")
+        # read at the first update only (later ones trust the verified chain in the state folder)
+        cfg.root = resolve_path(path, cfg.root)
+    if cfg.province is not None and not _PROVINCE_RE.match(cfg.province):
+        raise ConfigError(f"{d.where('province')}: distribution.province: a role name like ha-noi")
+    if cfg.refresh < 60 or cfg.jitter < 0:
+        raise ConfigError(f"{d.where('refresh')}: distribution.refresh must be >= 60 s and jitter >= 0")
+    d.done()
+    return cfg
 
 
 def parse_timezone(top: Section) -> str:

@@ -21,8 +21,8 @@ from filterproxy.lists.source import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
 from filterproxy.lists.source import DEFAULT_REFRESH as DEFAULT_REFRESH
 from filterproxy.vocabulary import KNOWN_CATEGORIES, SOURCE_ID_RE
 
-#: Formats a source may have: every list format the parsers read, plus a signed bundle.
-SOURCE_FORMATS = frozenset(FORMATS) | {"bundle"}
+#: Formats a source may have: every list format the parsers read.
+SOURCE_FORMATS = frozenset(FORMATS)
 MATCH_MODES = ("exact", "subdomains")
 MIN_REFRESH = 300  # list hosts are shared infrastructure; none of them publishes more often
 
@@ -44,8 +44,8 @@ class Source:
     """Where one list comes from and how to treat it.
 
     Exactly one of ``url`` / ``path``.  ``match`` None means the format's default (decided by the
-    parser).  ``sha256`` pins the stored, decompressed content.  ``signing_key`` (PEM path or
-    text) is only for ``format: bundle`` sources and is what the bundle is verified against.
+    parser).  ``sha256`` pins the stored, decompressed content.  Signed lists from a ministry come
+    through the ``distribution:`` section instead (docs/distribution.md).
     """
 
     id: str
@@ -58,7 +58,6 @@ class Source:
     max_bytes: int = DEFAULT_MAX_BYTES
     refresh: int = DEFAULT_REFRESH
     sha256: str | None = None
-    signing_key: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -138,7 +137,6 @@ _FIELD_CHECKS: dict[str, Callable[[object], None]] = {
     "max_bytes": _check_positive("max_bytes"),
     "refresh": _check_refresh,
     "sha256": _check_sha256,
-    "signing_key": _opt_str("signing_key"),
 }
 
 
@@ -146,14 +144,8 @@ def _check_source(s: Source) -> None:
     """Rules that involve more than one field."""
     if (s.url is None) == (s.path is None):
         raise ValueError("give exactly one of url / path")
-    if s.format == "bundle":
-        if s.signing_key is None:
-            raise ValueError("a bundle source needs signing_key (the pinned public key)")
-    else:
-        if s.signing_key is not None:
-            raise ValueError("signing_key is only for format: bundle")
-        if s.category is None:
-            raise ValueError("category is required")
+    if s.category is None:
+        raise ValueError("category is required")
     if s.format in FOLDER_FORMATS and s.url is not None:
         raise ValueError(
             f"format {s.format} is a local category folder (path); a downloaded UT1 'domains' "
@@ -205,7 +197,7 @@ _FIELDS = tuple(f.name for f in fields(Source))
 def load_sources(path: str) -> list[Source]:
     """Read a sources YAML file: ``sources:`` followed by a list of mappings with Source fields.
 
-    Relative ``path`` / ``signing_key`` values are resolved against the file's directory.  Every
+    Relative ``path`` values are resolved against the file's directory.  Every
     problem is reported (not just the first) in one :class:`SourcesError`, each as ``file:line:``.
     """
     with open(path, encoding="utf-8") as f:
@@ -279,8 +271,7 @@ def _load_item(
             value = loader.construct_object(v, deep=True)
             if key in _CONVERT and value is not None:
                 value = _CONVERT[key](value)
-            is_pem = isinstance(value, str) and value.startswith("-----BEGIN")
-            if key in ("path", "signing_key") and isinstance(value, str) and not is_pem:
+            if key == "path" and isinstance(value, str):
                 value = os.path.normpath(os.path.join(base, value))
             if key == "sha256" and isinstance(value, str):
                 value = value.lower()

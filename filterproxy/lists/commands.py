@@ -1,7 +1,9 @@
 """``filterproxy lists update | reload | show``: fetch, compile, swap, signal, report.
 
-``lists update`` fetches every configured list that has a ``url`` (conditional GET, size caps,
-retries; see :mod:`filterproxy.lists.fetch`) into ``<state_dir>/lists``, refuses a file that parses
+``lists update`` installs what the ``distribution:`` repository publishes (TUF, verified by
+:mod:`filterproxy.distribution.gateway`; a refusal says why and keeps the last good lists), fetches
+every configured list that has a ``url`` (conditional GET, size caps, retries; see
+:mod:`filterproxy.lists.fetch`) into ``<state_dir>/lists``, refuses a file that parses
 to nothing, keeps the previous file when a download fails, and refuses a snapshot whose entry count
 fell below ``--min-ratio`` (default 0.5) of the current one: the last known good snapshot keeps
 serving. Every command works on the state folder given by ``--state-dir`` (else the configured one).
@@ -31,24 +33,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("filterproxy.lists")
 
 
-def _update_bundle(cfg: Config, cache: str) -> int:
-    """Fetch and install the configured signed bundle; 1 on failure."""
-    from filterproxy import metrics
-    from filterproxy.lists import fetch as fetchmod
+def _update_distribution(cfg: Config) -> int:
+    """Update from the distribution repository; 1 when anything was refused (the last good lists stay)."""
+    from filterproxy.distribution import gateway
 
-    bsrc = fetchmod.Source(
-        id="bundle", url=cfg.bundle.url, format="bundle", signing_key=cfg.bundle.keys[0] if cfg.bundle.keys else None
-    )
-    res = fetchmod.fetch(bsrc, cache)
-    if res.status == "failed":
-        metrics.LISTS_UPDATE_FAILURES.inc("bundle", "download")
-        print(f"bundle: download failed, keeping the installed bundle: {res.error}", file=sys.stderr)
-        return 1
-    if res.status == "updated" and res.path:
-        from filterproxy.lists.bundle_cli import install_bundle
-
-        return int(install_bundle(cfg, res.path, cfg.bundle.keys) != 0)
-    return 0
+    res = gateway.update(cfg.distribution, cfg.server.state_dir)
+    for list_id, version in sorted(res.installed.items()):
+        print(f"{list_id}: version {version} installed from {res.url}")
+    for what, reason, msg in res.refused:
+        print(f"{what}: refused ({reason}): {msg}; keeping the last good copy", file=sys.stderr)
+    if res.error:
+        print(
+            f"distribution: update refused ({res.error[0]}): {res.error[1]}; keeping the last good lists",
+            file=sys.stderr,
+        )
+    elif not res.installed:
+        print(f"distribution: up to date ({res.url}, {res.downloaded:,} bytes of lists downloaded)")
+    else:
+        print(f"distribution: {res.downloaded:,} bytes of lists downloaded")
+    return 0 if res.ok else 1
 
 
 def _update_lists(cfg: Config, cache: str) -> int:
@@ -94,7 +97,7 @@ def update(cfg: Config, *, min_ratio: float = DEFAULT_MIN_RATIO) -> int:
     """Fetch, validate, compile; swap ``current`` only when the new snapshot is sane. Exit status."""
     cache = os.path.join(cfg.server.state_dir, "lists")
     os.makedirs(cache, exist_ok=True)
-    failures = _update_bundle(cfg, cache) if cfg.bundle.url else 0
+    failures = _update_distribution(cfg) if cfg.distribution.url else 0
     failures += _update_lists(cfg, cache)
     if not _swap_snapshot(cfg, min_ratio):
         return 1
@@ -134,8 +137,28 @@ def show(cfg: Config) -> int:
         print(
             f"  {li.id:<30} {li.category:<10} {li.source.format:<9} {li.entries:>9,} entries"
             + (f"  ({li.skipped} skipped)" if li.skipped else "")
+            + (f"  [{li.source.where}]" if li.source.where.startswith("distribution ") else "")
         )
+    if cfg.distribution.url:
+        _show_distribution(cfg)
     return 0
+
+
+def _show_distribution(cfg: Config) -> None:
+    """The distribution state: versions verified, last success, and what the last update refused."""
+    from filterproxy.distribution import gateway
+
+    st = gateway.read_state(cfg.server.state_dir)
+    ok = st.get("last_success")
+    print(
+        f"distribution {cfg.distribution.url}: root v{st.get('root_version', '?')}, snapshot "
+        f"v{st.get('snapshot_version', '?')}, last success "
+        + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ok)) if ok else "never")
+    )
+    if st.get("error"):
+        print(f"  last update refused ({st['error']['reason']}): {st['error']['message']}")
+    for r in st.get("refused") or []:
+        print(f"  refused {r['what']} ({r['reason']}): {r['message']}")
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -147,10 +170,6 @@ def cli(args: argparse.Namespace) -> int:
     # failures counted here reach the running filterproxy's /metrics through the shared folder
     metrics.enable_multiprocess(os.path.join(cfg.server.state_dir, "metrics"))
     if args.lists_command == "update":
-        if getattr(args, "bundle", None):
-            from filterproxy.lists.bundle_cli import install_bundle
-
-            return install_bundle(cfg, args.bundle, args.key)
         return update(cfg, min_ratio=args.min_ratio if args.min_ratio is not None else DEFAULT_MIN_RATIO)
     if args.lists_command == "reload":
         return reload(cfg)

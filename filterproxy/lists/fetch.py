@@ -14,8 +14,8 @@
 * an optional ``deadline`` bounds the whole fetch, retries included (``filterproxy run`` fetches in the
   background and must not hang on a server that drips bytes).
 
-A ``format: ut1`` source is a local category folder, read in place; a ``format: bundle`` source is cached
-as ``<id>.tar.gz`` without decompression. The catalogue itself is parsed by :mod:`filterproxy.config.sources`.
+A ``format: ut1`` source is a local category folder, read in place. The catalogue itself is parsed by
+:mod:`filterproxy.config.sources`.
 """
 
 from __future__ import annotations
@@ -91,9 +91,8 @@ class _Retry(Exception):
 
 def cache_paths(source: Source, cache_dir: str) -> tuple[str, str]:
     """(cached file, metadata file) for ``source`` in ``cache_dir``."""
-    suffix = ".tar.gz" if source.format == "bundle" else ".txt"
     base = os.path.join(cache_dir, source.id)
-    return base + suffix, base + ".meta.json"
+    return base + ".txt", base + ".meta.json"
 
 
 def _read_meta(meta_path: str, data_path: str) -> dict[str, Any]:
@@ -455,12 +454,11 @@ def _store(
 
     Not :func:`filterproxy.fsutil.atomic_writer`: the temp file must be validated by path, and left
     unrenamed when it equals the cached one."""
-    is_bundle = source.format == "bundle"
     tmp: str | None
     fd, tmp = tempfile.mkstemp(prefix=f".{source.id}-", suffix=".tmp", dir=os.path.dirname(data_path))
     try:
         with os.fdopen(fd, "wb") as f:
-            sink = _Sink(f, source.max_bytes, allow_gunzip=not is_bundle)
+            sink = _Sink(f, source.max_bytes, allow_gunzip=True)
             for chunk in chunks:
                 sink.write(chunk)
             sink.close()
@@ -468,7 +466,7 @@ def _store(
             os.fsync(f.fileno())
         if sink.size == 0:
             raise _Failed("empty body")
-        if not is_bundle and sink.head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        if sink.head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
             raise _Failed("got an HTML page instead of a list (captive portal or error page?)")
         digest = sink.sha.hexdigest()
         if source.sha256 and digest != source.sha256:

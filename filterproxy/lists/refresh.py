@@ -9,6 +9,11 @@ every ``refresh`` seconds, jittered by ±10 % so lists from one host are not all
 conditional GET makes an unchanged list cost one request. A failure keeps the last good copy, is logged
 and counted in ``filterproxy_lists_update_failures_total``. ``filterproxy lists update`` downloads with
 the same :func:`fetch_list`. Only the main process refreshes (neither DNS nor proxy workers).
+
+The ``distribution:`` repository is updated on the same timer every ``distribution.refresh`` seconds
+plus a random delay of up to ``distribution.jitter`` (so a fleet restarted together does not ask the
+ministry's server at the same second; a gateway that never installed anything asks at once), with
+:func:`filterproxy.distribution.gateway.update`; newly installed lists are served after the reload.
 """
 
 from __future__ import annotations
@@ -180,6 +185,8 @@ class ListRefresher:
         self.download_timeout = download_timeout
         self._due: dict[str, float] = {}  # list id -> wall-clock time of its next fetch
         self._reload_at: float | None = None  # a reload still owed, and when to ask again
+        self._distribution_at: float | None = None  # wall-clock time of the next distribution update
+        self._distribution_seen: object = None  # state.json's changed_at when the lists in use were loaded
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -208,6 +215,9 @@ class ListRefresher:
 
     def _sleep_time(self, now: float) -> float:
         times = [self._due_at(s, now) for s in self._sources()]
+        dist = self._distribution_due(now)
+        if dist is not None:
+            times.append(dist)
         if self._reload_at is not None:
             times.append(self._reload_at)
         return min(MAX_SLEEP, max(1.0, min(times, default=now + MAX_SLEEP) - now))
@@ -225,13 +235,53 @@ class ListRefresher:
             self._due[src.id] = due
         return due
 
+    def _distribution_due(self, now: float) -> float | None:
+        """When the distribution repository is next asked (None: no ``distribution.url``)."""
+        cfg = self._config()
+        if not cfg.distribution.url:
+            return None
+        if self._distribution_at is None:
+            from filterproxy.distribution import gateway
+
+            state = gateway.read_state(cfg.server.state_dir)
+            self._distribution_seen = state.get("changed_at")
+            last = state.get("last_success")
+            if not isinstance(last, int | float):
+                self._distribution_at = now  # nothing installed yet: at once
+            else:
+                wait = max(0.0, last + cfg.distribution.refresh - now)
+                self._distribution_at = now + wait + random.uniform(0, cfg.distribution.jitter)
+        return self._distribution_at
+
+    async def update_distribution(self, now: float | None = None) -> int:
+        """Update from the distribution repository when due; the number of lists installed (a reload is
+        asked for when any was)."""
+        from filterproxy.distribution import gateway
+
+        now = time.time() if now is None else now
+        due = self._distribution_due(now)
+        if due is None or due > now:
+            return 0
+        cfg = self._config()
+        self._distribution_at = now + cfg.distribution.refresh + random.uniform(0, cfg.distribution.jitter)
+        res = await _in_daemon_thread(lambda: gateway.update(cfg.distribution, cfg.server.state_dir))
+        if res.error is None:
+            log.info("distribution: %d list(s) installed from %s", len(res.installed), res.url)
+        # also lists installed meanwhile by 'filterproxy lists update' whose reload did not happen
+        changed = gateway.read_state(cfg.server.state_dir).get("changed_at")
+        if res.installed or changed != self._distribution_seen:
+            self._distribution_seen = changed
+            await self._ask_reload()
+        return len(res.installed)
+
     async def fetch_missing(self) -> int:
         """Start-up: download every configured list without a local copy, within the time budget;
         reload when any arrived. The number of lists fetched."""
         state_dir = self._config().server.state_dir
+        installed = await self.update_distribution()
         missing = [s for s in self._sources() if not os.path.exists(s.local_path(state_dir) or "")]
         if not missing:
-            return 0
+            return installed
         log.info(
             "lists: fetching %d missing list%s in the background (%s); the lists on disk serve meanwhile",
             len(missing),
@@ -246,6 +296,7 @@ class ListRefresher:
         default); reload when any changed, or when a reload is still owed. The number changed."""
         now = time.time() if now is None else now
         async with self._lock:
+            await self.update_distribution(now)
             due = [s for s in self._sources() if self._due_at(s, now) <= now]
             changed = await self._fetch_and_reload(due, None) if due else 0
             if not changed and self._reload_at is not None and self._reload_at <= now:

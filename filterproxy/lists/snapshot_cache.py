@@ -22,6 +22,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
+from filterproxy.distribution import gateway
 from filterproxy.fsutil import fsync_dir
 from filterproxy.lists.guard import DEFAULT_MIN_RATIO, SnapshotRefused, shrink_problem
 from filterproxy.lists.parsers import ListError
@@ -120,11 +121,13 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         shutil.rmtree(final, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{fp}-", dir=root)
+    cur = os.path.join(root, "current")
+    previous = os.path.realpath(cur) if os.path.exists(os.path.join(cur, "meta.json")) else None
     try:
         if in_process:
-            _save_built(sources, tmp)
+            _save_built(sources, tmp, previous)
         else:
-            _compile_in_child(sources, tmp)
+            _compile_in_child(sources, tmp, previous)
         try:
             os.rename(tmp, final)
         except OSError:  # another process compiled the same inputs first: use theirs
@@ -133,13 +136,33 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(root, keep_also=final)
+    _log_image_update(final)
     return final
 
 
-def _compile_in_child(sources: list[ListSource], out: str) -> None:
+def _log_image_update(folder: str) -> None:
+    """Which way the child built the image index, and how long it took (its lineage.json)."""
+    from filterproxy.lists.snapshot_images import load_lineage
+
+    try:
+        lin = load_lineage(os.path.join(folder, "images"))
+    except (OSError, ValueError):
+        return
+    if lin:
+        log.info(
+            "lists: image index %s build in %.2f s (%s; %d net changes since the full build, generation %d)",
+            lin.get("path"),
+            lin.get("seconds", 0.0),
+            lin.get("why"),
+            lin.get("changes", 0),
+            lin.get("generation", 0),
+        )
+
+
+def _compile_in_child(sources: list[ListSource], out: str, previous: str | None = None) -> None:
     spec = json.dumps([s.__dict__ for s in sources])
     r = subprocess.run(
-        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out],
+        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out, *([previous] if previous else [])],
         input=spec,
         text=True,
         capture_output=True,
@@ -149,10 +172,11 @@ def _compile_in_child(sources: list[ListSource], out: str) -> None:
         raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
 
 
-def _save_built(sources: list[ListSource], out: str) -> None:
-    """Build and write a snapshot; a full disk is reported as such, naming the folder (the index
-    library's own message for it is an opaque I/O error)."""
-    snap = build_snapshot(sources, strict=True)
+def _save_built(sources: list[ListSource], out: str, previous: str | None = None) -> None:
+    """Build and write a snapshot (its image index over ``previous``'s when few hashes changed); a full
+    disk is reported as such, naming the folder (the index library's own message for it is an opaque I/O
+    error)."""
+    snap = build_snapshot(sources, strict=True, previous=previous)
     try:
         save_snapshot(snap, out)
     except (OSError, RuntimeError) as exc:
@@ -205,13 +229,8 @@ def publish_metrics(snap: Snapshot) -> None:
     from filterproxy import metrics
 
     metrics.configure_labels(lists=[li.id for li in snap.lists])
-    for li in snap.lists:
-        if li.id.startswith("bundle-") and li.version.startswith("serial-"):
-            serial = int(li.version.removeprefix("serial-"))
-            publisher = li.source.where.split("(", 1)[-1].rstrip(")")
-            metrics.BUNDLE_INFO.set(publisher, str(serial))
-            metrics.BUNDLE_SERIAL.set(value=serial)
-            break
+    if any(gateway.is_distributed(li.source) for li in snap.lists):
+        gateway.publish_metrics(snap.lists)
     for li in snap.lists:
         version, ts = list_version(li)
         metrics.LISTS_ENTRIES.set(li.id, li.category, value=li.entries)
@@ -246,12 +265,15 @@ def current_snapshot(state_dir: str) -> str | None:
 
 def available_sources(cfg: Config) -> list[ListSource]:
     """Configured lists with a local copy (downloaded ones: in the state folder in use now), plus the
-    installed signed bundle's lists."""
+    lists installed from the distribution repository (their last good copies)."""
     present: list[ListSource] = []
-    if cfg.bundle.keys:  # the bundle machinery (and cryptography, ~8 MB of RSS) only when a bundle is pinned
-        from filterproxy.lists.bundle_cli import bundle_sources
-
-        present.extend(bundle_sources(cfg))
+    if cfg.distribution.url:
+        taken = {s.id for s in cfg.lists}
+        for s in gateway.sources(cfg.server.state_dir):
+            if s.id in taken:
+                log.warning("distributed list %s: a configured list has the same id; serving the configured one", s.id)
+            else:
+                present.append(s)
     for s in cfg.lists:
         s = s.resolved(cfg.server.state_dir)
         if s.path and os.path.exists(s.path):
@@ -335,13 +357,13 @@ def _last_good(state_dir: str, new_folder: str) -> tuple[str, list[ListInfo]] | 
 
 
 def _child_main() -> None:
-    """``python -m filterproxy.lists.snapshot_cache OUT`` with the sources as JSON on stdin."""
+    """``python -m filterproxy.lists.snapshot_cache OUT [PREVIOUS]`` with the sources as JSON on stdin."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(OSError):  # the compile yields the CPU to the serving threads it runs beside
         os.nice(10)
     sources = [ListSource(**d) for d in json.load(sys.stdin)]
     try:
-        _save_built(sources, sys.argv[1])
+        _save_built(sources, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
     except ListError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,7 @@
 - :mod:`.multiprocess`: counters shared by several processes through state files;
 - :mod:`.catalogue`: every metric and its label sets, derived from the shared vocabulary;
 - :mod:`.registry`: the process-wide registry, fork and exit hooks;
-- :mod:`.exposition`: ``/metrics`` over HTTP(S) with Basic auth, and the Pushgateway pusher.
+- :mod:`.exposition`: ``/metrics`` over HTTP(S) with Basic auth and TLS.
 
 Callers use ``from filterproxy import metrics`` and the names below.
 """
@@ -15,13 +15,18 @@ from filterproxy.metrics.catalogue import (
     ACTION,
     ACTIONS,
     BUILD_INFO,
-    BUNDLE_INFO,
-    BUNDLE_SERIAL,
     CATEGORIES,
     CATEGORY,
     CONFIG_GENERATION,
     CONFIG_RELOADS,
     DEFAULT_GROUPS,
+    DISTRIBUTION_FAILURE_REASON,
+    DISTRIBUTION_FAILURES,
+    DISTRIBUTION_LAST_SUCCESS,
+    DISTRIBUTION_LIST_VERSION,
+    DISTRIBUTION_ROLE,
+    DISTRIBUTION_ROOT_VERSION,
+    DISTRIBUTION_SNAPSHOT_VERSION,
     DNS_BLOCKED,
     DNS_CACHE_ENTRIES,
     DNS_CACHE_HITS,
@@ -73,7 +78,7 @@ from filterproxy.metrics.catalogue import (
     UPSTREAM_ERROR_KIND,
     configure_labels,
 )
-from filterproxy.metrics.exposition import DEFAULT_LISTEN, MetricsServer, Pusher, parse_listen, serve
+from filterproxy.metrics.exposition import DEFAULT_LISTEN, MetricsServer, parse_listen, serve
 from filterproxy.metrics.registry import REGISTRY, enable_multiprocess, flush
 from filterproxy.metrics.types import (
     COLLECTOR,
@@ -91,8 +96,6 @@ __all__ = [
     "ACTION",
     "ACTIONS",
     "BUILD_INFO",
-    "BUNDLE_INFO",
-    "BUNDLE_SERIAL",
     "CATEGORIES",
     "CATEGORY",
     "CONFIG_GENERATION",
@@ -100,6 +103,13 @@ __all__ = [
     "COLLECTOR",
     "Counter",
     "DEFAULT_GROUPS",
+    "DISTRIBUTION_FAILURES",
+    "DISTRIBUTION_FAILURE_REASON",
+    "DISTRIBUTION_LAST_SUCCESS",
+    "DISTRIBUTION_LIST_VERSION",
+    "DISTRIBUTION_ROLE",
+    "DISTRIBUTION_ROOT_VERSION",
+    "DISTRIBUTION_SNAPSHOT_VERSION",
     "DEFAULT_LISTEN",
     "DNS_BLOCKED",
     "DNS_CACHE_ENTRIES",
@@ -145,7 +155,6 @@ __all__ = [
     "MetricsServer",
     "OTHER",
     "PROTOCOL",
-    "Pusher",
     "QTYPE",
     "QTYPES",
     "QUERYLOG_DROPPED",

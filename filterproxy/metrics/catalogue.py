@@ -45,6 +45,11 @@ LIST_FAILURE_REASON = LabelSet(
     ("download", "http", "timeout", "parse", "empty", "signature", "expired", "too-large", "sha256", "io", "config"),
     extra=4,
 )
+DISTRIBUTION_FAILURE_REASON = LabelSet(
+    "reason",
+    ("signature", "rollback", "expired", "delegation", "category", "hash", "download", "metadata", "install"),
+)
+DISTRIBUTION_ROLE = LabelSet("role", ("national", "province"))
 RELOAD_RESULT = LabelSet("result", ("success", "failure", "unchanged"))
 DATA_PATH = LabelSet("role", ("dns", "proxy"))
 UPSTREAM_ERROR_KIND = LabelSet(
@@ -225,13 +230,28 @@ CONFIG_GENERATION = Gauge(
     (("role", DATA_PATH),),
     multiprocess_mode="min",
 )
-BUNDLE_INFO = Info(
-    "filterproxy_bundle_info",
-    "Publisher and serial of the signed list bundle in use (value is always 1).",
-    keys=(),
-    infos=("publisher", "serial"),
+
+# ---- distribution (lists from the ministry's TUF repository, filterproxy/distribution)
+DISTRIBUTION_LIST_VERSION = Gauge(
+    "filterproxy_distribution_list_version",
+    "Version of each served list installed from the distribution repository, by list and role.",
+    (("list", LIST), ("role", DISTRIBUTION_ROLE)),
 )
-BUNDLE_SERIAL = Gauge("filterproxy_bundle_serial", "Serial number of the signed list bundle in use.")
+DISTRIBUTION_ROOT_VERSION = Gauge(
+    "filterproxy_distribution_root_version", "Version of the trusted root metadata (changes when keys rotate)."
+)
+DISTRIBUTION_SNAPSHOT_VERSION = Gauge(
+    "filterproxy_distribution_snapshot_version", "Version of the repository snapshot the gateway last verified."
+)
+DISTRIBUTION_LAST_SUCCESS = Gauge(
+    "filterproxy_distribution_last_success_timestamp_seconds",
+    "When the gateway last completed an update from the distribution repository (Unix time).",
+)
+DISTRIBUTION_FAILURES = Counter(
+    "filterproxy_distribution_failures_total",
+    "Refused distribution updates or lists (the last good lists stay in use), by reason.",
+    (("reason", DISTRIBUTION_FAILURE_REASON),),
+)
 
 # ---- imagehash
 IMAGEHASH_IMAGES = Counter("filterproxy_imagehash_images_total", "Images hashed by the proxy.")

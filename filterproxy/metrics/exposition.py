@@ -1,8 +1,8 @@
-"""Exposition: serve the registry over HTTP(S) for Prometheus, or push it to a Pushgateway.
+"""Exposition: serve the registry over HTTP(S) for Prometheus.
 
 ``/metrics`` may be protected by Basic auth (argon2id hashes, never plain passwords) and TLS (the
-standard ``ssl`` module); ``/healthz`` stays open for load balancers and reveals nothing. Gateways that
-cannot be scraped push with :class:`Pusher` instead (Basic auth optional).
+standard ``ssl`` module); ``/healthz`` stays open for load balancers and reveals nothing. A fleet runs a
+Prometheus agent on each gateway that scrapes it locally and remote-writes (deploy/ministry.md §5).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import base64
 import gzip
 import hmac
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -20,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import basic_auth_handler, choose_encoder, default_handler, push_to_gateway
+from prometheus_client.exposition import choose_encoder
 
 from filterproxy.metrics.registry import REGISTRY
 from filterproxy.passwords import VerifiedCache, check_hash, verify_password
@@ -249,90 +248,3 @@ def serve(
     thread = threading.Thread(target=httpd.serve_forever, name="filterproxy-metrics-http", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread, ctx is not None)
-
-
-# --------------------------------------------------------------------------- pushing
-
-
-class Pusher:
-    """Push the registry to a Pushgateway every ``interval`` seconds (gateways that cannot be scraped).
-
-    ``grouping_key`` identifies the gateway, e.g. ``{"gateway": id, "school": ..., "province": ...}``:
-    aggregate counters only, never anything about a child. Uses PUT, so each push replaces the group.
-    """
-
-    def __init__(
-        self,
-        gateway_url: str,
-        job: str = "filterproxy",
-        grouping_key: Mapping[str, str] | None = None,
-        interval: float = 60,
-        *,
-        auth: tuple[str, str] | None = None,
-        timeout: float = 10,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        if not gateway_url:
-            raise ValueError("Pusher needs a gateway URL")
-        for k, v in (grouping_key or {}).items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or not str(v):
-                raise ValueError(f"invalid grouping key {k}={v!r}")
-        if interval <= 0:
-            raise ValueError("push interval must be positive")
-        self.gateway_url = gateway_url
-        self.job = job
-        self.grouping_key = {k: str(v) for k, v in (grouping_key or {}).items()}
-        self.interval = interval
-        self.timeout = timeout
-        self.registry = registry if registry is not None else REGISTRY
-        self.auth = auth
-        self.pushes = 0
-        self.failures = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _handler(self, url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Callable:
-        if self.auth:
-            return basic_auth_handler(url, method, timeout, headers, data, self.auth[0], self.auth[1])
-        return default_handler(url, method, timeout, headers, data)
-
-    def push_once(self) -> bool:
-        """Push now; True on success (failures are logged, not raised)."""
-        try:
-            push_to_gateway(
-                self.gateway_url,
-                job=self.job,
-                registry=self.registry,
-                grouping_key=self.grouping_key,
-                timeout=self.timeout,
-                handler=self._handler,
-            )
-        except Exception as exc:
-            self.failures += 1
-            if self.last_error != str(exc):
-                log.warning("metrics: push to %s failed: %s", self.gateway_url, exc)
-            self.last_error = str(exc)
-            return False
-        self.pushes += 1
-        self.last_error = None
-        return True
-
-    def start(self) -> Pusher:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="filterproxy-metrics-push", daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while True:
-            self.push_once()
-            if self._stop.wait(self.interval):
-                return
-
-    def stop(self, *, final_push: bool = True) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.timeout + 5)
-        if final_push:
-            self.push_once()

@@ -1,8 +1,8 @@
 """Counters shared by several processes through state files in one folder.
 
 Each process writes its state atomically to ``DIR/<pid>-<token>.json`` every few seconds and at exit;
-the process that is scraped (or pushes) adds up its own state, the files of the other processes, and
-an archive of processes that have exited, so counters of dead workers stay counted. A high-water mark
+the process that is scraped adds up its own state, the files of the other processes, and an archive
+of processes that have exited, so counters of dead workers stay counted. A high-water mark
 of what was last exposed keeps every counter monotonic even when a worker is killed before its last
 flush, or the serving process restarts. Gauges count for live processes only: they describe running
 processes, counters are history.

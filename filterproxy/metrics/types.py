@@ -2,7 +2,7 @@
 
 Hot paths (a DNS server answering tens of thousands of queries a second in Python) never call
 prometheus_client: they count in plain dicts through the small classes below, and
-:class:`MetricsCollector` turns that state into metric families only when someone scrapes or pushes::
+:class:`MetricsCollector` turns that state into metric families only when someone scrapes::
 
     DNS_QUERIES.inc(group, qtype, action, protocol)      # one dict lookup + store
     DNS_UPSTREAM_DURATION.observe(0.012, upstream)       # + one bisect
