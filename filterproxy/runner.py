@@ -145,11 +145,10 @@ class Runner:
         self.dns: Any = None  # filterproxy.dns.service.DnsService
         self.proxy: Any = None  # filterproxy.http.server.ProxyWorkers
         self.metrics_server: Any = None
-        self.pusher: Any = None
         self.dns_workers: Any = None  # filterproxy.dns.workers.DnsWorkers (dns_workers > 1)
         self.worker: int | None = getattr(args, "worker_of", None)  # set in a DNS worker: the main process's PID
         self.reports: Any = None  # the report spool this process delivers from
-        self.secrets = Secrets()  # read in start() (main process): push password, reports token
+        self.secrets = Secrets()  # read in start() (main process): the reports token
         self._reports_stop: Any = None
         self.lists_refresh: Any = None  # filterproxy.lists.refresh.ListRefresher (the main process only)
         self.admin: Any = None  # filterproxy.admin.server.AdminServer (the main process only)
@@ -270,7 +269,7 @@ class Runner:
         self.lists_refresh.start()
 
     def _start_metrics(self) -> None:
-        """``/metrics`` (Basic auth with an argon2id hash, TLS) and the Pushgateway pusher (main process only)."""
+        """``/metrics`` (Basic auth with an argon2id hash, TLS)."""
         from filterproxy import metrics
 
         cfg, m = self.cfg, self.cfg.metrics
@@ -284,16 +283,6 @@ class Runner:
                 keyfile=m.tls_key_file.path if m.tls_key_file else None,
             )
             log.info("metrics on %s/metrics%s", self.metrics_server.url, " (basic auth)" if auth else "")
-        if m.push_url and not self.worker:
-            password = self.secrets.push_password
-            self.pusher = metrics.Pusher(
-                m.push_url,
-                grouping_key=m.push_grouping or {"gateway": cfg.server.gateway_id},
-                interval=m.push_interval,
-                auth=(m.push_basic_auth_user, password) if m.push_basic_auth_user and password else None,
-            )
-            self.pusher.start()
-            log.info("metrics pushed to %s every %ds", m.push_url, m.push_interval)
 
     def _start_reports(self) -> None:
         """Deliver the image-match reports the proxy workers spool (or just keep them, with no endpoint)."""
@@ -375,8 +364,6 @@ class Runner:
             await asyncio.get_running_loop().run_in_executor(None, self.seen.stop)
         if self._reports_stop is not None:
             self._reports_stop.set()
-        if self.pusher is not None:
-            self.pusher.stop()
         if self.admin is not None:
             await self.admin.stop()
         if self.metrics_server is not None:

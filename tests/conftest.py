@@ -49,6 +49,7 @@ E2E_MODULES = frozenset(
         "test_console_a11y_e2e",
         "test_console_e2e",
         "test_devices_seen_e2e",
+        "test_fleet_metrics_e2e",
         "test_fullhash",
         "test_http_e2e",
         "test_http_header_timeout_e2e",

@@ -152,6 +152,28 @@ def test_errors_name_file_line_and_expectation(tmp_path, body, policies, line, n
     assert str(tmp_path) in msg
 
 
+@pytest.mark.parametrize(
+    "body,line,key",
+    [
+        ("metrics:\n  push_url: http://pgw.example:9091\n", 2, "push_url"),
+        ("metrics:\n  basic_auth_user: prometheus\n  push_interval: 30\n", 3, "push_interval"),
+        ("metrics:\n  push_grouping: {school: thcs-1}\n", 2, "push_grouping"),
+        ("metrics:\n  push_basic_auth_user: gw\n", 2, "push_basic_auth_user"),
+        ("metrics:\n  push_password_file: push.pw\n", 2, "push_password_file"),
+        ("metrics:\n  push_password: s3cret\n", 2, "push_password"),
+    ],
+)
+def test_removed_pushgateway_keys_say_what_replaced_them(tmp_path, body, line, key):
+    """The Pushgateway push is gone: an old config fails at its push key, naming the Prometheus agent instead."""
+    cfg = write_config(tmp_path, body, P_OK)
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(cfg))
+    msg = str(exc.value)
+    assert msg.startswith(f"{cfg}:{line}: 'metrics.{key}': the Pushgateway push was removed; "), msg
+    assert "run a Prometheus agent that scrapes this gateway and remote-writes (deploy/ministry.md §5)" in msg
+    assert "unknown key" not in msg
+
+
 def test_check_command_exit_codes(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "filterproxy", "check"], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr

@@ -30,14 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 PROM = DEPLOY / "prometheus"
 RULES = PROM / "filterproxy.rules.yml"
+FLEET_RULES = PROM / "fleet.rules.yml"  # the ministry's fleet alerts (deploy/ministry.md §5)
 DASHBOARD = DEPLOY / "grafana" / "filterproxy-dashboard.json"
+FLEET_DASHBOARD = DEPLOY / "grafana" / "filterproxy-fleet.json"
 SYSTEMD = DEPLOY / "systemd"
 NFT = DEPLOY / "nftables" / "filterproxy.nft"
 GUIDES = ["raspberry-pi.md", "school-gateway.md", "ministry.md", "privacy.md", "transparent-proxy.md", "wireguard.md"]
 
-# Series that exist besides filterproxy's own: Prometheus' target health and the Pushgateway's
-# per-group push timestamps (used by FilterproxyGatewayNotPushing).
-EXTERNAL_SERIES = {"up", "push_time_seconds", "push_failure_time_seconds"}
+# Series that exist besides filterproxy's own: Prometheus' target health.
+EXTERNAL_SERIES = {"up"}
 TARGET_LABELS = {"job", "instance", "gateway", "school", "province"}
 
 
@@ -115,26 +116,26 @@ def promql_label_names(expr: str) -> set[str]:
     return labels
 
 
-def rule_exprs() -> list[tuple[str, str]]:
-    doc = yaml.safe_load(RULES.read_text())
+def rule_exprs(path: Path = RULES) -> list[tuple[str, str]]:
+    doc = yaml.safe_load(path.read_text())
     return [(r.get("alert") or r.get("record"), r["expr"]) for g in doc["groups"] for r in g["rules"]]
 
 
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
+def dashboard(path: Path = DASHBOARD) -> dict:
+    return json.loads(path.read_text())
 
 
-def dashboard_exprs() -> list[tuple[str, str]]:
+def dashboard_exprs(path: Path = DASHBOARD) -> list[tuple[str, str]]:
     out = []
-    for p in dashboard()["panels"]:
+    for p in dashboard(path)["panels"]:
         for t in p.get("targets", []):
             out.append((p["title"], t["expr"]))
     return out
 
 
-def dashboard_variable_queries() -> list[str]:
+def dashboard_variable_queries(path: Path = DASHBOARD) -> list[str]:
     out = []
-    for v in dashboard()["templating"]["list"]:
+    for v in dashboard(path)["templating"]["list"]:
         if v.get("type") == "query":
             q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
             out.append(q)
@@ -156,36 +157,53 @@ def test_promtool_check_config():
     assert "SUCCESS" in r.stdout + r.stderr
 
 
-def test_promtool_check_rules():
-    r = run([need("promtool"), "check", "rules", str(RULES)])
+def test_promtool_check_agent_config():
+    """agent.yml, the gateways' Prometheus agent config (deploy/ministry.md §5), is valid in agent mode."""
+    r = run([need("promtool"), "check", "config", "--agent", "agent.yml"], cwd=PROM)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("rules", [RULES, FLEET_RULES], ids=lambda p: p.name)
+def test_promtool_check_rules(rules):
+    r = run([need("promtool"), "check", "rules", str(rules)])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout
 
 
-def test_promtool_test_rules():
-    r = run([need("promtool"), "test", "rules", "filterproxy.rules.test.yml"], cwd=PROM)
+@pytest.mark.parametrize("tests", ["filterproxy.rules.test.yml", "fleet.rules.test.yml"])
+def test_promtool_test_rules(tests):
+    r = run([need("promtool"), "test", "rules", tests], cwd=PROM)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout
 
 
-def test_every_alert_is_unit_tested_firing_and_not_firing():
-    tests = yaml.safe_load((PROM / "filterproxy.rules.test.yml").read_text())["tests"]
-    fired, quiet = set(), set()
-    for t in tests:
-        for a in t.get("alert_rule_test", []):
-            (fired if a.get("exp_alerts") else quiet).add(a["alertname"])
-    alerts = {name for name, _ in rule_exprs()}
-    assert alerts - fired == set(), "alerts never tested firing"
-    assert alerts - quiet == set(), "alerts never tested not firing"
-    # the alerts the deployment guide promises
-    assert {
+PROMISED_ALERTS = {  # the alerts the deployment guide promises
+    RULES: {
         "FilterproxyListStale",
         "FilterproxyImageHashMatch",
         "FilterproxyUpstreamFailing",
         "FilterproxyBlockedSpike",
         "FilterproxyTargetDown",
         "FilterproxyReportDeliveryFailing",
-    } <= alerts
+    },
+    FLEET_RULES: {"FilterproxyGatewayNotReporting", "FilterproxyFleetListsStale", "FilterproxyProvinceVersionSkew"},
+}
+
+
+@pytest.mark.parametrize("rules", [RULES, FLEET_RULES], ids=lambda p: p.name)
+def test_every_alert_is_unit_tested_firing_and_not_firing(rules):
+    tests = yaml.safe_load(rules.with_name(rules.name.replace(".yml", ".test.yml")).read_text())["tests"]
+    fired, quiet = set(), set()
+    for t in tests:
+        for a in t.get("alert_rule_test", []):
+            (fired if a.get("exp_alerts") else quiet).add(a["alertname"])
+    alerts = {name for name, _ in rule_exprs(rules)}
+    assert alerts - fired == set(), "alerts never tested firing"
+    assert alerts - quiet == set(), "alerts never tested not firing"
+    assert PROMISED_ALERTS[rules] <= alerts
+    guide = set(re.findall(r"^\| (Filterproxy\w+)", (DEPLOY / "ministry.md").read_text(), re.M))
+    assert guide >= PROMISED_ALERTS[rules], "deploy/ministry.md §5 lists every promised alert"
 
 
 @pytest.mark.parametrize(
@@ -205,31 +223,32 @@ def test_promql_name_extraction(expr, expected):
     assert promql_metric_names(expr) == expected
 
 
-@pytest.mark.parametrize("where", ["rules", "dashboard"])
+@pytest.mark.parametrize("where", [RULES, FLEET_RULES, DASHBOARD, FLEET_DASHBOARD], ids=lambda p: p.name)
 def test_promql_references_only_defined_metrics_and_labels(where):
-    exprs = rule_exprs() if where == "rules" else dashboard_exprs()
+    exprs = rule_exprs(where) if where.suffix == ".yml" else dashboard_exprs(where)
     known, labels = defined_series(), defined_labels()
     assert exprs
     for name, expr in exprs:
         unknown = promql_metric_names(expr) - known
-        assert not unknown, f"{where} {name!r} uses undefined metrics {unknown}: {expr}"
+        assert not unknown, f"{where.name} {name!r} uses undefined metrics {unknown}: {expr}"
         bad = promql_label_names(expr) - labels
-        assert not bad, f"{where} {name!r} uses unknown labels {bad}: {expr}"
-    for q in dashboard_variable_queries() if where == "dashboard" else []:
+        assert not bad, f"{where.name} {name!r} uses unknown labels {bad}: {expr}"
+    for q in dashboard_variable_queries(where) if where.suffix == ".json" else []:
         m = re.fullmatch(r"label_values\((.*),\s*(\w+)\s*\)", q)
         assert m, q
         assert promql_metric_names(m.group(1)) <= known, q
         assert m.group(2) in labels, q
 
 
-def test_dashboard_expressions_parse_with_promtool(tmp_path):
+@pytest.mark.parametrize("path", [DASHBOARD, FLEET_DASHBOARD], ids=lambda p: p.name)
+def test_dashboard_expressions_parse_with_promtool(tmp_path, path):
     rules = {
         "groups": [
             {
                 "name": "dashboard",
                 "rules": [
                     {"record": f"dashboard:expr_{i}", "expr": grafana_to_promql(e)}
-                    for i, (_, e) in enumerate(dashboard_exprs())
+                    for i, (_, e) in enumerate(dashboard_exprs(path))
                 ],
             }
         ]
@@ -264,6 +283,34 @@ def test_dashboard_structure():
     assert {v["name"] for v in d["templating"]["list"]} >= {"datasource", "province", "school", "gateway", "group"}
     # privacy: no per-client or per-site breakdown anywhere
     assert not re.search(r"\b(client|qname|domain|url)\b", json.dumps([e for _, e in dashboard_exprs()]))
+
+
+def test_fleet_dashboard_structure():
+    """The ministry's fleet dashboard: the views deploy/ministry.md §5 promises, by province, valid panels."""
+    d = dashboard(FLEET_DASHBOARD)
+    assert d["uid"] != dashboard()["uid"]  # imported next to the per-gateway dashboard, not over it
+    titles = " | ".join(p["title"] for p in d["panels"]).lower()
+    for topic in (
+        "gateways not reporting",
+        "gateways by installed list version",
+        "behind the newest list version",
+        "version skew by province",
+        "lists older than 48 h",
+        "blocked attempts by province, category and age group",
+    ):
+        assert topic in titles, topic
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in d["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}"
+            assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+    assert {v["name"] for v in d["templating"]["list"]} >= {"datasource", "province"}
+    exprs = json.dumps([e for _, e in dashboard_exprs(FLEET_DASHBOARD)])
+    assert not re.search(r"\b(client|qname|domain|url)\b", exprs)
+    assert "$province" in exprs
 
 
 # ----------------------------------------------------------------------------- systemd
@@ -720,7 +767,7 @@ def test_guide_commands_parse_with_the_cli():
     for guide, block in _code_blocks("sh"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
-            m = re.search(r"(?:^|\s|/)filterproxy\s+(run|lists|bundle|export|check|explain|querylog)\b(.*)$", line)
+            m = re.search(r"(?:^|\s|/)filterproxy\s+(run|lists|publish|export|check|explain|querylog)\b(.*)$", line)
             if not m or line.startswith("#"):
                 continue
             cmdline = re.split(r"\s[|>]", m.group(1) + m.group(2))[0]  # drop pipes and redirections
@@ -730,7 +777,8 @@ def test_guide_commands_parse_with_the_cli():
             except SystemExit as exc:
                 raise AssertionError(f"{guide}: `{line}` is not a valid filterproxy command") from exc
             seen.add(" ".join(argv[:2]))
-    commands = ("bundle keygen", "bundle build", "bundle sign", "bundle verify", "lists update", "lists reload")
+    commands = ("publish keygen", "publish init", "publish add", "publish sign", "publish commit", "publish rotate")
+    commands += ("publish delegate", "lists update", "lists reload")
     for cmd in (*commands, "querylog"):
         assert any(s.startswith(cmd) for s in seen), f"no guide shows `filterproxy {cmd}`"
 

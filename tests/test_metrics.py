@@ -1,7 +1,6 @@
-"""filterproxy.metrics: exposition, label bounds, serving, multiprocess aggregation, Pushgateway, meta rules.
+"""filterproxy.metrics: exposition, label bounds, serving, multiprocess aggregation, meta rules.
 
-Real peers: HTTP clients against metrics.serve(), child processes sharing a metrics directory, and the
-Debian `prometheus-pushgateway` binary on a loopback port.
+Real peers: HTTP clients against metrics.serve() and child processes sharing a metrics directory.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -60,8 +58,11 @@ EXPECTED_METRICS = {
     "filterproxy_lists_reloads_total": ("counter", ("result",)),
     "filterproxy_config_reloads_total": ("counter", ("result",)),
     "filterproxy_config_generation": ("gauge", ("role",)),
-    "filterproxy_bundle_info": ("gauge", ("publisher", "serial")),
-    "filterproxy_bundle_serial": ("gauge", ()),
+    "filterproxy_distribution_list_version": ("gauge", ("list", "role")),
+    "filterproxy_distribution_root_version": ("gauge", ()),
+    "filterproxy_distribution_snapshot_version": ("gauge", ()),
+    "filterproxy_distribution_last_success_timestamp_seconds": ("gauge", ()),
+    "filterproxy_distribution_failures_total": ("counter", ("reason",)),
     "filterproxy_imagehash_images_total": ("counter", ()),
     "filterproxy_imagehash_matches_total": ("counter", ("list", "kind")),
     "filterproxy_imagehash_duration_seconds": ("histogram", ()),
@@ -94,25 +95,6 @@ def scrape_registry() -> dict[tuple[str, frozenset], float]:
 
 def key(name: str, **labels: str) -> tuple[str, frozenset]:
     return name, frozenset(labels.items())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
 
 
 @pytest.fixture(autouse=True)
@@ -219,8 +201,8 @@ def test_gauges_info_and_derived_age():
     metrics.LISTS_INFO.set("ut1-adult", "2024-06-01")
     metrics.LISTS_INFO.set("ut1-adult", "2024-06-02")  # replaces, never two versions
     metrics.LISTS_LAST_SUCCESS.set("ut1-adult", value=now - 7200)
-    metrics.BUNDLE_INFO.set("Bộ GD&ĐT", 42)
-    metrics.BUNDLE_SERIAL.set(value=42)
+    metrics.DISTRIBUTION_LIST_VERSION.set("ut1-adult", "national", value=42)
+    metrics.DISTRIBUTION_LIST_VERSION.set("ut1-adult", "Hà Nội", value=42)  # not a role: folds to "other"
     depth = [7]
     metrics.REPORTS_QUEUE_DEPTH.set_function(lambda: depth[0])
     try:
@@ -229,8 +211,8 @@ def test_gauges_info_and_derived_age():
         versions = [k for k in s if k[0] == "filterproxy_lists_info" and ("list", "ut1-adult") in k[1]]
         assert versions == [key("filterproxy_lists_info", list="ut1-adult", version="2024-06-02")]
         assert s[key("filterproxy_lists_age_seconds", list="ut1-adult")] == pytest.approx(7200, abs=5)
-        assert s[key("filterproxy_bundle_info", publisher="Bộ GD&ĐT", serial="42")] == 1
-        assert s[key("filterproxy_bundle_serial")] == 42
+        assert s[key("filterproxy_distribution_list_version", list="ut1-adult", role="national")] == 42
+        assert s[key("filterproxy_distribution_list_version", list="ut1-adult", role="other")] == 42
         assert s[key("filterproxy_reports_queue_depth")] == 7
         depth[0] = 0
         assert scrape_registry()[key("filterproxy_reports_queue_depth")] == 0
@@ -638,94 +620,6 @@ def test_enable_multiprocess_in_this_process(tmp_path):
         metrics.COLLECTOR.disable_multiprocess()
 
 
-# ----------------------------------------------------------------------------- Pushgateway
-
-
-@pytest.fixture
-def pushgateway(tmp_path):
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    assert binary, "prometheus-pushgateway not installed (test.sh installs the Debian package)"
-    port = free_port()
-    log = open(tmp_path / "pushgateway.log", "w")
-    # an own persistence file: Debian's default (/var/lib/prometheus/pushgateway.data) is shared by every run
-    p = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pushgateway.data'}"],
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        p.terminate()
-        p.wait(timeout=10)
-        log.close()
-
-
-def test_pusher_pushes_with_grouping_key(pushgateway):
-    metrics.DNS_BLOCKED.inc("lower-secondary", "gambling", "category", amount=3)
-    metrics.HTTP_SAFESEARCH_REWRITES.inc("primary", "youtube")
-    group = {"gateway": "gw-hn-0001", "school": "thpt-chu-van-an", "province": "ha-noi"}
-    pusher = metrics.Pusher(pushgateway, job="filterproxy", grouping_key=group, interval=0.2)
-    assert pusher.push_once()
-    s = samples(requests.get(f"{pushgateway}/metrics", timeout=5).text)
-    labels = dict(job="filterproxy", instance="", **group)
-    got = {k: v for k, v in s.items() if k[0] == "filterproxy_dns_blocked_total"}
-    assert (
-        got[
-            key(
-                "filterproxy_dns_blocked_total",
-                group="lower-secondary",
-                category="gambling",
-                reason="category",
-                **labels,
-            )
-        ]
-        == 3
-    )
-    assert s[key("push_time_seconds", **labels)] > time.time() - 60
-    assert s[key("push_failure_time_seconds", **labels)] == 0
-
-    # the thread keeps pushing fresh values
-    pusher.start()
-    metrics.DNS_BLOCKED.inc("lower-secondary", "gambling", "category", amount=2)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        s = samples(requests.get(f"{pushgateway}/metrics", timeout=5).text)
-        if (
-            s.get(
-                key(
-                    "filterproxy_dns_blocked_total",
-                    group="lower-secondary",
-                    category="gambling",
-                    reason="category",
-                    **labels,
-                )
-            )
-            == 5
-        ):
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("pushed value never reached 5")
-    pusher.stop()
-    assert pusher.pushes >= 3 and pusher.failures == 0
-
-
-def test_pusher_failure_is_counted_not_raised():
-    port = free_port()  # nothing listens there
-    pusher = metrics.Pusher(f"http://127.0.0.1:{port}", grouping_key={"gateway": "x"}, timeout=2)
-    assert pusher.push_once() is False
-    assert pusher.failures == 1 and pusher.last_error
-
-
-def test_pusher_rejects_bad_grouping_key():
-    with pytest.raises(ValueError):
-        metrics.Pusher("http://127.0.0.1:9", grouping_key={"bad-key": "x"})
-    with pytest.raises(ValueError):
-        metrics.Pusher("http://127.0.0.1:9", grouping_key={"gateway": ""})
-
-
 # ----------------------------------------------------------------------------- meta
 
 FORBIDDEN_LABEL = re.compile(r"(client|^ip$|_ip$|addr|domain|url|qname|host|user|mac|path|name|email)", re.I)
@@ -734,7 +628,7 @@ SUBSYSTEMS = {
     "dns",
     "http",
     "lists",
-    "bundle",
+    "distribution",
     "imagehash",
     "reports",
     "config",
@@ -805,7 +699,7 @@ def test_every_exposed_sample_uses_bounded_labels():
         for s in fam.samples:
             for k, v in s.labels.items():
                 assert not FORBIDDEN_LABEL.search(k)
-                if fam.name not in ("filterproxy_lists_info", "filterproxy_bundle_info", "filterproxy_build_info"):
+                if fam.name not in ("filterproxy_lists_info", "filterproxy_build_info"):
                     assert "." not in v or k in ("le",) or re.fullmatch(r"[\d.]+", v), (fam.name, k, v)
 
 

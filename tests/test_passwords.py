@@ -73,7 +73,6 @@ def _load(tmp_path, body: str):
 @pytest.mark.parametrize(
     "body, line, needles",
     [
-        ("metrics:\n  push_password: s3cret\n", 2, ("'metrics.push_password'", "'metrics.push_password_file'")),
         ("reports:\n  endpoint: https://h.example/r\n  token: abc\n", 3, ("'reports.token'", "'reports.token_file'")),
         ("metrics:\n  tls_key: x\n", 2, ("'metrics.tls_key'", "'metrics.tls_key_file'")),
         ("metrics:\n  basic_auth_password: x\n", 2, ("no password in the configuration", "filterproxy passwd")),
@@ -83,10 +82,7 @@ def _load(tmp_path, body: str):
             ("'metrics.basic_auth_hash'", "unsalted SHA-256", "filterproxy passwd"),
         ),
         ("metrics:\n  basic_auth_user: prometheus\n", 2, ("needs 'metrics.basic_auth_hash'",)),
-        ("metrics:\n  push_basic_auth_user: gw\n", 2, ("needs 'metrics.push_password_file'",)),
         ("metrics:\n  tls_key_file: key.pem\n", 2, ("'metrics.tls_key_file' needs 'metrics.tls_cert_file'",)),
-        ("metrics:\n  push_interval: 0\n", 2, ("'metrics.push_interval' must be at least 1",)),
-        ("metrics:\n  push_grouping: {bad-key: x}\n", 2, ("invalid label bad-key='x'",)),
     ],
 )
 def test_metrics_and_reports_secret_keys_errors(tmp_path, body, line, needles):
@@ -99,19 +95,12 @@ def test_metrics_and_reports_secret_keys_errors(tmp_path, body, line, needles):
 
 
 def test_secret_files_resolved_and_read(tmp_path):
-    (tmp_path / "push.pw").write_text("push-secret\n")
     (tmp_path / "token").write_text("  tok-123  \n")
-    os.chmod(tmp_path / "push.pw", 0o600)
     os.chmod(tmp_path / "token", 0o600)
-    cfg = _load(
-        tmp_path,
-        "metrics:\n  push_url: http://127.0.0.1:9/\n  push_basic_auth_user: gw\n  push_password_file: push.pw\n"
-        "reports:\n  token_file: token\n",
-    )
-    assert cfg.metrics.push_password_file is not None
-    assert cfg.metrics.push_password_file.path == str(tmp_path / "push.pw")  # relative to the config file
-    s = load_secrets(cfg)
-    assert (s.push_password, s.reports_token) == ("push-secret", "tok-123")
+    cfg = _load(tmp_path, "reports:\n  token_file: token\n")
+    assert cfg.reports.token_file is not None
+    assert cfg.reports.token_file.path == str(tmp_path / "token")  # relative to the config file
+    assert load_secrets(cfg).reports_token == "tok-123"
 
 
 def test_unreadable_or_empty_secret_file_names_config_line_and_path(tmp_path):

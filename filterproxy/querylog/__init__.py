@@ -18,7 +18,7 @@ Off unless the administrator turns it on (``querylog.enabled``). When on:
   cannot keep up, records are dropped (``filterproxy_querylog_dropped_total``), never the query delayed.
 
 A record: ``time, client, proto (dns|http), group, name, qtype (DNS) or method (HTTP), action, reason,
-list, category``. The log never leaves the machine: metrics and pushes carry aggregate counters only.
+list, category``. The log never leaves the machine: metrics carry aggregate counters only.
 """
 
 from __future__ import annotations
