@@ -13,8 +13,8 @@ The names below are re-exported so callers keep importing from ``filterproxy.mat
 
 from __future__ import annotations
 
-# Besides __all__, callers import DEFAULT_MAX_SIDE, MAX_DECODE_PIXELS, EXACT_KINDS, HEX_LENGTHS, PDQ_BYTES,
-# pdq_available and, in tests, _EXPECTED and _popcount_table from here. The command line (.cli) is not
+# Besides __all__, callers import DEFAULT_MAX_SIDE, MAX_DECODE_PIXELS, EXACT_KINDS, HEX_LENGTHS, PDQ_BYTES
+# and, in tests, _EXPECTED and _popcount_table from here. The command line (.cli) is not
 # re-exported: it compiles lists through filterproxy.lists, which imports this package.
 from filterproxy.match.imagehash.hashing import (  # noqa: F401
     DEFAULT_MAX_SIDE,
@@ -22,7 +22,6 @@ from filterproxy.match.imagehash.hashing import (  # noqa: F401
     ImageHashes,
     hash_image_bytes,
     hash_image_bytes_async,
-    pdq_available,
 )
 from filterproxy.match.imagehash.index import ImageHashIndex, ImageMatch, _popcount_table  # noqa: F401
 from filterproxy.match.imagehash.kinds import (  # noqa: F401

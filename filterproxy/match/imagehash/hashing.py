@@ -63,11 +63,6 @@ _ODD_ROWS, _ODD_COLS = _ODD[:, None], _ODD[None, :]
 _CHECKER = _ODD_ROWS * _ODD_COLS  # (-1)^(i+j)
 
 
-def pdq_available() -> bool:
-    """True: PDQ is computed in numpy here, so hashing needs no C++ extension (kept for callers)."""
-    return True
-
-
 @dataclass(frozen=True, slots=True)
 class ImageHashes:
     """Hashes of one image: exact hashes of the bytes, PDQ of the picture (``None`` if undecodable).
