@@ -121,13 +121,11 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         shutil.rmtree(final, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{fp}-", dir=root)
-    cur = os.path.join(root, "current")
-    previous = os.path.realpath(cur) if os.path.exists(os.path.join(cur, "meta.json")) else None
     try:
         if in_process:
-            _save_built(sources, tmp, previous)
+            _save_built(sources, tmp)
         else:
-            _compile_in_child(sources, tmp, previous)
+            _compile_in_child(sources, tmp)
         try:
             os.rename(tmp, final)
         except OSError:  # another process compiled the same inputs first: use theirs
@@ -136,33 +134,13 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(root, keep_also=final)
-    _log_image_update(final)
     return final
 
 
-def _log_image_update(folder: str) -> None:
-    """Which way the child built the image index, and how long it took (its lineage.json)."""
-    from filterproxy.lists.snapshot_images import load_lineage
-
-    try:
-        lin = load_lineage(os.path.join(folder, "images"))
-    except (OSError, ValueError):
-        return
-    if lin:
-        log.info(
-            "lists: image index %s build in %.2f s (%s; %d net changes since the full build, generation %d)",
-            lin.get("path"),
-            lin.get("seconds", 0.0),
-            lin.get("why"),
-            lin.get("changes", 0),
-            lin.get("generation", 0),
-        )
-
-
-def _compile_in_child(sources: list[ListSource], out: str, previous: str | None = None) -> None:
+def _compile_in_child(sources: list[ListSource], out: str) -> None:
     spec = json.dumps([s.__dict__ for s in sources])
     r = subprocess.run(
-        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out, *([previous] if previous else [])],
+        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out],
         input=spec,
         text=True,
         capture_output=True,
@@ -172,11 +150,10 @@ def _compile_in_child(sources: list[ListSource], out: str, previous: str | None 
         raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
 
 
-def _save_built(sources: list[ListSource], out: str, previous: str | None = None) -> None:
-    """Build and write a snapshot (its image index over ``previous``'s when few hashes changed); a full
-    disk is reported as such, naming the folder (the index library's own message for it is an opaque I/O
-    error)."""
-    snap = build_snapshot(sources, strict=True, previous=previous)
+def _save_built(sources: list[ListSource], out: str) -> None:
+    """Build and write a snapshot; a full disk is reported as such, naming the folder (the index
+    library's own message for it is an opaque I/O error)."""
+    snap = build_snapshot(sources, strict=True)
     try:
         save_snapshot(snap, out)
     except (OSError, RuntimeError) as exc:
@@ -357,13 +334,13 @@ def _last_good(state_dir: str, new_folder: str) -> tuple[str, list[ListInfo]] | 
 
 
 def _child_main() -> None:
-    """``python -m filterproxy.lists.snapshot_cache OUT [PREVIOUS]`` with the sources as JSON on stdin."""
+    """``python -m filterproxy.lists.snapshot_cache OUT`` with the sources as JSON on stdin."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(OSError):  # the compile yields the CPU to the serving threads it runs beside
         os.nice(10)
     sources = [ListSource(**d) for d in json.load(sys.stdin)]
     try:
-        _save_built(sources, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+        _save_built(sources, sys.argv[1])
     except ListError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)
