@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
-import ipaddress
 import json
 import re
 import subprocess
@@ -23,10 +22,7 @@ import dns.rcode
 import pytest
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlsutil import self_signed
 
 from filterproxy.config import load_config
 from filterproxy.dns.testing import FakeUpstream, ServerProcess
@@ -382,26 +378,7 @@ def test_wrong_passwords_lock_the_address_out(tmp_path, upstream):
 
 @pytest.fixture()
 def cert(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    c = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    return self_signed(tmp_path, cn="127.0.0.1", names=(), days=2)
 
 
 def test_tls_sets_a_secure_cookie(tmp_path, upstream, cert):

@@ -9,8 +9,6 @@ a self-signed certificate made here (SAN 127.0.0.1 and localhost) in front of a 
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import re
 import signal
 import socket
@@ -29,10 +27,7 @@ import dns.rdatatype
 import httpx
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlsutil import self_signed
 
 from filterproxy.dns.testing import FakeUpstream, ServerProcess, synth_a
 
@@ -40,28 +35,7 @@ BLOCK_PAGE = "10.9.9.9"  # server.block_page_ipv4: the answer for a name blocked
 
 
 def _self_signed(folder) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
+    return self_signed(folder)
 
 
 def _config(folder, upstream: FakeUpstream, cert: str, key: str):

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import importlib.util
 import ipaddress
@@ -39,10 +38,7 @@ import pytest
 import requests
 import yaml
 from conftest import LISTS
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlsutil import self_signed
 
 from filterproxy.dns.testing import FakeUpstream, ServerProcess
 
@@ -165,26 +161,8 @@ def _scrape(gw: ServerProcess) -> list[str]:
 
 
 def _cert(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metrics.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return tmp / "tls.crt", tmp / "tls.key"
+    cert, key = self_signed(tmp, cn="metrics.test", names=(), days=2, files=("tls.crt", "tls.key"))
+    return Path(cert), Path(key)
 
 
 def _flags(argv: list[str], **values: str) -> list[str]:

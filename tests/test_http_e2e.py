@@ -9,10 +9,8 @@ The HTTPS server has a self-signed certificate (made here with ``cryptography``)
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 import http.server
-import ipaddress
 import os
 import shutil
 import signal
@@ -27,10 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import LISTS, REPO, write_config
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlsutil import self_signed
 
 from filterproxy.http.auth import hash_password
 from filterproxy.match.urlhash import expression_hash
@@ -111,28 +106,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def make_cert(d: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "filterproxy test upstream")])
-    now = dt.datetime.now(dt.UTC)
-    sans = [x509.DNSName(n) for n in TEST_NAMES] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    return self_signed(
+        d, cn="filterproxy test upstream", names=TEST_NAMES, days=30, files=("upstream.pem", "upstream.key")
     )
-    cert_path, key_path = d / "upstream.pem", d / "upstream.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
 
 
 class Upstream:

@@ -6,7 +6,6 @@ Real peers: HTTP clients against metrics.serve() and child processes sharing a m
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import gzip
 import hashlib
 import json
@@ -309,33 +308,9 @@ def test_serve_rejects_other_hash_schemes(hashed, why):
 
 
 def test_serve_tls(tmp_path):
-    import ipaddress
+    from tlsutil import self_signed
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key_ = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key_.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key_, hashes.SHA256())
-    )
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key_.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    certfile, keyfile = self_signed(tmp_path, cn="gateway-test", names=(), days=1)
     srv = metrics.serve("127.0.0.1:0", certfile=str(certfile), keyfile=str(keyfile))
     try:
         assert srv.url.startswith("https://")

@@ -11,9 +11,7 @@ Proxy users with argon2id hashes through a real proxy: tests/test_http_e2e.py::t
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
-import ipaddress
 import json
 import os
 import shutil
@@ -27,10 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlsutil import self_signed
 
 from filterproxy.dns.testing import FakeUpstream, ServerProcess
 from filterproxy.passwords import hash_password, verify_password
@@ -52,28 +47,7 @@ def _secret(path: Path, text: str) -> str:
 
 
 def _self_signed(tmp_path: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-metrics")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    certfile, keyfile = tmp_path / "metrics.crt", tmp_path / "metrics.key"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    os.chmod(keyfile, 0o600)
-    return str(certfile), str(keyfile)
+    return self_signed(tmp_path, cn="gateway-metrics", names=(), days=1, files=("metrics.crt", "metrics.key"))
 
 
 def _config(tmp_path: Path, upstream: FakeUpstream, extra: dict) -> Path:
