@@ -15,6 +15,9 @@
    the brute force's time per picture, in the same run; 10,000 hashes added + 10,000 removed
    (``with_changes``) and the compaction. ``--big`` adds 10M hashes (~1.4 GB of index files, ~2 min).
    ``--write-list PATH --count N`` (or ``bench/pdq_corpus.py``) writes such a list (and planted queries) alone.
+3. ``--update`` (bench/imagehash_update.py): at each size, a list compiled, then 10,000 lines inserted and
+   1,000 removed and compiled again (the image index as a delta over the previous base), against the same
+   edited list compiled in full; added, kept and removed hashes checked on a sample.
 
 Everything runs pinned to one core (``--cpu``, default the last one). Targets: hashing a 1 MP JPEG
 <= 20 ms; 10M hashes: match p50 <= 5 ms, p99 <= 20 ms, build <= 60 s, query RSS <= 400 MB, recall 100%.
@@ -165,6 +168,7 @@ def bench_hashing(repeats: int) -> list[dict]:
 
 sys.path.insert(0, str(Path(__file__).parent))
 import imagehash_matching  # noqa: E402  (the matching section lives there: list → snapshot → mapped index)
+import imagehash_update  # noqa: E402  (the --update section: a changed list compiled as a delta)
 
 TARGETS_10M = {"match8_p50_ms": 5.0, "match8_p99_ms": 20.0, "build_s": 60.0, "rss_mb": 400.0}
 
@@ -180,6 +184,7 @@ def main() -> int:
     ap.add_argument("--hash-repeats", type=int, default=40)
     ap.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="pin to this core (-1: don't)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--update", action="store_true", help="also compile +10,000 −1,000 lines as a delta, per size")
     args = ap.parse_args()
     if args.write_list:  # the benchmark's list alone, e.g. for `filterproxy imagehash --list imagehash:PATH`
         return imagehash_matching.pdq_corpus.main(["--write-list", args.write_list, "--count", str(args.count)])
@@ -218,6 +223,13 @@ def main() -> int:
         matching.append(r)
         imagehash_matching.print_row(r)
 
+    updates = []
+    if args.update:
+        print("\n== list update: +10,000 −1,000 lines compiled as a delta vs in full (child process each)")
+        for n in sizes:
+            updates.append(imagehash_update.bench_update(n, args.workdir))
+            imagehash_update.print_row(updates[-1])
+
     print("\n== targets")
     ok = True
     one_mp = next(r for r in hashing if r["picture"].startswith("1 MP"))
@@ -235,10 +247,14 @@ def main() -> int:
                 verdict = r[key] <= limit
                 ok &= verdict
                 print(f"  10M hashes: {key} <= {limit:g}: {r[key]:.2f}  {'OK' if verdict else 'MISSED'}")
+    for r in updates:
+        verdict = r["path"] == "delta" and not any(r["wrong"].values())
+        ok &= verdict
+        print(f"  {r['hashes']:,} hashes, list update: delta path, 0 wrong answers  {'OK' if verdict else 'MISSED'}")
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"hashing": hashing, "matching": matching}, indent=1))
+        Path(args.json).write_text(json.dumps({"hashing": hashing, "matching": matching, "update": updates}, indent=1))
     return 0 if ok else 1
 
 

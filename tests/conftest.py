@@ -58,6 +58,7 @@ E2E_MODULES = frozenset(
         "test_http_failclosed_e2e",
         "test_images_e2e",
         "test_imagehash_cli",
+        "test_imagehash_snapshot_delta_e2e",
         "test_ip_literals_e2e",
         "test_integration",
         "test_lists_refresh",

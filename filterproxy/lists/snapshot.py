@@ -73,6 +73,7 @@ class Snapshot:
     # image record → item id from the hash list (ImageItems: mapped arrays; a dict for hand-built snapshots)
     image_items: ImageItems | dict[int, str] = field(default_factory=dict)
     folder: str | None = None  # the cached folder it was mapped from (its name is the inputs' fingerprint)
+    image_update: dict[str, Any] = field(default_factory=dict)  # how the image index was built (lineage.json)
 
     def by_id(self, list_id: str) -> ListInfo | None:
         return next((li for li in self.lists if li.id == list_id), None)
@@ -174,9 +175,10 @@ def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
     return info, batch
 
 
-def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Snapshot:
+def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True, previous: str | None = None) -> Snapshot:
     """Parse and compile every source. A source that cannot be read or yields zero entries raises
-    ListError when ``strict``; otherwise it is logged and left out (the rest still load)."""
+    ListError when ``strict``; otherwise it is logged and left out (the rest still load). ``previous``, a
+    saved snapshot folder, lets a few changed image hashes reuse its index (:mod:`.snapshot_images`)."""
     lists: list[ListInfo] = []
     got = _Collected()
     seen_ids: set[str] = set()
@@ -199,7 +201,7 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True) -> Sna
     matcher = DomainMatcher.build(got.domains)
     got.domains = []
     snap = Snapshot(lists, matcher, got.regexes, got.ips)
-    _attach_url_and_image_matchers(snap, got.urls, got.urlhashes, got.images)
+    _attach_url_and_image_matchers(snap, got.urls, got.urlhashes, got.images, previous)
     return snap
 
 
@@ -208,6 +210,7 @@ def _attach_url_and_image_matchers(
     url_entries: list[tuple[str, int]],
     urlhash_entries: list[tuple[str, int]],
     image_entries: list[tuple[int, ImageHashBlock]],
+    previous: str | None = None,
 ) -> None:
     """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
     snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}
@@ -228,23 +231,9 @@ def _attach_url_and_image_matchers(
         uh.freeze()
         snap.urlhashes = uh
     if image_entries:
-        from filterproxy.match.imagehash import ImageHashIndex
+        from filterproxy.lists.snapshot_images import build_images
 
-        ix = ImageHashIndex()
-        legal = {li.index for li in snap.lists if li.source.is_legal}
-        # the index answers with the first record added: legal lists first, so a picture listed by several
-        # lists is blocked and reported as the legal list's (reason legal), whatever the configuration order
-        from filterproxy.match.imagehash.items import ImageItems
-
-        items: list[tuple[Any, list[str | None]]] = []
-        for idx, block in sorted(image_entries, key=lambda e: e[0] not in legal):
-            records = (idx << 32) | block.lines  # record(idx, line) for every row at once
-            ix.add_many(block.kind, block.digests, records)
-            if block.items:  # the hotline's opaque item ids, for reports
-                items.append((records, block.items))
-        ix.freeze()
-        snap.images = ix
-        snap.image_items = ImageItems.from_blocks(items)
+        build_images(snap, image_entries, previous)
 
 
 def describe(lists: Iterable[ListInfo]) -> str:
@@ -258,7 +247,8 @@ def describe(lists: Iterable[ListInfo]) -> str:
 # 4: an IP address keeps every list that names it (extra.pickle "ips": address → ((list, line), ...));
 # 5: image hashes as arrays (extra.pickle "images": (list index, ImageHashBlock) pairs);
 # 6: the compiled image index and item ids as memory-mapped .npy files (images/), not re-built per process
-SNAPSHOT_FORMAT = 6
+# 7: images/lineage.json; an image index may be the previous base plus a delta (index format 2: shifted lines)
+SNAPSHOT_FORMAT = 7
 
 
 def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) -> None:
@@ -322,12 +312,15 @@ def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) ->
 
 def _save_images(snap: Snapshot, directory: str) -> None:
     """The image index and item ids as .npy files that every process maps (``images/``)."""
+    from filterproxy.lists.snapshot_images import save_lineage
     from filterproxy.match.imagehash.items import ImageItems
 
     assert snap.images is not None
     snap.images.save(directory)
     items = snap.image_items
     (items if isinstance(items, ImageItems) else ImageItems.build(items.items())).save(directory)
+    if snap.image_update:
+        save_lineage(snap.image_update, directory)
 
 
 def _map_images(snap: Snapshot, directory: str) -> None:
@@ -336,12 +329,14 @@ def _map_images(snap: Snapshot, directory: str) -> None:
 
     if not os.path.isdir(directory):
         return
+    from filterproxy.lists.snapshot_images import load_lineage
     from filterproxy.match.imagehash import ImageHashIndex
     from filterproxy.match.imagehash.items import ImageItems
 
     try:
         snap.images = ImageHashIndex.load(directory)
         snap.image_items = ImageItems.load(directory)
+        snap.image_update = load_lineage(directory)
     except (OSError, ValueError, KeyError) as exc:
         raise ListError(f"{directory}: unreadable image index: {exc}") from None
 

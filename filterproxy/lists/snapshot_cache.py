@@ -121,11 +121,12 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         shutil.rmtree(final, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{fp}-", dir=root)
+    previous = _previous_images(root)
     try:
         if in_process:
-            _save_built(sources, tmp)
+            _save_built(sources, tmp, previous)
         else:
-            _compile_in_child(sources, tmp)
+            _compile_in_child(sources, tmp, previous)
         try:
             os.rename(tmp, final)
         except OSError:  # another process compiled the same inputs first: use theirs
@@ -134,13 +135,53 @@ def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(root, keep_also=final)
+    _log_image_update(final)
     return final
 
 
-def _compile_in_child(sources: list[ListSource], out: str) -> None:
+def _previous_images(root: str) -> str | None:
+    """The snapshot whose image index a new compile may build on: ``current``, else the newest complete one
+    that has an image index (runs with ``--extra-list`` never mark one current). Any will do for
+    correctness: the delta path checks the lists and compares against that index's own base."""
+    cur = os.path.join(root, "current")
+    candidates = [os.path.realpath(cur)] if os.path.exists(cur) else []
+    candidates += [e.path for e in _snapshot_folders(root)]
+    return next(
+        (
+            c
+            for c in candidates
+            if os.path.exists(os.path.join(c, "meta.json")) and os.path.isdir(os.path.join(c, "images"))
+        ),
+        None,
+    )
+
+
+def _log_image_update(folder: str) -> None:
+    """Which way the child built the image index, and how long it took (its lineage.json)."""
+    images = os.path.join(folder, "images")
+    if not os.path.isdir(images):  # no image lists: numpy stays unimported
+        return
+    from filterproxy.lists.snapshot_images import load_lineage
+
+    try:
+        lin = load_lineage(images)
+    except (OSError, ValueError):
+        return
+    if lin:
+        log.info(
+            "lists: image index %s build in %.2f s (%s; %d net changes since the full build, generation %d)",
+            lin.get("path"),
+            lin.get("seconds", 0.0),
+            lin.get("why"),
+            lin.get("changes", 0),
+            lin.get("generation", 0),
+        )
+
+
+def _compile_in_child(sources: list[ListSource], out: str, previous: str | None = None) -> None:
     spec = json.dumps([s.__dict__ for s in sources])
     r = subprocess.run(
-        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out],
+        [sys.executable, "-m", "filterproxy.lists.snapshot_cache", out, *([previous] if previous else [])],
         input=spec,
         text=True,
         capture_output=True,
@@ -150,10 +191,11 @@ def _compile_in_child(sources: list[ListSource], out: str) -> None:
         raise ListError(msg.removeprefix("filterproxy.lists.parsers.ListError: "))
 
 
-def _save_built(sources: list[ListSource], out: str) -> None:
-    """Build and write a snapshot; a full disk is reported as such, naming the folder (the index
-    library's own message for it is an opaque I/O error)."""
-    snap = build_snapshot(sources, strict=True)
+def _save_built(sources: list[ListSource], out: str, previous: str | None = None) -> None:
+    """Build and write a snapshot (its image index over ``previous``'s when few hashes changed); a full
+    disk is reported as such, naming the folder (the index library's own message for it is an opaque I/O
+    error)."""
+    snap = build_snapshot(sources, strict=True, previous=previous)
     try:
         save_snapshot(snap, out)
     except (OSError, RuntimeError) as exc:
@@ -334,13 +376,13 @@ def _last_good(state_dir: str, new_folder: str) -> tuple[str, list[ListInfo]] | 
 
 
 def _child_main() -> None:
-    """``python -m filterproxy.lists.snapshot_cache OUT`` with the sources as JSON on stdin."""
+    """``python -m filterproxy.lists.snapshot_cache OUT [PREVIOUS]`` with the sources as JSON on stdin."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(OSError):  # the compile yields the CPU to the serving threads it runs beside
         os.nice(10)
     sources = [ListSource(**d) for d in json.load(sys.stdin)]
     try:
-        _save_built(sources, sys.argv[1])
+        _save_built(sources, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
     except ListError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)

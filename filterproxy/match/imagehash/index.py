@@ -20,7 +20,10 @@ hashes and *tombstones* of removed ones, both consulted at query time:
   when given). Run it off the serving path (a child process:
   :func:`filterproxy.match.imagehash.compact.compact_in_child`) and swap the reference in; same answers;
 * ``ix.save(folder)`` writes the delta and tombstones too, and hard-links the base files when the base is
-  already mapped from another folder on the same disk, so a new snapshot of a changed list costs its delta.
+  already mapped from another folder on the same disk, so a new snapshot of a changed list costs its delta;
+* ``ix.base().with_array_changes(added, removed, shift=..., tie_order=...)`` is what a snapshot compile
+  uses (:mod:`filterproxy.lists.snapshot_images`): array changes against the base, a *shift* that moves the
+  base's records to the lines of the edited list file, and the full build's list order for PDQ ties.
 
 Lookups answer with the first record added (base before delta). Needs numpy >= 2 (``np.bitwise_count``);
 older numpy falls back to a lookup table, several times slower.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from filterproxy.match.imagehash.hashing import ImageHashes
 
 _INDEX_FORMAT = 1
+_INDEX_FORMAT_SHIFT = 2  # format 1 plus the base records' shift (shift.*.npy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,8 @@ class ImageHashIndex:
         self._dead_exact: dict[str, frozenset[bytes]] = {}
         self._dead_pdq = np.empty(0, np.int64)  # sorted base positions
         self._base_dir: str | None = None  # the folder the base is mapped from
+        self._shift: tuple[np.ndarray, np.ndarray] | None = None  # base record translation (with_array_changes)
+        self._tie_order: tuple[int, ...] | None = None  # record high words in build order (with_array_changes)
         self._count = 0
 
     # ---- building
@@ -230,41 +236,122 @@ class ImageHashIndex:
     # ---- changes on a frozen index
 
     def with_changes(
-        self, added: Iterable[tuple[str, str, int]] = (), removed: Iterable[tuple[str, str]] = ()
+        self,
+        added: Iterable[tuple[str, str, int]] = (),
+        removed: Iterable[tuple[str, str]] = (),
+        *,
+        shift: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ImageHashIndex:
         """A new frozen index: this one without the ``removed`` (kind, hex) hashes (every record of
-        each), plus the ``added`` (kind, hex, record) entries. The base tables are shared, not copied."""
+        each), plus the ``added`` (kind, hex, record) entries. The base tables are shared, not copied.
+        ``shift`` replaces the base records' translation (see :meth:`with_array_changes`)."""
         self._check_frozen()
-        gone: dict[str, set[bytes]] = {k: set() for k in KINDS}
+        gone: dict[str, list[bytes]] = {k: [] for k in KINDS}
         for kind, hexhash in removed:
             kind = kind.lower()
             problem = check_hex(kind, hexhash) if kind in HEX_LENGTHS else f"unknown hash kind {kind!r}"
             if problem:
                 raise ValueError(problem)
-            gone[kind].add(bytes.fromhex(hexhash))
+            gone[kind].append(bytes.fromhex(hexhash))
         new = ImageHashIndex()
         for kind, hexhash, rec in added:
             new.add(kind, hexhash, rec)
         for kind in KINDS:
             new._flush(kind)
-        new._pending, fresh = None, {k: _concat(new._chunks[k], k) for k in KINDS}
+        fresh = {k: _concat(new._chunks[k], k) for k in KINDS}
+        dead = {k: _digest_rows(k, v) for k, v in gone.items() if v}
+        return self.with_array_changes(fresh, dead, shift=shift)
+
+    def with_array_changes(
+        self,
+        added: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        removed: Mapping[str, np.ndarray],
+        *,
+        shift: tuple[np.ndarray, np.ndarray] | None = None,
+        tie_order: Sequence[int] | None = None,
+    ) -> ImageHashIndex:
+        """:meth:`with_changes` on arrays: ``added`` kind → ((n, bytes) uint8 digests, n records),
+        ``removed`` kind → (m, bytes) digests. ``shift`` (sorted record starts, int64 additions) makes a
+        base record ``r`` answer as ``r + add[i]`` for ``starts[i] <= r < starts[i + 1]`` (unchanged below
+        ``starts[0]``): the base's records follow the lines of a list file that changed around them.
+
+        ``tie_order`` (the records' high 32 bits, i.e. list indices, in the order a full build adds them)
+        settles a PDQ tie between a base and an added hash at the same distance as a full build would:
+        the earlier (list, line) wins. Without it the base wins ties."""
+        self._check_frozen()
+        new = ImageHashIndex()
+        new._pending = None
         new._exact, new._pdq, new._base_dir = self._exact, self._pdq, self._base_dir
-        new._dead_exact = {k: self._dead_exact.get(k, frozenset()) | gone[k] for k in EXACT_KINDS}
+        new._shift = self._shift if shift is None else _check_shift(shift)
+        new._tie_order = self._tie_order if tie_order is None else tuple(int(i) for i in tie_order)
+        gone = {k: np.asarray(removed.get(k, _empty(k)[0]), np.uint8).reshape(-1, HEX_LENGTHS[k] // 2) for k in KINDS}
+        new._dead_exact = {
+            k: self._dead_exact.get(k, frozenset()) | {row.tobytes() for row in gone[k]} for k in EXACT_KINDS
+        }
         new._dead_pdq = self._dead_pdq
-        if gone["pdq"] and self._pdq is not None:
-            q = np.frombuffer(b"".join(sorted(gone["pdq"])), dtype=np.uint8).reshape(-1, PDQ_BYTES)
-            pos = self._pdq.find_exact(q)
+        if len(gone["pdq"]) and self._pdq is not None:
+            pos = self._pdq.find_exact(np.ascontiguousarray(gone["pdq"]))
             new._dead_pdq = readonly(np.union1d(self._dead_pdq, pos).astype(np.int64))
-        added_before: _Entries = {}
+        merged: _Entries = {}
         for kind in KINDS:
             d, r = self._added.get(kind, _empty(kind))
-            if gone[kind] and len(r):
-                keep = ~np.isin(_rows(d), _rows(np.frombuffer(b"".join(gone[kind]), np.uint8).reshape(-1, d.shape[1])))
+            if len(gone[kind]) and len(r):
+                keep = ~np.isin(_rows(d), _rows(gone[kind]))
                 d, r = d[keep], r[keep]
-            added_before[kind] = (d, r)
-        new._added = {k: _concat([added_before[k], fresh[k]], k) for k in KINDS}
+            fd, fr = added.get(kind, _empty(kind))
+            fresh = (np.asarray(fd, np.uint8).reshape(-1, HEX_LENGTHS[kind] // 2), np.asarray(fr, np.int64))
+            merged[kind] = _concat([(d, r), fresh], kind)
+        new._added = merged
         new._build_delta()
         return new
+
+    def base(self) -> ImageHashIndex:
+        """This index without its changes: the shared base alone (no delta, tombstones nor shift)."""
+        self._check_frozen()
+        new = ImageHashIndex()
+        new._pending = None
+        new._exact, new._pdq, new._base_dir = self._exact, self._pdq, self._base_dir
+        new._added = {k: _empty(k) for k in KINDS}
+        new._build_delta()
+        return new
+
+    def base_entries(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(digests, records) of the base's ``kind`` entries as built (tombstones and shift not applied)."""
+        self._check_frozen()
+        if kind == "pdq":
+            return (np.asarray(self._pdq.hashes), np.asarray(self._pdq.records)) if self._pdq else _empty(kind)
+        table = self._exact.get(kind)
+        return table.entries() if table is not None else _empty(kind)
+
+    def base_records(self, kind: str, digests: np.ndarray) -> np.ndarray:
+        """The records (as built: no shift) of every base entry, tombstoned or not, holding one of
+        ``digests``, (m, bytes) uint8: a search per distinct digest, not a pass over the base."""
+        self._check_frozen()
+        d = np.unique(_rows(np.asarray(digests, np.uint8))) if len(digests) else np.empty(0, "V1")
+        if not len(d):
+            return np.empty(0, np.int64)
+        rows = np.frombuffer(d.tobytes(), np.uint8).reshape(len(d), -1)
+        if kind == "pdq":
+            if self._pdq is None:
+                return np.empty(0, np.int64)
+            out: np.ndarray = np.asarray(self._pdq.records)[self._pdq.find_exact(rows)]
+            return out
+        table = self._exact.get(kind)
+        if table is None:
+            return np.empty(0, np.int64)
+        found: np.ndarray = np.asarray(table.records)[table.positions(r.tobytes() for r in rows)]
+        return found
+
+    def _shifted(self, records: np.ndarray) -> np.ndarray:
+        """Base records as they answer (the ``shift`` applied)."""
+        if self._shift is None or not len(records):
+            return records
+        starts, add = self._shift
+        i = np.searchsorted(starts, records, side="right") - 1
+        return np.where(i >= 0, records + add[np.maximum(i, 0)], records)
+
+    def _shifted_one(self, record: int) -> int:
+        return record if self._shift is None else int(self._shifted(np.array([record], np.int64))[0])
 
     def _build_delta(self) -> None:
         self._exact_delta = {k: _ExactSet.build(*self._added[k]) for k in EXACT_KINDS if len(self._added[k][1])}
@@ -293,6 +380,7 @@ class ImageHashIndex:
                     keep = np.ones(self._pdq.n, bool)
                     keep[self._dead_pdq] = False
                     base = (np.asarray(self._pdq.hashes)[keep], np.asarray(self._pdq.records)[keep])
+                base = (base[0], self._shifted(base[1]))
             else:
                 table = self._exact.get(kind)
                 base = table.entries() if table is not None else _empty(kind)
@@ -301,6 +389,7 @@ class ImageHashIndex:
                     keep = np.ones(len(base[1]), bool)
                     keep[table.positions(dead)] = False
                     base = (base[0][keep], base[1][keep])
+                base = (base[0], self._shifted(base[1]))
             out[kind] = _concat([base, self._added.get(kind, _empty(kind))], kind)
         return out
 
@@ -331,8 +420,10 @@ class ImageHashIndex:
         if self._pdq is not None:
             _save_pdq_base(self._pdq, self._base_dir, directory)
         for kind, table in self._exact.items():
-            for part in ("keys", "digests", "records"):
-                np.save(os.path.join(directory, f"{kind}.{part}.npy"), np.asarray(getattr(table, part)))
+            for part in _EXACT_PARTS:
+                name = f"{kind}.{part}.npy"
+                if not _link(self._base_dir, directory, name):
+                    np.save(os.path.join(directory, name), np.asarray(getattr(table, part)))
         for kind, (d, r) in self._added.items():
             if len(r):
                 np.save(os.path.join(directory, f"delta.{kind}.digests.npy"), d)
@@ -340,6 +431,12 @@ class ImageHashIndex:
         np.save(os.path.join(directory, "dead.pdq.npy"), self._dead_pdq)
         dead = {k: sorted(v.hex() for v in s) for k, s in self._dead_exact.items() if s}
         meta = {"format": _INDEX_FORMAT, "exact": sorted(self._exact), "dead": dead}
+        if self._shift is not None or self._tie_order is not None:  # format 2: unknown to format-1 readers
+            meta["format"] = _INDEX_FORMAT_SHIFT
+            meta["tie_order"] = list(self._tie_order) if self._tie_order is not None else None
+        if self._shift is not None:
+            np.save(os.path.join(directory, "shift.starts.npy"), self._shift[0])
+            np.save(os.path.join(directory, "shift.add.npy"), self._shift[1])
         with open(os.path.join(directory, "index.json"), "w") as f:
             json.dump(meta, f)
 
@@ -348,7 +445,7 @@ class ImageHashIndex:
         """Map an index written by :meth:`save` (or by :meth:`freeze` with a folder) read-only."""
         with open(os.path.join(directory, "index.json")) as f:
             meta = json.load(f)
-        if meta.get("format") != _INDEX_FORMAT:
+        if meta.get("format") not in (_INDEX_FORMAT, _INDEX_FORMAT_SHIFT):
             raise ValueError(f"{directory}: image index format {meta.get('format')} (expected {_INDEX_FORMAT})")
         ix = cls()
         ix._pending = None
@@ -358,6 +455,13 @@ class ImageHashIndex:
             parts = (map_npy(os.path.join(directory, f"{kind}.{p}.npy")) for p in _EXACT_PARTS)
             ix._exact[kind] = _ExactSet(*parts)
         ix._dead_pdq = np.load(os.path.join(directory, "dead.pdq.npy"))
+        if meta.get("tie_order") is not None:
+            ix._tie_order = tuple(meta["tie_order"])
+        if os.path.exists(os.path.join(directory, "shift.starts.npy")):
+            ix._shift = (
+                np.load(os.path.join(directory, "shift.starts.npy")),
+                np.load(os.path.join(directory, "shift.add.npy")),
+            )
         ix._dead_exact = {k: frozenset(bytes.fromhex(h) for h in v) for k, v in meta["dead"].items()}
         for kind in KINDS:
             path = os.path.join(directory, f"delta.{kind}.digests.npy")
@@ -408,7 +512,7 @@ class ImageHashIndex:
         if table is not None and not (dead and digest in dead):
             rec = table.get(digest)
             if rec is not None:
-                return rec
+                return self._shifted_one(rec)
         delta = self._exact_delta.get(kind)
         return delta.get(digest) if delta is not None else None
 
@@ -418,12 +522,23 @@ class ImageHashIndex:
         if self._pdq is not None:
             found = self._pdq.search(queries, max_distance, self._dead_pdq)
             if found is not None:
-                best = (found[0], int(self._pdq.records[found[1]]), found[2])
+                best = (found[0], self._shifted_one(int(self._pdq.records[found[1]])), found[2])
         if self._pdq_delta is not None:
-            found = self._pdq_delta.search(queries, best[0] - 1 if best else max_distance)
+            ties = self._tie_order is not None
+            found = self._pdq_delta.search(queries, best[0] - (not ties) if best else max_distance)
             if found is not None:
-                best = (found[0], int(self._pdq_delta.records[found[1]]), found[2])
+                added = (found[0], int(self._pdq_delta.records[found[1]]), found[2])
+                if best is None or added[0] < best[0] or self._added_first(added[1], best[1]):
+                    best = added
         return best
+
+    def _added_first(self, added: int, base: int) -> bool:
+        """Whether an added record comes before a base one in the full build's order (``tie_order``)."""
+        order = self._tie_order
+        if order is None or (added >> 32) not in order or (base >> 32) not in order:
+            return False
+        a, b = order.index(added >> 32), order.index(base >> 32)
+        return (a, added & 0xFFFFFFFF) < (b, base & 0xFFFFFFFF)
 
     def _check_frozen(self) -> None:
         if self._pending is not None:
@@ -455,6 +570,29 @@ class ImageHashIndex:
 
 
 _EXACT_PARTS = ("keys", "digests", "records")
+
+
+def _digest_rows(kind: str, digests: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, HEX_LENGTHS[kind] // 2)
+
+
+def _check_shift(shift: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    starts, add = (readonly(np.asarray(a, dtype=np.int64)) for a in shift)
+    if starts.shape != add.shape or starts.ndim != 1 or (len(starts) > 1 and (np.diff(starts) <= 0).any()):
+        raise ValueError("shift: expected two int64 arrays of one length, starts strictly increasing")
+    return (starts, add) if len(starts) else None
+
+
+def _link(base_dir: str | None, directory: str, name: str) -> bool:
+    """Hard-link a base file of ``base_dir`` into ``directory`` (True), unless it is the same folder, has
+    no such file or is on another file system (False: the caller writes it)."""
+    if base_dir is None or os.path.realpath(base_dir) == os.path.realpath(directory):
+        return False
+    try:
+        os.link(os.path.join(base_dir, name), os.path.join(directory, name))
+    except OSError:
+        return False
+    return True
 
 
 def _save_pdq_base(tables: PdqTables, base_dir: str | None, directory: str) -> None:
