@@ -7,7 +7,8 @@ hashes (MD5/SHA-1/SHA-256) and PDQ hash with its 8 rotations/flips are computed 
 (CPU-bound), matched against the snapshot's image-hash lists (exact, or PDQ Hamming distance
 <= ``http.pdq_max_distance``), and a match replaces the response, is counted, and becomes a report in
 the durable spool: list id, item id, match kind, distance and the URL as configured — never the image,
-never the child's identity. Results are cached per (URL, ETag or length, SHA-256 of the body).
+never the child's identity. Results are cached per (URL, ETag or length, SHA-256 of the body) for as long as
+the same snapshot is served (a list update or reload empties the cache).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ class ImageCheck:
         self.spool = spool  # filterproxy.reports.ReportSpool (set by the addon once configured)
         self._executor = executor
         self._cache: LRUCache = LRUCache(maxsize=cache_size)
+        self._owner: tuple | None = None  # the snapshot and distance the cached answers belong to
+
+    def _for_lists(self, st) -> None:
+        """Forget the cached answers when the lists or the match distance changed: a picture seen before a
+        hotline's update must be matched against the new list (and a cached match names the old snapshot's
+        records, so its report would cite the wrong item)."""
+        snap = st.engine.snapshot
+        owner = (id(snap), snap.built_at, snap.folder, st.config.http.pdq_max_distance)
+        if owner != self._owner:
+            self._cache.clear()
+            self._owner = owner
 
     def _pool(self) -> Executor:
         if self._executor is None:
@@ -85,6 +97,7 @@ class ImageCheck:
         body = flow.response.content or b""
         if not body or len(body) > st.config.http.max_image_bytes:
             return None
+        self._for_lists(st)
         key = (flow.request.pretty_url, flow.response.headers.get("etag") or len(body), hashlib.sha256(body).digest())
         if key in self._cache:
             hit = self._cache[key]
