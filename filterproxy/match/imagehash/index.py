@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from filterproxy.match.imagehash.exact import Entries, ExactSet, concat, digest_rows, empty, row_keys
 from filterproxy.match.imagehash.kinds import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MIN_QUALITY,
@@ -72,73 +73,6 @@ class ImageMatch:
     variant: str | None = None
 
 
-class _ExactSet:
-    """Sorted digests of one length: 8-byte big-endian key, full digest and record, in key order."""
-
-    __slots__ = ("keys", "digests", "records")
-
-    def __init__(self, keys: np.ndarray, digests: np.ndarray, records: np.ndarray) -> None:
-        self.keys, self.digests, self.records = keys, digests, records
-
-    @classmethod
-    def build(cls, digests: np.ndarray, records: np.ndarray) -> _ExactSet:
-        keys = digests[:, :8].copy().view(">u8").ravel().astype(np.uint64)
-        order = np.argsort(keys, kind="stable")  # stable: the first added record wins on duplicates
-        return cls(readonly(keys[order]), readonly(digests[order]), readonly(records[order]))
-
-    def get(self, digest: bytes) -> int | None:
-        key = np.uint64(int.from_bytes(digest[:8], "big"))  # a numpy scalar: no slow object comparison
-        i = int(np.searchsorted(self.keys, key))
-        n = len(self.keys)
-        while i < n and self.keys[i] == key:
-            if self.digests[i].tobytes() == digest:
-                return int(self.records[i])
-            i += 1
-        return None
-
-    def positions(self, digests: Iterable[bytes]) -> np.ndarray:
-        """Positions (in key order) of every entry equal to one of ``digests``: a search per digest, not a
-        pass over the table (a tombstone set is small, the table may hold millions)."""
-        out: list[int] = []
-        n = len(self.keys)
-        for digest in digests:
-            key = np.uint64(int.from_bytes(digest[:8], "big"))
-            i = int(np.searchsorted(self.keys, key))
-            while i < n and self.keys[i] == key:
-                if self.digests[i].tobytes() == digest:
-                    out.append(i)
-                i += 1
-        return np.array(out, dtype=np.int64)
-
-    def entries(self) -> tuple[np.ndarray, np.ndarray]:
-        """(digests, records) in insertion order (the sort was stable on insertion order per key)."""
-        return np.asarray(self.digests), np.asarray(self.records)
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.digests.nbytes + self.records.nbytes
-
-
-_Entries = dict[str, tuple[np.ndarray, np.ndarray]]  # kind → (digests, records), insertion order
-
-
-def _empty(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty((0, HEX_LENGTHS[kind] // 2), np.uint8), np.empty(0, np.int64)
-
-
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]], kind: str) -> tuple[np.ndarray, np.ndarray]:
-    parts = [p for p in parts if len(p[1])]
-    if not parts:
-        return _empty(kind)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _rows(digests: np.ndarray) -> np.ndarray:
-    """Each digest row as one opaque scalar, for set operations on whole rows."""
-    d = np.ascontiguousarray(digests)
-    return d.view(f"V{d.shape[1]}").ravel() if len(d) else np.empty(0, "V1")
-
-
 class ImageHashIndex:
     """Exact (md5/sha1/sha256) sets + PDQ near-neighbour index; each entry keeps only an opaque record.
 
@@ -153,11 +87,11 @@ class ImageHashIndex:
         # per kind: hashes added one by one (bytes + records) and the finished chunks, in insertion order
         self._pending: dict[str, tuple[bytearray, array[int]]] | None = {k: (bytearray(), array("q")) for k in KINDS}
         self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in KINDS}
-        self._exact: dict[str, _ExactSet] = {}
+        self._exact: dict[str, ExactSet] = {}
         self._pdq: PdqTables | None = None
         # changes on top of the base: added entries (their own small tables), removed base entries
-        self._added: _Entries = {}
-        self._exact_delta: dict[str, _ExactSet] = {}
+        self._added: Entries = {}
+        self._exact_delta: dict[str, ExactSet] = {}
         self._pdq_delta: PdqTables | None = None
         self._dead_exact: dict[str, frozenset[bytes]] = {}
         self._dead_pdq = np.empty(0, np.int64)  # sorted base positions
@@ -215,18 +149,18 @@ class ImageHashIndex:
         ``directory``, the index is written there (as by :meth:`save`) and its PDQ tables mapped back."""
         if self._pending is None:
             return
-        entries: _Entries = {}
+        entries: Entries = {}
         for kind in KINDS:
             self._flush(kind)
-            entries[kind] = _concat(self._chunks[kind], kind)
+            entries[kind] = concat(self._chunks[kind], kind)
             self._chunks[kind].clear()
         self._pending = None
         self._set_base(entries, directory)
 
-    def _set_base(self, entries: _Entries, directory: str | None) -> None:
+    def _set_base(self, entries: Entries, directory: str | None) -> None:
         for kind in EXACT_KINDS:
             if len(entries[kind][1]):
-                self._exact[kind] = _ExactSet.build(*entries[kind])
+                self._exact[kind] = ExactSet.build(*entries[kind])
         self._pdq = PdqTables.build(*entries["pdq"], directory=directory)
         self._base_dir = directory
         self._count = sum(len(e[1]) for e in entries.values())
@@ -258,8 +192,8 @@ class ImageHashIndex:
             new.add(kind, hexhash, rec)
         for kind in KINDS:
             new._flush(kind)
-        fresh = {k: _concat(new._chunks[k], k) for k in KINDS}
-        dead = {k: _digest_rows(k, v) for k, v in gone.items() if v}
+        fresh = {k: concat(new._chunks[k], k) for k in KINDS}
+        dead = {k: digest_rows(k, v) for k, v in gone.items() if v}
         return self.with_array_changes(fresh, dead, shift=shift)
 
     def with_array_changes(
@@ -284,7 +218,7 @@ class ImageHashIndex:
         new._exact, new._pdq, new._base_dir = self._exact, self._pdq, self._base_dir
         new._shift = self._shift if shift is None else _check_shift(shift)
         new._tie_order = self._tie_order if tie_order is None else tuple(int(i) for i in tie_order)
-        gone = {k: np.asarray(removed.get(k, _empty(k)[0]), np.uint8).reshape(-1, HEX_LENGTHS[k] // 2) for k in KINDS}
+        gone = {k: np.asarray(removed.get(k, empty(k)[0]), np.uint8).reshape(-1, HEX_LENGTHS[k] // 2) for k in KINDS}
         new._dead_exact = {
             k: self._dead_exact.get(k, frozenset()) | {row.tobytes() for row in gone[k]} for k in EXACT_KINDS
         }
@@ -292,15 +226,15 @@ class ImageHashIndex:
         if len(gone["pdq"]) and self._pdq is not None:
             pos = self._pdq.find_exact(np.ascontiguousarray(gone["pdq"]))
             new._dead_pdq = readonly(np.union1d(self._dead_pdq, pos).astype(np.int64))
-        merged: _Entries = {}
+        merged: Entries = {}
         for kind in KINDS:
-            d, r = self._added.get(kind, _empty(kind))
+            d, r = self._added.get(kind, empty(kind))
             if len(gone[kind]) and len(r):
-                keep = ~np.isin(_rows(d), _rows(gone[kind]))
+                keep = ~np.isin(row_keys(d), row_keys(gone[kind]))
                 d, r = d[keep], r[keep]
-            fd, fr = added.get(kind, _empty(kind))
+            fd, fr = added.get(kind, empty(kind))
             fresh = (np.asarray(fd, np.uint8).reshape(-1, HEX_LENGTHS[kind] // 2), np.asarray(fr, np.int64))
-            merged[kind] = _concat([(d, r), fresh], kind)
+            merged[kind] = concat([(d, r), fresh], kind)
         new._added = merged
         new._build_delta()
         return new
@@ -311,7 +245,7 @@ class ImageHashIndex:
         new = ImageHashIndex()
         new._pending = None
         new._exact, new._pdq, new._base_dir = self._exact, self._pdq, self._base_dir
-        new._added = {k: _empty(k) for k in KINDS}
+        new._added = {k: empty(k) for k in KINDS}
         new._build_delta()
         return new
 
@@ -319,15 +253,15 @@ class ImageHashIndex:
         """(digests, records) of the base's ``kind`` entries as built (tombstones and shift not applied)."""
         self._check_frozen()
         if kind == "pdq":
-            return (np.asarray(self._pdq.hashes), np.asarray(self._pdq.records)) if self._pdq else _empty(kind)
+            return (np.asarray(self._pdq.hashes), np.asarray(self._pdq.records)) if self._pdq else empty(kind)
         table = self._exact.get(kind)
-        return table.entries() if table is not None else _empty(kind)
+        return table.entries() if table is not None else empty(kind)
 
     def base_records(self, kind: str, digests: np.ndarray) -> np.ndarray:
         """The records (as built: no shift) of every base entry, tombstoned or not, holding one of
         ``digests``, (m, bytes) uint8: a search per distinct digest, not a pass over the base."""
         self._check_frozen()
-        d = np.unique(_rows(np.asarray(digests, np.uint8))) if len(digests) else np.empty(0, "V1")
+        d = np.unique(row_keys(np.asarray(digests, np.uint8))) if len(digests) else np.empty(0, "V1")
         if not len(d):
             return np.empty(0, np.int64)
         rows = np.frombuffer(d.tobytes(), np.uint8).reshape(len(d), -1)
@@ -354,7 +288,7 @@ class ImageHashIndex:
         return record if self._shift is None else int(self._shifted(np.array([record], np.int64))[0])
 
     def _build_delta(self) -> None:
-        self._exact_delta = {k: _ExactSet.build(*self._added[k]) for k in EXACT_KINDS if len(self._added[k][1])}
+        self._exact_delta = {k: ExactSet.build(*self._added[k]) for k in EXACT_KINDS if len(self._added[k][1])}
         d, r = self._added["pdq"]
         self._pdq_delta = PdqTables.build(d, r) if len(r) else None
         base = sum(len(t.keys) for t in self._exact.values()) + (self._pdq.n if self._pdq else 0)
@@ -369,13 +303,13 @@ class ImageHashIndex:
             return 0
         return len(table.positions(dead))
 
-    def live_entries(self) -> _Entries:
+    def live_entries(self) -> Entries:
         """Every live entry per kind, (digests, records) in lookup order: base minus tombstones, then delta."""
         self._check_frozen()
-        out: _Entries = {}
+        out: Entries = {}
         for kind in KINDS:
             if kind == "pdq":
-                base = _empty(kind)
+                base = empty(kind)
                 if self._pdq is not None:
                     keep = np.ones(self._pdq.n, bool)
                     keep[self._dead_pdq] = False
@@ -383,14 +317,14 @@ class ImageHashIndex:
                 base = (base[0], self._shifted(base[1]))
             else:
                 table = self._exact.get(kind)
-                base = table.entries() if table is not None else _empty(kind)
+                base = table.entries() if table is not None else empty(kind)
                 dead = self._dead_exact.get(kind)
                 if dead and table is not None:
                     keep = np.ones(len(base[1]), bool)
                     keep[table.positions(dead)] = False
                     base = (base[0][keep], base[1][keep])
                 base = (base[0], self._shifted(base[1]))
-            out[kind] = _concat([base, self._added.get(kind, _empty(kind))], kind)
+            out[kind] = concat([base, self._added.get(kind, empty(kind))], kind)
         return out
 
     def compacted(self, directory: str | None = None) -> ImageHashIndex:
@@ -453,7 +387,7 @@ class ImageHashIndex:
         ix._base_dir = directory
         for kind in meta["exact"]:
             parts = (map_npy(os.path.join(directory, f"{kind}.{p}.npy")) for p in _EXACT_PARTS)
-            ix._exact[kind] = _ExactSet(*parts)
+            ix._exact[kind] = ExactSet(*parts)
         ix._dead_pdq = np.load(os.path.join(directory, "dead.pdq.npy"))
         if meta.get("tie_order") is not None:
             ix._tie_order = tuple(meta["tie_order"])
@@ -468,7 +402,7 @@ class ImageHashIndex:
             ix._added[kind] = (
                 (np.load(path), np.load(os.path.join(directory, f"delta.{kind}.records.npy")))
                 if os.path.exists(path)
-                else _empty(kind)
+                else empty(kind)
             )
         ix._build_delta()
         return ix
@@ -570,10 +504,6 @@ class ImageHashIndex:
 
 
 _EXACT_PARTS = ("keys", "digests", "records")
-
-
-def _digest_rows(kind: str, digests: list[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, HEX_LENGTHS[kind] // 2)
 
 
 def _check_shift(shift: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:

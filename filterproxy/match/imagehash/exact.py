@@ -1,0 +1,82 @@
+"""Exact digests (MD5, SHA-1, SHA-256) of an :class:`~filterproxy.match.imagehash.index.ImageHashIndex`: one
+sorted table per digest length, and the helpers the index uses for (digests, records) arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from filterproxy.match.imagehash.kinds import HEX_LENGTHS
+from filterproxy.match.imagehash.mih import readonly
+
+
+class ExactSet:
+    """Sorted digests of one length: 8-byte big-endian key, full digest and record, in key order."""
+
+    __slots__ = ("keys", "digests", "records")
+
+    def __init__(self, keys: np.ndarray, digests: np.ndarray, records: np.ndarray) -> None:
+        self.keys, self.digests, self.records = keys, digests, records
+
+    @classmethod
+    def build(cls, digests: np.ndarray, records: np.ndarray) -> ExactSet:
+        keys = digests[:, :8].copy().view(">u8").ravel().astype(np.uint64)
+        order = np.argsort(keys, kind="stable")  # stable: the first added record wins on duplicates
+        return cls(readonly(keys[order]), readonly(digests[order]), readonly(records[order]))
+
+    def get(self, digest: bytes) -> int | None:
+        key = np.uint64(int.from_bytes(digest[:8], "big"))  # a numpy scalar: no slow object comparison
+        i = int(np.searchsorted(self.keys, key))
+        n = len(self.keys)
+        while i < n and self.keys[i] == key:
+            if self.digests[i].tobytes() == digest:
+                return int(self.records[i])
+            i += 1
+        return None
+
+    def positions(self, digests: Iterable[bytes]) -> np.ndarray:
+        """Positions (in key order) of every entry equal to one of ``digests``: a search per digest, not a
+        pass over the table (a tombstone set is small, the table may hold millions)."""
+        out: list[int] = []
+        n = len(self.keys)
+        for digest in digests:
+            key = np.uint64(int.from_bytes(digest[:8], "big"))
+            i = int(np.searchsorted(self.keys, key))
+            while i < n and self.keys[i] == key:
+                if self.digests[i].tobytes() == digest:
+                    out.append(i)
+                i += 1
+        return np.array(out, dtype=np.int64)
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(digests, records) in insertion order (the sort was stable on insertion order per key)."""
+        return np.asarray(self.digests), np.asarray(self.records)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.digests.nbytes + self.records.nbytes
+
+
+Entries = dict[str, tuple[np.ndarray, np.ndarray]]  # kind → (digests, records), insertion order
+
+
+def empty(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((0, HEX_LENGTHS[kind] // 2), np.uint8), np.empty(0, np.int64)
+
+
+def concat(parts: list[tuple[np.ndarray, np.ndarray]], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    parts = [p for p in parts if len(p[1])]
+    if not parts:
+        return empty(kind)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def row_keys(digests: np.ndarray) -> np.ndarray:
+    """Each digest row as one opaque scalar, for set operations on whole rows."""
+    d = np.ascontiguousarray(digests)
+    return d.view(f"V{d.shape[1]}").ravel() if len(d) else np.empty(0, "V1")
+
+
+def digest_rows(kind: str, digests: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, HEX_LENGTHS[kind] // 2)
