@@ -259,6 +259,18 @@ def test_dashboard_expressions_parse_with_promtool(tmp_path, path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def _check_panels(d: dict) -> None:
+    """Unique ids, the dashboard's datasource variable, a query in every panel, panels inside the 24-column grid."""
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in d["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}"
+            assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+
+
 def test_dashboard_structure():
     d = dashboard()
     titles = " | ".join(p["title"] for p in d["panels"]).lower()
@@ -272,14 +284,7 @@ def test_dashboard_structure():
         "reports waiting",
     ):
         assert topic in titles, topic
-    ids = [p["id"] for p in d["panels"]]
-    assert len(ids) == len(set(ids))
-    for p in d["panels"]:
-        if p["type"] != "row":
-            assert p["datasource"]["uid"] == "${datasource}"
-            assert p["targets"], p["title"]
-            g = p["gridPos"]
-            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+    _check_panels(d)
     assert {v["name"] for v in d["templating"]["list"]} >= {"datasource", "province", "school", "gateway", "group"}
     # privacy: no per-client or per-site breakdown anywhere
     assert not re.search(r"\b(client|qname|domain|url)\b", json.dumps([e for _, e in dashboard_exprs()]))
@@ -299,14 +304,7 @@ def test_fleet_dashboard_structure():
         "blocked attempts by province, category and age group",
     ):
         assert topic in titles, topic
-    ids = [p["id"] for p in d["panels"]]
-    assert len(ids) == len(set(ids))
-    for p in d["panels"]:
-        if p["type"] != "row":
-            assert p["datasource"]["uid"] == "${datasource}"
-            assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
-            g = p["gridPos"]
-            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+    _check_panels(d)
     assert {v["name"] for v in d["templating"]["list"]} >= {"datasource", "province"}
     exprs = json.dumps([e for _, e in dashboard_exprs(FLEET_DASHBOARD)])
     assert not re.search(r"\b(client|qname|domain|url)\b", exprs)

@@ -114,6 +114,29 @@ def dig(ip: str, ns: str, server: str, port: int, name: str, qtype: str) -> str:
     return r.stdout
 
 
+def run_in(
+    ip: str, ns: str, cfg, cwd, extra: list[str], ready_on: tuple[str, ...]
+) -> tuple[subprocess.Popen, list[str], threading.Event]:
+    """``filterproxy run`` inside namespace ``ns`` (DNS on port 5353 of every address, no proxy, no metrics):
+    the process, its output lines so far, and an event set once every line of ``ready_on`` was logged."""
+    cmd = [ip, "netns", "exec", ns, sys.executable, "-m", "filterproxy", "run", "--config", str(cfg)]
+    cmd += ["--dns-listen", "[::]:5353", "--proxy-listen", "off", "--metrics-listen", "off", *extra]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+    out: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            out.append(line)
+            if all(any(m in seen for seen in out) for m in ready_on):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return p, out, ready
+
+
 def test_mac_rule_gives_the_group_to_ipv6_and_ipv4_clients(lan, tmp_path):
     """The client's MAC maps it to 'kid' (NXDOMAIN) over IPv6 and IPv4; the gateway itself, with no MAC
     rule, gets the default group 'other' (a block page address), so the answers tell the groups apart."""
@@ -131,22 +154,7 @@ def test_mac_rule_gives_the_group_to_ipv6_and_ipv4_clients(lan, tmp_path):
         POLICIES,
     )
     port = 5353
-    cmd = [ip, "netns", "exec", gw, sys.executable, "-m", "filterproxy", "run", "--config", str(cfg)]
-    cmd += ["--dns-listen", f"[::]:{port}", "--proxy-listen", "off", "--metrics-listen", "off"]
-    cmd += ["--state-dir", str(tmp_path / "state")]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
-    out: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            out.append(line)
-            if "DNS listening on" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    p, out, ready = run_in(ip, gw, cfg, tmp_path, ["--state-dir", str(tmp_path / "state")], ("DNS listening on",))
     try:
         assert ready.wait(90), "".join(out)
         v6 = dig(ip, cl, GW_V6, port, "blocked.test", "AAAA")
@@ -212,23 +220,9 @@ def test_a_new_device_on_the_lan_is_listed_for_naming_then_named_by_its_mac(lan,
     finally:
         store.close()
     port, admin = 5353, 8099
-    cmd = [ip, "netns", "exec", gw, sys.executable, "-m", "filterproxy", "run", "--config", str(cfg)]
-    cmd += ["--dns-listen", f"[::]:{port}", "--proxy-listen", "off", "--metrics-listen", "off"]
-    cmd += ["--admin-listen", f"127.0.0.1:{admin}"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
-    out: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            out.append(line)
-            text = "".join(out)
-            if "admin API on" in text and "DNS listening on" in text:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    p, out, ready = run_in(
+        ip, gw, cfg, tmp_path, ["--admin-listen", f"127.0.0.1:{admin}"], ("DNS listening on", "admin API on")
+    )
     base = f"http://127.0.0.1:{admin}/api/v1"
     try:
         assert ready.wait(90), "".join(out)
