@@ -89,12 +89,11 @@ class RepoServer(ThreadingHTTPServer):
 class Publisher:
     """A repository and its keys in ``tmp``: root 2-of-3, the ministry's targets key, an online key, ha-noi."""
 
-    def __init__(self, tmp: Path, *, delta_min_bytes: int = 1 << 20) -> None:
+    def __init__(self, tmp: Path, keys: Path, *, delta_min_bytes: int = 1 << 20) -> None:
         self.tmp = tmp
         self.keys = tmp / "keys"
         self.repo = tmp / "repo"
-        for k in ("r1", "r2", "r3", "ministry", "online", "hanoi"):
-            fp("publish", "keygen", "--out", self.keys / k, check=True)
+        shutil.copytree(keys, self.keys)  # made once per module with 'publish keygen' (KEY_NAMES)
         k = self.keys
         fp(
             "publish", "init", self.repo,
@@ -131,9 +130,21 @@ class Publisher:
         return self.repo / "public"
 
 
+KEY_NAMES = ("r1", "r2", "r3", "ministry", "online", "hanoi")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The six key pairs every repository of this module uses, made with the documented command."""
+    d = tmp_path_factory.mktemp("keys")
+    for k in KEY_NAMES:
+        fp("publish", "keygen", "--out", d / k, check=True)
+    return d
+
+
 @pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    pub = Publisher(tmp_path)
+def publisher(tmp_path: Path, keys: Path) -> Publisher:
+    pub = Publisher(tmp_path, keys)
     pub.add("national-illegal", [NATIONAL, "second-national.example"])
     pub.sign("targets", "ministry")
     pub.add("extra", [PROVINCE], role="ha-noi", category="social")
@@ -477,8 +488,8 @@ def _hashes(rng: random.Random, n: int) -> list[str]:
     return [f"pdq:{rng.getrandbits(256):064x}" for _ in range(n)]
 
 
-def test_delta_update_downloads_only_the_segment_and_rebuilds_the_full_list(tmp_path):
-    pub = Publisher(tmp_path, delta_min_bytes=100_000)
+def test_delta_update_downloads_only_the_segment_and_rebuilds_the_full_list(tmp_path, keys):
+    pub = Publisher(tmp_path, keys, delta_min_bytes=100_000)
     rng = random.Random(7)
     v1 = _hashes(rng, 30_000)
     assert "staged as base" in pub.add("csam", v1, category="illegal", fmt="imagehash")
