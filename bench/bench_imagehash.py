@@ -167,10 +167,18 @@ def bench_hashing(repeats: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------- matching
 
 sys.path.insert(0, str(Path(__file__).parent))
-import imagehash_matching  # noqa: E402  (the matching section lives there: list → snapshot → mapped index)
+import imagehash_matching  # noqa: E402  (the matching section lives there: list → snapshot → index)
 import imagehash_update  # noqa: E402  (the --update section: a changed list compiled as a delta)
 
-TARGETS_10M = {"match8_p50_ms": 5.0, "match8_p99_ms": 20.0, "build_s": 60.0, "rss_mb": 400.0}
+# the issue's: a query (one hash) p50 <= 5 ms, p99 <= 20 ms; also held per picture (its 8 dihedral hashes)
+TARGETS_10M = {
+    "match1_p50_ms": 5.0,
+    "match1_p99_ms": 20.0,
+    "match8_p50_ms": 5.0,
+    "match8_p99_ms": 20.0,
+    "build_s": 60.0,
+    "rss_mb": 400.0,
+}
 
 
 def main() -> int:
@@ -215,7 +223,7 @@ def main() -> int:
             f"max {worst} bits, mean {mean:.2f}"
         )
 
-    print("\n== PDQ matching, max distance 31 (uniform + clustered hashes, mapped index in a child process)")
+    print("\n== PDQ matching, max distance 31 (uniform + clustered hashes, the index loaded in a child process)")
     matching = []
     for n in sizes:
         nq = args.queries if n <= 1_000_000 else max(300, args.queries // 2)

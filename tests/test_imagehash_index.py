@@ -1,5 +1,5 @@
 """The PDQ index at scale: recall against brute force on clustered hashes, changes (delta + tombstones),
-compaction, memory-mapped files shared by processes, and the snapshot cache of the compiled index."""
+compaction, table files shared by processes through the page cache, and the snapshot cache of the compiled index."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_changed_index_saves_its_delta_and_links_the_base(corpus: np.ndarray, ma
     gone = corpus[5]
     changed = ix.with_changes(added=[("pdq", "0f" * 32, 1)], removed=[("pdq", gone.tobytes().hex())])
     changed.save(str(tmp_path))
-    assert os.stat(tmp_path / "pdq.perm.npy").st_ino == os.stat(Path(folder) / "pdq.perm.npy").st_ino
+    assert os.stat(tmp_path / "pdq.entries.npy").st_ino == os.stat(Path(folder) / "pdq.entries.npy").st_ino
     back = ImageHashIndex.load(str(tmp_path))
     assert back.nearest("0f" * 32) == (0, 1)
     assert back.nearest(gone.tobytes(), 0) is None
@@ -159,21 +159,40 @@ _CHILD = textwrap.dedent(
     import sys, numpy as np
     from filterproxy.match.imagehash import ImageHashIndex
     ix = ImageHashIndex.load(sys.argv[1])
-    arrays = [ix._pdq.hashes, ix._pdq.perm, ix._pdq.companion]
-    assert all(isinstance(a.base, np.memmap) or isinstance(a, np.memmap) for a in arrays)
     try:
-        ix._pdq.perm[0] = 1
+        ix._pdq.entries.array[0, 0] = 1
     except ValueError:
         pass
     else:
-        raise SystemExit("the mapped tables are writable")
+        raise SystemExit("the tables are writable")
+    rng = np.random.default_rng(5)
+    for _ in range(200):  # 200 queries touch buckets all over the tables
+        ix.nearest(rng.integers(0, 256, 32, dtype=np.uint8).tobytes())
     print(ix.nearest(sys.argv[2]), flush=True)
-    sys.stdin.read()  # hold the mapping until the parent has looked
+    sys.stdin.read()  # hold the files open until the parent has looked
     """
 )
 
 
-def test_two_processes_map_the_same_files_read_only(corpus: np.ndarray, mapped: tuple) -> None:
+def _resident_kb(pid: int, path: str) -> int:
+    """kB of ``path`` mapped into the process and resident (/proc/PID/smaps)."""
+    total, current = 0, None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0].endswith(":"):  # "Key: value kB" of the current mapping
+            if fields[0] == "Rss:" and current == path:
+                total += int(fields[1])
+        else:  # a mapping: address perms offset device inode [path]
+            current = fields[5] if len(fields) >= 6 else None
+    return total
+
+
+def test_processes_share_the_tables_through_the_page_cache_without_mapping_them(
+    corpus: np.ndarray, mapped: tuple
+) -> None:
+    """Queries read the bucket entries and hashes with pread from files opened read-only: two processes
+    answer from the same files (the same page-cache pages), and neither maps them in. Mapping them
+    would cost each process the whole index (the kernel maps page cache in large folios)."""
     _, folder = mapped
     procs = [
         subprocess.Popen(
@@ -189,15 +208,16 @@ def test_two_processes_map_the_same_files_read_only(corpus: np.ndarray, mapped: 
         for p in procs:
             assert p.stdout is not None
             assert p.stdout.readline().strip() == "(0, 103)"
-        perm = os.path.realpath(os.path.join(folder, "pdq.perm.npy"))
-        inode = str(os.stat(perm).st_ino)
-        for p in procs:
-            maps = Path(f"/proc/{p.pid}/maps").read_text().splitlines()
-            lines = [ln for ln in maps if ln.endswith(perm)]
-            assert lines, "the tables are not memory-mapped"
-            for ln in lines:
-                perms, inode_field = ln.split()[1], ln.split()[4]
-                assert perms.startswith("r-") and "w" not in perms and inode_field == inode
+        for name in ("pdq.entries.npy", "pdq.hashes.npy"):
+            path = os.path.realpath(os.path.join(folder, name))
+            inode = os.stat(path).st_ino
+            for p in procs:
+                fds = [f for f in Path(f"/proc/{p.pid}/fd").iterdir() if os.path.realpath(f) == path]
+                assert fds, f"{name} is not open in process {p.pid}"
+                assert all(os.stat(f).st_ino == inode for f in fds)
+                flags = int(Path(f"/proc/{p.pid}/fdinfo/{fds[0].name}").read_text().split("flags:")[1].split()[0], 8)
+                assert flags & os.O_ACCMODE == os.O_RDONLY
+                assert _resident_kb(p.pid, path) == 0, f"{name} is mapped into process {p.pid}"
     finally:
         for p in procs:
             p.communicate("")
@@ -216,7 +236,7 @@ def test_snapshot_maps_the_compiled_index_and_a_second_compile_is_a_cache_hit(
     src = ListSource(id="hotline", category="illegal", format="imagehash", path=str(lst), hashed=True)
     root = str(tmp_path / "snapshots")
     folder = snapshot_cache.compile_snapshot([src], root)  # in a child process
-    assert os.path.exists(os.path.join(folder, "images", "pdq.perm.npy"))
+    assert os.path.exists(os.path.join(folder, "images", "pdq.entries.npy"))
 
     def no_compile(*args: object) -> None:
         raise AssertionError("compiled again although the inputs are unchanged")
@@ -224,7 +244,8 @@ def test_snapshot_maps_the_compiled_index_and_a_second_compile_is_a_cache_hit(
     monkeypatch.setattr(snapshot_cache, "_compile_in_child", no_compile)
     assert snapshot_cache.compile_snapshot([src], root) == folder
     snap = load_snapshot(folder)
-    assert snap.images is not None and isinstance(snap.images._pdq.perm, np.memmap)
+    assert snap.images is not None and snap.images._pdq is not None
+    assert isinstance(snap.images._pdq.entries.array, np.memmap)  # opened from the snapshot folder
     m = snap.images.match(picture(hashes[123], 0))
     assert m is not None and m.distance == 0
     assert snap.image_items.get(m.record) == "i000000123"  # line 125 of the file, item id kept

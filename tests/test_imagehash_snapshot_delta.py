@@ -3,6 +3,8 @@ the path taken, answers and file:line equal to a full build's, the fallbacks, an
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -245,6 +247,25 @@ def test_without_a_current_snapshot_the_newest_cached_index_is_the_base(tmp_path
     snap = load_snapshot(snapshot_cache.compile_snapshot(lists.sources(), lists.root, in_process=True))
     assert snap.image_update["path"] == "delta" and snap.image_update["changes"] == 20
     qs = queries_for(lists, changes, np.random.default_rng(6))
+    assert answers(snap, qs) == answers(build_snapshot(lists.sources()), qs)
+
+
+def test_a_previous_index_in_an_older_table_format_is_not_reused_as_a_base(tmp_path: Path) -> None:
+    """After an upgrade the cached snapshot's tables (format 2: pdq.perm + pdq.companion) cannot be read
+    by the new query path; a delta over them would serve with a brute-force scan, so the changed list
+    is built in full."""
+    lists = Lists(tmp_path, seed=7)
+    first = lists.compile()
+    images = Path(os.path.realpath(os.path.join(lists.root, "current"))) / "images"
+    assert first.images is not None and (images / "pdq.entries.npy").exists()
+    meta = json.loads((images / "index.json").read_text())
+    (images / "index.json").write_text(json.dumps({**meta, "format": 2}))  # as the older version wrote it
+    (images / "pdq.entries.npy").rename(images / "pdq.perm.npy")
+    changes = lists.edit(np.random.default_rng(7), remove=10, add=10)
+    snap = lists.compile()
+    assert snap.image_update["path"] == "full" and "image index format 2" in snap.image_update["why"]
+    assert snap.images is not None and snap.images._pdq is not None and snap.images._pdq.entries is not None
+    qs = queries_for(lists, changes, np.random.default_rng(8))
     assert answers(snap, qs) == answers(build_snapshot(lists.sources()), qs)
 
 

@@ -248,7 +248,8 @@ def describe(lists: Iterable[ListInfo]) -> str:
 # 5: image hashes as arrays (extra.pickle "images": (list index, ImageHashBlock) pairs);
 # 6: the compiled image index and item ids as memory-mapped .npy files (images/), not re-built per process
 # 7: images/lineage.json; an image index may be the previous base plus a delta (index format 2: shifted lines)
-SNAPSHOT_FORMAT = 7
+# 8: the PDQ tables' companion halves and hash numbers side by side (images/pdq.entries.npy), read with pread
+SNAPSHOT_FORMAT = 8
 
 
 def save_snapshot(snap: Snapshot, directory: str, url_entries: object = None) -> None:

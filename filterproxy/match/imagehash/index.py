@@ -58,8 +58,10 @@ from filterproxy.match.imagehash.mih import _popcount_table as _popcount_table  
 if TYPE_CHECKING:
     from filterproxy.match.imagehash.hashing import ImageHashes
 
-_INDEX_FORMAT = 1
-_INDEX_FORMAT_SHIFT = 2  # format 1 plus the base records' shift (shift.*.npy)
+# 1 and 2: PDQ tables as pdq.perm.npy + pdq.companion.npy (no longer read: a previous snapshot of that
+# format is not reused as a base, its lists are built in full); 3: pdq.entries.npy (mih.PdqTables)
+_INDEX_FORMAT = 3
+_INDEX_FORMAT_SHIFT = 4  # format 3 plus the base records' shift (shift.*.npy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +255,7 @@ class ImageHashIndex:
         """(digests, records) of the base's ``kind`` entries as built (tombstones and shift not applied)."""
         self._check_frozen()
         if kind == "pdq":
-            return (np.asarray(self._pdq.hashes), np.asarray(self._pdq.records)) if self._pdq else empty(kind)
+            return (self._pdq.all_hashes(), self._pdq.all_records()) if self._pdq else empty(kind)
         table = self._exact.get(kind)
         return table.entries() if table is not None else empty(kind)
 
@@ -268,7 +270,7 @@ class ImageHashIndex:
         if kind == "pdq":
             if self._pdq is None:
                 return np.empty(0, np.int64)
-            out: np.ndarray = np.asarray(self._pdq.records)[self._pdq.find_exact(rows)]
+            out: np.ndarray = self._pdq.all_records()[self._pdq.find_exact(rows)]
             return out
         table = self._exact.get(kind)
         if table is None:
@@ -313,7 +315,7 @@ class ImageHashIndex:
                 if self._pdq is not None:
                     keep = np.ones(self._pdq.n, bool)
                     keep[self._dead_pdq] = False
-                    base = (np.asarray(self._pdq.hashes)[keep], np.asarray(self._pdq.records)[keep])
+                    base = (self._pdq.all_hashes()[keep], self._pdq.all_records()[keep])
                 base = (base[0], self._shifted(base[1]))
             else:
                 table = self._exact.get(kind)
@@ -456,12 +458,12 @@ class ImageHashIndex:
         if self._pdq is not None:
             found = self._pdq.search(queries, max_distance, self._dead_pdq)
             if found is not None:
-                best = (found[0], self._shifted_one(int(self._pdq.records[found[1]])), found[2])
+                best = (found[0], self._shifted_one(self._pdq.record(found[1])), found[2])
         if self._pdq_delta is not None:
             ties = self._tie_order is not None
             found = self._pdq_delta.search(queries, best[0] - (not ties) if best else max_distance)
             if found is not None:
-                added = (found[0], int(self._pdq_delta.records[found[1]]), found[2])
+                added = (found[0], self._pdq_delta.record(found[1]), found[2])
                 if best is None or added[0] < best[0] or self._added_first(added[1], best[1]):
                     best = added
         return best

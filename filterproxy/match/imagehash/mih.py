@@ -1,9 +1,11 @@
-"""Exact PDQ near-neighbour tables (multi-index hashing), built in memory or into memory-mapped files.
+"""Exact PDQ near-neighbour tables (multi-index hashing), built in memory or into files read on demand.
 
 :class:`PdqTables` answers "every stored hash within distance d of these queries" without ever missing
-one (the scheme is in its docstring). Saved as plain ``.npy`` files and opened with
-``np.load(mmap_mode="r")``, the tables of ten million hashes cost a process only the pages its queries
-touch, and every proxy worker mapping the same folder shares those pages through the page cache.
+one (the scheme is in its docstring). Saved as plain ``.npy`` files, the big arrays of a loaded index
+are read with ``pread`` through the page cache, a few bucket and hash rows per query, and never mapped:
+every proxy worker reading the same folder shares those page-cache pages, and a worker's RSS stays
+its own few tens of MB. Mapping them instead costs a process the whole index within a few pictures,
+since the kernel maps a file's page cache in whole large folios (``docs/decisions/imagehash-pdq-index.md``).
 Needs numpy >= 2 (``np.bitwise_count``); older numpy falls back to a lookup table, several times slower.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -32,7 +35,8 @@ _N_HALVES = 16  # 16-bit halves of the 8 32-bit words
 _BUCKETS = 1 << 16
 MIH_MIN_SIZE = 4096  # below this a brute-force scan is as fast and needs no tables
 _MIH_MAX_DISTANCE = 63  # R = 7, r = 3: 697 probes per table; above that scan everything
-_FILES = ("hashes", "records", "perm", "companion", "offsets")
+_FILES = ("hashes", "records", "entries", "offsets")
+_ENTRY = 6  # bytes per table entry: the companion half (uint16, little-endian), then the hash number (uint32)
 
 
 def _masks(radius: int) -> np.ndarray:
@@ -63,13 +67,84 @@ def map_npy(path: str) -> np.ndarray:
     return mapped
 
 
-def _array(directory: str | None, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """A new array: in memory, or a ``.npy`` file in ``directory`` being written (built in place, so a
-    10M-hash build never holds the tables twice)."""
-    if directory is None or 0 in shape:  # an empty file cannot be mapped: np.save writes it at the end
-        return np.empty(shape, dtype=dtype)
+class Rows:
+    """An array read by rows: from memory, or with ``pread`` from its ``.npy`` file.
+
+    ``array`` stays available for whole-array work (a read-only map for a file: building a changed index
+    reads it all once, off the serving path); queries use :meth:`spans` and :meth:`take`, which read only
+    the rows asked for and keep them out of the process's mappings.
+    """
+
+    __slots__ = ("array", "_row_bytes", "_fd", "_offset", "__weakref__")
+
+    def __init__(self, array: np.ndarray, path: str | None = None) -> None:
+        self.array = array
+        self._row_bytes = array.itemsize * int(np.prod(array.shape[1:]))
+        self._fd: int | None = None
+        self._offset = 0
+        if path is not None and isinstance(array, np.memmap):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead: a query reads scattered rows
+            self._fd, self._offset = fd, int(array.offset)
+            weakref.finalize(self, os.close, fd)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def spans(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Rows ``[starts[i], ends[i])`` concatenated; spans sorted by start (touching spans are read in
+        one call; a span given twice is read twice)."""
+        a = self.array
+        if not len(starts):
+            return np.empty((0, *a.shape[1:]), a.dtype)
+        if self._fd is None:
+            lengths = ends - starts
+            cum = np.cumsum(lengths)
+            out: np.ndarray = a[np.repeat(starts - (cum - lengths), lengths) + np.arange(int(cum[-1]))]
+            return out
+        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        first = np.concatenate(([0], cut))
+        last = np.concatenate((cut - 1, [len(starts) - 1]))
+        w, fd, base, pread = self._row_bytes, self._fd, self._offset, os.pread
+        spans = zip(starts[first].tolist(), ends[last].tolist(), strict=True)
+        data = b"".join([pread(fd, (e - s) * w, base + s * w) for s, e in spans])
+        return np.frombuffer(data, a.dtype).reshape(-1, *a.shape[1:])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at sorted, distinct positions ``rows``."""
+        if self._fd is None:
+            out: np.ndarray = self.array[rows]
+            return out
+        return self.spans(rows, rows + 1)
+
+
+def _rows(directory: str, name: str) -> Rows | None:
     path = os.path.join(directory, f"pdq.{name}.npy")
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    return Rows(map_npy(path), path) if os.path.exists(path) else None
+
+
+class _NpyWriter:
+    """A ``.npy`` file written front to back with plain writes (a 10M-hash build never maps, nor holds,
+    its 1.3 GB of tables at once)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: type) -> None:
+        self.f = open(path, "wb")  # noqa: SIM115 - closed by close()
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_2_0(self.f, header)
+
+    def write(self, a: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(a).data)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _entries(companion: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(len, 6) uint8 table entries: companion half, then hash number, little-endian."""
+    e = np.empty((len(ids), _ENTRY), np.uint8)
+    e[:, :2] = companion.astype("<u2").view(np.uint8).reshape(-1, 2)
+    e[:, 2:] = ids.astype("<u4").view(np.uint8).reshape(-1, 4)
+    return e
 
 
 class PdqTables:
@@ -78,100 +153,120 @@ class PdqTables:
     * the 256 bits are 8 words of 32 bits; if the distance is <= d, some word differs in at most
       R = d // 8 bits (pigeonhole), and within that word one 16-bit half differs in at most r = R // 2
       bits while its companion half differs in at most R minus that;
-    * so there are 16 tables, one per 16-bit half, each sorted by that half (bucket offsets, the
-      companion half, and the hash number in that order). A query enumerates the half's values within
-      r bits (17 probes for d = 31), filters every bucket entry by its companion half in one vectorised
-      step (which drops most candidates, reading each bucket contiguously), and checks the few
-      survivors against the full hashes;
-    * d > 63 falls back to a vectorised brute-force scan, as do tables smaller than 4096 hashes.
+    * so there are 16 tables, one per 16-bit half, each sorted by that half: bucket offsets, and per
+      entry the companion half and the hash number, side by side (one read per bucket). A query
+      enumerates the half's values within r bits (17 probes for d = 31), reads those buckets, keeps the
+      entries whose companion half is close enough (a few hundred per picture), and reads only those
+      hashes to check the full distance;
+    * d > 63 falls back to a brute-force scan, as do tables smaller than 4096 hashes.
 
-    Memory: 32 (hash) + 16 × (2 + 4) (companion + hash number) + 8 (record) = 136 bytes per hash,
-    plus 4.2 MB of bucket offsets; memory-mapped, a process holds only the pages it touched.
+    Files: 32 (hash) + 8 (record) + 16 × 6 (entries) = 136 bytes per hash, plus 4.2 MB of bucket
+    offsets (the only array a loaded index holds in memory). Loaded from a folder, the hashes and
+    entries are read row by row with ``pread`` (see :class:`Rows`).
     """
 
-    __slots__ = ("hashes", "words", "records", "perm", "companion", "offsets", "n")
+    __slots__ = ("hashes", "records", "entries", "offsets", "n")
 
-    def __init__(
-        self,
-        hashes: np.ndarray,
-        records: np.ndarray,
-        perm: np.ndarray | None = None,
-        companion: np.ndarray | None = None,
-        offsets: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, hashes: Rows, records: Rows, entries: Rows | None, offsets: np.ndarray | None) -> None:
         self.n = len(hashes)
         self.hashes = hashes
-        self.words = hashes.view(np.uint64)  # (n, 4), for the final distance
         self.records = records
-        self.perm, self.companion, self.offsets = perm, companion, offsets
+        self.entries, self.offsets = entries, offsets
 
     @classmethod
     def build(cls, hashes: np.ndarray, records: np.ndarray, directory: str | None = None) -> PdqTables:
-        """Tables over (n, 32) uint8 ``hashes``; written into ``directory`` and mapped back when given."""
+        """Tables over (n, 32) uint8 ``hashes``; written into ``directory`` and loaded back when given."""
         n = len(hashes)
+        if n >= 2**32:
+            raise ValueError(f"{n} PDQ hashes: at most 2**32 - 1 per index")
+        hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(n, PDQ_BYTES)
+        records = np.ascontiguousarray(records, dtype=np.int64)
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
-        h = _array(directory, "hashes", (n, PDQ_BYTES), np.uint8)
-        h[:] = hashes
-        r = _array(directory, "records", (n,), np.int64)
-        r[:] = records
-        parts: dict[str, np.ndarray] = {"hashes": h, "records": r}
+            for name, a in (("hashes", hashes), ("records", records)):
+                w = _NpyWriter(os.path.join(directory, f"pdq.{name}.npy"), a.shape, a.dtype.type)
+                w.write(a)
+                w.close()
+        entries: np.ndarray | None = None
+        offsets: np.ndarray | None = None
         if n >= MIH_MIN_SIZE:
-            halves = np.ascontiguousarray(hashes, dtype=np.uint8).view(np.uint16)  # (n, 16), native order
-            id_type = np.uint32 if n < 2**32 else np.uint64
-            perm = parts["perm"] = _array(directory, "perm", (_N_HALVES * n,), id_type)
-            companion = parts["companion"] = _array(directory, "companion", (_N_HALVES * n,), np.uint16)
+            halves = hashes.view(np.uint16)  # (n, 16), native order
             off_type = np.uint32 if _N_HALVES * n < 2**32 else np.int64
-            offsets = parts["offsets"] = _array(directory, "offsets", (_N_HALVES * (_BUCKETS + 1),), off_type)
+            offsets = np.empty(_N_HALVES * (_BUCKETS + 1), off_type)
+            writer = None
+            if directory is None:
+                entries = np.empty((_N_HALVES * n, _ENTRY), np.uint8)
+            else:
+                writer = _NpyWriter(os.path.join(directory, "pdq.entries.npy"), (_N_HALVES * n, _ENTRY), np.uint8)
             for c in range(_N_HALVES):
                 col = np.ascontiguousarray(halves[:, c])  # bincount and argsort read it faster than strided
                 order = np.argsort(col, kind="stable")  # radix sort for 16-bit keys; stable keeps positions in order
-                perm[c * n : (c + 1) * n] = order
-                companion[c * n : (c + 1) * n] = np.ascontiguousarray(halves[:, _COMPANION[c]])[order]  # 20 MB, not 320
+                table = _entries(np.ascontiguousarray(halves[:, _COMPANION[c]])[order], order)
+                if writer is not None:
+                    writer.write(table)
+                else:
+                    assert entries is not None
+                    entries[c * n : (c + 1) * n] = table
                 o = offsets[c * (_BUCKETS + 1) : (c + 1) * (_BUCKETS + 1)]
-                o[0] = c * n  # global positions in the flattened (16*n) arrays
+                o[0] = c * n  # global positions in the flattened (16*n) entries
                 o[1:] = np.cumsum(np.bincount(col, minlength=_BUCKETS)) + c * n
-                del order
-        if directory is None:
-            return cls(*(readonly(parts[k]) if k in parts else None for k in _FILES))  # type: ignore[arg-type]
-        for name, a in parts.items():
-            if isinstance(a, np.memmap):
-                a.flush()
-            else:
-                np.save(os.path.join(directory, f"pdq.{name}.npy"), a)
-        del parts, h, r
-        return cls.load(directory)
+                del order, table
+            if writer is not None:
+                writer.close()
+                np.save(os.path.join(directory, "pdq.offsets.npy"), offsets)  # type: ignore[arg-type]
+        if directory is not None:
+            return cls.load(directory)
+        return cls(
+            Rows(readonly(hashes)),
+            Rows(readonly(records)),
+            Rows(readonly(entries)) if entries is not None else None,
+            readonly(offsets) if offsets is not None else None,
+        )
 
     @classmethod
     def load(cls, directory: str) -> PdqTables:
-        """Map tables saved by :meth:`build` read-only (``np.load(mmap_mode="r")``)."""
-        arrays: list[np.ndarray | None] = []
-        for name in _FILES:
-            path = os.path.join(directory, f"pdq.{name}.npy")
-            arrays.append(map_npy(path) if os.path.exists(path) else None)
-        hashes, records, perm, companion, offsets = arrays
+        """Tables saved by :meth:`build` or :meth:`save`: the bucket offsets read, the hashes, records
+        and entries opened for reads of the rows a query needs."""
+        hashes, records = _rows(directory, "hashes"), _rows(directory, "records")
         if hashes is None or records is None:
             raise FileNotFoundError(os.path.join(directory, "pdq.hashes.npy"))
-        return cls(hashes, records, perm, companion, offsets)
+        offsets_path = os.path.join(directory, "pdq.offsets.npy")
+        offsets = readonly(np.load(offsets_path)) if os.path.exists(offsets_path) else None
+        entries = _rows(directory, "entries")
+        if len(hashes) >= MIH_MIN_SIZE and (entries is None or offsets is None):
+            raise ValueError(f"{directory}: PDQ tables missing (pdq.entries.npy, pdq.offsets.npy)")
+        return cls(hashes, records, entries, offsets)
 
     def save(self, directory: str) -> None:
-        """Write the tables as ``pdq.*.npy`` files in ``directory`` (what :meth:`load` maps)."""
+        """Write the tables as ``pdq.*.npy`` files in ``directory`` (what :meth:`load` reads)."""
         for name in _FILES:
             a = getattr(self, name)
             if a is not None:
-                np.save(os.path.join(directory, f"pdq.{name}.npy"), a)
+                np.save(os.path.join(directory, f"pdq.{name}.npy"), a.array if isinstance(a, Rows) else a)
 
     @property
     def nbytes(self) -> int:
-        parts = (self.hashes, self.records, self.perm, self.companion, self.offsets)
+        parts = (self.hashes.array, self.records.array, self.entries.array if self.entries else None, self.offsets)
         return sum(p.nbytes for p in parts if p is not None)
+
+    def all_hashes(self) -> np.ndarray:
+        """Every hash, (n, 32) uint8, in position order (whole-array work: reads the file once)."""
+        return np.asarray(self.hashes.array)
+
+    def all_records(self) -> np.ndarray:
+        """Every record, (n,) int64, in position order."""
+        return np.asarray(self.records.array)
+
+    def record(self, position: int) -> int:
+        """The record of one position (one row read)."""
+        return int(self.records.take(np.array([position], np.int64))[0])
 
     def hits(self, queries: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (distance, position, query row) with distance <= ``max_distance``; a position may repeat
         (found through several tables)."""
         if self.n == 0 or max_distance < 0:
             return _EMPTY_HITS
-        if self.perm is None or max_distance > _MIH_MAX_DISTANCE:
+        if self.entries is None or max_distance > _MIH_MAX_DISTANCE:
             return self._scan(queries, max_distance)
         return self._probe(queries, max_distance)
 
@@ -197,36 +292,60 @@ class PdqTables:
         its least crowded bucket (near-duplicate families make some buckets big)."""
         if self.n == 0 or len(queries) == 0:
             return np.empty(0, np.int64)
-        if self.perm is None:
+        if self.entries is None or self.offsets is None:
             return np.unique(self._scan(queries, 0)[1])
-        offsets, companion, perm = self.offsets, self.companion, self.perm
-        assert offsets is not None and companion is not None and perm is not None
+        offsets = self.offsets
         q_halves = queries.view(np.uint16)  # (nq, 16)
         keys = q_halves.astype(np.int64) + _TABLE_BASE
         sizes = offsets[keys + 1].astype(np.int64) - offsets[keys].astype(np.int64)
         table = np.argmin(sizes, axis=1)
         rows = np.arange(len(queries))
-        key = keys[rows, table]
-        starts = offsets[key].astype(np.int64)
-        lengths = sizes[rows, table]
-        total = int(lengths.sum())
-        if total == 0:
-            return np.empty(0, np.int64)
-        ends = np.cumsum(lengths)
-        pos = np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
-        qrow = np.repeat(rows, lengths)
-        same = companion[pos] == q_halves[qrow, _COMPANION[table][qrow]]
-        ids = perm[pos[same]].astype(np.int64)
-        qrow = qrow[same]
-        equal = (self.words[ids] == queries.view(np.uint64)[qrow]).all(axis=1)
+        want = q_halves[rows, _COMPANION[table]]
+        ids, qrow = self._candidates(keys[rows, table], want, np.zeros(len(rows), np.int16), rows)
+        words, inv = self._words(ids)
+        equal = (words[inv] == queries.view(np.uint64)[qrow]).all(axis=1)
         return np.unique(ids[equal])
+
+    def _candidates(
+        self, keys: np.ndarray, want: np.ndarray, allowed: np.ndarray, qrow: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(hash number, query row) of every entry of bucket ``keys[i]`` whose companion half is within
+        ``allowed[i]`` bits of ``want[i]``: the buckets read in file order."""
+        offsets = self.offsets
+        assert offsets is not None and self.entries is not None
+        starts = offsets[keys].astype(np.int64)
+        lengths = offsets[keys + 1].astype(np.int64) - starts
+        live = np.flatnonzero(lengths)
+        order = live[np.argsort(keys[live], kind="stable")]  # by key = by position in the file
+        if len(order) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        # a bucket two query rows both probe is read twice (cheaper than taking the repeats out)
+        raw = self.entries.spans(starts[order], (starts + lengths)[order])
+        halves = raw.view("<u2")  # (rows, 3): the companion half, then the hash number's low and high halves
+        companion = halves[:, 0]
+        lengths = lengths[order]
+        cum = np.cumsum(lengths)
+        near = popcount(companion ^ np.repeat(want[order], lengths)) <= np.repeat(allowed[order], lengths)
+        ok = np.flatnonzero(near)
+        ids = halves[ok, 1].astype(np.int64) | (halves[ok, 2].astype(np.int64) << 16)
+        return ids, qrow[order][np.searchsorted(cum, ok, side="right")]
+
+    def _words(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes of ``ids`` as (k, 4) uint64 rows, each distinct hash read once, and the index of
+        each id's row."""
+        unique, inverse = np.unique(ids, return_inverse=True)
+        words = np.ascontiguousarray(self.hashes.take(unique)).view(np.uint64).reshape(len(unique), 4)
+        return words, inverse
 
     def _scan(self, queries: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         block = 1 << 18  # bound the temporaries on big tables
-        for qi, q in enumerate(queries.view(np.uint64)):
-            for start in range(0, self.n, block):
-                d = popcount(self.words[start : start + block] ^ q).sum(axis=1, dtype=np.int32)
+        q_words = queries.view(np.uint64)
+        for start in range(0, self.n, block):
+            end = min(self.n, start + block)
+            words = np.ascontiguousarray(self.hashes.spans(np.array([start]), np.array([end]))).view(np.uint64)
+            for qi, q in enumerate(q_words):
+                d = popcount(words ^ q).sum(axis=1, dtype=np.int32)
                 k = np.flatnonzero(d <= max_distance)
                 if len(k):
                     out.append((d[k], k + start, np.full(len(k), qi, np.int64)))
@@ -236,9 +355,7 @@ class PdqTables:
         return dist, pos, qrow
 
     def _probe(self, queries: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The measured hot loop (one vectorised pass over all probed buckets of all query rows)."""
-        offsets, companion, perm = self.offsets, self.companion, self.perm
-        assert offsets is not None and companion is not None and perm is not None
+        """The measured hot loop: every probed bucket of every query row read and filtered at once."""
         nq = len(queries)
         word_radius = max_distance // 8
         half_radius = word_radius // 2
@@ -247,24 +364,13 @@ class PdqTables:
         n_probe = len(masks)
         q_halves = queries.view(np.uint16)  # (nq, 16)
         keys = ((q_halves[:, :, None] ^ masks).astype(np.int64) + _TABLE_BASE[:, None]).ravel()
-        starts = offsets[keys].astype(np.int64)
-        lengths = offsets[keys + 1].astype(np.int64) - starts
-        nonempty = np.flatnonzero(lengths)
-        if len(nonempty) == 0:
+        want = np.broadcast_to(q_halves[:, _COMPANION, None], (nq, _N_HALVES, n_probe)).ravel()
+        allowed = np.broadcast_to(budget, (nq, _N_HALVES, n_probe)).ravel()
+        qrow = np.repeat(np.arange(nq), _N_HALVES * n_probe)
+        ids, qrow = self._candidates(keys, want, allowed, qrow)
+        if len(ids) == 0:
             return _EMPTY_HITS
-        starts = starts[nonempty]
-        lengths = lengths[nonempty]
-        total = int(lengths.sum())
-        # positions of every entry of every probed bucket, concatenated
-        ends = np.cumsum(lengths)
-        pos = np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
-        want = np.broadcast_to(q_halves[:, _COMPANION, None], (nq, _N_HALVES, n_probe)).ravel()[nonempty]
-        allowed = np.broadcast_to(budget, (nq, _N_HALVES, n_probe)).ravel()[nonempty]
-        ok = np.flatnonzero(popcount(companion[pos] ^ np.repeat(want, lengths)) <= np.repeat(allowed, lengths))
-        if len(ok) == 0:
-            return _EMPTY_HITS
-        ids = perm[pos[ok]].astype(np.int64)
-        qrow = np.repeat(nonempty // (_N_HALVES * n_probe), lengths)[ok]
-        dist = popcount(self.words[ids] ^ queries.view(np.uint64)[qrow]).sum(axis=1, dtype=np.int32)
+        words, inverse = self._words(ids)
+        dist = popcount(words[inverse] ^ queries.view(np.uint64)[qrow]).sum(axis=1, dtype=np.int32)
         hit = np.flatnonzero(dist <= max_distance)
         return dist[hit], ids[hit], qrow[hit]
