@@ -75,6 +75,37 @@ def test_imagehash_lines_fast_and_slow_in_line_order(tmp_path: Path) -> None:
     )
 
 
+def test_item_ids_are_kept_as_the_line_says_stripped_and_in_utf8(tmp_path: Path) -> None:
+    """Item ids are read as arrays (ten million strings would cost ~0.7 GB while compiling): stripped as
+    str.strip() does (Unicode spaces of non-ASCII ids too), Vietnamese ids kept, empty ids None, and an
+    id that is not UTF-8 leaves its line to the grammar, which skips it with its line number."""
+    p = tmp_path / "items.txt"
+    p.write_bytes(
+        b"\n".join(
+            [
+                f"pdq:{PDQ},  spaced\t".encode(),
+                f"md5:{MD5},ảnh-bị-chặn-7".encode(),
+                f"sha1:{SHA1},\u00a0nbsp-ảnh\u00a0".encode(),
+                f"sha256:{SHA256},".encode(),
+                f"pdq:{PDQ_B}".encode(),
+                f"md5:{MD5_B},".encode() + b"\xff\xfe",
+                f"pdq:{PDQ},   ".encode(),
+            ]
+        )
+        + b"\n"
+    )
+    got, stats, _ = rows("imagehash", p)
+    assert [(r[2], r[3]) for r in got] == [
+        ("spaced", 1),
+        ("ảnh-bị-chặn-7", 2),
+        ("nbsp-ảnh", 3),
+        (None, 4),
+        (None, 5),
+        (None, 7),
+    ]
+    assert stats.skipped == 1 and stats.errors == [f"{p}:6: line is not UTF-8 text"]
+
+
 def test_vectorised_reader_gives_what_the_line_grammar_gives(tmp_path: Path) -> None:
     """The numpy path for ``kind:hex`` lines and the per-line grammar agree, declarations and CSV included."""
     lines = [

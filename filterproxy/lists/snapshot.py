@@ -175,10 +175,14 @@ def _load_one(src: ListSource, idx: int) -> tuple[ListInfo, _Collected]:
     return info, batch
 
 
-def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True, previous: str | None = None) -> Snapshot:
+def build_snapshot(
+    sources: Sequence[ListSource], *, strict: bool = True, previous: str | None = None, images_dir: str | None = None
+) -> Snapshot:
     """Parse and compile every source. A source that cannot be read or yields zero entries raises
     ListError when ``strict``; otherwise it is logged and left out (the rest still load). ``previous``, a
-    saved snapshot folder, lets a few changed image hashes reuse its index (:mod:`.snapshot_images`)."""
+    saved snapshot folder, lets a few changed image hashes reuse its index (:mod:`.snapshot_images`);
+    ``images_dir`` (the ``images/`` folder of the snapshot being written) receives a fully built image
+    index as it is built, table by table, instead of holding it in memory until saved."""
     lists: list[ListInfo] = []
     got = _Collected()
     seen_ids: set[str] = set()
@@ -201,7 +205,7 @@ def build_snapshot(sources: Sequence[ListSource], *, strict: bool = True, previo
     matcher = DomainMatcher.build(got.domains)
     got.domains = []
     snap = Snapshot(lists, matcher, got.regexes, got.ips)
-    _attach_url_and_image_matchers(snap, got.urls, got.urlhashes, got.images, previous)
+    _attach_url_and_image_matchers(snap, got.urls, got.urlhashes, got.images, previous, images_dir)
     return snap
 
 
@@ -211,6 +215,7 @@ def _attach_url_and_image_matchers(
     urlhash_entries: list[tuple[str, int]],
     image_entries: list[tuple[int, ImageHashBlock]],
     previous: str | None = None,
+    images_dir: str | None = None,
 ) -> None:
     """Compile the (small) URL, URL-hash and image-hash matchers; raw entries are kept for saving."""
     snap.raw = {"urls": url_entries, "urlhashes": urlhash_entries, "images": image_entries}
@@ -233,7 +238,7 @@ def _attach_url_and_image_matchers(
     if image_entries:
         from filterproxy.lists.snapshot_images import build_images
 
-        build_images(snap, image_entries, previous)
+        build_images(snap, image_entries, previous, images_dir)
 
 
 def describe(lists: Iterable[ListInfo]) -> str:

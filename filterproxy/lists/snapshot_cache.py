@@ -195,8 +195,8 @@ def _save_built(sources: list[ListSource], out: str, previous: str | None = None
     """Build and write a snapshot (its image index over ``previous``'s when few hashes changed); a full
     disk is reported as such, naming the folder (the index library's own message for it is an opaque I/O
     error)."""
-    snap = build_snapshot(sources, strict=True, previous=previous)
     try:
+        snap = build_snapshot(sources, strict=True, previous=previous, images_dir=os.path.join(out, "images"))
         save_snapshot(snap, out)
     except (OSError, RuntimeError) as exc:
         if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or _nearly_full(out):

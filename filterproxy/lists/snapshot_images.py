@@ -51,10 +51,13 @@ class _NoDelta(Exception):
     """Why the delta path does not apply (the full build is taken)."""
 
 
-def build_images(snap: Snapshot, entries: list[tuple[int, ImageHashBlock]], previous: str | None) -> None:
+def build_images(
+    snap: Snapshot, entries: list[tuple[int, ImageHashBlock]], previous: str | None, directory: str | None = None
+) -> None:
     """Set ``snap.images``, ``snap.image_items`` and ``snap.image_update`` (the lineage written beside the
-    index) from the parsed image blocks; over ``previous``'s index when only a few hashes changed."""
-    from filterproxy.match.imagehash.items import ImageItems
+    index) from the parsed image blocks; over ``previous``'s index when only a few hashes changed. A full
+    build is written into ``directory`` as it goes, when given (the snapshot's ``images/``)."""
+    from filterproxy.match.imagehash.items import ImageItems, ItemTexts
 
     t = time.perf_counter()
     lists = _image_lists(snap)
@@ -68,10 +71,10 @@ def build_images(snap: Snapshot, entries: list[tuple[int, ImageHashBlock]], prev
         except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable previous index: build in full
             why = f"previous index unusable: {exc}"
     if ix is None:
-        ix = _full(snap, entries)
+        ix = _full(snap, entries, directory)
         lineage = {"path": "full", "why": why, "generation": 0, "changes": 0, "lists": lists}
         lineage["base_entries"] = len(ix)
-    items: list[tuple[Any, list[str | None]]] = [((idx << 32) | b.lines, b.items) for idx, b in entries if b.items]
+    items: list[tuple[Any, ItemTexts]] = [((idx << 32) | b.lines, b.items) for idx, b in entries if b.items]
     snap.images = ix
     snap.image_items = ImageItems.from_blocks(items)
     lineage.update(format=_LINEAGE_FORMAT, seconds=round(time.perf_counter() - t, 3))
@@ -102,7 +105,7 @@ def load_lineage(directory: str) -> dict[str, Any]:
         return {}
 
 
-def _full(snap: Snapshot, entries: list[tuple[int, ImageHashBlock]]) -> ImageHashIndex:
+def _full(snap: Snapshot, entries: list[tuple[int, ImageHashBlock]], directory: str | None = None) -> ImageHashIndex:
     from filterproxy.match.imagehash import ImageHashIndex
 
     ix = ImageHashIndex()
@@ -111,7 +114,7 @@ def _full(snap: Snapshot, entries: list[tuple[int, ImageHashBlock]]) -> ImageHas
     legal = {li.index for li in snap.lists if li.source.is_legal}
     for idx, block in sorted(entries, key=lambda e: e[0] not in legal):
         ix.add_many(block.kind, block.digests, (idx << 32) | block.lines)  # record(idx, line) for every row
-    ix.freeze()
+    ix.freeze(directory)
     return ix
 
 

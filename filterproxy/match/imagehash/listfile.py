@@ -26,6 +26,8 @@ from filterproxy.match.imagehash.kinds import HEX_LENGTHS, HEXDIGITS, KINDS, che
 if TYPE_CHECKING:
     import numpy as np
 
+    from filterproxy.match.imagehash.items import ItemTexts
+
 
 class ImageHashListError(ValueError):
     """A line of an image-hash list that cannot be used; the message starts with ``file:line:``."""
@@ -54,7 +56,7 @@ class ImageHashBlock(NamedTuple):
     kind: str
     digests: np.ndarray
     lines: np.ndarray
-    items: list[str | None] | None = None
+    items: ItemTexts | None = None
 
 
 class OtherSignal(NamedTuple):
@@ -223,7 +225,7 @@ _FORMATS: dict[str, tuple[Callable[[str], _LineGrammar], tuple[tuple[bytes, str]
 IMAGE_LIST_FORMATS = tuple(_FORMATS)
 _CHUNK = 32 << 20  # bytes of the file decoded at a time: bounds the temporary arrays
 # kind → (row numbers in the chunk, digests, item ids by row or None)
-_FastRows = dict[str, tuple["np.ndarray", "np.ndarray", "list[str | None] | None"]]
+_FastRows = dict[str, tuple["np.ndarray", "np.ndarray", "ItemTexts | None"]]
 _SlowRows = dict[str, tuple[list[int], list[bytes], list[str | None]]]  # kind → (rows, digests, item ids)
 
 
@@ -289,10 +291,11 @@ class _Chunk:
             nib = nibbles[sliding_window_view(self.buf, HEX_LENGTHS[kind])[self.starts[rows] + len(prefix)]]
             ok = (nib < 16).all(axis=1)
             rows, nib = rows[ok], nib[ok]
-            items: list[str | None] | None = None
+            items: ItemTexts | None = None
             if len(with_item):  # rows whose item is not UTF-8 are left to the line grammar (it says so)
                 items, utf8 = self._items(rows, width)
-                rows, nib, items = rows[utf8], nib[utf8], [i for i, ok in zip(items, utf8.tolist(), strict=True) if ok]
+                keep = np.flatnonzero(utf8)
+                rows, nib, items = rows[keep], nib[keep], items.take(keep)
             if len(rows):
                 out[kind] = (rows, (nib[:, 0::2] << 4) | nib[:, 1::2], items)
         return out
@@ -313,23 +316,13 @@ class _Chunk:
         clean: np.ndarray = rows[counts == 0]
         return clean
 
-    def _items(self, rows: np.ndarray, width: int) -> tuple[list[str | None], np.ndarray]:
-        """The item id after ``width`` bytes and the comma of each row (None without one), and which rows
+    def _items(self, rows: np.ndarray, width: int) -> tuple[ItemTexts, np.ndarray]:
+        """The item id after ``width`` bytes and the comma of each row (empty without one), and which rows
         are UTF-8."""
-        import numpy as np
+        from filterproxy.match.imagehash.items import ItemTexts
 
-        out: list[str | None] = []
-        utf8 = np.ones(len(rows), dtype=bool)
-        data = self.data
-        for n, (s, e) in enumerate(
-            zip((self.starts[rows] + width + 1).tolist(), self.ends[rows].tolist(), strict=True)
-        ):
-            try:
-                out.append(data[s:e].decode("utf-8").strip() or None)
-            except UnicodeDecodeError:
-                out.append(None)
-                utf8[n] = False
-        return out, utf8
+        starts = self.starts[rows] + width + 1
+        return ItemTexts.spans(self.buf, starts, self.ends[rows])
 
     def text(self, row: int) -> str | None:
         """The stripped text of a line, None when it is not UTF-8."""
@@ -392,24 +385,27 @@ def _blocks(first: int, fast: _FastRows, slow: _SlowRows) -> Iterator[ImageHashB
     """One chunk's fast and line-by-line rows merged into one block per kind, in line order."""
     import numpy as np
 
+    from filterproxy.match.imagehash.items import ItemTexts
+
     for kind in KINDS:
-        parts: list[tuple[np.ndarray, np.ndarray, list[str | None] | None]] = []
+        parts: list[tuple[np.ndarray, np.ndarray, ItemTexts | None]] = []
         if kind in fast:
             parts.append(fast[kind])
         if kind in slow:
             rows, digests, slow_items = slow[kind]
             width = HEX_LENGTHS[kind] // 2
             slow_digests = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, width)
-            parts.append((np.array(rows, dtype=np.int64), slow_digests, slow_items))
+            texts = ItemTexts.of(slow_items) if any(slow_items) else None
+            parts.append((np.array(rows, dtype=np.int64), slow_digests, texts))
         if not parts:
             continue
         rows_all = np.concatenate([p[0] for p in parts])
         order = np.argsort(rows_all, kind="stable")
         digests_all = np.concatenate([p[1] for p in parts])[order]
-        items: list[str | None] | None = None
-        if any(p[2] is not None and any(p[2]) for p in parts):
-            merged = [i for p in parts for i in (p[2] if p[2] is not None else [None] * len(p[0]))]
-            items = [merged[i] for i in order.tolist()]
+        items: ItemTexts | None = None
+        if any(p[2] is not None and len(p[2].blob) for p in parts):
+            merged = ItemTexts.concat([p[2] if p[2] is not None else ItemTexts.none(len(p[0])) for p in parts])
+            items = merged.take(order)
         yield ImageHashBlock(kind, digests_all, rows_all[order].astype(np.int64) + first, items)
 
 
