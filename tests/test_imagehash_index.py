@@ -224,6 +224,36 @@ def test_processes_share_the_tables_through_the_page_cache_without_mapping_them(
     assert all(p.returncode == 0 for p in procs)
 
 
+def test_exact_digest_and_item_id_lookups_read_the_files_without_mapping_them(tmp_path: Path) -> None:
+    """A 10M-line MD5 list is 320 MB of sorted keys, digests and records, and 10M item ids some 260 MB: a
+    lookup reads its binary search and a hit's digest, record or id with pread, so none of it is mapped
+    into the process."""
+    rng = np.random.default_rng(11)
+    digests = rng.integers(0, 256, (100_000, 16), dtype=np.uint8)
+    digests[500] = digests[400]  # listed twice: the first record wins
+    ix = ImageHashIndex()
+    ix.add_many("md5", digests, np.arange(100_000) + 10)
+    ix.freeze()
+    ix.save(str(tmp_path))
+    loaded = ImageHashIndex.load(str(tmp_path))
+    for i in rng.choice(100_000, 200, replace=False).tolist() + [400, 500]:
+        m = loaded.match(ImageHashes(digests[i].tobytes().hex(), "0" * 40, "0" * 64, None, None, ()))
+        assert m == ImageMatch("md5", 0, 10 + (400 if i == 500 else i))
+    for d in rng.integers(0, 256, (50, 16), dtype=np.uint8):
+        assert loaded.match(ImageHashes(d.tobytes().hex(), "0" * 40, "0" * 64, None, None, ())) is None
+    from filterproxy.match.imagehash.items import ImageItems
+
+    ImageItems.build((10 + i, f"hotline-{i}") for i in range(100_000)).save(str(tmp_path))
+    items = ImageItems.load(str(tmp_path))
+    assert [items.get(10 + i) for i in (0, 4_095, 99_999)] == ["hotline-0", "hotline-4095", "hotline-99999"]
+    assert items.get(9) is None and items.get(100_010) is None
+    parts = [f"md5.{p}.npy" for p in ("keys", "digests", "records")] + [
+        f"items.{p}.npy" for p in ("records", "ends", "blob")
+    ]
+    for name in parts:
+        assert _resident_kb(os.getpid(), os.path.realpath(tmp_path / name)) == 0, f"{name} is mapped into the process"
+
+
 def test_snapshot_maps_the_compiled_index_and_a_second_compile_is_a_cache_hit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,16 +8,57 @@ from collections.abc import Iterable
 import numpy as np
 
 from filterproxy.match.imagehash.kinds import HEX_LENGTHS
-from filterproxy.match.imagehash.mih import readonly
+from filterproxy.match.imagehash.mih import Rows, map_npy, readonly
 
 
 class ExactSet:
-    """Sorted digests of one length: 8-byte big-endian key, full digest and record, in key order."""
+    """Sorted digests of one length: 8-byte big-endian key, full digest and record, in key order.
 
-    __slots__ = ("keys", "digests", "records")
+    Loaded from files (:meth:`load`), a lookup reads the few keys of its binary search, then the digest
+    and record of a hit, with ``pread``: a 10M-digest list never ends up in a process's mappings.
+    """
+
+    __slots__ = ("keys", "digests", "records", "_rows")
 
     def __init__(self, keys: np.ndarray, digests: np.ndarray, records: np.ndarray) -> None:
         self.keys, self.digests, self.records = keys, digests, records
+        self._rows: tuple[Rows, Rows, Rows] | None = None
+
+    @classmethod
+    def load(cls, paths: tuple[str, str, str]) -> ExactSet:
+        """The table saved as ``paths`` (keys, digests, records ``.npy`` files)."""
+        arrays = [map_npy(p) for p in paths]
+        out = cls(*arrays)
+        if isinstance(arrays[0], np.memmap):
+            keys, digests, records = (Rows(a, p) for a, p in zip(arrays, paths, strict=True))
+            out._rows = (keys, digests, records)
+        return out
+
+    def _first(self, key: np.uint64) -> int:
+        """Position of the first key >= ``key``."""
+        return int(np.searchsorted(self.keys, key)) if self._rows is None else self._rows[0].searchsorted(key)
+
+    def _at(self, i: int) -> tuple[int, bytes]:
+        """(key, digest) at position ``i``."""
+        if self._rows is None:
+            return int(self.keys[i]), self.digests[i].tobytes()
+        return int(self._rows[0].at(i)), self._rows[1].at(i).tobytes()
+
+    def _record(self, i: int) -> int:
+        return int(self.records[i] if self._rows is None else self._rows[2].at(i))
+
+    def _equal(self, digest: bytes) -> list[int]:
+        """Positions of the entries holding ``digest``."""
+        key = np.uint64(int.from_bytes(digest[:8], "big"))  # a numpy scalar: no slow object comparison
+        out, i, n = [], self._first(key), len(self.keys)
+        while i < n:
+            k, d = self._at(i)
+            if k != key:
+                break
+            if d == digest:
+                out.append(i)
+            i += 1
+        return out
 
     @classmethod
     def build(cls, digests: np.ndarray, records: np.ndarray) -> ExactSet:
@@ -26,28 +67,13 @@ class ExactSet:
         return cls(readonly(keys[order]), readonly(digests[order]), readonly(records[order]))
 
     def get(self, digest: bytes) -> int | None:
-        key = np.uint64(int.from_bytes(digest[:8], "big"))  # a numpy scalar: no slow object comparison
-        i = int(np.searchsorted(self.keys, key))
-        n = len(self.keys)
-        while i < n and self.keys[i] == key:
-            if self.digests[i].tobytes() == digest:
-                return int(self.records[i])
-            i += 1
-        return None
+        found = self._equal(digest)
+        return self._record(found[0]) if found else None
 
     def positions(self, digests: Iterable[bytes]) -> np.ndarray:
         """Positions (in key order) of every entry equal to one of ``digests``: a search per digest, not a
         pass over the table (a tombstone set is small, the table may hold millions)."""
-        out: list[int] = []
-        n = len(self.keys)
-        for digest in digests:
-            key = np.uint64(int.from_bytes(digest[:8], "big"))
-            i = int(np.searchsorted(self.keys, key))
-            while i < n and self.keys[i] == key:
-                if self.digests[i].tobytes() == digest:
-                    out.append(i)
-                i += 1
-        return np.array(out, dtype=np.int64)
+        return np.array([i for digest in digests for i in self._equal(digest)], dtype=np.int64)
 
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """(digests, records) in insertion order (the sort was stable on insertion order per key)."""

@@ -52,7 +52,7 @@ from filterproxy.match.imagehash.kinds import (
     check_hex,
     pdq_bytes,
 )
-from filterproxy.match.imagehash.mih import PdqTables, map_npy, readonly
+from filterproxy.match.imagehash.mih import PdqTables, readonly
 from filterproxy.match.imagehash.mih import _popcount_table as _popcount_table  # re-exported for tests
 
 if TYPE_CHECKING:
@@ -388,8 +388,8 @@ class ImageHashIndex:
         ix._pdq = PdqTables.load(directory)
         ix._base_dir = directory
         for kind in meta["exact"]:
-            parts = (map_npy(os.path.join(directory, f"{kind}.{p}.npy")) for p in _EXACT_PARTS)
-            ix._exact[kind] = ExactSet(*parts)
+            paths = tuple(os.path.join(directory, f"{kind}.{p}.npy") for p in _EXACT_PARTS)
+            ix._exact[kind] = ExactSet.load(paths)  # type: ignore[arg-type]
         ix._dead_pdq = np.load(os.path.join(directory, "dead.pdq.npy"))
         if meta.get("tie_order") is not None:
             ix._tie_order = tuple(meta["tie_order"])

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from filterproxy.match.imagehash.mih import map_npy
+from filterproxy.match.imagehash.mih import Rows, map_npy
 
 _PARTS = ("records", "ends", "blob")
 _STRIP = np.zeros(256, bool)
@@ -115,12 +115,14 @@ class ItemTexts:
 
 
 class ImageItems:
-    """record → item id (``get``), like the dict it replaces; immutable once built."""
+    """record → item id (``get``), like the dict it replaces; immutable once built. Loaded from files, a
+    lookup reads its binary search and the id with ``pread`` (nothing of a 10M-id table is mapped in)."""
 
-    __slots__ = ("records", "ends", "blob")
+    __slots__ = ("records", "ends", "blob", "_rows")
 
     def __init__(self, records: np.ndarray, ends: np.ndarray, blob: np.ndarray) -> None:
         self.records, self.ends, self.blob = records, ends, blob
+        self._rows = (Rows(records), Rows(ends), Rows(blob))
 
     @classmethod
     def build(cls, pairs: Iterable[tuple[int, str]]) -> ImageItems:
@@ -154,11 +156,12 @@ class ImageItems:
         return cls(records[keep], np.cumsum(lengths[keep]), data)
 
     def get(self, record: int, default: str | None = None) -> str | None:
-        i = int(np.searchsorted(self.records, record))
-        if i >= len(self.records) or int(self.records[i]) != record:
+        records, ends, blob = self._rows
+        i = records.searchsorted(np.int64(record))
+        if i >= len(self.records) or int(records.at(i)) != record:
             return default
-        start = int(self.ends[i - 1]) if i else 0
-        return bytes(self.blob[start : int(self.ends[i])]).decode()
+        start = int(ends.at(i - 1)) if i else 0
+        return blob.spans(np.array([start]), np.array([int(ends.at(i))])).tobytes().decode()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -174,4 +177,7 @@ class ImageItems:
         paths = [os.path.join(directory, f"items.{name}.npy") for name in _PARTS]
         if not os.path.exists(paths[0]):
             return cls.build(())
-        return cls(*(map_npy(p) for p in paths))
+        arrays = [map_npy(p) for p in paths]
+        out = cls(*arrays)
+        out._rows = (Rows(arrays[0], paths[0]), Rows(arrays[1], paths[1]), Rows(arrays[2], paths[2]))
+        return out

@@ -36,6 +36,7 @@ _BUCKETS = 1 << 16
 MIH_MIN_SIZE = 4096  # below this a brute-force scan is as fast and needs no tables
 _MIH_MAX_DISTANCE = 63  # R = 7, r = 3: 697 probes per table; above that scan everything
 _FILES = ("hashes", "records", "entries", "offsets")
+_SEARCH_BLOCK = 512  # the elements a binary search over a file reads at once, when that close
 _ENTRY = 6  # bytes per table entry: the companion half (uint16, little-endian), then the hash number (uint32)
 
 
@@ -116,6 +117,25 @@ class Rows:
             out: np.ndarray = self.array[rows]
             return out
         return self.spans(rows, rows + 1)
+
+    def searchsorted(self, value: np.generic) -> int:
+        """Position of the first element >= ``value`` of a sorted 1-D array: a binary search reading one
+        element a step, then the last 512 at once (``np.searchsorted`` on a map would map them all in)."""
+        if self._fd is None:
+            return int(np.searchsorted(self.array, value))
+        lo, hi = 0, len(self.array)
+        while hi - lo > _SEARCH_BLOCK:
+            mid = (lo + hi) // 2
+            if self.take(np.array([mid]))[0] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo + int(np.searchsorted(self.spans(np.array([lo]), np.array([hi])), value))
+
+    def at(self, i: int) -> np.ndarray:
+        """Row ``i`` (one element of a 1-D array)."""
+        out: np.ndarray = self.take(np.array([i]))[0]
+        return out
 
 
 def _rows(directory: str, name: str) -> Rows | None:
