@@ -3,10 +3,10 @@
 * :mod:`.kinds` — hash kinds, hex forms, PDQ distance (shared vocabulary);
 * :mod:`.hashing` — decode and hash one image, PDQ as the reference computes it (:func:`hash_image_bytes`);
 * :mod:`.listfile` — parse ``md5:``/``sha1:``/``sha256:``/``pdq:`` list files (:func:`parse_imagehash_list`);
-* :mod:`.index` — :class:`ImageHashIndex`, exact sets plus the PDQ near-match search, saved and mapped as
-  files, changed by delta + tombstones (``with_changes``) and compacted (:mod:`.compact`, in a child);
+* :mod:`.index` — :class:`ImageHashIndex`, exact sets plus the PDQ near-match search, saved as files and
+  read with ``pread``, changed by delta + tombstones (``with_changes``) and compacted (:mod:`.compact`, in a child);
 * :mod:`.mih` — the PDQ multi-index tables; :mod:`.exact` — the MD5/SHA-1/SHA-256 tables;
-  :mod:`.items` — item ids of records as mapped arrays;
+  :mod:`.items` — item ids of records as arrays in files;
 * :mod:`.cli` — ``python -m filterproxy.match.imagehash FILE...`` / ``filterproxy imagehash FILE...``.
 
 The names below are re-exported so callers keep importing from ``filterproxy.match.imagehash``.

@@ -17,7 +17,7 @@ from filterproxy.match.imagehash.index import ImageHashIndex
 
 
 def compact_in_child(src: str, dst: str) -> ImageHashIndex:
-    """Compact the index saved in ``src`` into ``dst`` in a child process; the result, mapped.
+    """Compact the index saved in ``src`` into ``dst`` in a child process; the result, loaded.
     Raises RuntimeError (with the child's last error line) when the child fails."""
     r = subprocess.run(
         [sys.executable, "-m", "filterproxy.match.imagehash.compact", src, dst], capture_output=True, text=True

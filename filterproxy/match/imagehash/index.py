@@ -7,10 +7,11 @@ hashing that never misses a hash within the distance (:class:`~.mih.PdqTables`);
 brute-force scan: docs/decisions/imagehash-pdq-index.md.
 
 Files and sharing. :meth:`ImageHashIndex.save` writes plain ``.npy`` files into a folder;
-:meth:`ImageHashIndex.load` maps them read-only (``np.load(mmap_mode="r")``), so every proxy worker
-mapping the same snapshot folder shares one copy of the pages.
+:meth:`ImageHashIndex.load` opens them read-only and a lookup reads only the rows it needs with ``pread``
+(:class:`~.mih.Rows`), so every proxy worker reading the same snapshot folder shares one copy of the pages
+in the page cache, and none maps the whole index into its own memory.
 
-Changes without a rebuild. An index is a *base* (the big, mapped tables) plus a small *delta* of added
+Changes without a rebuild. An index is a *base* (the big tables in files) plus a small *delta* of added
 hashes and *tombstones* of removed ones, both consulted at query time:
 
 * ``ix.with_changes(added=[(kind, hex, record), ...], removed=[(kind, hex), ...])`` returns a new frozen
@@ -20,7 +21,7 @@ hashes and *tombstones* of removed ones, both consulted at query time:
   when given). Run it off the serving path (a child process:
   :func:`filterproxy.match.imagehash.compact.compact_in_child`) and swap the reference in; same answers;
 * ``ix.save(folder)`` writes the delta and tombstones too, and hard-links the base files when the base is
-  already mapped from another folder on the same disk, so a new snapshot of a changed list costs its delta;
+  already loaded from another folder on the same disk, so a new snapshot of a changed list costs its delta;
 * ``ix.base().with_array_changes(added, removed, shift=..., tie_order=...)`` is what a snapshot compile
   uses (:mod:`filterproxy.lists.snapshot_images`): array changes against the base, a *shift* that moves the
   base's records to the lines of the edited list file, and the full build's list order for PDQ ties.
@@ -97,7 +98,7 @@ class ImageHashIndex:
         self._pdq_delta: PdqTables | None = None
         self._dead_exact: dict[str, frozenset[bytes]] = {}
         self._dead_pdq = np.empty(0, np.int64)  # sorted base positions
-        self._base_dir: str | None = None  # the folder the base is mapped from
+        self._base_dir: str | None = None  # the folder the base is loaded from
         self._shift: tuple[np.ndarray, np.ndarray] | None = None  # base record translation (with_array_changes)
         self._tie_order: tuple[int, ...] | None = None  # record high words in build order (with_array_changes)
         self._count = 0
@@ -148,7 +149,7 @@ class ImageHashIndex:
 
     def freeze(self, directory: str | None = None) -> None:
         """Compile the added hashes into the lookup structures (≈1.2 s per million PDQ hashes); with
-        ``directory``, the index is written there (as by :meth:`save`) and its PDQ tables mapped back."""
+        ``directory``, the index is written there (as by :meth:`save`) and its PDQ tables loaded back."""
         if self._pending is None:
             return
         entries: Entries = {}
@@ -350,7 +351,7 @@ class ImageHashIndex:
 
     def save(self, directory: str) -> None:
         """Write the index into ``directory`` (created): the base tables (hard links to the files of a
-        base mapped from another folder, when possible), the exact sets, the delta and the tombstones."""
+        base loaded from another folder, when possible), the exact sets, the delta and the tombstones."""
         self._check_frozen()
         os.makedirs(directory, exist_ok=True)
         if self._pdq is not None:
@@ -378,7 +379,7 @@ class ImageHashIndex:
 
     @classmethod
     def load(cls, directory: str) -> ImageHashIndex:
-        """Map an index written by :meth:`save` (or by :meth:`freeze` with a folder) read-only."""
+        """Open an index written by :meth:`save` (or by :meth:`freeze` with a folder) read-only."""
         with open(os.path.join(directory, "index.json")) as f:
             meta = json.load(f)
         if meta.get("format") not in (_INDEX_FORMAT, _INDEX_FORMAT_SHIFT):
@@ -528,7 +529,7 @@ def _link(base_dir: str | None, directory: str, name: str) -> bool:
 
 
 def _save_pdq_base(tables: PdqTables, base_dir: str | None, directory: str) -> None:
-    """The base's ``pdq.*.npy`` files in ``directory``: hard links when mapped from another folder (no
+    """The base's ``pdq.*.npy`` files in ``directory``: hard links when loaded from another folder (no
     copy; the page cache stays shared), otherwise written."""
     if base_dir is not None and os.path.realpath(base_dir) == os.path.realpath(directory):
         return

@@ -1,7 +1,9 @@
-"""Item ids of image-hash records (the hotline's opaque id of each listed picture), as mappable arrays.
+"""Item ids of image-hash records (the hotline's opaque id of each listed picture), as arrays in files.
 
 Ten million ids in a dict would cost every proxy worker over a gigabyte; here they are a sorted record
-array, end offsets and one UTF-8 blob, saved as ``.npy`` files and mapped read-only, shared by workers.
+array, end offsets and one UTF-8 blob, saved as ``.npy`` files and read on a match with ``pread`` (the
+page cache shares them between workers). :class:`ItemTexts` carries a list block's ids the same way
+from the parser.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def readonly(a: np.ndarray) -> np.ndarray:
 
 
 def map_npy(path: str) -> np.ndarray:
-    """A saved ``.npy`` file, memory-mapped read-only (small ones, which may be empty, read instead)."""
+    """A saved ``.npy`` file, memory-mapped read-only (small ones, which may be empty, read instead): for
+    whole-array work, or as the :class:`Rows` of a file whose pages a query never touches through it."""
     if os.path.getsize(path) <= 4096:
         a: np.ndarray = np.load(path)
         return readonly(a)
