@@ -113,7 +113,8 @@ def _full(snap: Snapshot, entries: list[tuple[int, ImageHashBlock]], directory: 
     # lists is blocked and reported as the legal list's (reason legal), whatever the configuration order
     legal = {li.index for li in snap.lists if li.source.is_legal}
     for idx, block in sorted(entries, key=lambda e: e[0] not in legal):
-        ix.add_many(block.kind, block.digests, (idx << 32) | block.lines)  # record(idx, line) for every row
+        # record(idx, line) for every row; the parsed digests are not changed after: no copy of them
+        ix.add_many(block.kind, block.digests, (idx << 32) | block.lines, copy=False)
     ix.freeze(directory)
     return ix
 

@@ -115,11 +115,14 @@ class ImageHashIndex:
         store[1].append(record)
         self._count += 1
 
-    def add_many(self, kind: str, digests: np.ndarray, records: np.ndarray | Sequence[int]) -> None:
-        """Bulk add: ``digests`` is an (n, hash bytes) uint8 array, ``records`` n ints."""
+    def add_many(
+        self, kind: str, digests: np.ndarray, records: np.ndarray | Sequence[int], *, copy: bool = True
+    ) -> None:
+        """Bulk add: ``digests`` is an (n, hash bytes) uint8 array, ``records`` n ints. ``copy=False``
+        keeps the caller's array when it fits (the caller then must not change it)."""
         kind, _ = self._building(kind)
         width = HEX_LENGTHS[kind] // 2
-        d = np.array(digests, dtype=np.uint8, order="C")  # a copy: the caller may reuse its array
+        d = np.array(digests, dtype=np.uint8, order="C", copy=copy or None)  # the caller may reuse its array
         r = np.array(records, dtype=np.int64)
         if d.ndim != 2 or d.shape[1] != width or r.shape != (len(d),):
             raise ValueError(f"expected ({len(r)}, {width}) uint8 digests for {kind}, got shape {d.shape}")
@@ -153,20 +156,30 @@ class ImageHashIndex:
         if self._pending is None:
             return
         entries: Entries = {}
+        pdq_parts: list[tuple[np.ndarray, np.ndarray]] = []
         for kind in KINDS:
             self._flush(kind)
-            entries[kind] = concat(self._chunks[kind], kind)
+            if kind == "pdq" and directory is not None:  # written to the files chunk by chunk, never joined
+                pdq_parts = [p for p in self._chunks[kind] if len(p[1])]
+                entries[kind] = empty(kind)
+            else:
+                entries[kind] = concat(self._chunks[kind], kind)
             self._chunks[kind].clear()
         self._pending = None
-        self._set_base(entries, directory)
+        self._set_base(entries, directory, pdq_parts)
 
-    def _set_base(self, entries: Entries, directory: str | None) -> None:
+    def _set_base(
+        self, entries: Entries, directory: str | None, pdq_parts: list[tuple[np.ndarray, np.ndarray]] | None = None
+    ) -> None:
         for kind in EXACT_KINDS:
             if len(entries[kind][1]):
                 self._exact[kind] = ExactSet.build(*entries[kind])
-        self._pdq = PdqTables.build(*entries["pdq"], directory=directory)
+        if pdq_parts:
+            self._pdq = PdqTables.build([d for d, _ in pdq_parts], [r for _, r in pdq_parts], directory=directory)
+        else:
+            self._pdq = PdqTables.build(*entries["pdq"], directory=directory)
         self._base_dir = directory
-        self._count = sum(len(e[1]) for e in entries.values())
+        self._count = sum(len(e[1]) for k, e in entries.items() if k != "pdq") + self._pdq.n
         if directory is not None:
             self.save(directory)  # the exact sets and index.json beside the tables: loadable as it is
 

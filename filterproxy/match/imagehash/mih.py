@@ -160,6 +160,10 @@ class _NpyWriter:
         self.f.close()
 
 
+def _parts(a: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    return a if isinstance(a, list) else [a]
+
+
 def _entries(companion: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(len, 6) uint8 table entries: companion half, then hash number, little-endian."""
     e = np.empty((len(ids), _ENTRY), np.uint8)
@@ -195,23 +199,39 @@ class PdqTables:
         self.entries, self.offsets = entries, offsets
 
     @classmethod
-    def build(cls, hashes: np.ndarray, records: np.ndarray, directory: str | None = None) -> PdqTables:
-        """Tables over (n, 32) uint8 ``hashes``; written into ``directory`` and loaded back when given."""
-        n = len(hashes)
+    def build(
+        cls,
+        hashes: np.ndarray | list[np.ndarray],
+        records: np.ndarray | list[np.ndarray],
+        directory: str | None = None,
+    ) -> PdqTables:
+        """Tables over (n, 32) uint8 ``hashes`` (or a list of such chunks, in order); written into
+        ``directory`` and loaded back when given: chunks are then written as they are, and a table needs
+        only its own two columns at a time (a 10M build never holds the hashes twice)."""
+        h_parts = [np.ascontiguousarray(h, dtype=np.uint8).reshape(-1, PDQ_BYTES) for h in _parts(hashes)]
+        r_parts = [np.ascontiguousarray(r, dtype=np.int64).reshape(-1) for r in _parts(records)]
+        n = sum(len(h) for h in h_parts)
         if n >= 2**32:
             raise ValueError(f"{n} PDQ hashes: at most 2**32 - 1 per index")
-        hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(n, PDQ_BYTES)
-        records = np.ascontiguousarray(records, dtype=np.int64)
+        if directory is None and len(h_parts) != 1:
+            h_parts = [np.concatenate(h_parts) if h_parts else np.empty((0, PDQ_BYTES), np.uint8)]
+            r_parts = [np.concatenate(r_parts) if r_parts else np.empty(0, np.int64)]
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
-            for name, a in (("hashes", hashes), ("records", records)):
-                w = _NpyWriter(os.path.join(directory, f"pdq.{name}.npy"), a.shape, a.dtype.type)
-                w.write(a)
+            for name, parts, shape in (("hashes", h_parts, (n, PDQ_BYTES)), ("records", r_parts, (n,))):
+                w = _NpyWriter(
+                    os.path.join(directory, f"pdq.{name}.npy"), shape, np.uint8 if name == "hashes" else np.int64
+                )
+                for part in parts:
+                    w.write(part)
                 w.close()
         entries: np.ndarray | None = None
         offsets: np.ndarray | None = None
         if n >= MIH_MIN_SIZE:
-            halves = hashes.view(np.uint16)  # (n, 16), native order
+
+            def column(c: int) -> np.ndarray:  # half c of every hash, contiguous (bincount, argsort read it faster)
+                return np.concatenate([h.view(np.uint16)[:, c] for h in h_parts])
+
             off_type = np.uint32 if _N_HALVES * n < 2**32 else np.int64
             offsets = np.empty(_N_HALVES * (_BUCKETS + 1), off_type)
             writer = None
@@ -220,9 +240,9 @@ class PdqTables:
             else:
                 writer = _NpyWriter(os.path.join(directory, "pdq.entries.npy"), (_N_HALVES * n, _ENTRY), np.uint8)
             for c in range(_N_HALVES):
-                col = np.ascontiguousarray(halves[:, c])  # bincount and argsort read it faster than strided
+                col = column(c)
                 order = np.argsort(col, kind="stable")  # radix sort for 16-bit keys; stable keeps positions in order
-                table = _entries(np.ascontiguousarray(halves[:, _COMPANION[c]])[order], order)
+                table = _entries(column(int(_COMPANION[c]))[order], order)
                 if writer is not None:
                     writer.write(table)
                 else:
@@ -238,8 +258,8 @@ class PdqTables:
         if directory is not None:
             return cls.load(directory)
         return cls(
-            Rows(readonly(hashes)),
-            Rows(readonly(records)),
+            Rows(readonly(h_parts[0])),
+            Rows(readonly(r_parts[0])),
             Rows(readonly(entries)) if entries is not None else None,
             readonly(offsets) if offsets is not None else None,
         )
