@@ -224,6 +224,28 @@ def test_processes_share_the_tables_through_the_page_cache_without_mapping_them(
     assert all(p.returncode == 0 for p in procs)
 
 
+def test_tables_built_from_parsed_chunks_equal_the_tables_of_the_joined_hashes(tmp_path: Path) -> None:
+    """A list compile hands the PDQ build its parsed chunks, never joined (a 10M build would hold the
+    hashes twice): the files are byte for byte those of one joined array, and answer the same."""
+    from filterproxy.match.imagehash.mih import PdqTables
+
+    hashes = pdq_corpus.make_corpus(30_000, seed=12)
+    records = np.arange(30_000, dtype=np.int64) * 7
+    cuts = [0, 5_000, 5_001, 17_000, 30_000]  # uneven chunks, one of a single hash
+    chunked = PdqTables.build(
+        [hashes[a:b] for a, b in zip(cuts, cuts[1:])],
+        [records[a:b] for a, b in zip(cuts, cuts[1:])],
+        str(tmp_path / "a"),
+    )
+    joined = PdqTables.build(hashes, records, str(tmp_path / "b"))
+    for name in ("hashes", "records", "entries", "offsets"):
+        assert (tmp_path / "a" / f"pdq.{name}.npy").read_bytes() == (tmp_path / "b" / f"pdq.{name}.npy").read_bytes()
+    in_memory = PdqTables.build([hashes[:100], hashes[100:]], [records[:100], records[100:]])
+    queries, _ = pdq_corpus.make_queries(hashes, 40, seed=13)
+    for q in queries:
+        assert chunked.search(q[None], D) == in_memory.search(q[None], D) == joined.search(q[None], D)
+
+
 def test_exact_digest_and_item_id_lookups_read_the_files_without_mapping_them(tmp_path: Path) -> None:
     """A 10M-line MD5 list is 320 MB of sorted keys, digests and records, and 10M item ids some 260 MB: a
     lookup reads its binary search and a hit's digest, record or id with pread, so none of it is mapped
