@@ -246,6 +246,20 @@ def test_tables_built_from_parsed_chunks_equal_the_tables_of_the_joined_hashes(t
         assert chunked.search(q[None], D) == in_memory.search(q[None], D) == joined.search(q[None], D)
 
 
+def test_a_table_file_cut_short_is_an_error_naming_it_not_a_wrong_answer(tmp_path: Path) -> None:
+    hashes = pdq_corpus.make_corpus(20_000, seed=14)
+    ix = ImageHashIndex()
+    ix.add_many("pdq", hashes, np.arange(20_000))
+    ix.freeze(str(tmp_path))
+    loaded = ImageHashIndex.load(str(tmp_path))
+    assert loaded.nearest(hashes[7].tobytes()) == (0, 7)
+    path = tmp_path / "pdq.entries.npy"
+    os.truncate(path, path.stat().st_size // 2)  # the disk lost the second half under a running process
+    with pytest.raises(OSError, match="pdq.entries.npy: file shorter than its header says"):
+        for h in hashes[::500]:
+            loaded.nearest(h.tobytes())
+
+
 def test_exact_digest_and_item_id_lookups_read_the_files_without_mapping_them(tmp_path: Path) -> None:
     """A 10M-line MD5 list is 320 MB of sorted keys, digests and records, and 10M item ids some 260 MB: a
     lookup reads its binary search and a hit's digest, record or id with pread, so none of it is mapped

@@ -114,7 +114,11 @@ class ImageCheck:
         snap = st.engine.snapshot
         if snap.images is None:
             return None
-        m = snap.images.match(hashes, max_distance=st.config.http.pdq_max_distance)
+        try:
+            m = snap.images.match(hashes, max_distance=st.config.http.pdq_max_distance)
+        except OSError as exc:  # the snapshot's index files cannot be read (a failing disk): say which
+            log.error("image hash index unreadable, picture %s not checked: %s", flow.request.pretty_url, exc)
+            return None
         self._cache[key] = m
         return self._verdict(st, m, flow, info) if m is not None else None
 

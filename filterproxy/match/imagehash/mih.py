@@ -11,6 +11,7 @@ Needs numpy >= 2 (``np.bitwise_count``); older numpy falls back to a lookup tabl
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import weakref
@@ -77,13 +78,14 @@ class Rows:
     the rows asked for and keep them out of the process's mappings.
     """
 
-    __slots__ = ("array", "_row_bytes", "_fd", "_offset", "__weakref__")
+    __slots__ = ("array", "_row_bytes", "_fd", "_offset", "_path", "__weakref__")
 
     def __init__(self, array: np.ndarray, path: str | None = None) -> None:
         self.array = array
         self._row_bytes = array.itemsize * int(np.prod(array.shape[1:]))
         self._fd: int | None = None
         self._offset = 0
+        self._path = path
         if path is not None and isinstance(array, np.memmap):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead: a query reads scattered rows
@@ -108,8 +110,10 @@ class Rows:
         first = np.concatenate(([0], cut))
         last = np.concatenate((cut - 1, [len(starts) - 1]))
         w, fd, base, pread = self._row_bytes, self._fd, self._offset, os.pread
-        spans = zip(starts[first].tolist(), ends[last].tolist(), strict=True)
-        data = b"".join([pread(fd, (e - s) * w, base + s * w) for s, e in spans])
+        s0, e0 = starts[first], ends[last]
+        data = b"".join([pread(fd, (e - s) * w, base + s * w) for s, e in zip(s0.tolist(), e0.tolist(), strict=True)])
+        if len(data) != int((e0 - s0).sum()) * w:  # a file cut short under us: say so, never misread
+            raise OSError(errno.EIO, f"{self._path}: file shorter than its header says (read {len(data)} bytes)")
         return np.frombuffer(data, a.dtype).reshape(-1, *a.shape[1:])
 
     def take(self, rows: np.ndarray) -> np.ndarray:
