@@ -581,3 +581,47 @@ def test_console_lists_page_shows_the_distribution_state_and_a_refusal(tmp_path,
     finally:
         proc.stop()
         up.stop()
+
+
+def test_publish_status_shows_versions_lists_signatures_and_warns_before_expiry(publisher):
+    """'publish status' is what the ministry's monitoring runs: exit 1 names what expires (offline roles
+    within 14 days, the timestamp within 6 hours) or waits for signatures, before gateways refuse updates."""
+    repo = publisher.repo
+    r = fp("publish", "status", repo, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = json.loads(r.stdout)
+    assert {x["role"]: x["version"] for x in st["roles"]} == {
+        "root": 1, "targets": 1, "snapshot": 1, "timestamp": 1, "ha-noi": 1
+    }  # fmt: skip
+    lists = {(x["role"], x["list"]): (x["version"], x["kind"], x["category"]) for x in st["lists"]}
+    assert lists == {
+        ("targets", "national-illegal"): (1, "full", "illegal"),
+        ("ha-noi", "extra"): (1, "full", "social"),
+    }
+    assert st["warnings"] == []
+    assert "ok: every role published" in fp("publish", "status", repo, check=True).stdout
+
+    r = fp("publish", "status", repo, "--warn", "400d")  # root lives 365 days
+    assert r.returncode == 1 and "warning: root v1: expires" in r.stdout and "publish sign --role root" in r.stdout
+    assert "targets v1" in r.stdout  # 90 days, also within 400
+    r = fp("publish", "status", repo, "--warn-online", "2d")  # the timestamp lives 1 day
+    assert r.returncode == 1 and "warning: timestamp v1: expires" in r.stdout and "run 'publish commit'" in r.stdout
+
+    publisher.add("national-illegal", ["changed.example"])
+    r = fp("publish", "status", repo)
+    assert r.returncode == 1 and "warning: targets v2: staged, 0 of 1 signature(s)" in r.stdout, r.stdout
+    publisher.sign("targets", "ministry")
+    assert "targets v2: staged, 1 of 1 signature(s): run 'publish commit'" in fp("publish", "status", repo).stdout
+    publisher.commit("--timestamp-expiry", "1s")
+    time.sleep(1.5)
+    r = fp("publish", "status", repo, "--json")
+    st = json.loads(r.stdout)
+    assert (
+        r.returncode == 1
+        and [w for w in st["warnings"] if "EXPIRED" in w]
+        == [w for w in st["warnings"] if w.startswith("timestamp v2: EXPIRED")]
+        != []
+    )
+    assert {(x["list"], x["version"]) for x in st["lists"]} == {("national-illegal", 2), ("extra", 1)}
+    publisher.commit()
+    assert fp("publish", "status", repo).returncode == 0

@@ -23,6 +23,9 @@ Publish lists to gateways as a TUF repository (static files for nginx under REPO
   sign REPO --role R --key PRIVATE   add one signature to the staged role R (root, targets, P)
   commit REPO --key ONLINE           publish every fully signed role + new snapshot/timestamp;
                                      run it from cron at least daily (the timestamp expires)
+  status REPO [--json] [--warn D] [--warn-online D]
+                                     published roles and lists, staged roles and their signatures;
+                                     exit 1 when a role expires within its warning (14d; online 6h)
 
 Typical release: add → sign --role targets → commit.
 """
@@ -86,6 +89,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timestamp-expiry", metavar="DURATION", help="this timestamp's lifetime (default: the repository's)"
     )
+    p = sub_parser("status", "what is published, staged and expiring (exit 1 on a warning)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    p.add_argument("--warn", default="14d", metavar="DURATION", help="offline-signed roles (default 14d)")
+    p.add_argument("--warn-online", default="6h", metavar="DURATION", help="snapshot, timestamp (default 6h)")
 
 
 def _keygen(args: argparse.Namespace) -> str:
@@ -184,6 +191,21 @@ def _commit(args: argparse.Namespace) -> str:
     return out
 
 
+def _status(args: argparse.Namespace) -> str:
+    import json
+    from datetime import timedelta
+
+    from filterproxy.distribution import publish, status
+
+    st = status.status(
+        publish.Repository(args.repo),
+        offline_warning=timedelta(seconds=publish.duration(args.warn)),
+        online_warning=timedelta(seconds=publish.duration(args.warn_online)),
+    )
+    args.exit_status = 1 if st.warnings else 0
+    return json.dumps(st.as_dict(), indent=1) if args.json else status.render(st)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "keygen": _keygen,
     "init": _init,
@@ -194,6 +216,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "rotate": _rotate,
     "sign": _sign,
     "commit": _commit,
+    "status": _status,
 }
 
 
@@ -206,4 +229,4 @@ def cli(args: argparse.Namespace) -> int:
     except (PublishError, OSError, ValueError) as exc:
         print(f"filterproxy publish {args.publish_command}: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return int(getattr(args, "exit_status", 0))
