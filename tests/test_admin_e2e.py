@@ -319,6 +319,14 @@ def test_status_pause_devices_audit_querylog(api):
     assert d.json()["mac"] == "aa:bb:cc:dd:ee:ff" and "last_seen" in d.json()
     r = s.patch(f"{api.base}/devices/{d.json()['id']}", json={"group": "teens"}, timeout=10)
     assert r.status_code == 200 and r.json()["group"] == "teens", r.text
+    # the tablet gets a fixed address: identified by it from now on, its MAC cleared with null
+    r = s.patch(f"{api.base}/devices/{d.json()['id']}", json={"ip": "10.1.2.9", "mac": None}, timeout=10)
+    assert r.status_code == 200 and (r.json()["ip"], r.json()["mac"]) == ("10.1.2.9", None), r.text
+    assert [x["mac"] for x in s.get(f"{api.base}/devices", timeout=10).json()] == [None]
+    r = s.patch(f"{api.base}/devices/{d.json()['id']}", json={"ip": None}, timeout=10)  # nothing would be left
+    assert r.status_code == 400 and "needs an ip, a mac or a doh_id" in r.json()["detail"], r.text
+    r = s.patch(f"{api.base}/devices/{d.json()['id']}", json={"name": None}, timeout=10)  # null is not a name
+    assert r.status_code == 400, r.text
     assert s.delete(f"{api.base}/devices/{d.json()['id']}", timeout=10).status_code == 200
     actions = [a["action"] for a in s.get(f"{api.base}/audit", timeout=10).json()]
     assert "pause.add" in actions and "device.add" in actions

@@ -85,12 +85,14 @@ async def remove_device(call: Call) -> dict[str, Any]:
 
 
 def _fields(required: bool) -> dict[str, Field]:
+    """POST: name and group required; PATCH: any of them, and null clears ip, mac or doh_id (one must stay)."""
+    clearable = not required
     return {
         "name": Field(required=required, max_len=64),
         "group": Field(required=required, max_len=64),
-        "ip": Field(max_len=64),
-        "mac": Field(max_len=17),
-        "doh_id": Field(max_len=64),
+        "ip": Field(max_len=64, nullable=clearable, doc="null clears it (PATCH)" if clearable else ""),
+        "mac": Field(max_len=17, nullable=clearable, doc="null clears it (PATCH)" if clearable else ""),
+        "doh_id": Field(max_len=64, nullable=clearable, doc="null clears it (PATCH)" if clearable else ""),
     }
 
 

@@ -29,6 +29,7 @@ class Field:
     low: float | None = None
     high: float | None = None
     doc: str = ""
+    nullable: bool = False  # an explicit null is kept (a PATCH clears the field); otherwise null = absent
 
 
 Fields = Mapping[str, Field]
@@ -73,6 +74,8 @@ def check(fields: Fields, data: Mapping[str, Any], what: str = "field") -> dict[
         if v is None:
             if f.required:
                 raise ApiError(400, f"{name!r}: required")
+            if f.nullable and name in data:
+                out[name] = None
             continue
         out[name] = _typed(name, f, v)
     return out
@@ -115,7 +118,7 @@ def schema(fields: Fields) -> dict[str, Any]:
     """The JSON Schema of a field table (for the OpenAPI document)."""
     props: dict[str, Any] = {}
     for name, f in fields.items():
-        p: dict[str, Any] = {"type": _JSON_TYPES[f.kind]}
+        p: dict[str, Any] = {"type": [_JSON_TYPES[f.kind], "null"] if f.nullable else _JSON_TYPES[f.kind]}
         if f.kind == "str":
             p["maxLength"] = f.max_len
         if f.kind == "list":
