@@ -8,44 +8,49 @@ from collections.abc import Iterable
 import numpy as np
 
 from filterproxy.match.imagehash.kinds import HEX_LENGTHS
-from filterproxy.match.imagehash.mih import Rows, map_npy, readonly
+from filterproxy.match.imagehash.mih import Rows, as_rows, readonly
 
 
 class ExactSet:
     """Sorted digests of one length: 8-byte big-endian key, full digest and record, in key order.
 
     Loaded from files (:meth:`load`), a lookup reads the few keys of its binary search, then the digest
-    and record of a hit, with ``pread``: a 10M-digest list never ends up in a process's mappings.
+    and record of a hit, with ``pread`` (:class:`~.mih.Rows`): a 10M-digest list never ends up in a
+    process's mappings.
     """
 
-    __slots__ = ("keys", "digests", "records", "_rows")
+    __slots__ = ("_keys", "_digests", "_records")
 
-    def __init__(self, keys: np.ndarray, digests: np.ndarray, records: np.ndarray) -> None:
-        self.keys, self.digests, self.records = keys, digests, records
-        self._rows: tuple[Rows, Rows, Rows] | None = None
+    def __init__(self, keys: Rows | np.ndarray, digests: Rows | np.ndarray, records: Rows | np.ndarray) -> None:
+        self._keys, self._digests, self._records = as_rows(keys), as_rows(digests), as_rows(records)
 
     @classmethod
     def load(cls, paths: tuple[str, str, str]) -> ExactSet:
         """The table saved as ``paths`` (keys, digests, records ``.npy`` files)."""
-        arrays = [map_npy(p) for p in paths]
-        out = cls(*arrays)
-        if isinstance(arrays[0], np.memmap):
-            keys, digests, records = (Rows(a, p) for a, p in zip(arrays, paths, strict=True))
-            out._rows = (keys, digests, records)
-        return out
+        return cls(*(Rows.open(p) for p in paths))
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._keys.array
+
+    @property
+    def digests(self) -> np.ndarray:
+        return self._digests.array
+
+    @property
+    def records(self) -> np.ndarray:
+        return self._records.array
 
     def _first(self, key: np.uint64) -> int:
         """Position of the first key >= ``key``."""
-        return int(np.searchsorted(self.keys, key)) if self._rows is None else self._rows[0].searchsorted(key)
+        return self._keys.searchsorted(key)
 
     def _at(self, i: int) -> tuple[int, bytes]:
         """(key, digest) at position ``i``."""
-        if self._rows is None:
-            return int(self.keys[i]), self.digests[i].tobytes()
-        return int(self._rows[0].at(i)), self._rows[1].at(i).tobytes()
+        return int(self._keys.at(i)), self._digests.at(i).tobytes()
 
     def _record(self, i: int) -> int:
-        return int(self.records[i] if self._rows is None else self._rows[2].at(i))
+        return int(self._records.at(i))
 
     def _equal(self, digest: bytes) -> list[int]:
         """Positions of the entries holding ``digest``."""

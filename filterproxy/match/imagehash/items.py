@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from filterproxy.match.imagehash.mih import Rows, map_npy
+from filterproxy.match.imagehash.mih import Rows, as_rows, span_positions
 
 _PARTS = ("records", "ends", "blob")
 _STRIP = np.zeros(256, bool)
@@ -67,10 +67,7 @@ class ItemTexts:
             offset = buf[starts[i] : ends[i]].tobytes().find(text) if text else 0
             starts[i] += offset
             lengths[i] = len(text)
-        cum = np.cumsum(lengths)
-        total = int(cum[-1]) if len(cum) else 0
-        blob = buf[np.repeat(starts - (cum - lengths), lengths) + np.arange(total)]
-        return cls(blob, cum), utf8
+        return cls(buf[span_positions(starts, lengths)], np.cumsum(lengths)), utf8
 
     @classmethod
     def concat(cls, parts: Sequence[ItemTexts]) -> ItemTexts:
@@ -89,10 +86,7 @@ class ItemTexts:
     def take(self, rows: np.ndarray) -> ItemTexts:
         """The ids of ``rows``, in that order."""
         lengths = self.lengths()[rows]
-        starts = self.ends[rows] - lengths
-        cum = np.cumsum(lengths)
-        total = int(cum[-1]) if len(cum) else 0
-        return ItemTexts(self.blob[np.repeat(starts - (cum - lengths), lengths) + np.arange(total)], cum)
+        return ItemTexts(self.blob[span_positions(self.ends[rows] - lengths, lengths)], np.cumsum(lengths))
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -120,11 +114,22 @@ class ImageItems:
     """record → item id (``get``), like the dict it replaces; immutable once built. Loaded from files, a
     lookup reads its binary search and the id with ``pread`` (nothing of a 10M-id table is mapped in)."""
 
-    __slots__ = ("records", "ends", "blob", "_rows")
+    __slots__ = ("_records", "_ends", "_blob")
 
-    def __init__(self, records: np.ndarray, ends: np.ndarray, blob: np.ndarray) -> None:
-        self.records, self.ends, self.blob = records, ends, blob
-        self._rows = (Rows(records), Rows(ends), Rows(blob))
+    def __init__(self, records: Rows | np.ndarray, ends: Rows | np.ndarray, blob: Rows | np.ndarray) -> None:
+        self._records, self._ends, self._blob = as_rows(records), as_rows(ends), as_rows(blob)
+
+    @property
+    def records(self) -> np.ndarray:
+        return self._records.array
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self._ends.array
+
+    @property
+    def blob(self) -> np.ndarray:
+        return self._blob.array
 
     @classmethod
     def build(cls, pairs: Iterable[tuple[int, str]]) -> ImageItems:
@@ -154,13 +159,11 @@ class ImageItems:
         first[1:] = records[order][1:] != records[order][:-1]
         keep = order[first & (lengths[order] > 0)]
         if len(keep) != len(records) or (keep != np.arange(len(keep))).any():  # gather the kept spans in order
-            kept = lengths[keep]
-            ends = np.cumsum(kept)
-            data = data[np.repeat(starts[keep] - (ends - kept), kept) + np.arange(int(kept.sum()))]
+            data = data[span_positions(starts[keep], lengths[keep])]
         return cls(records[keep], np.cumsum(lengths[keep]), data)
 
     def get(self, record: int, default: str | None = None) -> str | None:
-        records, ends, blob = self._rows
+        records, ends, blob = self._records, self._ends, self._blob
         i = records.searchsorted(np.int64(record))
         if i >= len(self.records) or int(records.at(i)) != record:
             return default
@@ -181,7 +184,4 @@ class ImageItems:
         paths = [os.path.join(directory, f"items.{name}.npy") for name in _PARTS]
         if not os.path.exists(paths[0]):
             return cls.build(())
-        arrays = [map_npy(p) for p in paths]
-        out = cls(*arrays)
-        out._rows = (Rows(arrays[0], paths[0]), Rows(arrays[1], paths[1]), Rows(arrays[2], paths[2]))
-        return out
+        return cls(*(Rows.open(p) for p in paths))

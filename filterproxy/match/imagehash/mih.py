@@ -70,6 +70,15 @@ def map_npy(path: str) -> np.ndarray:
     return mapped
 
 
+def span_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + lengths[i] - 1`` of every span, concatenated (a gather
+    index for many variable-length spans at once)."""
+    cum = np.cumsum(lengths)
+    total = int(cum[-1]) if len(cum) else 0
+    out: np.ndarray = np.repeat(starts - (cum - lengths), lengths) + np.arange(total)
+    return out
+
+
 class Rows:
     """An array read by rows: from memory, or with ``pread`` from its ``.npy`` file.
 
@@ -92,6 +101,11 @@ class Rows:
             self._fd, self._offset = fd, int(array.offset)
             weakref.finalize(self, os.close, fd)
 
+    @classmethod
+    def open(cls, path: str) -> Rows:
+        """A saved ``.npy`` file, read by rows (a small one is simply read: see :func:`map_npy`)."""
+        return cls(map_npy(path), path)
+
     def __len__(self) -> int:
         return len(self.array)
 
@@ -102,9 +116,7 @@ class Rows:
         if not len(starts):
             return np.empty((0, *a.shape[1:]), a.dtype)
         if self._fd is None:
-            lengths = ends - starts
-            cum = np.cumsum(lengths)
-            out: np.ndarray = a[np.repeat(starts - (cum - lengths), lengths) + np.arange(int(cum[-1]))]
+            out: np.ndarray = a[span_positions(starts, ends - starts)]
             return out
         cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1
         first = np.concatenate(([0], cut))
@@ -131,7 +143,7 @@ class Rows:
         lo, hi = 0, len(self.array)
         while hi - lo > _SEARCH_BLOCK:
             mid = (lo + hi) // 2
-            if self.take(np.array([mid]))[0] < value:
+            if self.at(mid) < value:
                 lo = mid + 1
             else:
                 hi = mid
@@ -143,9 +155,13 @@ class Rows:
         return out
 
 
+def as_rows(a: Rows | np.ndarray) -> Rows:
+    return a if isinstance(a, Rows) else Rows(a)
+
+
 def _rows(directory: str, name: str) -> Rows | None:
     path = os.path.join(directory, f"pdq.{name}.npy")
-    return Rows(map_npy(path), path) if os.path.exists(path) else None
+    return Rows.open(path) if os.path.exists(path) else None
 
 
 class _NpyWriter:
@@ -304,7 +320,7 @@ class PdqTables:
 
     def record(self, position: int) -> int:
         """The record of one position (one row read)."""
-        return int(self.records.take(np.array([position], np.int64))[0])
+        return int(self.records.at(position))
 
     def hits(self, queries: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (distance, position, query row) with distance <= ``max_distance``; a position may repeat
