@@ -108,6 +108,16 @@ def snapshots_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "snapshots")
 
 
+def writable_snapshots_dir(state_dir: str) -> str | None:
+    """The snapshot cache folder of ``state_dir``, created; None when it cannot be written (build in memory)."""
+    root = snapshots_dir(state_dir)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:
+        return None
+    return root if os.access(root, os.W_OK) else None
+
+
 def compile_snapshot(sources: list[ListSource], root: str, *, in_process: bool = False) -> str:
     """Compile ``sources`` into ``root/<fingerprint>`` (if not there yet); returns the folder.
 
@@ -319,14 +329,9 @@ def load_or_build(
     not served. ``refuse`` raises :class:`SnapshotRefused` (a reload keeps what it serves); otherwise
     the last good snapshot is served instead (start-up), with the reason logged."""
     sources = available_sources(cfg)
-    root = snapshots_dir(cfg.server.state_dir)
-    try:
-        os.makedirs(root, exist_ok=True)
-        writable = os.access(root, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        log.warning("state folder %s not writable: building lists in memory", root)
+    root = writable_snapshots_dir(cfg.server.state_dir)
+    if root is None:
+        log.warning("state folder %s not writable: building lists in memory", snapshots_dir(cfg.server.state_dir))
         return build_snapshot(sources, strict=True)
     t = time.perf_counter()
     folder, snap = _compile_and_load(sources, root, in_process)

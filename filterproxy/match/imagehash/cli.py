@@ -107,16 +107,11 @@ def _source(spec: str) -> ListSource:
 def load_list(spec: str, state_dir: str) -> HashList:
     """Compile one ``--list`` as the proxy compiles its lists (in a child process, cached by content in
     ``state_dir/snapshots``); built in memory when that folder is not writable."""
-    from filterproxy.lists.snapshot_cache import compile_snapshot, snapshots_dir
+    from filterproxy.lists.snapshot_cache import compile_snapshot, writable_snapshots_dir
 
     sources = [_source(spec)]
-    root = snapshots_dir(state_dir)
-    try:
-        os.makedirs(root, exist_ok=True)
-        writable = os.access(root, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
+    root = writable_snapshots_dir(state_dir)
+    if root is None:
         return HashList(spec, build_snapshot(sources, strict=True))
     folder = compile_snapshot(sources, root)
     try:
