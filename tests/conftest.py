@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +97,26 @@ E2E_TESTS = frozenset(
         "test_state_store.py::test_a_returned_change_survives_kill_9",
     }
 )
+
+
+def start_logged(
+    cmd: Sequence[str], ready_on: Sequence[str], **popen: Any
+) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
+    """Start ``cmd`` with its output (stdout and stderr) collected line by line in a thread: the process,
+    the lines so far, and an event set once each text of ``ready_on`` has appeared in some line."""
+    p = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    out: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            out.append(line)
+            if all(any(m in seen for seen in out) for m in ready_on):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return p, out, ready
 
 
 def pytest_configure(config: pytest.Config) -> None:

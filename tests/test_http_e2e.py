@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import LISTS, REPO, write_config
+from conftest import LISTS, REPO, start_logged, write_config
 from tlsutil import self_signed
 
 from filterproxy.http.auth import hash_password
@@ -503,17 +503,7 @@ def runner(env):
         "--extra-list",
         f"urls:gambling:{UT1_GAMBLING_URLS}",
     ]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(env["tmp"]))
-    out: list[str] = []
-    ready = threading.Event()
-
-    def pump():
-        for line in p.stdout:
-            out.append(line)
-            if "proxy listening on" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    p, out, ready = start_logged(cmd, ["proxy listening on"], cwd=str(env["tmp"]))
     assert ready.wait(90), "".join(out)
     yield {
         "port": port,

@@ -12,14 +12,13 @@ from __future__ import annotations
 import http.server
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
 import requests
-from conftest import write_config
+from conftest import start_logged, write_config
 from test_http_e2e import free_port, make_cert, stop
 
 TIMEOUT = 2.0  # http.header_timeout in this test's configuration
@@ -83,18 +82,7 @@ def proxy(tmp_path_factory):
     cmd = [sys.executable, "-m", "filterproxy", "run", "--config", str(cfg), "--proxy-listen", f"127.0.0.1:{port}"]
     cmd += ["--dns-listen", "off", "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir", str(tmp / "state")]
     cmd += ["--proxy-workers", "1", "--client-group", "127.0.0.0/8=pupil"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp))
-    out: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            out.append(line)
-            if "proxy listening on" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    p, out, ready = start_logged(cmd, ["proxy listening on"], cwd=str(tmp))
     assert ready.wait(90), "".join(out)
     yield {"port": port, "mport": mport, "backend": backend, "out": out}
     stop(p)

@@ -18,7 +18,7 @@ import time
 import uuid
 
 import pytest
-from conftest import REPO, write_config
+from conftest import REPO, start_logged, write_config
 
 MAC = "02:00:00:99:00:02"
 CLIENT_V4, CLIENT_V6 = "10.99.0.2", "fd00:99::2"
@@ -121,20 +121,7 @@ def run_in(
     the process, its output lines so far, and an event set once every line of ``ready_on`` was logged."""
     cmd = [ip, "netns", "exec", ns, sys.executable, "-m", "filterproxy", "run", "--config", str(cfg)]
     cmd += ["--dns-listen", "[::]:5353", "--proxy-listen", "off", "--metrics-listen", "off", *extra]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
-    out: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            out.append(line)
-            if all(any(m in seen for seen in out) for m in ready_on):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    return p, out, ready
+    return start_logged(cmd, ready_on, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=cwd)
 
 
 def test_mac_rule_gives_the_group_to_ipv6_and_ipv4_clients(lan, tmp_path):

@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 
 import pytest
 import requests
-from conftest import write_config
+from conftest import start_logged, write_config
 from test_http_e2e import Upstream, free_port, make_cert, stop
 from test_http_server import listening_sockets
 
@@ -49,18 +47,7 @@ def run(tmp_path_factory):
     state = tmp / "state"
     cmd = [sys.executable, "-m", "filterproxy", "run", "--config", str(cfg), "--state-dir", str(state)]
     cmd += ["--dns-listen", "off", "--metrics-listen", "off", "--proxy-workers", "2"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp))
-    out: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            out.append(line)
-            if "proxy listening on" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    p, out, ready = start_logged(cmd, ["proxy listening on"], cwd=str(tmp))
     try:
         assert ready.wait(90), "".join(out)
         yield {
